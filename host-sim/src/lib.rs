@@ -1,0 +1,1 @@
+//! host-sim: placeholder until the host-sim issue lands.

@@ -1,0 +1,587 @@
+//! Picker configuration: a raw DTO (serde, camelCase, unknown fields rejected) validated into
+//! the domain type [`Config`] with private fields (CONVENTIONS.md §6).
+//!
+//! A config starts from a named profile and may override any part of it:
+//!
+//! ```json
+//! {
+//!   "profile": "gie-default",
+//!   "scorers": [{"type": "queue-scorer", "weight": 2}, {"type": "prefix-cache-scorer", "weight": 3}],
+//!   "filters": [{"type": "utilization-filter"}],
+//!   "maxEndpoints": 1,
+//!   "saturation": {"queueDepthThreshold": 5, "kvCacheUtilThreshold": 0.8,
+//!                  "metricsStalenessThresholdMs": 200, "headroom": 0.0},
+//!   "prefix": {"blockSizeTokens": 16, "charsPerToken": 4, "maxPrefixBlocksToMatch": 256,
+//!              "autoTune": true, "lruCapacityPerServer": 31250, "maxIndexEntries": 32768,
+//!              "insertOrder": "gie"},
+//!   "affinity": {"threshold": 0.8, "valveTokens": 286720, "explorationProbability": 0.01},
+//!   "tokenLoad": {"thresholdTokens": 4194304},
+//!   "consistentHash": {"epsilon": 0.25, "prefixBlocks": 4},
+//!   "degradeAfterMs": 5000
+//! }
+//! ```
+//!
+//! Every field is optional; see [`ConfigDto`] for what each one means.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::prefix::{InsertOrder, DEFAULT_BLOCK_SIZE_TOKENS, DEFAULT_CHARS_PER_TOKEN, DEFAULT_LRU_CAPACITY, DEFAULT_MAX_BLOCKS};
+use crate::time::Duration;
+
+/// Most scorers one profile may hold (fixed so that per-candidate scores live inline).
+pub const MAX_SCORERS: usize = 8;
+/// Most endpoints the picker may return as an ordered fallback list.
+pub const MAX_FALLBACK: u32 = 16;
+
+/// A named starting point for the configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub enum Profile {
+    /// GIE's default scheduling profile, reproduced exactly (epp.md §3.2): queue-scorer 2,
+    /// kv-cache-utilization-scorer 2, prefix-cache-scorer 3, max-score picker with one endpoint,
+    /// utilization saturation detector 5 / 0.8 / 200 ms for admission.
+    #[serde(rename = "gie-default")]
+    GieDefault,
+    /// llm-d-router's current default (DESIGN.md; calibration.md §5.1): prefix-cache-affinity
+    /// filter (threshold 0.8, exploration 1%, saturation valve τ = 35 × 8192 = 286,720 in-flight
+    /// tokens) + token-load-scorer, max-score picker.
+    #[serde(rename = "llm-d-default")]
+    LlmdDefault,
+    /// Ours: GIE's signals plus exact proxy-side in-flight counts and bounded-load consistent
+    /// hashing on the prompt prefix, so that every worker and replica sends a new prefix to the
+    /// same pod without sharing state. Weights are a starting point for podsim tuning.
+    #[serde(rename = "wasm-epp-default")]
+    WasmEppDefault,
+}
+
+impl Profile {
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::GieDefault => "gie-default",
+            Profile::LlmdDefault => "llm-d-default",
+            Profile::WasmEppDefault => "wasm-epp-default",
+        }
+    }
+}
+
+/// A scoring signal. Each yields a score in [0, 1] per candidate; see `pick.rs` for formulas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub enum ScorerKind {
+    /// GIE `queue-scorer`: min-max over candidates of waiting requests.
+    #[serde(rename = "queue-scorer")]
+    Queue,
+    /// GIE `kv-cache-utilization-scorer`: 1 − KV utilisation.
+    #[serde(rename = "kv-cache-utilization-scorer")]
+    KvCache,
+    /// GIE `prefix-cache-scorer`: matched blocks / request blocks.
+    #[serde(rename = "prefix-cache-scorer")]
+    Prefix,
+    /// GIE `lora-affinity-scorer`: 1 / 0.8 / 0.6 / 0.
+    #[serde(rename = "lora-affinity-scorer")]
+    Lora,
+    /// GIE `running-requests-size-scorer`: min-max of running requests.
+    #[serde(rename = "running-requests-size-scorer")]
+    RunningRequests,
+    /// llm-d `token-load-scorer`: 1 − min(1, in-flight tokens / threshold).
+    #[serde(rename = "token-load-scorer")]
+    TokenLoad,
+    /// Ours: min-max of the proxy's exact in-flight request counts.
+    #[serde(rename = "in-flight-scorer")]
+    InFlight,
+    /// Ours: 1 for the bounded-load consistent-hash choice for the prompt prefix, else 0.
+    #[serde(rename = "consistent-hash-scorer")]
+    ConsistentHash,
+}
+
+/// A candidate filter, applied in order before scoring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub enum FilterKind {
+    /// GIE `utilization-detector` used as a filter: keep pods with fresh metrics, queue below the
+    /// threshold and KV below the threshold; if none remain, keep all (fail-open).
+    #[serde(rename = "utilization-filter")]
+    Utilization,
+    /// llm-d `prefix-cache-affinity-filter`: keep pods whose prefix score ≥ threshold unless none
+    /// do, the exploration draw skips it, or every sticky pod's in-flight tokens reach the valve.
+    #[serde(rename = "prefix-cache-affinity-filter")]
+    PrefixAffinity,
+}
+
+// === DTO ===
+
+/// Raw configuration as written by users (JSON). Validated by [`Config::try_from`].
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigDto {
+    /// Starting profile; default `wasm-epp-default`.
+    pub profile: Option<Profile>,
+    /// Replaces the profile's scorers (1..=8 entries, weights finite and > 0; default weight 1).
+    pub scorers: Option<Vec<ScorerDto>>,
+    /// Replaces the profile's filters.
+    pub filters: Option<Vec<FilterDto>>,
+    /// Endpoints returned as an ordered fallback list (1..=16; GIE default 1).
+    pub max_endpoints: Option<u32>,
+    pub saturation: Option<SaturationDto>,
+    pub prefix: Option<PrefixDto>,
+    pub affinity: Option<AffinityDto>,
+    pub token_load: Option<TokenLoadDto>,
+    pub consistent_hash: Option<ConsistentHashDto>,
+    /// Snapshot age (ms) past which the picker degrades to consistent hashing + in-flight
+    /// counts only (default 5000; 0 disables degradation).
+    pub degrade_after_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScorerDto {
+    #[serde(rename = "type")]
+    pub kind: ScorerKind,
+    pub weight: Option<f64>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FilterDto {
+    #[serde(rename = "type")]
+    pub kind: FilterKind,
+}
+
+/// GIE `utilization-detector` parameters (defaults 5 / 0.8 / 200 ms / 0).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SaturationDto {
+    pub queue_depth_threshold: Option<u32>,
+    pub kv_cache_util_threshold: Option<f64>,
+    pub metrics_staleness_threshold_ms: Option<u64>,
+    pub headroom: Option<f64>,
+}
+
+/// Approximate prefix-cache parameters (GIE names where GIE has them).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrefixDto {
+    /// Tokens per block (16).
+    pub block_size_tokens: Option<u32>,
+    /// Bytes per token estimate (4).
+    pub chars_per_token: Option<u32>,
+    /// Blocks hashed at most (256).
+    pub max_prefix_blocks_to_match: Option<u32>,
+    /// Take the block size from the first candidate's `block_size` metric (true).
+    pub auto_tune: Option<bool>,
+    /// Per-endpoint LRU capacity when the pod reports no `num_gpu_blocks` (31,250).
+    pub lru_capacity_per_server: Option<u32>,
+    /// Hard cap on index entries per picker state (32,768 ≈ 2 MiB).
+    pub max_index_entries: Option<u32>,
+    /// `gie` (first block least recent) or `headMostRecent`.
+    pub insert_order: Option<InsertOrder>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AffinityDto {
+    /// Prefix score a pod needs to be sticky (0.8).
+    pub threshold: Option<f64>,
+    /// In-flight tokens at which a sticky pod stops being preferred (286,720 = 35 × 8192).
+    pub valve_tokens: Option<u64>,
+    /// Probability of skipping the filter to explore (0.01).
+    pub exploration_probability: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TokenLoadDto {
+    /// In-flight tokens at which the score reaches 0 (llm-d default 4,194,304).
+    pub threshold_tokens: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsistentHashDto {
+    /// Load bound: no endpoint takes a request while at ≥ ⌈(1+ε) × average⌉ in flight (0.25).
+    pub epsilon: Option<f64>,
+    /// Leading prompt blocks that form the hashing key (4 blocks = 256 bytes).
+    pub prefix_blocks: Option<u32>,
+}
+
+// === domain ===
+
+/// Why a configuration was rejected; names the offending field.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ConfigError {
+    /// The JSON did not parse or had an unknown field (serde's message names it).
+    Json(String),
+    /// A field's value is out of range.
+    Invalid { field: &'static str, reason: String },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Json(m) => write!(f, "invalid picker config: {m}"),
+            ConfigError::Invalid { field, reason } => write!(f, "invalid picker config: {field}: {reason}"),
+        }
+    }
+}
+
+impl core::error::Error for ConfigError {}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WeightedScorer {
+    pub kind: ScorerKind,
+    pub weight: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Saturation {
+    pub queue_threshold: u32,
+    pub kv_threshold: f64,
+    pub staleness: Duration,
+    pub headroom: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PrefixParams {
+    pub block_size_tokens: u32,
+    pub chars_per_token: u32,
+    pub max_blocks: u32,
+    pub auto_tune: bool,
+    pub lru_capacity: u32,
+    pub max_index_entries: u32,
+    pub insert_order: InsertOrder,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Affinity {
+    pub threshold: f64,
+    pub valve_tokens: u64,
+    pub exploration: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ConsistentHash {
+    pub epsilon: f64,
+    pub prefix_blocks: u32,
+}
+
+/// A validated picker configuration. Construct with [`Config::profile`] or
+/// [`Config::from_json`] / `TryFrom<ConfigDto>`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    profile: Profile,
+    scorers: Vec<WeightedScorer>,
+    filters: Vec<FilterKind>,
+    max_endpoints: u32,
+    saturation: Saturation,
+    prefix: PrefixParams,
+    affinity: Affinity,
+    token_load_threshold: u64,
+    chash: ConsistentHash,
+    degrade_after: Option<Duration>,
+}
+
+impl Config {
+    /// The named profile with all defaults.
+    pub fn profile(p: Profile) -> Config {
+        let (scorers, filters, insert_order): (&[(ScorerKind, f64)], &[FilterKind], InsertOrder) = match p {
+            Profile::GieDefault => (
+                &[(ScorerKind::Queue, 2.0), (ScorerKind::KvCache, 2.0), (ScorerKind::Prefix, 3.0)],
+                &[],
+                InsertOrder::Gie,
+            ),
+            Profile::LlmdDefault => (&[(ScorerKind::TokenLoad, 1.0)], &[FilterKind::PrefixAffinity], InsertOrder::Gie),
+            Profile::WasmEppDefault => (
+                &[
+                    (ScorerKind::Prefix, 3.0),
+                    (ScorerKind::Queue, 2.0),
+                    (ScorerKind::KvCache, 2.0),
+                    (ScorerKind::InFlight, 2.0),
+                    (ScorerKind::ConsistentHash, 1.0),
+                ],
+                &[],
+                InsertOrder::HeadMostRecent,
+            ),
+        };
+        Config {
+            profile: p,
+            scorers: scorers.iter().map(|&(kind, weight)| WeightedScorer { kind, weight }).collect(),
+            filters: filters.to_vec(),
+            max_endpoints: 1,
+            saturation: Saturation {
+                queue_threshold: 5,
+                kv_threshold: 0.8,
+                staleness: Duration::from_millis(200),
+                headroom: 0.0,
+            },
+            prefix: PrefixParams {
+                block_size_tokens: DEFAULT_BLOCK_SIZE_TOKENS,
+                chars_per_token: DEFAULT_CHARS_PER_TOKEN,
+                max_blocks: DEFAULT_MAX_BLOCKS,
+                auto_tune: true,
+                lru_capacity: DEFAULT_LRU_CAPACITY,
+                max_index_entries: 32_768,
+                insert_order,
+            },
+            affinity: Affinity { threshold: 0.8, valve_tokens: 35 * 8192, exploration: 0.01 },
+            token_load_threshold: match p {
+                // The sticky-until-saturated configuration uses τ for both the valve and the scorer.
+                Profile::LlmdDefault => 35 * 8192,
+                _ => 4_194_304,
+            },
+            chash: ConsistentHash { epsilon: 0.25, prefix_blocks: 4 },
+            degrade_after: Some(Duration::from_secs(5)),
+        }
+    }
+
+    /// Parses and validates JSON config bytes.
+    pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let dto: ConfigDto = serde_json::from_slice(bytes).map_err(|e| ConfigError::Json(format!("{e}")))?;
+        Config::try_from(dto)
+    }
+
+    pub fn profile_kind(&self) -> Profile {
+        self.profile
+    }
+    pub fn scorers(&self) -> &[WeightedScorer] {
+        &self.scorers
+    }
+    pub fn filters(&self) -> &[FilterKind] {
+        &self.filters
+    }
+    pub fn max_endpoints(&self) -> u32 {
+        self.max_endpoints
+    }
+    pub fn saturation(&self) -> &Saturation {
+        &self.saturation
+    }
+    pub fn prefix(&self) -> &PrefixParams {
+        &self.prefix
+    }
+    pub fn affinity(&self) -> &Affinity {
+        &self.affinity
+    }
+    pub fn token_load_threshold(&self) -> u64 {
+        self.token_load_threshold
+    }
+    pub fn consistent_hash(&self) -> &ConsistentHash {
+        &self.chash
+    }
+    pub fn degrade_after(&self) -> Option<Duration> {
+        self.degrade_after
+    }
+
+    /// Bytes per prefix block for a pool whose first candidate reports `block_size` tokens.
+    pub fn block_bytes(&self, reported_block_size: Option<u32>) -> usize {
+        let tokens = match reported_block_size {
+            Some(b) if self.prefix.auto_tune && b > 0 => b,
+            _ => self.prefix.block_size_tokens,
+        };
+        (tokens as usize).saturating_mul(self.prefix.chars_per_token as usize)
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::profile(Profile::WasmEppDefault)
+    }
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field, reason: reason.into() }
+}
+
+fn fraction(field: &'static str, v: f64, allow_zero: bool) -> Result<f64, ConfigError> {
+    let ok = v.is_finite() && v <= 1.0 && if allow_zero { v >= 0.0 } else { v > 0.0 };
+    if ok {
+        Ok(v)
+    } else {
+        Err(invalid(field, format!("{v} is not in {}0, 1]", if allow_zero { "[" } else { "(" })))
+    }
+}
+
+impl TryFrom<ConfigDto> for Config {
+    type Error = ConfigError;
+
+    fn try_from(d: ConfigDto) -> Result<Config, ConfigError> {
+        let mut c = Config::profile(d.profile.unwrap_or(Profile::WasmEppDefault));
+        if let Some(scorers) = d.scorers {
+            if scorers.is_empty() || scorers.len() > MAX_SCORERS {
+                return Err(invalid("scorers", format!("need 1..={MAX_SCORERS} scorers, got {}", scorers.len())));
+            }
+            c.scorers.clear();
+            for s in scorers {
+                // GIE `DefaultScorerWeight`: a scorer without a weight counts 1.0.
+                let weight = s.weight.unwrap_or(1.0);
+                if !(weight.is_finite() && weight > 0.0) {
+                    return Err(invalid("scorers[].weight", format!("{weight} is not a finite number > 0")));
+                }
+                if c.scorers.iter().any(|w| w.kind == s.kind) {
+                    return Err(invalid("scorers[].type", "each scorer may appear once"));
+                }
+                c.scorers.push(WeightedScorer { kind: s.kind, weight });
+            }
+        }
+        if let Some(filters) = d.filters {
+            if filters.len() > 4 {
+                return Err(invalid("filters", "at most 4 filters"));
+            }
+            c.filters = filters.into_iter().map(|f| f.kind).collect();
+        }
+        if let Some(n) = d.max_endpoints {
+            if n == 0 || n > MAX_FALLBACK {
+                return Err(invalid("maxEndpoints", format!("{n} is not in 1..={MAX_FALLBACK}")));
+            }
+            c.max_endpoints = n;
+        }
+        if let Some(s) = d.saturation {
+            if let Some(q) = s.queue_depth_threshold {
+                if q == 0 {
+                    return Err(invalid("saturation.queueDepthThreshold", "must be > 0"));
+                }
+                c.saturation.queue_threshold = q;
+            }
+            if let Some(kv) = s.kv_cache_util_threshold {
+                c.saturation.kv_threshold = fraction("saturation.kvCacheUtilThreshold", kv, false)?;
+            }
+            if let Some(ms) = s.metrics_staleness_threshold_ms {
+                if ms == 0 {
+                    return Err(invalid("saturation.metricsStalenessThresholdMs", "must be > 0"));
+                }
+                c.saturation.staleness = Duration::from_millis(ms);
+            }
+            if let Some(h) = s.headroom {
+                if !(h.is_finite() && (0.0..=10.0).contains(&h)) {
+                    return Err(invalid("saturation.headroom", format!("{h} is not in [0, 10]")));
+                }
+                c.saturation.headroom = h;
+            }
+        }
+        if let Some(p) = d.prefix {
+            if let Some(v) = p.block_size_tokens {
+                if !(1..=4096).contains(&v) {
+                    return Err(invalid("prefix.blockSizeTokens", format!("{v} is not in 1..=4096")));
+                }
+                c.prefix.block_size_tokens = v;
+            }
+            if let Some(v) = p.chars_per_token {
+                if !(1..=64).contains(&v) {
+                    return Err(invalid("prefix.charsPerToken", format!("{v} is not in 1..=64")));
+                }
+                c.prefix.chars_per_token = v;
+            }
+            if let Some(v) = p.max_prefix_blocks_to_match {
+                if !(1..=4096).contains(&v) {
+                    return Err(invalid("prefix.maxPrefixBlocksToMatch", format!("{v} is not in 1..=4096")));
+                }
+                c.prefix.max_blocks = v;
+            }
+            if let Some(v) = p.auto_tune {
+                c.prefix.auto_tune = v;
+            }
+            if let Some(v) = p.lru_capacity_per_server {
+                if v == 0 {
+                    return Err(invalid("prefix.lruCapacityPerServer", "must be > 0"));
+                }
+                c.prefix.lru_capacity = v;
+            }
+            if let Some(v) = p.max_index_entries {
+                if !(1..=1 << 22).contains(&v) {
+                    return Err(invalid("prefix.maxIndexEntries", format!("{v} is not in 1..=4194304")));
+                }
+                c.prefix.max_index_entries = v;
+            }
+            if let Some(v) = p.insert_order {
+                c.prefix.insert_order = v;
+            }
+        }
+        if let Some(a) = d.affinity {
+            if let Some(t) = a.threshold {
+                c.affinity.threshold = fraction("affinity.threshold", t, false)?;
+            }
+            if let Some(v) = a.valve_tokens {
+                if v == 0 {
+                    return Err(invalid("affinity.valveTokens", "must be > 0"));
+                }
+                c.affinity.valve_tokens = v;
+            }
+            if let Some(p) = a.exploration_probability {
+                c.affinity.exploration = fraction("affinity.explorationProbability", p, true)?;
+            }
+        }
+        if let Some(t) = d.token_load.and_then(|t| t.threshold_tokens) {
+            if t == 0 {
+                return Err(invalid("tokenLoad.thresholdTokens", "must be > 0"));
+            }
+            c.token_load_threshold = t;
+        }
+        if let Some(ch) = d.consistent_hash {
+            if let Some(e) = ch.epsilon {
+                if !(e.is_finite() && e > 0.0 && e <= 10.0) {
+                    return Err(invalid("consistentHash.epsilon", format!("{e} is not in (0, 10]")));
+                }
+                c.chash.epsilon = e;
+            }
+            if let Some(b) = ch.prefix_blocks {
+                if !(1..=256).contains(&b) {
+                    return Err(invalid("consistentHash.prefixBlocks", format!("{b} is not in 1..=256")));
+                }
+                c.chash.prefix_blocks = b;
+            }
+        }
+        if let Some(ms) = d.degrade_after_ms {
+            c.degrade_after = if ms == 0 { None } else { Some(Duration::from_millis(ms)) };
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gie_default_matches_epp_defaults() {
+        let c = Config::profile(Profile::GieDefault);
+        let w: Vec<(ScorerKind, f64)> = c.scorers().iter().map(|s| (s.kind, s.weight)).collect();
+        assert_eq!(w, [(ScorerKind::Queue, 2.0), (ScorerKind::KvCache, 2.0), (ScorerKind::Prefix, 3.0)]);
+        assert!(c.filters().is_empty());
+        assert_eq!(c.max_endpoints(), 1);
+        assert_eq!(c.saturation().queue_threshold, 5);
+        assert_eq!(c.saturation().kv_threshold, 0.8);
+        assert_eq!(c.saturation().staleness, Duration::from_millis(200));
+        assert_eq!(c.block_bytes(None), 64);
+        assert_eq!(c.block_bytes(Some(32)), 128, "autoTune takes the pod's block size");
+        assert_eq!(c.prefix().max_blocks, 256);
+        assert_eq!(c.prefix().lru_capacity, 31_250);
+    }
+
+    #[test]
+    fn json_overrides_and_defaults() {
+        let c = Config::from_json(br#"{"profile":"gie-default","scorers":[{"type":"queue-scorer"},{"type":"prefix-cache-scorer","weight":5}],"maxEndpoints":3}"#).unwrap();
+        assert_eq!(c.scorers()[0], WeightedScorer { kind: ScorerKind::Queue, weight: 1.0 });
+        assert_eq!(c.scorers()[1].weight, 5.0);
+        assert_eq!(c.max_endpoints(), 3);
+        assert_eq!(Config::from_json(b"{}").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = Config::from_json(br#"{"maxEndpionts":2}"#).unwrap_err();
+        assert!(matches!(&e, ConfigError::Json(m) if m.contains("maxEndpionts")), "{e}");
+        let e = Config::from_json(br#"{"maxEndpoints":0}"#).unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { field: "maxEndpoints", .. }));
+        let e = Config::from_json(br#"{"saturation":{"kvCacheUtilThreshold":1.5}}"#).unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { field: "saturation.kvCacheUtilThreshold", .. }));
+        let e = Config::from_json(br#"{"scorers":[{"type":"queue-scorer","weight":-1}]}"#).unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { field: "scorers[].weight", .. }));
+        let e = Config::from_json(br#"{"scorers":[{"type":"nope"}]}"#).unwrap_err();
+        assert!(matches!(&e, ConfigError::Json(m) if m.contains("nope")), "{e}");
+        let e = Config::from_json(br#"{"scorers":[]}"#).unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { field: "scorers", .. }));
+        assert!(Config::from_json(b"not json").is_err());
+        let e = Config::from_json(br#"{"prefix":{"blockSizeTokens":0}}"#).unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { field: "prefix.blockSizeTokens", .. }));
+    }
+}

@@ -1,0 +1,63 @@
+//! # picker-core: the scheduling brain of wasm-epp
+//!
+//! Everything wasm-epp decides is decided here, as pure functions over plain data; the proxy-wasm
+//! filter only translates hostcalls into these calls and back (DESIGN.md). The crate is
+//! `#![no_std]` + `alloc`, sans-IO, reads no clock and owns no RNG: time (`now`) and randomness
+//! (`&mut impl Rng`) are parameters, so every decision is reproducible from its inputs.
+//!
+//! ## Pipeline
+//!
+//! ```text
+//! body bytes ──scan::scan──▶ model, stream, cache_salt, prompt bytes (borrowed, one pass)
+//! snapshot bytes ──Snapshot::decode──▶ Snapshot ──Pool::new──▶ Pool (keys precomputed)
+//! pick::pick(&Config, &Request, &Pool, &[InFlight], &mut State, now, &mut rng) ──▶ Decision
+//!        hashes the prompt (GIE xxh64 block chain), matches the prefix index, admits or sheds,
+//!        filters, scores, picks; records the pick in the prefix index; says why.
+//! ```
+//!
+//! ## Modules
+//!
+//! | module | what |
+//! |---|---|
+//! | [`scan`] | one-pass validating JSON scanner for `/v1/completions`, `/v1/chat/completions`, `/v1/responses`, `/v1/embeddings` |
+//! | [`prefix`] | GIE-compatible prefix block hashing and the bounded prefix index (per-endpoint LRU) |
+//! | [`snapshot`] | the load snapshot, its versioned binary codec, and [`Pool`] |
+//! | [`config`] | DTO → validated [`Config`]; profiles `gie-default`, `llm-d-default`, `wasm-epp-default` |
+//! | [`pick`] | candidates, admission, filters, scorers, max-score picker, [`Decision`] |
+//! | [`chash`] | bounded-load rendezvous hashing on the prompt prefix |
+//! | [`rng`], [`time`] | the injected randomness and time types |
+//!
+//! ## Contracts
+//!
+//! * No public function panics on any input. Parsers of untrusted bytes ([`scan::scan`],
+//!   [`Snapshot::decode`], [`pick::parse_subset`], [`Config::from_json`]) return typed errors and
+//!   are property-tested over arbitrary bytes.
+//! * Memory is bounded: the scanner allocates only the model and salt (≤ 256 bytes each); the
+//!   prefix index holds at most `prefix.maxIndexEntries` entries of
+//!   [`PrefixIndex::ENTRY_BYTES`] bytes; a snapshot holds at most 1,024 endpoints.
+//! * `pick` returns endpoints only from the candidate set (ready, serving the model, inside the
+//!   subset), scores in [0, 1], and the same decision for the same inputs and RNG seed.
+#![no_std]
+#![forbid(unsafe_code)]
+#![warn(missing_debug_implementations)]
+
+extern crate alloc;
+#[cfg(any(test, feature = "std"))]
+extern crate std;
+
+pub mod chash;
+pub mod config;
+pub mod pick;
+pub mod prefix;
+pub mod rng;
+pub mod scan;
+pub mod snapshot;
+pub mod time;
+
+pub use config::{Config, ConfigError, Profile};
+pub use pick::{pick, Decision, InFlight, Outcome, Rejection, Request, State};
+pub use prefix::PrefixIndex;
+pub use rng::{Rng, SplitMix64};
+pub use scan::{scan, Api, Prompt, ScanError, Scanned};
+pub use snapshot::{Endpoint, Pool, Snapshot};
+pub use time::{Duration, Instant};

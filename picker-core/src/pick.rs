@@ -1,0 +1,487 @@
+//! The pick: candidates → admission → filters → scorers → max-score picker, with the reasons.
+//!
+//! ```text
+//! snapshot.endpoints ──ready? serves model? in subset?──▶ candidates ──(empty: 503)
+//!        │                                                    │
+//!        │                   admission: pool saturation over candidates; priority < 0 and
+//!        │                   saturation ≥ 1.0 → 429 (GIE legacy admission, epp.md §3.8)
+//!        ▼                                                    ▼
+//!   filters in order (utilization, prefix affinity), each fail-open ──▶ scorers, weighted sum
+//!        ──▶ max-score picker: shuffle (injected RNG), stable sort by score ↓, top N ──▶ Decision
+//! ```
+//!
+//! Scorer formulas (epp.md §3.4; all clamp to [0, 1]):
+//! * queue: `(maxQ − q) / (maxQ − minQ)` over candidates, 1.0 when all equal;
+//! * kv-cache: `1 − kv_usage`;
+//! * prefix: `matched blocks / request blocks` (0 without blocks);
+//! * lora: 1.0 adapter running; 0.8 room to load (`running + waiting < max`); 0.6 adapter
+//!   waiting; else 0;
+//! * running-requests: min-max like queue, on running requests;
+//! * token-load: `1 − min(1, in-flight tokens / threshold)`;
+//! * in-flight (ours): min-max like queue, on the proxy's exact in-flight requests;
+//! * consistent-hash (ours): 1.0 for the bounded-load rendezvous choice of the prompt's leading
+//!   blocks, 0 elsewhere (see [`crate::chash`]).
+//!
+//! The total is `Σ weight × score`, not normalised by total weight, as in GIE.
+
+use alloc::vec::Vec;
+use core::fmt;
+use core::net::{IpAddr, SocketAddr};
+
+use crate::chash;
+use crate::config::{Config, FilterKind, ScorerKind, MAX_SCORERS};
+use crate::prefix::{hash_prompt_into, EndpointKey, PrefixHashes, PrefixIndex};
+use crate::rng::{shuffle, Rng};
+use crate::scan::Prompt;
+use crate::snapshot::{Endpoint, Pool};
+use crate::time::Instant;
+
+/// Proxy-side load of one endpoint, counted exactly by the filter across all workers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InFlight {
+    pub requests: u32,
+    /// Estimated prompt tokens of the requests in flight (bytes / chars-per-token).
+    pub tokens: u64,
+}
+
+/// One entry of a subset hint (`x-gateway-destination-endpoint-subset`, or the conformance
+/// steering header): a bare IP matches every port of that host, `ip:port` matches exactly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubsetEntry {
+    Ip(IpAddr),
+    Addr(SocketAddr),
+}
+
+impl SubsetEntry {
+    pub fn matches(&self, addr: &SocketAddr) -> bool {
+        match self {
+            SubsetEntry::Ip(ip) => addr.ip() == *ip,
+            SubsetEntry::Addr(a) => a == addr,
+        }
+    }
+}
+
+/// Why a subset list could not be parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubsetError {
+    /// Index of the offending comma-separated item.
+    pub item: usize,
+}
+
+impl fmt::Display for SubsetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "endpoint subset item {} is not an IP or ip:port", self.item)
+    }
+}
+
+impl core::error::Error for SubsetError {}
+
+/// Most entries accepted in a subset list.
+pub const MAX_SUBSET: usize = 1024;
+
+/// Parses a comma-separated list of `ip`, `ip:port`, `[v6]:port` or bare v6 (as GIE's lwepp
+/// accepts). Empty items are skipped; an empty list is valid and selects nothing.
+pub fn parse_subset(s: &str) -> Result<Vec<SubsetEntry>, SubsetError> {
+    let mut out = Vec::new();
+    for (item, raw) in s.split(',').enumerate() {
+        let t = raw.trim();
+        if t.is_empty() {
+            continue;
+        }
+        if out.len() >= MAX_SUBSET {
+            return Err(SubsetError { item });
+        }
+        let e = if let Ok(a) = t.parse::<SocketAddr>() {
+            SubsetEntry::Addr(a)
+        } else if let Ok(ip) = t.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+            SubsetEntry::Ip(ip)
+        } else {
+            return Err(SubsetError { item });
+        };
+        out.push(e);
+    }
+    Ok(out)
+}
+
+/// What the caller knows about one request.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// The model the pods must serve (after any rewrite).
+    pub model: &'a str,
+    pub cache_salt: Option<&'a str>,
+    pub prompt: Prompt<'a>,
+    /// InferenceObjective priority; negative means sheddable (GIE `IsSheddable`).
+    pub priority: i32,
+    /// Restrict the pick to these endpoints (subset hint); `Some(&[])` selects nothing → 503.
+    pub subset: Option<&'a [SubsetEntry]>,
+}
+
+impl<'a> Request<'a> {
+    pub fn new(model: &'a str, prompt: Prompt<'a>) -> Self {
+        Request { model, cache_salt: None, prompt, priority: 0, subset: None }
+    }
+}
+
+/// Why the picker refused to route.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rejection {
+    /// No ready endpoint serves the model (or the snapshot is empty).
+    NoEndpoints,
+    /// A subset was given and no eligible endpoint is in it.
+    SubsetEmpty,
+    /// Sheddable request while the pool is saturated.
+    Shed { saturation: f64 },
+}
+
+impl Rejection {
+    /// The HTTP status the proxy should answer with (epp.md §1.3, §3.8).
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Rejection::NoEndpoints | Rejection::SubsetEmpty => 503,
+            Rejection::Shed { .. } => 429,
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::NoEndpoints => f.write_str("no ready endpoint serves the requested model"),
+            Rejection::SubsetEmpty => f.write_str("no eligible endpoint in the requested subset"),
+            Rejection::Shed { saturation } => {
+                write!(f, "pool saturated ({saturation:.2}), sheddable request dropped")
+            }
+        }
+    }
+}
+
+/// Why an endpoint of the snapshot was not a candidate, or was filtered out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    NotReady,
+    ModelNotServed,
+    NotInSubset,
+    /// Removed by the utilization filter (stale metrics, queue or KV over threshold).
+    Saturated,
+    /// Removed by the prefix-affinity filter (not sticky).
+    NotSticky,
+}
+
+/// How the decision was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The configured profile over a fresh snapshot.
+    Normal,
+    /// The snapshot is older than `degradeAfterMs`: consistent hashing + in-flight counts only.
+    Degraded,
+}
+
+/// One scored candidate. `scores[i]` belongs to `Decision::scorers[i]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scored {
+    /// Index into `snapshot.endpoints`.
+    pub index: usize,
+    pub scores: [f32; MAX_SCORERS],
+    pub total: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Ordered endpoints (indices into `snapshot.endpoints`): the first is the pick, the rest
+    /// the fallback list.
+    Route(Vec<usize>),
+    Reject(Rejection),
+}
+
+/// The pick and every reason for it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub outcome: Outcome,
+    pub mode: Mode,
+    /// Pool saturation over the candidates (GIE utilization detector).
+    pub saturation: f64,
+    /// The scorers that produced `Scored::scores`, in order, with weights.
+    pub scorers: Vec<(ScorerKind, f64)>,
+    /// Candidates that reached scoring, in snapshot order.
+    pub scored: Vec<Scored>,
+    /// Endpoints dropped before scoring and why.
+    pub drops: Vec<(usize, DropReason)>,
+    /// The request's prefix block hashes (for recording the served endpoint later).
+    pub hashes: PrefixHashes,
+    /// Best prefix match among candidates, in blocks.
+    pub best_prefix_match: u32,
+}
+
+impl Decision {
+    /// The chosen endpoint (first of the list), if routed.
+    pub fn primary(&self) -> Option<usize> {
+        match &self.outcome {
+            Outcome::Route(v) => v.first().copied(),
+            Outcome::Reject(_) => None,
+        }
+    }
+}
+
+/// Mutable picker state: the prefix index. One per worker (or rebuilt from shared data).
+#[derive(Clone, Debug)]
+pub struct State {
+    pub index: PrefixIndex,
+    matches: Vec<(EndpointKey, u32)>,
+}
+
+impl State {
+    pub fn new(config: &Config) -> Self {
+        State { index: PrefixIndex::new(config.prefix().max_index_entries), matches: Vec::new() }
+    }
+
+    /// Records that `endpoint` served a request with `hashes` (use when the proxy walked the
+    /// fallback list and the served endpoint differs from the primary pick).
+    pub fn record_served(&mut self, config: &Config, endpoint: &Endpoint, hashes: &PrefixHashes) {
+        let cap = endpoint.gpu_blocks.unwrap_or(config.prefix().lru_capacity);
+        self.index.insert(endpoint.key(), cap, hashes.as_slice(), config.prefix().insert_order);
+    }
+}
+
+/// Whether `ep`'s metrics are older than the staleness threshold at `now`.
+fn is_stale(config: &Config, ep: &Endpoint, now: Instant) -> bool {
+    now.saturating_since(ep.scraped_at) > config.saturation().staleness
+}
+
+/// GIE utilization detector: `mean_p max(q_p / qThr, kv_p / kvThr)`, stale pods count 1.0,
+/// an empty set counts 1.0.
+pub fn pool_saturation(config: &Config, pool: &Pool, candidates: &[usize], now: Instant) -> f64 {
+    if candidates.is_empty() {
+        return 1.0;
+    }
+    let s = config.saturation();
+    let sum: f64 = candidates
+        .iter()
+        .map(|&i| {
+            let ep = &pool.endpoints()[i];
+            if is_stale(config, ep, now) {
+                1.0
+            } else {
+                let q = ep.waiting as f64 / s.queue_threshold as f64;
+                let kv = ep.kv_usage as f64 / s.kv_threshold;
+                q.max(kv)
+            }
+        })
+        .sum();
+    sum / candidates.len() as f64
+}
+
+/// Picks endpoints for `req`. `inflight` is indexed like `pool.endpoints()` (a shorter slice
+/// counts the rest as idle). Never panics; allocations are the decision and small scratch.
+pub fn pick(
+    config: &Config,
+    req: &Request<'_>,
+    pool: &Pool,
+    inflight: &[InFlight],
+    state: &mut State,
+    now: Instant,
+    rng: &mut impl Rng,
+) -> Decision {
+    let snapshot = pool.snapshot();
+    let mut drops = Vec::new();
+    let mut cands: Vec<usize> = Vec::with_capacity(snapshot.endpoints.len());
+    for (i, ep) in snapshot.endpoints.iter().enumerate() {
+        if !ep.ready {
+            drops.push((i, DropReason::NotReady));
+        } else if !ep.serves(req.model) {
+            drops.push((i, DropReason::ModelNotServed));
+        } else if req.subset.is_some_and(|s| !s.iter().any(|e| e.matches(&ep.addr))) {
+            drops.push((i, DropReason::NotInSubset));
+        } else {
+            cands.push(i);
+        }
+    }
+
+    let degraded = config.degrade_after().is_some_and(|d| now.saturating_since(snapshot.generated_at) > d);
+    let mode = if degraded { Mode::Degraded } else { Mode::Normal };
+
+    // Prefix hashes, with the block size of the first candidate when autoTune is on (GIE).
+    let block_bytes = config.block_bytes(cands.first().and_then(|&i| snapshot.endpoints[i].block_size));
+    let mut hashes = PrefixHashes::default();
+    hash_prompt_into(req.model, req.cache_salt, req.prompt, block_bytes, config.prefix().max_blocks as usize, &mut hashes);
+
+    let saturation = pool_saturation(config, pool, &cands, now);
+    let reject = |r: Rejection, drops, hashes| Decision {
+        outcome: Outcome::Reject(r),
+        mode,
+        saturation,
+        scorers: Vec::new(),
+        scored: Vec::new(),
+        drops,
+        hashes,
+        best_prefix_match: 0,
+    };
+    if cands.is_empty() {
+        let r = if req.subset.is_some() { Rejection::SubsetEmpty } else { Rejection::NoEndpoints };
+        return reject(r, drops, hashes);
+    }
+    // Admission (GIE legacy path): sheddable requests are dropped when saturated. In degraded
+    // mode the metrics are too old to call the pool saturated, so nothing is shed.
+    if !degraded && req.priority < 0 && saturation >= 1.0 {
+        return reject(Rejection::Shed { saturation }, drops, hashes);
+    }
+
+    // Prefix matches per candidate (needed by the prefix scorer and the affinity filter).
+    state.index.match_longest(hashes.as_slice(), &mut state.matches);
+    let total_blocks = hashes.len() as u32;
+    let matched = |key: EndpointKey, matches: &[(EndpointKey, u32)]| matches.iter().find(|(k, _)| *k == key).map_or(0, |m| m.1);
+    let prefix_score = |i: usize, matches: &[(EndpointKey, u32)]| -> f64 {
+        if total_blocks == 0 {
+            0.0
+        } else {
+            matched(pool.key(i), matches) as f64 / total_blocks as f64
+        }
+    };
+    let load = |i: usize| inflight.get(i).copied().unwrap_or_default();
+    let best_prefix_match = cands.iter().map(|&i| matched(pool.key(i), &state.matches)).max().unwrap_or(0);
+
+    // Filters (skipped in degraded mode: they read metrics we no longer trust).
+    if !degraded {
+        for f in config.filters() {
+            let keep: Vec<bool> = match f {
+                FilterKind::Utilization => {
+                    let s = config.saturation();
+                    let q_max = s.queue_threshold as f64 * (1.0 + s.headroom);
+                    let kv_max = s.kv_threshold * (1.0 + s.headroom);
+                    cands
+                        .iter()
+                        .map(|&i| {
+                            let ep = &snapshot.endpoints[i];
+                            !is_stale(config, ep, now) && (ep.waiting as f64) < q_max && (ep.kv_usage as f64) < kv_max
+                        })
+                        .collect()
+                }
+                FilterKind::PrefixAffinity => {
+                    let a = config.affinity();
+                    let sticky: Vec<bool> = cands.iter().map(|&i| prefix_score(i, &state.matches) >= a.threshold).collect();
+                    let explore = a.exploration > 0.0 && rng.unit_f64() < a.exploration;
+                    // Saturation valve: stickiness breaks when every sticky pod is loaded past τ.
+                    let valve = cands.iter().zip(&sticky).filter(|(_, s)| **s).all(|(&i, _)| load(i).tokens >= a.valve_tokens);
+                    if explore || valve {
+                        continue;
+                    }
+                    sticky
+                }
+            };
+            if keep.iter().any(|k| *k) {
+                let reason = match f {
+                    FilterKind::Utilization => DropReason::Saturated,
+                    FilterKind::PrefixAffinity => DropReason::NotSticky,
+                };
+                let mut k = keep.iter();
+                cands.retain(|&i| {
+                    let kept = *k.next().unwrap_or(&true);
+                    if !kept {
+                        drops.push((i, reason));
+                    }
+                    kept
+                });
+            }
+        }
+    }
+
+    // Scorers.
+    let degraded_scorers = [(ScorerKind::ConsistentHash, 1.0), (ScorerKind::InFlight, 1.0)];
+    let scorers: Vec<(ScorerKind, f64)> = if degraded {
+        degraded_scorers.to_vec()
+    } else {
+        config.scorers().iter().map(|s| (s.kind, s.weight)).collect()
+    };
+    let min_max = |vals: &mut dyn Iterator<Item = u64>| -> (u64, u64) {
+        vals.fold((u64::MAX, 0), |(lo, hi), v| (lo.min(v), hi.max(v)))
+    };
+    let min_max_score = |v: u64, (lo, hi): (u64, u64)| -> f64 {
+        if hi == lo {
+            1.0
+        } else {
+            (hi - v) as f64 / (hi - lo) as f64
+        }
+    };
+    let queue_range = min_max(&mut cands.iter().map(|&i| snapshot.endpoints[i].waiting as u64));
+    let running_range = min_max(&mut cands.iter().map(|&i| snapshot.endpoints[i].running as u64));
+    let inflight_range = min_max(&mut cands.iter().map(|&i| load(i).requests as u64));
+    let ch_choice = if scorers.iter().any(|s| s.0 == ScorerKind::ConsistentHash) {
+        hashes.prefix_key(config.consistent_hash().prefix_blocks as usize).and_then(|key| {
+            chash::choose(key, config.consistent_hash().epsilon, cands.iter().map(|&i| (i, pool.key(i), load(i).requests)))
+        })
+    } else {
+        None
+    };
+
+    let scored: Vec<Scored> = cands
+        .iter()
+        .map(|&i| {
+            let ep = &snapshot.endpoints[i];
+            let mut scores = [0f32; MAX_SCORERS];
+            let mut total = 0.0;
+            for (slot, &(kind, weight)) in scorers.iter().enumerate().take(MAX_SCORERS) {
+                let s = match kind {
+                    ScorerKind::Queue => min_max_score(ep.waiting as u64, queue_range),
+                    ScorerKind::KvCache => 1.0 - ep.kv_usage as f64,
+                    ScorerKind::Prefix => prefix_score(i, &state.matches),
+                    ScorerKind::Lora => lora_score(ep, req.model),
+                    ScorerKind::RunningRequests => min_max_score(ep.running as u64, running_range),
+                    ScorerKind::TokenLoad => {
+                        1.0 - (load(i).tokens as f64 / config.token_load_threshold() as f64).min(1.0)
+                    }
+                    ScorerKind::InFlight => min_max_score(load(i).requests as u64, inflight_range),
+                    ScorerKind::ConsistentHash => {
+                        if ch_choice == Some(i) {
+                            1.0
+                        } else {
+                            0.0
+                        }
+                    }
+                };
+                let s = if s.is_finite() { s.clamp(0.0, 1.0) } else { 0.0 };
+                scores[slot] = s as f32;
+                total += weight * s;
+            }
+            Scored { index: i, scores, total }
+        })
+        .collect();
+
+    // Max-score picker: shuffle, then a stable sort by score descending = random tie-break.
+    let mut order: Vec<usize> = (0..scored.len()).collect();
+    shuffle(&mut order, rng);
+    order.sort_by(|&a, &b| scored[b].total.total_cmp(&scored[a].total));
+    let picked: Vec<usize> = order.iter().take(config.max_endpoints() as usize).map(|&o| scored[o].index).collect();
+
+    if let Some(&primary) = picked.first() {
+        // GIE records the primary pick in PreRequest; the proxy reports a different served
+        // endpoint through `State::record_served`.
+        state.record_served(config, &snapshot.endpoints[primary], &hashes);
+    }
+    Decision {
+        outcome: Outcome::Route(picked),
+        mode,
+        saturation,
+        scorers,
+        scored,
+        drops,
+        hashes,
+        best_prefix_match,
+    }
+}
+
+/// GIE `lora-affinity-scorer`.
+fn lora_score(ep: &Endpoint, model: &str) -> f64 {
+    let Some(l) = &ep.lora else { return 0.0 };
+    if l.running.iter().any(|a| a == model) {
+        1.0
+    } else if l.running.len() + l.waiting.len() < l.max as usize {
+        0.8
+    } else if l.waiting.iter().any(|a| a == model) {
+        0.6
+    } else {
+        0.0
+    }
+}
+
+#[cfg(test)]
+#[path = "pick_tests.rs"]
+mod tests;

@@ -1,0 +1,194 @@
+use super::*;
+use alloc::vec;
+use proptest::prelude::*;
+
+#[test]
+fn xxh64_known_answers() {
+    // Reference vectors of XXH64 with seed 0 (xxHash's own test suite / cespare/xxhash tests).
+    assert_eq!(xxh64(b"", 0), 0xEF46_DB37_51D8_E999);
+    assert_eq!(xxh64(b"a", 0), 0xD24E_C4F1_A98C_6E5B);
+    assert_eq!(xxh64(b"abc", 0), 0x44BC_2CF5_AD77_0999);
+}
+
+/// The GIE chain written out literally, as a second implementation to compare against.
+fn reference_chain(model: &str, salt: &str, input: &[u8], block: usize, max_blocks: usize) -> Vec<u64> {
+    if input.len() < block {
+        return vec![];
+    }
+    let input = &input[..input.len().min(block * max_blocks)];
+    let mut seed = Vec::from(model.as_bytes());
+    seed.extend_from_slice(salt.as_bytes());
+    let mut prev = xxh64(&seed, 0);
+    let mut out = vec![];
+    for chunk in input.chunks(block) {
+        let mut b = Vec::from(chunk);
+        b.extend_from_slice(&prev.to_le_bytes());
+        prev = xxh64(&b, 0);
+        out.push(prev);
+    }
+    out
+}
+
+#[test]
+fn chain_follows_gie_rules() {
+    let text: Vec<u8> = (0..1000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    // Shorter than one block: no hashes.
+    assert!(hash_prompt("m", None, Prompt::from_bytes(&text[..63]), 64, 256).is_empty());
+    // Exactly one block.
+    assert_eq!(hash_prompt("m", None, Prompt::from_bytes(&text[..64]), 64, 256).as_slice(), reference_chain("m", "", &text[..64], 64, 256));
+    // Trailing partial block is hashed: 1000 bytes = 15 full + 1 partial.
+    let h = hash_prompt("m", None, Prompt::from_bytes(&text), 64, 256);
+    assert_eq!(h.len(), 16);
+    assert_eq!(h.as_slice(), reference_chain("m", "", &text, 64, 256));
+    // Truncation at max blocks: no partial block past the limit.
+    let h = hash_prompt("m", None, Prompt::from_bytes(&text), 64, 4);
+    assert_eq!(h.len(), 4);
+    assert_eq!(h.as_slice(), reference_chain("m", "", &text, 64, 4));
+    // Model and salt seed the chain.
+    let a = hash_prompt("m1", None, Prompt::from_bytes(&text), 64, 256);
+    let b = hash_prompt("m2", None, Prompt::from_bytes(&text), 64, 256);
+    let c = hash_prompt("m1", Some("tenant"), Prompt::from_bytes(&text), 64, 256);
+    assert_ne!(a.as_slice()[0], b.as_slice()[0]);
+    assert_ne!(a.as_slice()[0], c.as_slice()[0]);
+    assert_eq!(c.as_slice(), reference_chain("m1", "tenant", &text, 64, 256));
+}
+
+#[test]
+fn shared_prefix_shares_leading_hashes() {
+    let system = [b'S'; 640];
+    let mut a = Vec::from(&system[..]);
+    a.extend_from_slice(b"question one, which is long enough to fill a block or more of text here....");
+    let mut b = Vec::from(&system[..]);
+    b.extend_from_slice(b"another question entirely, also long enough to make a block of its own.....");
+    let ha = hash_prompt("m", None, Prompt::from_bytes(&a), 64, 256);
+    let hb = hash_prompt("m", None, Prompt::from_bytes(&b), 64, 256);
+    assert_eq!(ha.as_slice()[..10], hb.as_slice()[..10]);
+    assert_ne!(ha.as_slice()[10], hb.as_slice()[10]);
+    assert_eq!(ha.prefix_key(4), hb.prefix_key(4));
+    assert_eq!(PrefixHashes::default().prefix_key(4), None);
+}
+
+#[test]
+fn empty_or_zero_block_gives_no_hashes() {
+    assert!(hash_prompt("m", None, Prompt::default(), 64, 256).is_empty());
+    assert!(hash_prompt("m", None, Prompt::from_bytes(b"abc"), 0, 256).is_empty());
+}
+
+// === index ===
+
+fn ep(n: u64) -> EndpointKey {
+    1000 + n
+}
+
+#[test]
+fn longest_prefix_match_counts_blocks_per_endpoint() {
+    let mut idx = PrefixIndex::new(1 << 16);
+    idx.insert(ep(1), 100, &[1, 2, 3, 4], InsertOrder::Gie);
+    idx.insert(ep(2), 100, &[1, 2], InsertOrder::Gie);
+    let mut m = vec![];
+    idx.match_longest(&[1, 2, 3, 9, 4], &mut m);
+    m.sort();
+    // Stops at 9 (nobody holds it): ep1 matched 3 blocks, ep2 matched 2.
+    assert_eq!(m, vec![(ep(1), 3), (ep(2), 2)]);
+    idx.match_longest(&[7, 1, 2], &mut m);
+    assert!(m.is_empty(), "first block missing everywhere: no match");
+}
+
+#[test]
+fn per_endpoint_lru_evicts_least_recent() {
+    let mut idx = PrefixIndex::new(1 << 16);
+    idx.insert(ep(1), 3, &[1, 2, 3], InsertOrder::Gie);
+    idx.insert(ep(1), 3, &[1], InsertOrder::Gie); // refresh 1: LRU order now 2, 3, 1
+    idx.insert(ep(1), 3, &[4], InsertOrder::Gie); // evicts 2
+    assert_eq!(idx.endpoint_len(ep(1)), 3);
+    let mut m = vec![];
+    idx.match_longest(&[2], &mut m);
+    assert!(m.is_empty());
+    idx.match_longest(&[1], &mut m);
+    assert_eq!(m, vec![(ep(1), 1)]);
+}
+
+#[test]
+fn insert_order_decides_which_end_survives() {
+    let mut gie = PrefixIndex::new(1 << 16);
+    gie.insert(ep(1), 2, &[1, 2, 3, 4], InsertOrder::Gie);
+    let mut head = PrefixIndex::new(1 << 16);
+    head.insert(ep(1), 2, &[1, 2, 3, 4], InsertOrder::HeadMostRecent);
+    let mut m = vec![];
+    gie.match_longest(&[1, 2, 3, 4], &mut m);
+    assert!(m.is_empty(), "GIE order keeps the tail (3, 4), so the walk stops at block 1");
+    head.match_longest(&[1, 2, 3, 4], &mut m);
+    assert_eq!(m, vec![(ep(1), 2)], "head-most-recent keeps blocks 1 and 2");
+}
+
+#[test]
+fn global_bound_holds_with_many_endpoints() {
+    let mut idx = PrefixIndex::new(1000);
+    for e in 0..50u64 {
+        let hashes: Vec<u64> = (0..500).map(|i| e * 10_000 + i).collect();
+        idx.insert(ep(e), DEFAULT_LRU_CAPACITY, &hashes, InsertOrder::HeadMostRecent);
+        assert!(idx.len() <= 1000, "after endpoint {e}: {} entries", idx.len());
+    }
+    assert_eq!(idx.memory_bound_bytes(), 1000 * PrefixIndex::ENTRY_BYTES);
+}
+
+#[test]
+fn retain_drops_departed_endpoints_and_reuses_slots() {
+    let mut idx = PrefixIndex::new(1 << 16);
+    idx.insert(ep(1), 100, &[1, 2], InsertOrder::Gie);
+    idx.insert(ep(2), 100, &[1, 3], InsertOrder::Gie);
+    idx.insert(ep(3), 100, &[1, 4], InsertOrder::Gie);
+    idx.retain_endpoints(&[ep(3), ep(2)]);
+    assert_eq!(idx.endpoint_len(ep(1)), 0);
+    assert_eq!(idx.len(), 4);
+    let mut m = vec![];
+    idx.match_longest(&[1, 4], &mut m);
+    let mut sorted = m.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec![(ep(2), 1), (ep(3), 2)]);
+    // Freed nodes are reused.
+    idx.insert(ep(4), 100, &[9, 8], InsertOrder::Gie);
+    assert_eq!(idx.len(), 6);
+}
+
+proptest! {
+    /// The bound holds after any sequence of inserts and retains, and matches never name an
+    /// endpoint that was not inserted.
+    #[test]
+    fn index_bounded_and_consistent(
+        ops in prop::collection::vec((0u64..12, 1u32..40, prop::collection::vec(0u64..64, 0..30), any::<bool>()), 1..80),
+        max in 1u32..200,
+    ) {
+        let mut idx = PrefixIndex::new(max);
+        let mut seen = alloc::collections::BTreeSet::new();
+        let mut m = vec![];
+        for (e, cap, hashes, retain) in ops {
+            if retain {
+                let keep: Vec<u64> = seen.iter().copied().filter(|k| k % 2 == e % 2).collect();
+                idx.retain_endpoints(&keep);
+                seen.retain(|k| keep.contains(k));
+            } else {
+                idx.insert(ep(e), cap, &hashes, InsertOrder::Gie);
+                seen.insert(ep(e));
+                prop_assert!(idx.endpoint_len(ep(e)) <= cap as usize);
+            }
+            prop_assert!(idx.len() <= max as usize, "{} > {}", idx.len(), max);
+            idx.match_longest(&hashes, &mut m);
+            for (k, n) in &m {
+                prop_assert!(seen.contains(k));
+                prop_assert!(*n as usize <= hashes.len());
+            }
+        }
+    }
+
+    /// Hashing is a pure function of (model, salt, bytes), regardless of how the bytes are
+    /// split between the two prompt segments.
+    #[test]
+    fn segment_split_does_not_change_hashes(bytes in prop::collection::vec(any::<u8>(), 0..700), split in any::<prop::sample::Index>()) {
+        let at = split.index(bytes.len() + 1);
+        let whole = hash_prompt("m", None, Prompt::from_bytes(&bytes), 64, 8);
+        let parts = hash_prompt("m", None, Prompt::from_parts(&bytes[..at], &bytes[at..]), 64, 8);
+        prop_assert_eq!(whole.as_slice(), parts.as_slice());
+        prop_assert_eq!(whole.as_slice(), &reference_chain("m", "", &bytes, 64, 8)[..]);
+    }
+}
