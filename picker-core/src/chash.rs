@@ -48,7 +48,9 @@ where
     I: Iterator<Item = (T, EndpointKey, u32)> + Clone,
     T: Copy,
 {
-    let (n, total) = candidates.clone().fold((0u64, 0u64), |(n, t), (_, _, l)| (n + 1, t + l as u64));
+    let (n, total) = candidates
+        .clone()
+        .fold((0u64, 0u64), |(n, t), (_, _, l)| (n + 1, t + l as u64));
     if n == 0 {
         return None;
     }
@@ -82,7 +84,15 @@ mod tests {
     use alloc::vec::Vec;
 
     fn eps(n: u64) -> Vec<(usize, EndpointKey, u32)> {
-        (0..n).map(|i| (i as usize, crate::rng::Rng::next_u64(&mut crate::rng::SplitMix64::new(i + 1)), 0)).collect()
+        (0..n)
+            .map(|i| {
+                (
+                    i as usize,
+                    crate::rng::Rng::next_u64(&mut crate::rng::SplitMix64::new(i + 1)),
+                    0,
+                )
+            })
+            .collect()
     }
 
     #[test]
@@ -124,7 +134,11 @@ mod tests {
             let bound = ((1.25 * (total + 1) as f64) / 8.0).ceil() as u32;
             let id = choose(42, 0.25, c.iter().copied()).unwrap();
             c[id].2 += 1;
-            assert!(c[id].2 <= bound, "step {step}: load {} > bound {bound}", c[id].2);
+            assert!(
+                c[id].2 <= bound,
+                "step {step}: load {} > bound {bound}",
+                c[id].2
+            );
         }
         let max = c.iter().map(|e| e.2).max().unwrap();
         assert!(max as f64 <= (1.25 * 400.0 / 8.0_f64).ceil() + 1.0);

@@ -30,7 +30,10 @@ use core::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::prefix::{InsertOrder, DEFAULT_BLOCK_SIZE_TOKENS, DEFAULT_CHARS_PER_TOKEN, DEFAULT_LRU_CAPACITY, DEFAULT_MAX_BLOCKS};
+use crate::prefix::{
+    InsertOrder, DEFAULT_BLOCK_SIZE_TOKENS, DEFAULT_CHARS_PER_TOKEN, DEFAULT_LRU_CAPACITY,
+    DEFAULT_MAX_BLOCKS,
+};
 use crate::time::Duration;
 
 /// Most scorers one profile may hold (fixed so that per-candidate scores live inline).
@@ -221,7 +224,9 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ConfigError::Json(m) => write!(f, "invalid picker config: {m}"),
-            ConfigError::Invalid { field, reason } => write!(f, "invalid picker config: {field}: {reason}"),
+            ConfigError::Invalid { field, reason } => {
+                write!(f, "invalid picker config: {field}: {reason}")
+            }
         }
     }
 }
@@ -285,28 +290,40 @@ pub struct Config {
 impl Config {
     /// The named profile with all defaults.
     pub fn profile(p: Profile) -> Config {
-        let (scorers, filters, insert_order): (&[(ScorerKind, f64)], &[FilterKind], InsertOrder) = match p {
-            Profile::GieDefault => (
-                &[(ScorerKind::Queue, 2.0), (ScorerKind::KvCache, 2.0), (ScorerKind::Prefix, 3.0)],
-                &[],
-                InsertOrder::Gie,
-            ),
-            Profile::LlmdDefault => (&[(ScorerKind::TokenLoad, 1.0)], &[FilterKind::PrefixAffinity], InsertOrder::Gie),
-            Profile::WasmEppDefault => (
-                &[
-                    (ScorerKind::Prefix, 3.0),
-                    (ScorerKind::Queue, 2.0),
-                    (ScorerKind::KvCache, 2.0),
-                    (ScorerKind::InFlight, 2.0),
-                    (ScorerKind::ConsistentHash, 1.0),
-                ],
-                &[],
-                InsertOrder::HeadMostRecent,
-            ),
-        };
+        let (scorers, filters, insert_order): (&[(ScorerKind, f64)], &[FilterKind], InsertOrder) =
+            match p {
+                Profile::GieDefault => (
+                    &[
+                        (ScorerKind::Queue, 2.0),
+                        (ScorerKind::KvCache, 2.0),
+                        (ScorerKind::Prefix, 3.0),
+                    ],
+                    &[],
+                    InsertOrder::Gie,
+                ),
+                Profile::LlmdDefault => (
+                    &[(ScorerKind::TokenLoad, 1.0)],
+                    &[FilterKind::PrefixAffinity],
+                    InsertOrder::Gie,
+                ),
+                Profile::WasmEppDefault => (
+                    &[
+                        (ScorerKind::Prefix, 3.0),
+                        (ScorerKind::Queue, 2.0),
+                        (ScorerKind::KvCache, 2.0),
+                        (ScorerKind::InFlight, 2.0),
+                        (ScorerKind::ConsistentHash, 1.0),
+                    ],
+                    &[],
+                    InsertOrder::HeadMostRecent,
+                ),
+            };
         Config {
             profile: p,
-            scorers: scorers.iter().map(|&(kind, weight)| WeightedScorer { kind, weight }).collect(),
+            scorers: scorers
+                .iter()
+                .map(|&(kind, weight)| WeightedScorer { kind, weight })
+                .collect(),
             filters: filters.to_vec(),
             max_endpoints: 1,
             saturation: Saturation {
@@ -324,20 +341,28 @@ impl Config {
                 max_index_entries: 32_768,
                 insert_order,
             },
-            affinity: Affinity { threshold: 0.8, valve_tokens: 35 * 8192, exploration: 0.01 },
+            affinity: Affinity {
+                threshold: 0.8,
+                valve_tokens: 35 * 8192,
+                exploration: 0.01,
+            },
             token_load_threshold: match p {
                 // The sticky-until-saturated configuration uses τ for both the valve and the scorer.
                 Profile::LlmdDefault => 35 * 8192,
                 _ => 4_194_304,
             },
-            chash: ConsistentHash { epsilon: 0.25, prefix_blocks: 4 },
+            chash: ConsistentHash {
+                epsilon: 0.25,
+                prefix_blocks: 4,
+            },
             degrade_after: Some(Duration::from_secs(5)),
         }
     }
 
     /// Parses and validates JSON config bytes.
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
-        let dto: ConfigDto = serde_json::from_slice(bytes).map_err(|e| ConfigError::Json(format!("{e}")))?;
+        let dto: ConfigDto =
+            serde_json::from_slice(bytes).map_err(|e| ConfigError::Json(format!("{e}")))?;
         Config::try_from(dto)
     }
 
@@ -389,7 +414,10 @@ impl Default for Config {
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { field, reason: reason.into() }
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
 }
 
 fn fraction(field: &'static str, v: f64, allow_zero: bool) -> Result<f64, ConfigError> {
@@ -397,7 +425,10 @@ fn fraction(field: &'static str, v: f64, allow_zero: bool) -> Result<f64, Config
     if ok {
         Ok(v)
     } else {
-        Err(invalid(field, format!("{v} is not in {}0, 1]", if allow_zero { "[" } else { "(" })))
+        Err(invalid(
+            field,
+            format!("{v} is not in {}0, 1]", if allow_zero { "[" } else { "(" }),
+        ))
     }
 }
 
@@ -408,19 +439,28 @@ impl TryFrom<ConfigDto> for Config {
         let mut c = Config::profile(d.profile.unwrap_or(Profile::WasmEppDefault));
         if let Some(scorers) = d.scorers {
             if scorers.is_empty() || scorers.len() > MAX_SCORERS {
-                return Err(invalid("scorers", format!("need 1..={MAX_SCORERS} scorers, got {}", scorers.len())));
+                return Err(invalid(
+                    "scorers",
+                    format!("need 1..={MAX_SCORERS} scorers, got {}", scorers.len()),
+                ));
             }
             c.scorers.clear();
             for s in scorers {
                 // GIE `DefaultScorerWeight`: a scorer without a weight counts 1.0.
                 let weight = s.weight.unwrap_or(1.0);
                 if !(weight.is_finite() && weight > 0.0) {
-                    return Err(invalid("scorers[].weight", format!("{weight} is not a finite number > 0")));
+                    return Err(invalid(
+                        "scorers[].weight",
+                        format!("{weight} is not a finite number > 0"),
+                    ));
                 }
                 if c.scorers.iter().any(|w| w.kind == s.kind) {
                     return Err(invalid("scorers[].type", "each scorer may appear once"));
                 }
-                c.scorers.push(WeightedScorer { kind: s.kind, weight });
+                c.scorers.push(WeightedScorer {
+                    kind: s.kind,
+                    weight,
+                });
             }
         }
         if let Some(filters) = d.filters {
@@ -431,7 +471,10 @@ impl TryFrom<ConfigDto> for Config {
         }
         if let Some(n) = d.max_endpoints {
             if n == 0 || n > MAX_FALLBACK {
-                return Err(invalid("maxEndpoints", format!("{n} is not in 1..={MAX_FALLBACK}")));
+                return Err(invalid(
+                    "maxEndpoints",
+                    format!("{n} is not in 1..={MAX_FALLBACK}"),
+                ));
             }
             c.max_endpoints = n;
         }
@@ -447,13 +490,19 @@ impl TryFrom<ConfigDto> for Config {
             }
             if let Some(ms) = s.metrics_staleness_threshold_ms {
                 if ms == 0 {
-                    return Err(invalid("saturation.metricsStalenessThresholdMs", "must be > 0"));
+                    return Err(invalid(
+                        "saturation.metricsStalenessThresholdMs",
+                        "must be > 0",
+                    ));
                 }
                 c.saturation.staleness = Duration::from_millis(ms);
             }
             if let Some(h) = s.headroom {
                 if !(h.is_finite() && (0.0..=10.0).contains(&h)) {
-                    return Err(invalid("saturation.headroom", format!("{h} is not in [0, 10]")));
+                    return Err(invalid(
+                        "saturation.headroom",
+                        format!("{h} is not in [0, 10]"),
+                    ));
                 }
                 c.saturation.headroom = h;
             }
@@ -461,19 +510,28 @@ impl TryFrom<ConfigDto> for Config {
         if let Some(p) = d.prefix {
             if let Some(v) = p.block_size_tokens {
                 if !(1..=4096).contains(&v) {
-                    return Err(invalid("prefix.blockSizeTokens", format!("{v} is not in 1..=4096")));
+                    return Err(invalid(
+                        "prefix.blockSizeTokens",
+                        format!("{v} is not in 1..=4096"),
+                    ));
                 }
                 c.prefix.block_size_tokens = v;
             }
             if let Some(v) = p.chars_per_token {
                 if !(1..=64).contains(&v) {
-                    return Err(invalid("prefix.charsPerToken", format!("{v} is not in 1..=64")));
+                    return Err(invalid(
+                        "prefix.charsPerToken",
+                        format!("{v} is not in 1..=64"),
+                    ));
                 }
                 c.prefix.chars_per_token = v;
             }
             if let Some(v) = p.max_prefix_blocks_to_match {
                 if !(1..=4096).contains(&v) {
-                    return Err(invalid("prefix.maxPrefixBlocksToMatch", format!("{v} is not in 1..=4096")));
+                    return Err(invalid(
+                        "prefix.maxPrefixBlocksToMatch",
+                        format!("{v} is not in 1..=4096"),
+                    ));
                 }
                 c.prefix.max_blocks = v;
             }
@@ -488,7 +546,10 @@ impl TryFrom<ConfigDto> for Config {
             }
             if let Some(v) = p.max_index_entries {
                 if !(1..=1 << 22).contains(&v) {
-                    return Err(invalid("prefix.maxIndexEntries", format!("{v} is not in 1..=4194304")));
+                    return Err(invalid(
+                        "prefix.maxIndexEntries",
+                        format!("{v} is not in 1..=4194304"),
+                    ));
                 }
                 c.prefix.max_index_entries = v;
             }
@@ -519,19 +580,29 @@ impl TryFrom<ConfigDto> for Config {
         if let Some(ch) = d.consistent_hash {
             if let Some(e) = ch.epsilon {
                 if !(e.is_finite() && e > 0.0 && e <= 10.0) {
-                    return Err(invalid("consistentHash.epsilon", format!("{e} is not in (0, 10]")));
+                    return Err(invalid(
+                        "consistentHash.epsilon",
+                        format!("{e} is not in (0, 10]"),
+                    ));
                 }
                 c.chash.epsilon = e;
             }
             if let Some(b) = ch.prefix_blocks {
                 if !(1..=256).contains(&b) {
-                    return Err(invalid("consistentHash.prefixBlocks", format!("{b} is not in 1..=256")));
+                    return Err(invalid(
+                        "consistentHash.prefixBlocks",
+                        format!("{b} is not in 1..=256"),
+                    ));
                 }
                 c.chash.prefix_blocks = b;
             }
         }
         if let Some(ms) = d.degrade_after_ms {
-            c.degrade_after = if ms == 0 { None } else { Some(Duration::from_millis(ms)) };
+            c.degrade_after = if ms == 0 {
+                None
+            } else {
+                Some(Duration::from_millis(ms))
+            };
         }
         Ok(c)
     }
@@ -545,14 +616,25 @@ mod tests {
     fn gie_default_matches_epp_defaults() {
         let c = Config::profile(Profile::GieDefault);
         let w: Vec<(ScorerKind, f64)> = c.scorers().iter().map(|s| (s.kind, s.weight)).collect();
-        assert_eq!(w, [(ScorerKind::Queue, 2.0), (ScorerKind::KvCache, 2.0), (ScorerKind::Prefix, 3.0)]);
+        assert_eq!(
+            w,
+            [
+                (ScorerKind::Queue, 2.0),
+                (ScorerKind::KvCache, 2.0),
+                (ScorerKind::Prefix, 3.0)
+            ]
+        );
         assert!(c.filters().is_empty());
         assert_eq!(c.max_endpoints(), 1);
         assert_eq!(c.saturation().queue_threshold, 5);
         assert_eq!(c.saturation().kv_threshold, 0.8);
         assert_eq!(c.saturation().staleness, Duration::from_millis(200));
         assert_eq!(c.block_bytes(None), 64);
-        assert_eq!(c.block_bytes(Some(32)), 128, "autoTune takes the pod's block size");
+        assert_eq!(
+            c.block_bytes(Some(32)),
+            128,
+            "autoTune takes the pod's block size"
+        );
         assert_eq!(c.prefix().max_blocks, 256);
         assert_eq!(c.prefix().lru_capacity, 31_250);
     }
@@ -560,7 +642,13 @@ mod tests {
     #[test]
     fn json_overrides_and_defaults() {
         let c = Config::from_json(br#"{"profile":"gie-default","scorers":[{"type":"queue-scorer"},{"type":"prefix-cache-scorer","weight":5}],"maxEndpoints":3}"#).unwrap();
-        assert_eq!(c.scorers()[0], WeightedScorer { kind: ScorerKind::Queue, weight: 1.0 });
+        assert_eq!(
+            c.scorers()[0],
+            WeightedScorer {
+                kind: ScorerKind::Queue,
+                weight: 1.0
+            }
+        );
         assert_eq!(c.scorers()[1].weight, 5.0);
         assert_eq!(c.max_endpoints(), 3);
         assert_eq!(Config::from_json(b"{}").unwrap(), Config::default());
@@ -569,19 +657,56 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let e = Config::from_json(br#"{"maxEndpionts":2}"#).unwrap_err();
-        assert!(matches!(&e, ConfigError::Json(m) if m.contains("maxEndpionts")), "{e}");
+        assert!(
+            matches!(&e, ConfigError::Json(m) if m.contains("maxEndpionts")),
+            "{e}"
+        );
         let e = Config::from_json(br#"{"maxEndpoints":0}"#).unwrap_err();
-        assert!(matches!(e, ConfigError::Invalid { field: "maxEndpoints", .. }));
+        assert!(matches!(
+            e,
+            ConfigError::Invalid {
+                field: "maxEndpoints",
+                ..
+            }
+        ));
         let e = Config::from_json(br#"{"saturation":{"kvCacheUtilThreshold":1.5}}"#).unwrap_err();
-        assert!(matches!(e, ConfigError::Invalid { field: "saturation.kvCacheUtilThreshold", .. }));
-        let e = Config::from_json(br#"{"scorers":[{"type":"queue-scorer","weight":-1}]}"#).unwrap_err();
-        assert!(matches!(e, ConfigError::Invalid { field: "scorers[].weight", .. }));
+        assert!(matches!(
+            e,
+            ConfigError::Invalid {
+                field: "saturation.kvCacheUtilThreshold",
+                ..
+            }
+        ));
+        let e =
+            Config::from_json(br#"{"scorers":[{"type":"queue-scorer","weight":-1}]}"#).unwrap_err();
+        assert!(matches!(
+            e,
+            ConfigError::Invalid {
+                field: "scorers[].weight",
+                ..
+            }
+        ));
         let e = Config::from_json(br#"{"scorers":[{"type":"nope"}]}"#).unwrap_err();
-        assert!(matches!(&e, ConfigError::Json(m) if m.contains("nope")), "{e}");
+        assert!(
+            matches!(&e, ConfigError::Json(m) if m.contains("nope")),
+            "{e}"
+        );
         let e = Config::from_json(br#"{"scorers":[]}"#).unwrap_err();
-        assert!(matches!(e, ConfigError::Invalid { field: "scorers", .. }));
+        assert!(matches!(
+            e,
+            ConfigError::Invalid {
+                field: "scorers",
+                ..
+            }
+        ));
         assert!(Config::from_json(b"not json").is_err());
         let e = Config::from_json(br#"{"prefix":{"blockSizeTokens":0}}"#).unwrap_err();
-        assert!(matches!(e, ConfigError::Invalid { field: "prefix.blockSizeTokens", .. }));
+        assert!(matches!(
+            e,
+            ConfigError::Invalid {
+                field: "prefix.blockSizeTokens",
+                ..
+            }
+        ));
     }
 }

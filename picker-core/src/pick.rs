@@ -70,7 +70,11 @@ pub struct SubsetError {
 
 impl fmt::Display for SubsetError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "endpoint subset item {} is not an IP or ip:port", self.item)
+        write!(
+            f,
+            "endpoint subset item {} is not an IP or ip:port",
+            self.item
+        )
     }
 }
 
@@ -93,7 +97,11 @@ pub fn parse_subset(s: &str) -> Result<Vec<SubsetEntry>, SubsetError> {
         }
         let e = if let Ok(a) = t.parse::<SocketAddr>() {
             SubsetEntry::Addr(a)
-        } else if let Ok(ip) = t.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        } else if let Ok(ip) = t
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
             SubsetEntry::Ip(ip)
         } else {
             return Err(SubsetError { item });
@@ -118,7 +126,13 @@ pub struct Request<'a> {
 
 impl<'a> Request<'a> {
     pub fn new(model: &'a str, prompt: Prompt<'a>) -> Self {
-        Request { model, cache_salt: None, prompt, priority: 0, subset: None }
+        Request {
+            model,
+            cache_salt: None,
+            prompt,
+            priority: 0,
+            subset: None,
+        }
     }
 }
 
@@ -149,7 +163,10 @@ impl fmt::Display for Rejection {
             Rejection::NoEndpoints => f.write_str("no ready endpoint serves the requested model"),
             Rejection::SubsetEmpty => f.write_str("no eligible endpoint in the requested subset"),
             Rejection::Shed { saturation } => {
-                write!(f, "pool saturated ({saturation:.2}), sheddable request dropped")
+                write!(
+                    f,
+                    "pool saturated ({saturation:.2}), sheddable request dropped"
+                )
             }
         }
     }
@@ -231,14 +248,22 @@ pub struct State {
 
 impl State {
     pub fn new(config: &Config) -> Self {
-        State { index: PrefixIndex::new(config.prefix().max_index_entries), matches: Vec::new() }
+        State {
+            index: PrefixIndex::new(config.prefix().max_index_entries),
+            matches: Vec::new(),
+        }
     }
 
     /// Records that `endpoint` served a request with `hashes` (use when the proxy walked the
     /// fallback list and the served endpoint differs from the primary pick).
     pub fn record_served(&mut self, config: &Config, endpoint: &Endpoint, hashes: &PrefixHashes) {
         let cap = endpoint.gpu_blocks.unwrap_or(config.prefix().lru_capacity);
-        self.index.insert(endpoint.key(), cap, hashes.as_slice(), config.prefix().insert_order);
+        self.index.insert(
+            endpoint.key(),
+            cap,
+            hashes.as_slice(),
+            config.prefix().insert_order,
+        );
     }
 }
 
@@ -281,6 +306,43 @@ pub fn pick(
     now: Instant,
     rng: &mut impl Rng,
 ) -> Decision {
+    let hashes = prefix_hashes(config, req, pool);
+    pick_hashed(config, req, hashes, pool, inflight, state, now, rng)
+}
+
+/// The request's prefix block hashes, with the block size of the first ready endpoint that
+/// serves the model when autoTune is on (GIE takes the first candidate's `block_size`).
+pub fn prefix_hashes(config: &Config, req: &Request<'_>, pool: &Pool) -> PrefixHashes {
+    let first = pool
+        .endpoints()
+        .iter()
+        .find(|e| e.ready && e.serves(req.model));
+    let block_bytes = config.block_bytes(first.and_then(|e| e.block_size));
+    let mut hashes = PrefixHashes::default();
+    hash_prompt_into(
+        req.model,
+        req.cache_salt,
+        req.prompt,
+        block_bytes,
+        config.prefix().max_blocks as usize,
+        &mut hashes,
+    );
+    hashes
+}
+
+/// [`pick`] with the prefix hashes already computed by [`prefix_hashes`] (lets callers and
+/// benchmarks separate hashing, which is linear in the prompt, from the decision).
+#[allow(clippy::too_many_arguments)]
+pub fn pick_hashed(
+    config: &Config,
+    req: &Request<'_>,
+    hashes: PrefixHashes,
+    pool: &Pool,
+    inflight: &[InFlight],
+    state: &mut State,
+    now: Instant,
+    rng: &mut impl Rng,
+) -> Decision {
     let snapshot = pool.snapshot();
     let mut drops = Vec::new();
     let mut cands: Vec<usize> = Vec::with_capacity(snapshot.endpoints.len());
@@ -289,20 +351,24 @@ pub fn pick(
             drops.push((i, DropReason::NotReady));
         } else if !ep.serves(req.model) {
             drops.push((i, DropReason::ModelNotServed));
-        } else if req.subset.is_some_and(|s| !s.iter().any(|e| e.matches(&ep.addr))) {
+        } else if req
+            .subset
+            .is_some_and(|s| !s.iter().any(|e| e.matches(&ep.addr)))
+        {
             drops.push((i, DropReason::NotInSubset));
         } else {
             cands.push(i);
         }
     }
 
-    let degraded = config.degrade_after().is_some_and(|d| now.saturating_since(snapshot.generated_at) > d);
-    let mode = if degraded { Mode::Degraded } else { Mode::Normal };
-
-    // Prefix hashes, with the block size of the first candidate when autoTune is on (GIE).
-    let block_bytes = config.block_bytes(cands.first().and_then(|&i| snapshot.endpoints[i].block_size));
-    let mut hashes = PrefixHashes::default();
-    hash_prompt_into(req.model, req.cache_salt, req.prompt, block_bytes, config.prefix().max_blocks as usize, &mut hashes);
+    let degraded = config
+        .degrade_after()
+        .is_some_and(|d| now.saturating_since(snapshot.generated_at) > d);
+    let mode = if degraded {
+        Mode::Degraded
+    } else {
+        Mode::Normal
+    };
 
     let saturation = pool_saturation(config, pool, &cands, now);
     let reject = |r: Rejection, drops, hashes| Decision {
@@ -316,7 +382,11 @@ pub fn pick(
         best_prefix_match: 0,
     };
     if cands.is_empty() {
-        let r = if req.subset.is_some() { Rejection::SubsetEmpty } else { Rejection::NoEndpoints };
+        let r = if req.subset.is_some() {
+            Rejection::SubsetEmpty
+        } else {
+            Rejection::NoEndpoints
+        };
         return reject(r, drops, hashes);
     }
     // Admission (GIE legacy path): sheddable requests are dropped when saturated. In degraded
@@ -325,19 +395,26 @@ pub fn pick(
         return reject(Rejection::Shed { saturation }, drops, hashes);
     }
 
-    // Prefix matches per candidate (needed by the prefix scorer and the affinity filter).
-    state.index.match_longest(hashes.as_slice(), &mut state.matches);
+    // Prefix matches per endpoint (needed by the prefix scorer and the affinity filter).
+    state
+        .index
+        .match_longest(hashes.as_slice(), &mut state.matches);
     let total_blocks = hashes.len() as u32;
-    let matched = |key: EndpointKey, matches: &[(EndpointKey, u32)]| matches.iter().find(|(k, _)| *k == key).map_or(0, |m| m.1);
-    let prefix_score = |i: usize, matches: &[(EndpointKey, u32)]| -> f64 {
+    let mut matched = alloc::vec![0u32; snapshot.endpoints.len()];
+    for &(key, n) in &state.matches {
+        if let Some(i) = pool.index_of(key) {
+            matched[i] = n;
+        }
+    }
+    let prefix_score = |i: usize| -> f64 {
         if total_blocks == 0 {
             0.0
         } else {
-            matched(pool.key(i), matches) as f64 / total_blocks as f64
+            matched[i] as f64 / total_blocks as f64
         }
     };
     let load = |i: usize| inflight.get(i).copied().unwrap_or_default();
-    let best_prefix_match = cands.iter().map(|&i| matched(pool.key(i), &state.matches)).max().unwrap_or(0);
+    let best_prefix_match = cands.iter().map(|&i| matched[i]).max().unwrap_or(0);
 
     // Filters (skipped in degraded mode: they read metrics we no longer trust).
     if !degraded {
@@ -351,16 +428,25 @@ pub fn pick(
                         .iter()
                         .map(|&i| {
                             let ep = &snapshot.endpoints[i];
-                            !is_stale(config, ep, now) && (ep.waiting as f64) < q_max && (ep.kv_usage as f64) < kv_max
+                            !is_stale(config, ep, now)
+                                && (ep.waiting as f64) < q_max
+                                && (ep.kv_usage as f64) < kv_max
                         })
                         .collect()
                 }
                 FilterKind::PrefixAffinity => {
                     let a = config.affinity();
-                    let sticky: Vec<bool> = cands.iter().map(|&i| prefix_score(i, &state.matches) >= a.threshold).collect();
+                    let sticky: Vec<bool> = cands
+                        .iter()
+                        .map(|&i| prefix_score(i) >= a.threshold)
+                        .collect();
                     let explore = a.exploration > 0.0 && rng.unit_f64() < a.exploration;
                     // Saturation valve: stickiness breaks when every sticky pod is loaded past τ.
-                    let valve = cands.iter().zip(&sticky).filter(|(_, s)| **s).all(|(&i, _)| load(i).tokens >= a.valve_tokens);
+                    let valve = cands
+                        .iter()
+                        .zip(&sticky)
+                        .filter(|(_, s)| **s)
+                        .all(|(&i, _)| load(i).tokens >= a.valve_tokens);
                     if explore || valve {
                         continue;
                     }
@@ -385,11 +471,18 @@ pub fn pick(
     }
 
     // Scorers.
-    let degraded_scorers = [(ScorerKind::ConsistentHash, 1.0), (ScorerKind::InFlight, 1.0)];
+    let degraded_scorers = [
+        (ScorerKind::ConsistentHash, 1.0),
+        (ScorerKind::InFlight, 1.0),
+    ];
     let scorers: Vec<(ScorerKind, f64)> = if degraded {
         degraded_scorers.to_vec()
     } else {
-        config.scorers().iter().map(|s| (s.kind, s.weight)).collect()
+        config
+            .scorers()
+            .iter()
+            .map(|s| (s.kind, s.weight))
+            .collect()
     };
     let min_max = |vals: &mut dyn Iterator<Item = u64>| -> (u64, u64) {
         vals.fold((u64::MAX, 0), |(lo, hi), v| (lo.min(v), hi.max(v)))
@@ -405,9 +498,15 @@ pub fn pick(
     let running_range = min_max(&mut cands.iter().map(|&i| snapshot.endpoints[i].running as u64));
     let inflight_range = min_max(&mut cands.iter().map(|&i| load(i).requests as u64));
     let ch_choice = if scorers.iter().any(|s| s.0 == ScorerKind::ConsistentHash) {
-        hashes.prefix_key(config.consistent_hash().prefix_blocks as usize).and_then(|key| {
-            chash::choose(key, config.consistent_hash().epsilon, cands.iter().map(|&i| (i, pool.key(i), load(i).requests)))
-        })
+        hashes
+            .prefix_key(config.consistent_hash().prefix_blocks as usize)
+            .and_then(|key| {
+                chash::choose(
+                    key,
+                    config.consistent_hash().epsilon,
+                    cands.iter().map(|&i| (i, pool.key(i), load(i).requests)),
+                )
+            })
     } else {
         None
     };
@@ -422,11 +521,12 @@ pub fn pick(
                 let s = match kind {
                     ScorerKind::Queue => min_max_score(ep.waiting as u64, queue_range),
                     ScorerKind::KvCache => 1.0 - ep.kv_usage as f64,
-                    ScorerKind::Prefix => prefix_score(i, &state.matches),
+                    ScorerKind::Prefix => prefix_score(i),
                     ScorerKind::Lora => lora_score(ep, req.model),
                     ScorerKind::RunningRequests => min_max_score(ep.running as u64, running_range),
                     ScorerKind::TokenLoad => {
-                        1.0 - (load(i).tokens as f64 / config.token_load_threshold() as f64).min(1.0)
+                        1.0 - (load(i).tokens as f64 / config.token_load_threshold() as f64)
+                            .min(1.0)
                     }
                     ScorerKind::InFlight => min_max_score(load(i).requests as u64, inflight_range),
                     ScorerKind::ConsistentHash => {
@@ -437,19 +537,23 @@ pub fn pick(
                         }
                     }
                 };
-                let s = if s.is_finite() { s.clamp(0.0, 1.0) } else { 0.0 };
+                let s = if s.is_finite() {
+                    s.clamp(0.0, 1.0)
+                } else {
+                    0.0
+                };
                 scores[slot] = s as f32;
                 total += weight * s;
             }
-            Scored { index: i, scores, total }
+            Scored {
+                index: i,
+                scores,
+                total,
+            }
         })
         .collect();
 
-    // Max-score picker: shuffle, then a stable sort by score descending = random tie-break.
-    let mut order: Vec<usize> = (0..scored.len()).collect();
-    shuffle(&mut order, rng);
-    order.sort_by(|&a, &b| scored[b].total.total_cmp(&scored[a].total));
-    let picked: Vec<usize> = order.iter().take(config.max_endpoints() as usize).map(|&o| scored[o].index).collect();
+    let picked = max_score(&scored, config.max_endpoints() as usize, rng);
 
     if let Some(&primary) = picked.first() {
         // GIE records the primary pick in PreRequest; the proxy reports a different served
@@ -466,6 +570,38 @@ pub fn pick(
         hashes,
         best_prefix_match,
     }
+}
+
+/// GIE `max-score-picker`: shuffle, then a stable sort by score descending, so ties break
+/// uniformly at random; keep the top `n`. For `n == 1` the same distribution comes from one
+/// pass with reservoir sampling over the tied maxima (no shuffle, no sort).
+fn max_score(scored: &[Scored], n: usize, rng: &mut impl Rng) -> Vec<usize> {
+    if n == 1 {
+        let mut best: Option<usize> = None;
+        let mut ties = 0u64;
+        for (o, s) in scored.iter().enumerate() {
+            match best.map(|b| s.total.total_cmp(&scored[b].total)) {
+                None | Some(core::cmp::Ordering::Greater) => {
+                    best = Some(o);
+                    ties = 1;
+                }
+                Some(core::cmp::Ordering::Equal) => {
+                    ties += 1;
+                    if rng.below(ties) == 0 {
+                        best = Some(o);
+                    }
+                }
+                Some(core::cmp::Ordering::Less) => {}
+            }
+        }
+        return best
+            .map(|b| alloc::vec![scored[b].index])
+            .unwrap_or_default();
+    }
+    let mut order: Vec<usize> = (0..scored.len()).collect();
+    shuffle(&mut order, rng);
+    order.sort_by(|&a, &b| scored[b].total.total_cmp(&scored[a].total));
+    order.iter().take(n).map(|&o| scored[o].index).collect()
 }
 
 /// GIE `lora-affinity-scorer`.

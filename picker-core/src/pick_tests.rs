@@ -20,15 +20,31 @@ fn ep(n: u8, waiting: u32, kv: f32) -> Endpoint {
 }
 
 fn pool(eps: Vec<Endpoint>) -> Pool {
-    Pool::new(Snapshot { sequence: 1, generated_at: NOW, endpoints: eps })
+    Pool::new(Snapshot {
+        sequence: 1,
+        generated_at: NOW,
+        endpoints: eps,
+    })
 }
 
 fn run(config: &Config, req: &Request<'_>, pool: &Pool, state: &mut State, seed: u64) -> Decision {
-    pick(config, req, pool, &[], state, NOW, &mut SplitMix64::new(seed))
+    pick(
+        config,
+        req,
+        pool,
+        &[],
+        state,
+        NOW,
+        &mut SplitMix64::new(seed),
+    )
 }
 
 fn scores_of(d: &Decision, kind: ScorerKind) -> Vec<f32> {
-    let slot = d.scorers.iter().position(|s| s.0 == kind).expect("scorer present");
+    let slot = d
+        .scorers
+        .iter()
+        .position(|s| s.0 == kind)
+        .expect("scorer present");
     d.scored.iter().map(|s| s.scores[slot]).collect()
 }
 
@@ -38,7 +54,13 @@ fn gie_queue_and_kv_scores_by_hand() {
     let cfg = Config::profile(Profile::GieDefault);
     let p = pool(vec![ep(1, 0, 0.2), ep(2, 5, 0.5), ep(3, 10, 0.9)]);
     let mut st = State::new(&cfg);
-    let d = run(&cfg, &Request::new(MODEL, Prompt::default()), &p, &mut st, 1);
+    let d = run(
+        &cfg,
+        &Request::new(MODEL, Prompt::default()),
+        &p,
+        &mut st,
+        1,
+    );
     assert_eq!(scores_of(&d, ScorerKind::Queue), [1.0, 0.5, 0.0]);
     let kv = scores_of(&d, ScorerKind::KvCache);
     for (got, want) in kv.iter().zip([0.8, 0.5, 0.1]) {
@@ -46,7 +68,12 @@ fn gie_queue_and_kv_scores_by_hand() {
     }
     // Totals: 2·q + 2·kv + 3·0 = 3.6, 2.0, 0.2 → endpoint 0 wins.
     let totals: Vec<f64> = d.scored.iter().map(|s| s.total).collect();
-    assert!((totals[0] - 3.6).abs() < 1e-6 && (totals[1] - 2.0).abs() < 1e-6 && (totals[2] - 0.2).abs() < 1e-6, "{totals:?}");
+    assert!(
+        (totals[0] - 3.6).abs() < 1e-6
+            && (totals[1] - 2.0).abs() < 1e-6
+            && (totals[2] - 0.2).abs() < 1e-6,
+        "{totals:?}"
+    );
     assert_eq!(d.outcome, Outcome::Route(vec![0]));
     assert_eq!(d.mode, Mode::Normal);
 }
@@ -55,7 +82,13 @@ fn gie_queue_and_kv_scores_by_hand() {
 fn equal_queues_score_one() {
     let cfg = Config::profile(Profile::GieDefault);
     let p = pool(vec![ep(1, 4, 0.0), ep(2, 4, 0.0)]);
-    let d = run(&cfg, &Request::new(MODEL, Prompt::default()), &p, &mut State::new(&cfg), 1);
+    let d = run(
+        &cfg,
+        &Request::new(MODEL, Prompt::default()),
+        &p,
+        &mut State::new(&cfg),
+        1,
+    );
     assert_eq!(scores_of(&d, ScorerKind::Queue), [1.0, 1.0]);
 }
 
@@ -64,7 +97,12 @@ fn prefix_affinity_after_first_pick() {
     // Same 640-byte system prompt twice: the second request goes where the first went, and its
     // prefix score there is matched/total = 10/11 (the question differs in the last block).
     let cfg = Config::profile(Profile::GieDefault);
-    let p = pool(vec![ep(1, 0, 0.0), ep(2, 0, 0.0), ep(3, 0, 0.0), ep(4, 0, 0.0)]);
+    let p = pool(vec![
+        ep(1, 0, 0.0),
+        ep(2, 0, 0.0),
+        ep(3, 0, 0.0),
+        ep(4, 0, 0.0),
+    ]);
     let sys = [b'S'; 640];
     let mut a = Vec::from(&sys[..]);
     a.extend_from_slice(b"first question");
@@ -72,15 +110,33 @@ fn prefix_affinity_after_first_pick() {
     b.extend_from_slice(b"other question");
     for seed in 1..10 {
         let mut st = State::new(&cfg);
-        let d1 = run(&cfg, &Request::new(MODEL, Prompt::from_bytes(&a)), &p, &mut st, seed);
+        let d1 = run(
+            &cfg,
+            &Request::new(MODEL, Prompt::from_bytes(&a)),
+            &p,
+            &mut st,
+            seed,
+        );
         let first = d1.primary().unwrap();
-        let d2 = run(&cfg, &Request::new(MODEL, Prompt::from_bytes(&b)), &p, &mut st, seed + 100);
+        let d2 = run(
+            &cfg,
+            &Request::new(MODEL, Prompt::from_bytes(&b)),
+            &p,
+            &mut st,
+            seed + 100,
+        );
         assert_eq!(d2.primary(), Some(first), "seed {seed}");
         let prefix = scores_of(&d2, ScorerKind::Prefix);
         assert!((prefix[first] - 10.0 / 11.0).abs() < 1e-6, "{prefix:?}");
         assert_eq!(d2.best_prefix_match, 10);
         // The same prompt again now matches all 11 blocks.
-        let d3 = run(&cfg, &Request::new(MODEL, Prompt::from_bytes(&b)), &p, &mut st, seed + 200);
+        let d3 = run(
+            &cfg,
+            &Request::new(MODEL, Prompt::from_bytes(&b)),
+            &p,
+            &mut st,
+            seed + 200,
+        );
         assert_eq!(scores_of(&d3, ScorerKind::Prefix)[first], 1.0);
     }
 }
@@ -88,15 +144,35 @@ fn prefix_affinity_after_first_pick() {
 #[test]
 fn ties_break_randomly_but_reproducibly() {
     let cfg = Config::profile(Profile::GieDefault);
-    let p = pool(vec![ep(1, 0, 0.0), ep(2, 0, 0.0), ep(3, 0, 0.0), ep(4, 0, 0.0)]);
+    let p = pool(vec![
+        ep(1, 0, 0.0),
+        ep(2, 0, 0.0),
+        ep(3, 0, 0.0),
+        ep(4, 0, 0.0),
+    ]);
     let mut seen = [0u32; 4];
     for seed in 0..200 {
-        let d = run(&cfg, &Request::new(MODEL, Prompt::default()), &p, &mut State::new(&cfg), seed);
-        let again = run(&cfg, &Request::new(MODEL, Prompt::default()), &p, &mut State::new(&cfg), seed);
+        let d = run(
+            &cfg,
+            &Request::new(MODEL, Prompt::default()),
+            &p,
+            &mut State::new(&cfg),
+            seed,
+        );
+        let again = run(
+            &cfg,
+            &Request::new(MODEL, Prompt::default()),
+            &p,
+            &mut State::new(&cfg),
+            seed,
+        );
         assert_eq!(d, again);
         seen[d.primary().unwrap()] += 1;
     }
-    assert!(seen.iter().all(|&n| n > 20), "all tied endpoints get picked: {seen:?}");
+    assert!(
+        seen.iter().all(|&n| n > 20),
+        "all tied endpoints get picked: {seen:?}"
+    );
 }
 
 #[test]
@@ -109,8 +185,17 @@ fn candidates_exclude_not_ready_unserved_and_outside_subset() {
     let mut any = ep(4, 0, 0.0);
     any.models.clear(); // unknown models: serves anything
     let p = pool(vec![down, other, ep(3, 9, 0.0), any]);
-    let d = run(&cfg, &Request::new(MODEL, Prompt::default()), &p, &mut State::new(&cfg), 1);
-    assert_eq!(d.drops, vec![(0, DropReason::NotReady), (1, DropReason::ModelNotServed)]);
+    let d = run(
+        &cfg,
+        &Request::new(MODEL, Prompt::default()),
+        &p,
+        &mut State::new(&cfg),
+        1,
+    );
+    assert_eq!(
+        d.drops,
+        vec![(0, DropReason::NotReady), (1, DropReason::ModelNotServed)]
+    );
     assert_eq!(d.primary(), Some(3));
 
     let subset = parse_subset("10.0.0.3").unwrap();
@@ -126,7 +211,13 @@ fn candidates_exclude_not_ready_unserved_and_outside_subset() {
     assert_eq!(d.outcome, Outcome::Reject(Rejection::SubsetEmpty));
     assert_eq!(Rejection::SubsetEmpty.http_status(), 503);
 
-    let d = run(&cfg, &Request::new("unknown", Prompt::default()), &pool(vec![ep(1, 0, 0.0)]), &mut State::new(&cfg), 1);
+    let d = run(
+        &cfg,
+        &Request::new("unknown", Prompt::default()),
+        &pool(vec![ep(1, 0, 0.0)]),
+        &mut State::new(&cfg),
+        1,
+    );
     assert_eq!(d.outcome, Outcome::Reject(Rejection::NoEndpoints));
 }
 
@@ -151,10 +242,18 @@ fn sheddable_requests_are_shed_at_saturation_only() {
     let mut req = Request::new(MODEL, Prompt::default());
     req.priority = -1;
     let d = run(&cfg, &req, &p, &mut State::new(&cfg), 1);
-    assert_eq!(d.outcome, Outcome::Reject(Rejection::Shed { saturation: 1.0 }));
+    assert_eq!(
+        d.outcome,
+        Outcome::Reject(Rejection::Shed { saturation: 1.0 })
+    );
     assert_eq!(Rejection::Shed { saturation: 1.0 }.http_status(), 429);
     req.priority = 0;
-    assert!(run(&cfg, &req, &p, &mut State::new(&cfg), 1).primary().is_some(), "critical requests are never shed");
+    assert!(
+        run(&cfg, &req, &p, &mut State::new(&cfg), 1)
+            .primary()
+            .is_some(),
+        "critical requests are never shed"
+    );
     // Below saturation: 0.4 → admitted.
     req.priority = -1;
     let p = pool(vec![ep(1, 2, 0.0), ep(2, 0, 0.64)]);
@@ -175,22 +274,45 @@ fn stale_pods_count_as_saturated() {
 
 #[test]
 fn utilization_filter_drops_saturated_and_fails_open() {
-    let cfg = Config::from_json(br#"{"profile":"gie-default","filters":[{"type":"utilization-filter"}]}"#).unwrap();
+    let cfg = Config::from_json(
+        br#"{"profile":"gie-default","filters":[{"type":"utilization-filter"}]}"#,
+    )
+    .unwrap();
     let p = pool(vec![ep(1, 5, 0.0), ep(2, 0, 0.85), ep(3, 4, 0.79)]);
-    let d = run(&cfg, &Request::new(MODEL, Prompt::default()), &p, &mut State::new(&cfg), 1);
+    let d = run(
+        &cfg,
+        &Request::new(MODEL, Prompt::default()),
+        &p,
+        &mut State::new(&cfg),
+        1,
+    );
     assert_eq!(d.primary(), Some(2));
-    assert_eq!(d.drops, vec![(0, DropReason::Saturated), (1, DropReason::Saturated)]);
+    assert_eq!(
+        d.drops,
+        vec![(0, DropReason::Saturated), (1, DropReason::Saturated)]
+    );
     // All saturated: keep all.
     let p = pool(vec![ep(1, 9, 0.0), ep(2, 0, 0.99)]);
-    let d = run(&cfg, &Request::new(MODEL, Prompt::default()), &p, &mut State::new(&cfg), 1);
+    let d = run(
+        &cfg,
+        &Request::new(MODEL, Prompt::default()),
+        &p,
+        &mut State::new(&cfg),
+        1,
+    );
     assert!(d.drops.is_empty());
     assert_eq!(d.scored.len(), 2);
 }
 
 #[test]
 fn lora_affinity_scores() {
-    let mut cfg_dto = crate::config::ConfigDto::default();
-    cfg_dto.scorers = Some(vec![crate::config::ScorerDto { kind: ScorerKind::Lora, weight: None }]);
+    let cfg_dto = crate::config::ConfigDto {
+        scorers: Some(vec![crate::config::ScorerDto {
+            kind: ScorerKind::Lora,
+            weight: None,
+        }]),
+        ..Default::default()
+    };
     let cfg = Config::try_from(cfg_dto).unwrap();
     let lora = |running: &[&str], waiting: &[&str], max: u16| {
         let mut e = ep(1, 0, 0.0);
@@ -202,20 +324,43 @@ fn lora_affinity_scores() {
         });
         e
     };
-    let mut eps = vec![lora(&["sql"], &[], 2), lora(&["a"], &[], 2), lora(&["a", "b"], &["sql"], 2), lora(&["a", "b"], &[], 2), ep(9, 0, 0.0)];
+    let mut eps = vec![
+        lora(&["sql"], &[], 2),
+        lora(&["a"], &[], 2),
+        lora(&["a", "b"], &["sql"], 2),
+        lora(&["a", "b"], &[], 2),
+        ep(9, 0, 0.0),
+    ];
     eps[4].models.clear();
     for (i, e) in eps.iter_mut().enumerate() {
         e.addr.set_port(8000 + i as u16);
     }
-    let d = run(&cfg, &Request::new("sql", Prompt::default()), &pool(eps), &mut State::new(&cfg), 1);
+    let d = run(
+        &cfg,
+        &Request::new("sql", Prompt::default()),
+        &pool(eps),
+        &mut State::new(&cfg),
+        1,
+    );
     assert_eq!(scores_of(&d, ScorerKind::Lora), [1.0, 0.8, 0.6, 0.0, 0.0]);
 }
 
 #[test]
 fn fallback_list_is_ordered_by_score() {
     let cfg = Config::from_json(br#"{"profile":"gie-default","maxEndpoints":3}"#).unwrap();
-    let p = pool(vec![ep(1, 8, 0.5), ep(2, 0, 0.1), ep(3, 4, 0.3), ep(4, 9, 0.9)]);
-    let d = run(&cfg, &Request::new(MODEL, Prompt::default()), &p, &mut State::new(&cfg), 1);
+    let p = pool(vec![
+        ep(1, 8, 0.5),
+        ep(2, 0, 0.1),
+        ep(3, 4, 0.3),
+        ep(4, 9, 0.9),
+    ]);
+    let d = run(
+        &cfg,
+        &Request::new(MODEL, Prompt::default()),
+        &p,
+        &mut State::new(&cfg),
+        1,
+    );
     assert_eq!(d.outcome, Outcome::Route(vec![1, 2, 0]));
 }
 
@@ -223,27 +368,63 @@ fn fallback_list_is_ordered_by_score() {
 fn degraded_mode_uses_consistent_hash_and_inflight() {
     let cfg = Config::profile(Profile::WasmEppDefault);
     let eps = vec![ep(1, 0, 0.0), ep(2, 0, 0.0), ep(3, 0, 0.0)];
-    let p = Pool::new(Snapshot { sequence: 1, generated_at: NOW - Duration::from_secs(6), endpoints: eps });
+    let p = Pool::new(Snapshot {
+        sequence: 1,
+        generated_at: NOW - Duration::from_secs(6),
+        endpoints: eps,
+    });
     let prompt = [b'x'; 512];
     let req = Request::new(MODEL, Prompt::from_bytes(&prompt));
     let mut picks = vec![];
     for seed in 0..5 {
         // Fresh state each time: no prefix index, so only consistent hashing can agree.
-        let d = pick(&cfg, &req, &p, &[], &mut State::new(&cfg), NOW, &mut SplitMix64::new(seed));
+        let d = pick(
+            &cfg,
+            &req,
+            &p,
+            &[],
+            &mut State::new(&cfg),
+            NOW,
+            &mut SplitMix64::new(seed),
+        );
         assert_eq!(d.mode, Mode::Degraded);
-        assert_eq!(d.scorers, vec![(ScorerKind::ConsistentHash, 1.0), (ScorerKind::InFlight, 1.0)]);
+        assert_eq!(
+            d.scorers,
+            vec![
+                (ScorerKind::ConsistentHash, 1.0),
+                (ScorerKind::InFlight, 1.0)
+            ]
+        );
         picks.push(d.primary().unwrap());
     }
     assert!(picks.windows(2).all(|w| w[0] == w[1]), "{picks:?}");
     // Load on the hashed pod pushes past the bound: the next one takes it.
     let mut inflight = vec![InFlight::default(); 3];
     inflight[picks[0]].requests = 10;
-    let d = pick(&cfg, &req, &p, &inflight, &mut State::new(&cfg), NOW, &mut SplitMix64::new(1));
+    let d = pick(
+        &cfg,
+        &req,
+        &p,
+        &inflight,
+        &mut State::new(&cfg),
+        NOW,
+        &mut SplitMix64::new(1),
+    );
     assert_ne!(d.primary(), Some(picks[0]));
     // No shedding while degraded.
     let mut shed = req;
     shed.priority = -5;
-    assert!(pick(&cfg, &shed, &p, &[], &mut State::new(&cfg), NOW, &mut SplitMix64::new(1)).primary().is_some());
+    assert!(pick(
+        &cfg,
+        &shed,
+        &p,
+        &[],
+        &mut State::new(&cfg),
+        NOW,
+        &mut SplitMix64::new(1)
+    )
+    .primary()
+    .is_some());
 }
 
 #[test]
@@ -262,7 +443,10 @@ fn workers_agree_on_a_new_prefix_without_shared_state() {
 
 #[test]
 fn llmd_affinity_filter_and_valve() {
-    let cfg = Config::from_json(br#"{"profile":"llm-d-default","affinity":{"explorationProbability":0}}"#).unwrap();
+    let cfg = Config::from_json(
+        br#"{"profile":"llm-d-default","affinity":{"explorationProbability":0}}"#,
+    )
+    .unwrap();
     let p = pool(vec![ep(1, 0, 0.0), ep(2, 0, 0.0), ep(3, 0, 0.0)]);
     let mut st = State::new(&cfg);
     let prompt = [b'q'; 1024];
@@ -271,12 +455,34 @@ fn llmd_affinity_filter_and_valve() {
     // Sticky: the affinity filter keeps only `first` even though others have less token load.
     let mut inflight = vec![InFlight::default(); 3];
     inflight[first].tokens = 100_000;
-    let d = pick(&cfg, &req, &p, &inflight, &mut st, NOW, &mut SplitMix64::new(2));
+    let d = pick(
+        &cfg,
+        &req,
+        &p,
+        &inflight,
+        &mut st,
+        NOW,
+        &mut SplitMix64::new(2),
+    );
     assert_eq!(d.primary(), Some(first));
-    assert_eq!(d.drops.iter().filter(|x| x.1 == DropReason::NotSticky).count(), 2);
+    assert_eq!(
+        d.drops
+            .iter()
+            .filter(|x| x.1 == DropReason::NotSticky)
+            .count(),
+        2
+    );
     // Past the valve (286,720 tokens) the stickiness breaks and token load decides.
     inflight[first].tokens = 300_000;
-    let d = pick(&cfg, &req, &p, &inflight, &mut st, NOW, &mut SplitMix64::new(3));
+    let d = pick(
+        &cfg,
+        &req,
+        &p,
+        &inflight,
+        &mut st,
+        NOW,
+        &mut SplitMix64::new(3),
+    );
     assert_ne!(d.primary(), Some(first));
     assert!(d.drops.is_empty());
 }
@@ -284,7 +490,14 @@ fn llmd_affinity_filter_and_valve() {
 // === properties ===
 
 fn endpoint_strategy() -> impl Strategy<Value = Endpoint> {
-    (0u32..20, 0u32..40, 0f32..=1.0, any::<bool>(), 0u64..400, prop::bool::weighted(0.9))
+    (
+        0u32..20,
+        0u32..40,
+        0f32..=1.0,
+        any::<bool>(),
+        0u64..400,
+        prop::bool::weighted(0.9),
+    )
         .prop_map(|(waiting, running, kv, ready, age, serves)| {
             let mut e = ep(0, waiting, kv);
             e.running = running;

@@ -68,7 +68,13 @@ impl PrefixHashes {
 
 /// Computes the GIE block-hash chain of `prompt`. `block_bytes` must be > 0 (callers pass a
 /// validated config); a zero block size yields no hashes rather than a panic.
-pub fn hash_prompt(model: &str, cache_salt: Option<&str>, prompt: Prompt<'_>, block_bytes: usize, max_blocks: usize) -> PrefixHashes {
+pub fn hash_prompt(
+    model: &str,
+    cache_salt: Option<&str>,
+    prompt: Prompt<'_>,
+    block_bytes: usize,
+    max_blocks: usize,
+) -> PrefixHashes {
     let mut out = PrefixHashes::default();
     hash_prompt_into(model, cache_salt, prompt, block_bytes, max_blocks, &mut out);
     out
@@ -103,7 +109,11 @@ pub fn hash_prompt_into(
         let mut need = take;
         let mut pos = consumed;
         while need > 0 {
-            let (seg, off) = if pos < a.len() { (a, pos) } else { (b, pos - a.len()) };
+            let (seg, off) = if pos < a.len() {
+                (a, pos)
+            } else {
+                (b, pos - a.len())
+            };
             let n = need.min(seg.len() - off);
             buf.extend_from_slice(&seg[off..off + n]);
             need -= n;
@@ -155,8 +165,8 @@ struct Node {
     hash: u64,
     ep: u32, // slot in `eps`
     prev: u32,
-    next: u32,       // per-endpoint LRU list, most recent at head
-    same_hash: u32,  // next node with the same hash (singly linked chain from `by_hash`)
+    next: u32,      // per-endpoint LRU list, most recent at head
+    same_hash: u32, // next node with the same hash (singly linked chain from `by_hash`)
 }
 
 #[derive(Clone, Debug)]
@@ -218,7 +228,9 @@ impl PrefixIndex {
 
     /// Entries held for one endpoint.
     pub fn endpoint_len(&self, ep: EndpointKey) -> usize {
-        self.ep_slot.get(&ep).map_or(0, |&s| self.eps[s as usize].len as usize)
+        self.ep_slot
+            .get(&ep)
+            .map_or(0, |&s| self.eps[s as usize].len as usize)
     }
 
     /// Effective capacity of an endpoint: its own capacity, capped by an equal share of the
@@ -234,19 +246,31 @@ impl PrefixIndex {
     /// Writes `(endpoint, matched_blocks)` into `out` for endpoints with at least one match.
     pub fn match_longest(&self, hashes: &[u64], out: &mut Vec<(EndpointKey, u32)>) {
         out.clear();
+        // Count per endpoint slot: O(hashes × holders), no search per node.
+        let mut counts: Vec<u32> = Vec::new();
         for h in hashes {
-            let Some(&first) = self.by_hash.get(h) else { break };
+            let Some(&first) = self.by_hash.get(h) else {
+                break;
+            };
+            if counts.is_empty() {
+                counts.resize(self.eps.len(), 0);
+            }
             let mut n = first;
             while n != NIL {
-                let node = self.nodes[n as usize];
-                let key = self.eps[node.ep as usize].key;
-                match out.iter_mut().find(|(k, _)| *k == key) {
-                    Some(entry) => entry.1 += 1,
-                    None => out.push((key, 1)),
+                let node = &self.nodes[n as usize];
+                if let Some(c) = counts.get_mut(node.ep as usize) {
+                    *c += 1;
                 }
                 n = node.same_hash;
             }
         }
+        out.extend(
+            counts
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| **c > 0)
+                .map(|(slot, c)| (self.eps[slot].key, *c)),
+        );
     }
 
     /// Records that `ep` was sent a request with these hashes: each hash becomes (or is
@@ -266,7 +290,9 @@ impl PrefixIndex {
         // Evict as we go, so the bound holds at every instant, not just between calls.
         match order {
             InsertOrder::Gie => hashes.iter().for_each(|&h| self.touch(slot, h, cap)),
-            InsertOrder::HeadMostRecent => hashes.iter().rev().for_each(|&h| self.touch(slot, h, cap)),
+            InsertOrder::HeadMostRecent => {
+                hashes.iter().rev().for_each(|&h| self.touch(slot, h, cap))
+            }
         }
     }
 
@@ -291,7 +317,13 @@ impl PrefixIndex {
             self.unlink_lru(n);
             self.push_front(slot, n);
         } else {
-            let n = self.alloc(Node { hash: h, ep: slot, prev: NIL, next: NIL, same_hash: NIL });
+            let n = self.alloc(Node {
+                hash: h,
+                ep: slot,
+                prev: NIL,
+                next: NIL,
+                same_hash: NIL,
+            });
             let head = self.by_hash.entry(h).or_insert(NIL);
             self.nodes[n as usize].same_hash = *head;
             *head = n;
@@ -309,7 +341,13 @@ impl PrefixIndex {
             return s;
         }
         let s = self.eps.len() as u32;
-        self.eps.push(EpList { key: ep, head: NIL, tail: NIL, len: 0, capacity: capacity.max(1) });
+        self.eps.push(EpList {
+            key: ep,
+            head: NIL,
+            tail: NIL,
+            len: 0,
+            capacity: capacity.max(1),
+        });
         self.ep_slot.insert(ep, s);
         // A new endpoint shrinks everyone's share of the global bound; trim the others now so
         // the total stays within `max_entries`.

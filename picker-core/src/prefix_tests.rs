@@ -11,7 +11,13 @@ fn xxh64_known_answers() {
 }
 
 /// The GIE chain written out literally, as a second implementation to compare against.
-fn reference_chain(model: &str, salt: &str, input: &[u8], block: usize, max_blocks: usize) -> Vec<u64> {
+fn reference_chain(
+    model: &str,
+    salt: &str,
+    input: &[u8],
+    block: usize,
+    max_blocks: usize,
+) -> Vec<u64> {
     if input.len() < block {
         return vec![];
     }
@@ -35,7 +41,10 @@ fn chain_follows_gie_rules() {
     // Shorter than one block: no hashes.
     assert!(hash_prompt("m", None, Prompt::from_bytes(&text[..63]), 64, 256).is_empty());
     // Exactly one block.
-    assert_eq!(hash_prompt("m", None, Prompt::from_bytes(&text[..64]), 64, 256).as_slice(), reference_chain("m", "", &text[..64], 64, 256));
+    assert_eq!(
+        hash_prompt("m", None, Prompt::from_bytes(&text[..64]), 64, 256).as_slice(),
+        reference_chain("m", "", &text[..64], 64, 256)
+    );
     // Trailing partial block is hashed: 1000 bytes = 15 full + 1 partial.
     let h = hash_prompt("m", None, Prompt::from_bytes(&text), 64, 256);
     assert_eq!(h.len(), 16);
@@ -50,16 +59,23 @@ fn chain_follows_gie_rules() {
     let c = hash_prompt("m1", Some("tenant"), Prompt::from_bytes(&text), 64, 256);
     assert_ne!(a.as_slice()[0], b.as_slice()[0]);
     assert_ne!(a.as_slice()[0], c.as_slice()[0]);
-    assert_eq!(c.as_slice(), reference_chain("m1", "tenant", &text, 64, 256));
+    assert_eq!(
+        c.as_slice(),
+        reference_chain("m1", "tenant", &text, 64, 256)
+    );
 }
 
 #[test]
 fn shared_prefix_shares_leading_hashes() {
     let system = [b'S'; 640];
     let mut a = Vec::from(&system[..]);
-    a.extend_from_slice(b"question one, which is long enough to fill a block or more of text here....");
+    a.extend_from_slice(
+        b"question one, which is long enough to fill a block or more of text here....",
+    );
     let mut b = Vec::from(&system[..]);
-    b.extend_from_slice(b"another question entirely, also long enough to make a block of its own.....");
+    b.extend_from_slice(
+        b"another question entirely, also long enough to make a block of its own.....",
+    );
     let ha = hash_prompt("m", None, Prompt::from_bytes(&a), 64, 256);
     let hb = hash_prompt("m", None, Prompt::from_bytes(&b), 64, 256);
     assert_eq!(ha.as_slice()[..10], hb.as_slice()[..10]);
@@ -116,7 +132,10 @@ fn insert_order_decides_which_end_survives() {
     head.insert(ep(1), 2, &[1, 2, 3, 4], InsertOrder::HeadMostRecent);
     let mut m = vec![];
     gie.match_longest(&[1, 2, 3, 4], &mut m);
-    assert!(m.is_empty(), "GIE order keeps the tail (3, 4), so the walk stops at block 1");
+    assert!(
+        m.is_empty(),
+        "GIE order keeps the tail (3, 4), so the walk stops at block 1"
+    );
     head.match_longest(&[1, 2, 3, 4], &mut m);
     assert_eq!(m, vec![(ep(1), 2)], "head-most-recent keeps blocks 1 and 2");
 }
@@ -126,8 +145,17 @@ fn global_bound_holds_with_many_endpoints() {
     let mut idx = PrefixIndex::new(1000);
     for e in 0..50u64 {
         let hashes: Vec<u64> = (0..500).map(|i| e * 10_000 + i).collect();
-        idx.insert(ep(e), DEFAULT_LRU_CAPACITY, &hashes, InsertOrder::HeadMostRecent);
-        assert!(idx.len() <= 1000, "after endpoint {e}: {} entries", idx.len());
+        idx.insert(
+            ep(e),
+            DEFAULT_LRU_CAPACITY,
+            &hashes,
+            InsertOrder::HeadMostRecent,
+        );
+        assert!(
+            idx.len() <= 1000,
+            "after endpoint {e}: {} entries",
+            idx.len()
+        );
     }
     assert_eq!(idx.memory_bound_bytes(), 1000 * PrefixIndex::ENTRY_BYTES);
 }

@@ -19,7 +19,11 @@ fn err(body: &[u8]) -> ScanError {
 
 fn prompt_str<'a>(s: &Scanned<'a>) -> alloc::string::String {
     let [a, b] = s.prompt.parts();
-    format!("{}|{}", core::str::from_utf8(a).unwrap(), core::str::from_utf8(b).unwrap())
+    format!(
+        "{}|{}",
+        core::str::from_utf8(a).unwrap(),
+        core::str::from_utf8(b).unwrap()
+    )
 }
 
 // Request shapes from the OpenAI API reference (platform.openai.com/docs/api-reference:
@@ -45,17 +49,25 @@ fn chat_completion() {
     assert_eq!(s.cache_salt, None);
     let [msgs, rest] = s.prompt.parts();
     assert!(msgs.starts_with(b"[") && msgs.ends_with(b"]"));
-    assert!(core::str::from_utf8(msgs).unwrap().contains("You are a helpful assistant."));
+    assert!(core::str::from_utf8(msgs)
+        .unwrap()
+        .contains("You are a helpful assistant."));
     assert!(rest.is_empty());
 }
 
 #[test]
 fn completion_prompt_string_and_array() {
-    let s = ok(r#"{"prompt":"Say this is a test","model":"gpt-3.5-turbo-instruct","max_tokens":7}"#, Api::Completions);
+    let s = ok(
+        r#"{"prompt":"Say this is a test","model":"gpt-3.5-turbo-instruct","max_tokens":7}"#,
+        Api::Completions,
+    );
     assert_eq!(s.model, "gpt-3.5-turbo-instruct");
     assert_eq!(prompt_str(&s), "Say this is a test|");
     assert_eq!(s.stream, None);
-    let s = ok(r#"{"model":"m","prompt":[1212, 318, 257, 1332]}"#, Api::Completions);
+    let s = ok(
+        r#"{"model":"m","prompt":[1212, 318, 257, 1332]}"#,
+        Api::Completions,
+    );
     assert_eq!(prompt_str(&s), "[1212, 318, 257, 1332]|");
 }
 
@@ -65,18 +77,30 @@ fn responses_instructions_then_input() {
         r#"{"input":"Tell me a three sentence bedtime story about a unicorn.","model":"gpt-4.1","instructions":"Talk like a pirate."}"#,
         Api::Responses,
     );
-    assert_eq!(prompt_str(&s), "Talk like a pirate.|Tell me a three sentence bedtime story about a unicorn.");
+    assert_eq!(
+        prompt_str(&s),
+        "Talk like a pirate.|Tell me a three sentence bedtime story about a unicorn."
+    );
 }
 
 #[test]
 fn embeddings_input() {
-    let s = ok(r#"{"input":["The food was delicious", "and the waiter..."],"model":"text-embedding-3-small","encoding_format":"float"}"#, Api::Embeddings);
-    assert_eq!(prompt_str(&s), r#"["The food was delicious", "and the waiter..."]|"#);
+    let s = ok(
+        r#"{"input":["The food was delicious", "and the waiter..."],"model":"text-embedding-3-small","encoding_format":"float"}"#,
+        Api::Embeddings,
+    );
+    assert_eq!(
+        prompt_str(&s),
+        r#"["The food was delicious", "and the waiter..."]|"#
+    );
 }
 
 #[test]
 fn model_escapes_are_decoded_and_last_key_wins() {
-    let s = ok(r#"{"model":"a\/b\u00e9\ud83d\ude00\n","prompt":"x"}"#, Api::Completions);
+    let s = ok(
+        r#"{"model":"a\/b\u00e9\ud83d\ude00\n","prompt":"x"}"#,
+        Api::Completions,
+    );
     assert_eq!(s.model, "a/bé😀\n");
     let s = ok(r#"{"model":"first","model":"second"}"#, Api::Completions);
     assert_eq!(s.model, "second");
@@ -87,7 +111,10 @@ fn model_escapes_are_decoded_and_last_key_wins() {
 
 #[test]
 fn cache_salt_and_stream_false() {
-    let s = ok(r#"{"model":"m","cache_salt":"tenant-42","stream":false,"messages":[]}"#, Api::ChatCompletions);
+    let s = ok(
+        r#"{"model":"m","cache_salt":"tenant-42","stream":false,"messages":[]}"#,
+        Api::ChatCompletions,
+    );
     assert_eq!(s.cache_salt.as_deref(), Some("tenant-42"));
     assert_eq!(s.stream, Some(false));
     let s = ok(r#"{"model":"m","stream":null}"#, Api::ChatCompletions);
@@ -102,8 +129,14 @@ fn typed_errors() {
     assert_eq!(err(br#"{"prompt":"x"}"#), ScanError::MissingModel);
     assert_eq!(err(br#"{"model":42}"#), ScanError::ModelNotString);
     assert_eq!(err(br#"{"model":""}"#), ScanError::ModelNotString);
-    assert_eq!(err(br#"{"model":"m","stream":"yes"}"#), ScanError::StreamNotBool);
-    assert_eq!(err(br#"{"model":"m","cache_salt":1}"#), ScanError::SaltNotString);
+    assert_eq!(
+        err(br#"{"model":"m","stream":"yes"}"#),
+        ScanError::StreamNotBool
+    );
+    assert_eq!(
+        err(br#"{"model":"m","cache_salt":1}"#),
+        ScanError::SaltNotString
+    );
     let long = format!(r#"{{"model":"{}"}}"#, "x".repeat(MAX_NAME_LEN + 1));
     assert_eq!(err(long.as_bytes()), ScanError::NameTooLong);
     let at_limit = format!(r#"{{"model":"{}"}}"#, "x".repeat(MAX_NAME_LEN));
@@ -124,19 +157,34 @@ fn typed_errors() {
         br#"{"model":"m","a":{1:2}}"#,
         br#"{"model":"m" "a":1}"#,
     ] {
-        assert!(matches!(err(bad), ScanError::Malformed { .. }), "{:?} -> {:?}", core::str::from_utf8(bad), err(bad));
+        assert!(
+            matches!(err(bad), ScanError::Malformed { .. }),
+            "{:?} -> {:?}",
+            core::str::from_utf8(bad),
+            err(bad)
+        );
     }
 }
 
 #[test]
 fn offsets_point_at_the_problem() {
-    assert_eq!(err(br#"{"model":"m", "a": ?}"#), ScanError::Malformed { offset: 19, reason: "expected a JSON value" });
+    assert_eq!(
+        err(br#"{"model":"m", "a": ?}"#),
+        ScanError::Malformed {
+            offset: 19,
+            reason: "expected a JSON value"
+        }
+    );
 }
 
 #[test]
 fn depth_limit_matches_serde_json() {
     for depth in [1usize, 100, 126, 127, 128, 129, 200] {
-        let body = format!(r#"{{"model":"m","a":{}{}}}"#, "[".repeat(depth), "]".repeat(depth));
+        let body = format!(
+            r#"{{"model":"m","a":{}{}}}"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
         let ours = scan(body.as_bytes(), Api::Completions);
         let serde = serde_json::from_str::<serde_json::Value>(&body);
         assert_eq!(ours.is_ok(), serde.is_ok(), "depth {depth}: ours {ours:?}");
@@ -148,8 +196,14 @@ fn depth_limit_matches_serde_json() {
 
 #[test]
 fn api_from_path() {
-    assert_eq!(Api::from_path("/v1/chat/completions"), Some(Api::ChatCompletions));
-    assert_eq!(Api::from_path("/v1/completions?x=1"), Some(Api::Completions));
+    assert_eq!(
+        Api::from_path("/v1/chat/completions"),
+        Some(Api::ChatCompletions)
+    );
+    assert_eq!(
+        Api::from_path("/v1/completions?x=1"),
+        Some(Api::Completions)
+    );
     assert_eq!(Api::from_path("/v1/responses/"), Some(Api::Responses));
     assert_eq!(Api::from_path("/v1/embeddings"), Some(Api::Embeddings));
     assert_eq!(Api::from_path("/v1/models"), None);
@@ -161,11 +215,18 @@ fn long_prompt_with_every_string_feature() {
     // Exercise the word-at-a-time path across escapes and multi-byte characters at every
     // alignment.
     for pad in 0..9 {
-        let content = format!("{}héllo \\\"wörld\\\" 日本語 😀 {}", "a".repeat(pad), "z".repeat(100));
-        let body = format!(r#"{{"messages":[{{"role":"user","content":"{content}"}}],"model":"m{pad}"}}"#);
+        let content = format!(
+            "{}héllo \\\"wörld\\\" 日本語 😀 {}",
+            "a".repeat(pad),
+            "z".repeat(100)
+        );
+        let body =
+            format!(r#"{{"messages":[{{"role":"user","content":"{content}"}}],"model":"m{pad}"}}"#);
         let s = ok(&body, Api::ChatCompletions);
         assert_eq!(s.model, format!("m{pad}"));
-        assert!(core::str::from_utf8(s.prompt.parts()[0]).unwrap().contains("日本語"));
+        assert!(core::str::from_utf8(s.prompt.parts()[0])
+            .unwrap()
+            .contains("日本語"));
     }
 }
 
@@ -191,8 +252,14 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
 
 fn body_strategy() -> impl Strategy<Value = serde_json::Value> {
     (
-        prop::option::of(prop_oneof![any::<String>().prop_map(serde_json::Value::String), json_value()]),
-        prop::option::of(prop_oneof![any::<bool>().prop_map(serde_json::Value::Bool), json_value()]),
+        prop::option::of(prop_oneof![
+            any::<String>().prop_map(serde_json::Value::String),
+            json_value()
+        ]),
+        prop::option::of(prop_oneof![
+            any::<bool>().prop_map(serde_json::Value::Bool),
+            json_value()
+        ]),
         prop::option::of(json_value()),
         prop::collection::btree_map("[a-z_]{1,10}", json_value(), 0..5),
     )

@@ -31,7 +31,9 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use xxhash_rust::xxh64::xxh64;
 
-use crate::prefix::{EndpointKey, ENDPOINT_KEY_SEED};
+use hashbrown::HashMap;
+
+use crate::prefix::{BuildIdentity, EndpointKey, ENDPOINT_KEY_SEED};
 use crate::time::Instant;
 
 pub const MAGIC: [u8; 4] = *b"WEPS";
@@ -144,12 +146,22 @@ pub struct Snapshot {
 pub struct Pool {
     snapshot: Snapshot,
     keys: Vec<EndpointKey>,
+    by_key: HashMap<EndpointKey, u32, BuildIdentity>,
 }
 
 impl Pool {
     pub fn new(snapshot: Snapshot) -> Self {
-        let keys = snapshot.endpoints.iter().map(Endpoint::key).collect();
-        Pool { snapshot, keys }
+        let keys: Vec<EndpointKey> = snapshot.endpoints.iter().map(Endpoint::key).collect();
+        let by_key = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (*k, i as u32))
+            .collect();
+        Pool {
+            snapshot,
+            keys,
+            by_key,
+        }
     }
 
     pub fn snapshot(&self) -> &Snapshot {
@@ -167,6 +179,11 @@ impl Pool {
 
     pub fn keys(&self) -> &[EndpointKey] {
         &self.keys
+    }
+
+    /// Index of the endpoint with this key.
+    pub fn index_of(&self, key: EndpointKey) -> Option<usize> {
+        self.by_key.get(&key).map(|&i| i as usize)
     }
 
     /// Index of the endpoint with this address.
@@ -196,11 +213,18 @@ impl fmt::Display for DecodeError {
         match self {
             DecodeError::Truncated { offset } => write!(f, "snapshot truncated at byte {offset}"),
             DecodeError::BadMagic => f.write_str("not a wasm-epp snapshot (bad magic)"),
-            DecodeError::UnsupportedVersion(v) => write!(f, "unsupported snapshot version {v} (this build reads {VERSION})"),
+            DecodeError::UnsupportedVersion(v) => write!(
+                f,
+                "unsupported snapshot version {v} (this build reads {VERSION})"
+            ),
             DecodeError::Checksum => f.write_str("snapshot checksum mismatch"),
-            DecodeError::Invalid { offset, what } => write!(f, "invalid snapshot at byte {offset}: {what}"),
+            DecodeError::Invalid { offset, what } => {
+                write!(f, "invalid snapshot at byte {offset}: {what}")
+            }
             DecodeError::TooMany { what } => write!(f, "snapshot has too many {what}"),
-            DecodeError::TrailingBytes { offset } => write!(f, "unexpected bytes after the snapshot at byte {offset}"),
+            DecodeError::TrailingBytes { offset } => {
+                write!(f, "unexpected bytes after the snapshot at byte {offset}")
+            }
         }
     }
 }
@@ -223,7 +247,9 @@ impl fmt::Display for EncodeError {
             EncodeError::TooManyEndpoints => write!(f, "more than {MAX_ENDPOINTS} endpoints"),
             EncodeError::TooManyNames => write!(f, "more than {MAX_NAMES} distinct names"),
             EncodeError::ListTooLong => write!(f, "a name list is longer than {MAX_LIST}"),
-            EncodeError::BadName => write!(f, "a name is empty or longer than {MAX_NAME_LEN} bytes"),
+            EncodeError::BadName => {
+                write!(f, "a name is empty or longer than {MAX_NAME_LEN} bytes")
+            }
             EncodeError::BadField(what) => write!(f, "invalid field: {what}"),
         }
     }
@@ -247,7 +273,11 @@ impl Snapshot {
         let mut names: BTreeMap<&str, u16> = BTreeMap::new();
         let mut order: Vec<&str> = Vec::new();
         for ep in &self.endpoints {
-            let lists = ep.models.iter().chain(ep.lora.iter().flat_map(|l| l.running.iter().chain(l.waiting.iter())));
+            let lists = ep.models.iter().chain(
+                ep.lora
+                    .iter()
+                    .flat_map(|l| l.running.iter().chain(l.waiting.iter())),
+            );
             for name in lists {
                 if name.is_empty() || name.len() > MAX_NAME_LEN {
                     return Err(EncodeError::BadName);
@@ -344,7 +374,9 @@ impl Snapshot {
     /// Decodes and validates v1 bytes; see the module docs for every rule enforced.
     pub fn decode(bytes: &[u8]) -> Result<Snapshot, DecodeError> {
         if bytes.len() < 4 {
-            return Err(DecodeError::Truncated { offset: bytes.len() });
+            return Err(DecodeError::Truncated {
+                offset: bytes.len(),
+            });
         }
         if bytes[..4] != MAGIC {
             return Err(DecodeError::BadMagic);
@@ -356,7 +388,9 @@ impl Snapshot {
             return Err(DecodeError::UnsupportedVersion(bytes[4]));
         }
         if bytes.len() < 28 + 8 {
-            return Err(DecodeError::Truncated { offset: bytes.len() });
+            return Err(DecodeError::Truncated {
+                offset: bytes.len(),
+            });
         }
         let (body, trailer) = bytes.split_at(bytes.len() - 8);
         let mut t = [0u8; 8];
@@ -430,22 +464,27 @@ impl Snapshot {
             if !(kv_usage.is_finite() && (0.0..=1.0).contains(&kv_usage)) {
                 return Err(r.invalid(4, "kv_usage outside [0, 1]"));
             }
-            let positive = |present: bool, r: &mut Reader<'_>| -> Result<Option<u32>, DecodeError> {
-                if !present {
-                    return Ok(None);
-                }
-                match r.u32()? {
-                    0 => Err(r.invalid(4, "block_size or gpu_blocks is 0")),
-                    v => Ok(Some(v)),
-                }
-            };
+            let positive =
+                |present: bool, r: &mut Reader<'_>| -> Result<Option<u32>, DecodeError> {
+                    if !present {
+                        return Ok(None);
+                    }
+                    match r.u32()? {
+                        0 => Err(r.invalid(4, "block_size or gpu_blocks is 0")),
+                        v => Ok(Some(v)),
+                    }
+                };
             let block_size = positive(flags & FLAG_BLOCK != 0, &mut r)?;
             let gpu_blocks = positive(flags & FLAG_GPU_BLOCKS != 0, &mut r)?;
             let lora = if flags & FLAG_LORA != 0 {
                 let max = r.u16()?;
                 let running = r.names(&names)?;
                 let waiting = r.names(&names)?;
-                Some(LoraState { running, waiting, max })
+                Some(LoraState {
+                    running,
+                    waiting,
+                    max,
+                })
             } else {
                 None
             };
@@ -467,7 +506,11 @@ impl Snapshot {
         if r.i != body.len() {
             return Err(DecodeError::TrailingBytes { offset: r.i });
         }
-        Ok(Snapshot { sequence, generated_at, endpoints })
+        Ok(Snapshot {
+            sequence,
+            generated_at,
+            endpoints,
+        })
     }
 
     /// Reads only the sequence number of encoded bytes (after checking magic and version), so a
@@ -491,8 +534,14 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        let end = self.i.checked_add(n).ok_or(DecodeError::Truncated { offset: self.i })?;
-        let s = self.b.get(self.i..end).ok_or(DecodeError::Truncated { offset: self.i })?;
+        let end = self
+            .i
+            .checked_add(n)
+            .ok_or(DecodeError::Truncated { offset: self.i })?;
+        let s = self
+            .b
+            .get(self.i..end)
+            .ok_or(DecodeError::Truncated { offset: self.i })?;
         self.i = end;
         Ok(s)
     }
@@ -521,7 +570,10 @@ impl<'a> Reader<'a> {
 
     /// An error about the field of `width` bytes just read.
     fn invalid(&self, width: usize, what: &'static str) -> DecodeError {
-        DecodeError::Invalid { offset: self.i.saturating_sub(width), what }
+        DecodeError::Invalid {
+            offset: self.i.saturating_sub(width),
+            what,
+        }
     }
 
     fn names(&mut self, table: &[String]) -> Result<Vec<String>, DecodeError> {
@@ -529,7 +581,9 @@ impl<'a> Reader<'a> {
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
             let idx = self.u16()? as usize;
-            let name = table.get(idx).ok_or_else(|| self.invalid(2, "name index out of range"))?;
+            let name = table
+                .get(idx)
+                .ok_or_else(|| self.invalid(2, "name index out of range"))?;
             out.push(name.clone());
         }
         Ok(out)

@@ -4,18 +4,29 @@ use alloc::vec;
 use proptest::prelude::*;
 
 pub(crate) fn sample() -> Snapshot {
-    let mut a = Endpoint::new("10.0.0.1:8000".parse().unwrap(), Instant::from_millis(1_000));
+    let mut a = Endpoint::new(
+        "10.0.0.1:8000".parse().unwrap(),
+        Instant::from_millis(1_000),
+    );
     a.waiting = 3;
     a.running = 12;
     a.kv_usage = 0.42;
     a.block_size = Some(16);
     a.gpu_blocks = Some(27_000);
     a.models = vec!["meta-llama/Llama-3.1-8B-Instruct".into(), "sql-lora".into()];
-    a.lora = Some(LoraState { running: vec!["sql-lora".into()], waiting: vec![], max: 4 });
+    a.lora = Some(LoraState {
+        running: vec!["sql-lora".into()],
+        waiting: vec![],
+        max: 4,
+    });
     let mut b = Endpoint::new("[fd00::2]:8000".parse().unwrap(), Instant::from_millis(990));
     b.ready = false;
     b.models = vec!["meta-llama/Llama-3.1-8B-Instruct".into()];
-    Snapshot { sequence: 7, generated_at: Instant::from_millis(1_005), endpoints: vec![a, b] }
+    Snapshot {
+        sequence: 7,
+        generated_at: Instant::from_millis(1_005),
+        endpoints: vec![a, b],
+    }
 }
 
 #[test]
@@ -39,12 +50,24 @@ fn empty_snapshot_roundtrips() {
 #[test]
 fn corruption_is_rejected() {
     let bytes = sample().encode().unwrap();
-    assert_eq!(Snapshot::decode(&bytes[..bytes.len() - 1]), Err(DecodeError::Checksum));
-    assert_eq!(Snapshot::decode(b"WEP"), Err(DecodeError::Truncated { offset: 3 }));
-    assert_eq!(Snapshot::decode(b"JUNKJUNKJUNK"), Err(DecodeError::BadMagic));
+    assert_eq!(
+        Snapshot::decode(&bytes[..bytes.len() - 1]),
+        Err(DecodeError::Checksum)
+    );
+    assert_eq!(
+        Snapshot::decode(b"WEP"),
+        Err(DecodeError::Truncated { offset: 3 })
+    );
+    assert_eq!(
+        Snapshot::decode(b"JUNKJUNKJUNK"),
+        Err(DecodeError::BadMagic)
+    );
     let mut v2 = bytes.clone();
     v2[4] = 2;
-    assert_eq!(Snapshot::decode(&v2), Err(DecodeError::UnsupportedVersion(2)));
+    assert_eq!(
+        Snapshot::decode(&v2),
+        Err(DecodeError::UnsupportedVersion(2))
+    );
     let mut flipped = bytes.clone();
     flipped[30] ^= 1;
     assert_eq!(Snapshot::decode(&flipped), Err(DecodeError::Checksum));
@@ -61,7 +84,10 @@ fn reseal(mut body: Vec<u8>) -> Vec<u8> {
 #[test]
 fn field_validation_behind_a_good_checksum() {
     let mut one = Snapshot::default();
-    one.endpoints.push(Endpoint::new("10.0.0.1:8000".parse().unwrap(), Instant::ZERO));
+    one.endpoints.push(Endpoint::new(
+        "10.0.0.1:8000".parse().unwrap(),
+        Instant::ZERO,
+    ));
     let good = one.encode().unwrap();
     // Layout: 28-byte header, no names, endpoint: family@28 ip@29..33 port@33..35 flags@35
     // waiting@36 running@40 kv@44..48 n_models@48 scraped@49..57, then checksum.
@@ -70,31 +96,79 @@ fn field_validation_behind_a_good_checksum() {
         b[at..at + val.len()].copy_from_slice(val);
         Snapshot::decode(&reseal(b))
     };
-    assert!(matches!(edit(28, &[5]), Err(DecodeError::Invalid { what: "address family is not 4 or 6", .. })));
-    assert!(matches!(edit(33, &[0, 0]), Err(DecodeError::Invalid { what: "port 0", .. })));
-    assert!(matches!(edit(35, &[0x80]), Err(DecodeError::Invalid { what: "unknown endpoint flags", .. })));
-    assert!(matches!(edit(44, &f32::NAN.to_le_bytes()), Err(DecodeError::Invalid { .. })));
-    assert!(matches!(edit(44, &1.5f32.to_le_bytes()), Err(DecodeError::Invalid { .. })));
-    assert!(matches!(edit(48, &[1]), Err(DecodeError::Truncated { .. }) | Err(DecodeError::Invalid { .. })));
-    assert!(matches!(edit(5, &[1]), Err(DecodeError::Invalid { what: "reserved header flags set", .. })));
+    assert!(matches!(
+        edit(28, &[5]),
+        Err(DecodeError::Invalid {
+            what: "address family is not 4 or 6",
+            ..
+        })
+    ));
+    assert!(matches!(
+        edit(33, &[0, 0]),
+        Err(DecodeError::Invalid { what: "port 0", .. })
+    ));
+    assert!(matches!(
+        edit(35, &[0x80]),
+        Err(DecodeError::Invalid {
+            what: "unknown endpoint flags",
+            ..
+        })
+    ));
+    assert!(matches!(
+        edit(44, &f32::NAN.to_le_bytes()),
+        Err(DecodeError::Invalid { .. })
+    ));
+    assert!(matches!(
+        edit(44, &1.5f32.to_le_bytes()),
+        Err(DecodeError::Invalid { .. })
+    ));
+    assert!(matches!(
+        edit(48, &[1]),
+        Err(DecodeError::Truncated { .. }) | Err(DecodeError::Invalid { .. })
+    ));
+    assert!(matches!(
+        edit(5, &[1]),
+        Err(DecodeError::Invalid {
+            what: "reserved header flags set",
+            ..
+        })
+    ));
     // Endpoint count larger than the bytes present.
-    assert!(matches!(edit(8, &[2, 0]), Err(DecodeError::Truncated { .. })));
-    assert!(matches!(edit(8, &[0xff, 0xff]), Err(DecodeError::TooMany { what: "endpoints" })));
+    assert!(matches!(
+        edit(8, &[2, 0]),
+        Err(DecodeError::Truncated { .. })
+    ));
+    assert!(matches!(
+        edit(8, &[0xff, 0xff]),
+        Err(DecodeError::TooMany { what: "endpoints" })
+    ));
     // Trailing garbage before the checksum.
     let mut longer = good.clone();
     longer.insert(good.len() - 8, 0);
-    assert!(matches!(Snapshot::decode(&reseal(longer)), Err(DecodeError::TrailingBytes { .. })));
+    assert!(matches!(
+        Snapshot::decode(&reseal(longer)),
+        Err(DecodeError::TrailingBytes { .. })
+    ));
     // Duplicate endpoints.
     let mut dup = one.clone();
     dup.endpoints.push(dup.endpoints[0].clone());
-    assert!(matches!(Snapshot::decode(&dup.encode().unwrap()), Err(DecodeError::Invalid { what: "duplicate endpoint", .. })));
+    assert!(matches!(
+        Snapshot::decode(&dup.encode().unwrap()),
+        Err(DecodeError::Invalid {
+            what: "duplicate endpoint",
+            ..
+        })
+    ));
 }
 
 #[test]
 fn encoder_refuses_what_the_decoder_would_refuse() {
     let mut s = sample();
     s.endpoints[0].kv_usage = 1.01;
-    assert_eq!(s.encode(), Err(EncodeError::BadField("kv_usage outside [0, 1]")));
+    assert_eq!(
+        s.encode(),
+        Err(EncodeError::BadField("kv_usage outside [0, 1]"))
+    );
     let mut s = sample();
     s.endpoints[0].models.push(String::new());
     assert_eq!(s.encode(), Err(EncodeError::BadName));
@@ -108,11 +182,17 @@ fn endpoint_keys_are_stable_and_distinct() {
     let a: SocketAddr = "10.0.0.1:8000".parse().unwrap();
     let b: SocketAddr = "10.0.0.1:8001".parse().unwrap();
     let c: SocketAddr = "[::ffff:10.0.0.1]:8000".parse().unwrap();
-    assert_eq!(endpoint_key(&a), endpoint_key(&"10.0.0.1:8000".parse().unwrap()));
+    assert_eq!(
+        endpoint_key(&a),
+        endpoint_key(&"10.0.0.1:8000".parse().unwrap())
+    );
     assert_ne!(endpoint_key(&a), endpoint_key(&b));
     assert_ne!(endpoint_key(&a), endpoint_key(&c));
     // Pinned: the key defines fleet-wide consistent-hash placement and must never change.
-    assert_eq!(endpoint_key(&a), xxh64(&[4, 10, 0, 0, 1, 0x40, 0x1f], ENDPOINT_KEY_SEED));
+    assert_eq!(
+        endpoint_key(&a),
+        xxh64(&[4, 10, 0, 0, 1, 0x40, 0x1f], ENDPOINT_KEY_SEED)
+    );
     let pool = Pool::new(sample());
     assert_eq!(pool.key(0), endpoint_key(&pool.endpoints()[0].addr));
     assert_eq!(pool.position(&pool.endpoints()[1].addr), Some(1));
@@ -120,8 +200,16 @@ fn endpoint_keys_are_stable_and_distinct() {
 
 #[test]
 fn errors_display() {
-    assert_eq!(DecodeError::Checksum.to_string(), "snapshot checksum mismatch");
-    assert!(DecodeError::Invalid { offset: 3, what: "port 0" }.to_string().contains("byte 3"));
+    assert_eq!(
+        DecodeError::Checksum.to_string(),
+        "snapshot checksum mismatch"
+    );
+    assert!(DecodeError::Invalid {
+        offset: 3,
+        what: "port 0"
+    }
+    .to_string()
+    .contains("byte 3"));
 }
 
 fn endpoint_strategy() -> impl Strategy<Value = Endpoint> {
@@ -135,22 +223,32 @@ fn endpoint_strategy() -> impl Strategy<Value = Endpoint> {
         0f32..=1.0,
         prop::option::of(1u32..),
         prop::option::of(1u32..),
-        prop::option::of((prop::collection::vec(name, 0..3), prop::collection::vec(name, 0..3), any::<u16>())),
+        prop::option::of((
+            prop::collection::vec(name, 0..3),
+            prop::collection::vec(name, 0..3),
+            any::<u16>(),
+        )),
         prop::collection::vec(name, 0..4),
         any::<u64>(),
     )
-        .prop_map(|(ip, port, ready, waiting, running, kv, bs, gb, lora, models, at)| Endpoint {
-            addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port),
-            ready,
-            waiting,
-            running,
-            kv_usage: kv,
-            block_size: bs,
-            gpu_blocks: gb,
-            lora: lora.map(|(running, waiting, max)| LoraState { running, waiting, max }),
-            models,
-            scraped_at: Instant::from_millis(at),
-        })
+        .prop_map(
+            |(ip, port, ready, waiting, running, kv, bs, gb, lora, models, at)| Endpoint {
+                addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port),
+                ready,
+                waiting,
+                running,
+                kv_usage: kv,
+                block_size: bs,
+                gpu_blocks: gb,
+                lora: lora.map(|(running, waiting, max)| LoraState {
+                    running,
+                    waiting,
+                    max,
+                }),
+                models,
+                scraped_at: Instant::from_millis(at),
+            },
+        )
 }
 
 proptest! {

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# wasm-epp build entry point. Every step a fresh machine needs is installed here.
+#
+#   ./build.sh demo     the main job: today, the picker explaining sample decisions
+#   ./build.sh test     install what is missing, then every check and test (what CI runs)
+#   ./build.sh bench    criterion benches of the request path (scan, hash, pick)
+#   ./build.sh setup    only the installs
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# One target dir for every step, so CI builds each dependency once.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+
+setup() {
+  log "toolchain targets"
+  rustup target add wasm32-wasip1 wasm32-unknown-unknown >/dev/null
+  if ! cargo nextest --version >/dev/null 2>&1; then
+    log "installing cargo-nextest"
+    cargo install --locked cargo-nextest
+  fi
+  if ! command -v node >/dev/null 2>&1; then
+    log "installing Node.js (runs the wasm32-wasip1 test binaries)"
+    apt-get update -qq && apt-get install -y -qq nodejs >/dev/null
+  fi
+}
+
+test_all() {
+  setup
+  log "format"
+  cargo fmt --all --check
+  log "clippy (host, all targets)"
+  cargo clippy --workspace --all-targets --quiet -- -D warnings
+  log "picker-core is no_std: build for wasm32-unknown-unknown and wasm32-wasip1"
+  cargo build --quiet -p picker-core --target wasm32-unknown-unknown
+  cargo build --quiet -p picker-core --target wasm32-wasip1
+  cargo clippy --quiet -p picker-core --target wasm32-wasip1 -- -D warnings
+  if [ -x host-sim/build-test-modules.sh ] || [ -f host-sim/build-test-modules.sh ]; then
+    log "host-sim test modules (proxy-wasm SDK examples, built from the crates.io package)"
+    bash host-sim/build-test-modules.sh
+  fi
+  log "tests (native)"
+  cargo nextest run --workspace --no-fail-fast
+  log "picker-core tests compiled to wasm32-wasip1, run under Node's WASI"
+  CARGO_TARGET_WASM32_WASIP1_RUNNER="node $PWD/tools/wasi-run.mjs" \
+    cargo test --quiet -p picker-core --lib --target wasm32-wasip1
+}
+
+case "${1:-}" in
+  setup) setup ;;
+  test) test_all ;;
+  demo)
+    shift
+    cargo run --quiet --release -p picker-core --example explain -- "$@"
+    ;;
+  bench)
+    shift
+    cargo bench -p picker-core --bench pick -- "$@"
+    ;;
+  *)
+    sed -n '2,9p' "$0" >&2
+    exit 2
+    ;;
+esac
