@@ -617,3 +617,44 @@ proptest! {
         let _ = parse_subset(&s);
     }
 }
+
+#[test]
+fn running_token_load_and_inflight_scores_by_hand() {
+    let cfg = Config::from_json(
+        br#"{"scorers":[{"type":"running-requests-size-scorer"},{"type":"token-load-scorer"},{"type":"in-flight-scorer"}],"tokenLoad":{"thresholdTokens":1000}}"#,
+    )
+    .unwrap();
+    let mut eps = vec![ep(1, 0, 0.0), ep(2, 0, 0.0), ep(3, 0, 0.0)];
+    for (e, r) in eps.iter_mut().zip([10, 20, 30]) {
+        e.running = r;
+    }
+    let inflight = [
+        InFlight {
+            requests: 2,
+            tokens: 250,
+        },
+        InFlight {
+            requests: 6,
+            tokens: 1500,
+        },
+        InFlight {
+            requests: 4,
+            tokens: 0,
+        },
+    ];
+    let d = pick(
+        &cfg,
+        &Request::new(MODEL, Prompt::default()),
+        &pool(eps),
+        &inflight,
+        &mut State::new(&cfg),
+        NOW,
+        &mut SplitMix64::new(1),
+    );
+    // running min-max: (30-10)/20 = 1, 0.5, 0; tokens: 1 - 250/1000, 1 - min(1, 1.5), 1 - 0;
+    // in-flight min-max over 2, 6, 4: 1, 0, 0.5.
+    assert_eq!(scores_of(&d, ScorerKind::RunningRequests), [1.0, 0.5, 0.0]);
+    assert_eq!(scores_of(&d, ScorerKind::TokenLoad), [0.75, 0.0, 1.0]);
+    assert_eq!(scores_of(&d, ScorerKind::InFlight), [1.0, 0.0, 0.5]);
+    assert_eq!(d.primary(), Some(0), "totals 2.75, 0.5, 1.5");
+}
