@@ -4,6 +4,7 @@
 #   ./build.sh demo     the main job: today, the picker explaining sample decisions
 #   ./build.sh test     install what is missing, then every check and test (what CI runs)
 #   ./build.sh bench    criterion benches of the request path (scan, hash, pick)
+#   ./build.sh fuzz [TARGET] [SECONDS]   coverage-guided fuzzing (targets: scan snapshot config subset)
 #   ./build.sh setup    only the installs
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -27,6 +28,22 @@ setup() {
   fi
 }
 
+# cargo-fuzz needs -Z flags; RUSTC_BOOTSTRAP=1 allows them on the stable toolchain, which is
+# the only one these machines can have. Inputs are capped at 64 KiB.
+fuzz() {
+  local target="${1:-scan}" secs="${2:-30}"
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    log "installing cargo-fuzz"
+    cargo install --locked cargo-fuzz
+  fi
+  local work
+  work=$(mktemp -d)
+  cp -r "fuzz/corpus/$target/." "$work/"
+  log "fuzz $target for ${secs}s (new inputs go to $work; the checked-in seeds stay as they are)"
+  (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O "$target" "$work" -- \
+      -max_len=65536 -max_total_time="$secs" -print_final_stats=1 2>&1 | tail -n 15)
+}
+
 test_all() {
   setup
   log "format"
@@ -46,6 +63,9 @@ test_all() {
   log "picker-core tests compiled to wasm32-wasip1, run under Node's WASI"
   CARGO_TARGET_WASM32_WASIP1_RUNNER="node $PWD/tools/wasi-run.mjs" \
     cargo test --quiet -p picker-core --lib --target wasm32-wasip1
+  log "fuzz targets: build all, run the scanner for 30 s"
+  (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz build -O)
+  fuzz scan 30
 }
 
 case "${1:-}" in
@@ -59,8 +79,12 @@ case "${1:-}" in
     shift
     cargo bench -p picker-core --bench pick -- "$@"
     ;;
+  fuzz)
+    shift
+    fuzz "$@"
+    ;;
   *)
-    sed -n '2,9p' "$0" >&2
+    sed -n '2,10p' "$0" >&2
     exit 2
     ;;
 esac

@@ -294,3 +294,17 @@ proptest! {
         }
     }
 }
+
+/// The checked-in v1 sample (also the snapshot fuzz seed) must keep decoding to `sample()`:
+/// a guard against accidental wire-format changes. Regenerate only with a version bump:
+/// `UPDATE_GOLDEN=1 cargo test -p picker-core checked_in_v1`.
+#[test]
+#[cfg_attr(target_family = "wasm", ignore = "no filesystem under the WASI test runner")]
+fn checked_in_v1_sample_still_decodes() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/snapshot/v1-sample.bin");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(path, sample().encode().unwrap()).unwrap();
+    }
+    let bytes = std::fs::read(path).expect("fuzz/corpus/snapshot/v1-sample.bin exists");
+    assert_eq!(Snapshot::decode(&bytes).unwrap(), sample());
+}
