@@ -3,6 +3,7 @@
 #
 #   ./build.sh demo     the main job: today, the picker explaining sample decisions
 #   ./build.sh test     install what is missing, then every check and test (what CI runs)
+#   ./build.sh wasm     the proxy-wasm module: dist/wasm-epp.wasm and dist/wasm-epp.wasm.sha256
 #   ./build.sh bench    criterion benches of the request path (scan, hash, pick)
 #   ./build.sh fuzz [TARGET] [SECONDS]   coverage-guided fuzzing (targets: scan snapshot config subset)
 #   ./build.sh setup    only the installs
@@ -22,10 +23,26 @@ setup() {
     log "installing cargo-nextest"
     cargo install --locked cargo-nextest
   fi
+  if ! command -v wasm-opt >/dev/null 2>&1; then
+    log "installing binaryen (wasm-opt)"
+    apt-get update -qq && apt-get install -y -qq binaryen >/dev/null
+  fi
   if ! command -v node >/dev/null 2>&1; then
     log "installing Node.js (runs the wasm32-wasip1 test binaries)"
     apt-get update -qq && apt-get install -y -qq nodejs >/dev/null
   fi
+}
+
+# The module: release + lto + panic=abort (profile `wasm` in Cargo.toml), then wasm-opt.
+# binaryen 108 (Debian) rejects rustc 1.95 output unless features are enabled (proxywasm.md §7.2).
+wasm() {
+  setup
+  log "building the proxy-wasm module"
+  cargo build --quiet -p filter --target wasm32-wasip1 --profile wasm
+  mkdir -p dist
+  wasm-opt -Oz --all-features "$CARGO_TARGET_DIR/wasm32-wasip1/wasm/wasm_epp.wasm" -o dist/wasm-epp.wasm
+  (cd dist && sha256sum wasm-epp.wasm > wasm-epp.wasm.sha256)
+  log "dist/wasm-epp.wasm: $(stat -c %s dist/wasm-epp.wasm) bytes, sha256 $(cut -d' ' -f1 dist/wasm-epp.wasm.sha256)"
 }
 
 # cargo-fuzz needs -Z flags; RUSTC_BOOTSTRAP=1 allows them on the stable toolchain, which is
@@ -70,6 +87,7 @@ test_all() {
 
 case "${1:-}" in
   setup) setup ;;
+  wasm) wasm ;;
   test) test_all ;;
   demo)
     shift
@@ -84,7 +102,7 @@ case "${1:-}" in
     fuzz "$@"
     ;;
   *)
-    sed -n '2,10p' "$0" >&2
+    sed -n '2,11p' "$0" >&2
     exit 2
     ;;
 esac

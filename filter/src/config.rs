@@ -1,0 +1,384 @@
+//! Plugin configuration: the JSON the proxy hands to `on_configure` (Envoy `PluginConfig.configuration`,
+//! Istio `WasmPlugin.spec.pluginConfig`, GCP `--plugin-config`), validated into [`FilterConfig`].
+//!
+//! ```json
+//! {
+//!   "hostProfile": "envoy",
+//!   "mode": "body",
+//!   "picker": {"profile": "wasm-epp-default"},
+//!   "inferencePaths": ["/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings"],
+//!   "maxBodyBytes": 4194304,
+//!   "destinationHeader": "x-gateway-destination-endpoint",
+//!   "modelHeader": "x-gateway-model-name",
+//!   "snapshot": {"path": "/.well-known/wasm-epp/snapshot", "token": "s3cret-token-of-16+",
+//!                "allowedSources": ["127.0.0.1", "::1"], "maxBytes": 1048576},
+//!   "endpoints": ["10.0.0.1:8000", "10.0.0.2:8000"],
+//!   "models": {"allow": ["meta-llama/Llama-3.1-8B-Instruct"], "priorities": {"batch-model": -1},
+//!              "rewrites": [{"model": "llama", "targets": [{"model": "meta-llama/Llama-3.1-8B-Instruct", "weight": 90},
+//!                                                           {"model": "llama-canary", "weight": 10}]}]},
+//!   "objectives": {"batch": -1, "interactive": 2},
+//!   "headersOnly": {"modelHeader": "x-model", "affinityHeader": "x-session-id"},
+//!   "testMode": false
+//! }
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use picker_core::{Api, Config as PickerConfig, ConfigError};
+use serde::Deserialize;
+
+/// Which proxy the module runs in; decides which hostcalls it may make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostProfile {
+    /// Envoy and Istio: shared data, metrics, properties, foreign functions.
+    Envoy,
+    /// GCP Service Extensions: none of those (the SDK would panic on their Unimplemented status).
+    Gcp,
+}
+
+/// How the model and prompt are learned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Mode {
+    /// Pause at headers, buffer the body, scan it. Needs Envoy ≥ 1.35 with
+    /// `allow_on_headers_stop_iteration: true` (proxywasm.md §4.7); without it the request hangs.
+    Body,
+    /// Pick from headers only: the model from `headersOnly.modelHeader`, affinity from
+    /// `headersOnly.affinityHeader`. For proxies where pausing at headers is not allowed.
+    HeadersOnly,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FilterConfigDto {
+    pub host_profile: Option<HostProfile>,
+    pub mode: Option<Mode>,
+    /// The picker-core configuration (see picker-core's `ConfigDto`).
+    pub picker: Option<serde_json::Value>,
+    pub inference_paths: Option<Vec<String>>,
+    pub max_body_bytes: Option<usize>,
+    pub destination_header: Option<String>,
+    pub model_header: Option<String>,
+    pub snapshot: Option<SnapshotDto>,
+    /// Static endpoints used until the first snapshot arrives (and on GCP, always).
+    pub endpoints: Option<Vec<String>>,
+    pub models: Option<ModelsDto>,
+    pub objectives: Option<BTreeMap<String, i32>>,
+    pub headers_only: Option<HeadersOnlyDto>,
+    /// Honour the GIE conformance steering header `test-epp-endpoint-selection` and report
+    /// `x-conformance-test-served-endpoint`. Never enable in production.
+    pub test_mode: Option<bool>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SnapshotDto {
+    pub path: Option<String>,
+    pub token: String,
+    pub allowed_sources: Option<Vec<String>>,
+    pub max_bytes: Option<usize>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModelsDto {
+    pub allow: Option<Vec<String>>,
+    pub priorities: Option<BTreeMap<String, i32>>,
+    pub rewrites: Option<Vec<RewriteDto>>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RewriteDto {
+    pub model: String,
+    pub targets: Vec<TargetDto>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TargetDto {
+    pub model: String,
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeadersOnlyDto {
+    pub model_header: Option<String>,
+    pub affinity_header: Option<String>,
+}
+
+/// Snapshot intake settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotIntake {
+    pub path: String,
+    pub token: String,
+    pub allowed_sources: Vec<IpAddr>,
+    pub max_bytes: usize,
+}
+
+/// A weighted model rewrite (GIE `InferenceModelRewrite`, epp.md §4.3).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rewrite {
+    pub model: String,
+    pub targets: Vec<(String, u32)>,
+}
+
+/// The validated plugin configuration.
+#[derive(Clone, Debug)]
+pub struct FilterConfig {
+    pub host: HostProfile,
+    pub mode: Mode,
+    pub picker: PickerConfig,
+    pub inference_paths: Vec<(String, Api)>,
+    pub max_body_bytes: usize,
+    pub destination_header: String,
+    pub model_header: String,
+    pub snapshot: Option<SnapshotIntake>,
+    pub endpoints: Vec<SocketAddr>,
+    pub allow_models: Vec<String>,
+    pub model_priorities: BTreeMap<String, i32>,
+    pub rewrites: Vec<Rewrite>,
+    pub objectives: BTreeMap<String, i32>,
+    pub headers_only_model: String,
+    pub headers_only_affinity: Option<String>,
+    pub test_mode: bool,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum FilterConfigError {
+    Json(String),
+    Picker(ConfigError),
+    Invalid { field: &'static str, reason: String },
+}
+
+impl fmt::Display for FilterConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FilterConfigError::Json(m) => write!(f, "invalid plugin config: {m}"),
+            FilterConfigError::Picker(e) => write!(f, "picker: {e}"),
+            FilterConfigError::Invalid { field, reason } => write!(f, "invalid plugin config: {field}: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for FilterConfigError {}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> FilterConfigError {
+    FilterConfigError::Invalid { field, reason: reason.into() }
+}
+
+/// GIE's default body bound is 4 MiB (Higress's picker uses the same, proxywasm.md §4.10).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+pub const DEFAULT_SNAPSHOT_PATH: &str = "/.well-known/wasm-epp/snapshot";
+pub const DEFAULT_SNAPSHOT_MAX_BYTES: usize = 1024 * 1024;
+pub const DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
+/// BBR's model header (epp.md §4.5).
+pub const MODEL_HEADER: &str = "x-gateway-model-name";
+/// Shortest accepted bearer token: 128 bits of base64/hex-ish text.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+fn header_name(field: &'static str, v: Option<String>, default: &str) -> Result<String, FilterConfigError> {
+    let v = v.unwrap_or_else(|| default.to_string()).to_ascii_lowercase();
+    let ok = !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(v)
+    } else {
+        Err(invalid(field, format!("{v:?} is not a valid header name")))
+    }
+}
+
+impl FilterConfig {
+    pub fn from_json(bytes: &[u8]) -> Result<FilterConfig, FilterConfigError> {
+        let dto: FilterConfigDto = if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+            serde_json::from_slice(b"{}")
+        } else {
+            serde_json::from_slice(bytes)
+        }
+        .map_err(|e| FilterConfigError::Json(e.to_string()))?;
+        FilterConfig::try_from(dto)
+    }
+}
+
+impl TryFrom<FilterConfigDto> for FilterConfig {
+    type Error = FilterConfigError;
+
+    fn try_from(d: FilterConfigDto) -> Result<Self, FilterConfigError> {
+        let picker = match d.picker {
+            Some(v) => {
+                let bytes = serde_json::to_vec(&v).map_err(|e| FilterConfigError::Json(e.to_string()))?;
+                PickerConfig::from_json(&bytes).map_err(FilterConfigError::Picker)?
+            }
+            None => PickerConfig::default(),
+        };
+        let paths = d.inference_paths.unwrap_or_else(|| {
+            ["/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings"].map(String::from).to_vec()
+        });
+        let mut inference_paths = Vec::new();
+        for p in paths {
+            let api = Api::from_path(&p).ok_or_else(|| {
+                invalid("inferencePaths", format!("{p:?} is not an OpenAI API path (/v1/chat/completions, /v1/completions, /v1/responses, /v1/embeddings)"))
+            })?;
+            inference_paths.push((p, api));
+        }
+        let max_body_bytes = d.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if !(1024..=64 * 1024 * 1024).contains(&max_body_bytes) {
+            return Err(invalid("maxBodyBytes", format!("{max_body_bytes} is not in 1 KiB..=64 MiB")));
+        }
+        let host = d.host_profile.unwrap_or(HostProfile::Envoy);
+        let snapshot = match d.snapshot {
+            None => None,
+            Some(s) => {
+                if host == HostProfile::Gcp {
+                    return Err(invalid("snapshot", "GCP Service Extensions has no shared data: snapshot intake is Envoy/Istio only"));
+                }
+                if s.token.len() < MIN_TOKEN_LEN {
+                    return Err(invalid("snapshot.token", format!("must be at least {MIN_TOKEN_LEN} bytes")));
+                }
+                let path = s.path.unwrap_or_else(|| DEFAULT_SNAPSHOT_PATH.to_string());
+                if !path.starts_with('/') {
+                    return Err(invalid("snapshot.path", "must start with '/'"));
+                }
+                let sources = s.allowed_sources.unwrap_or_else(|| vec!["127.0.0.1".into(), "::1".into()]);
+                let mut allowed_sources = Vec::new();
+                for src in sources {
+                    allowed_sources.push(src.parse::<IpAddr>().map_err(|_| invalid("snapshot.allowedSources", format!("{src:?} is not an IP address")))?);
+                }
+                let max_bytes = s.max_bytes.unwrap_or(DEFAULT_SNAPSHOT_MAX_BYTES);
+                if !(64..=16 * 1024 * 1024).contains(&max_bytes) {
+                    return Err(invalid("snapshot.maxBytes", format!("{max_bytes} is not in 64..=16 MiB")));
+                }
+                Some(SnapshotIntake { path, token: s.token, allowed_sources, max_bytes })
+            }
+        };
+        let mut endpoints = Vec::new();
+        for e in d.endpoints.unwrap_or_default() {
+            endpoints.push(e.parse::<SocketAddr>().map_err(|_| invalid("endpoints", format!("{e:?} is not ip:port")))?);
+        }
+        if endpoints.len() > picker_core::snapshot::MAX_ENDPOINTS {
+            return Err(invalid("endpoints", "too many endpoints"));
+        }
+        let models = d.models;
+        let allow_models = models.as_ref().and_then(|m| m.allow.clone()).unwrap_or_default();
+        let model_priorities = models.as_ref().and_then(|m| m.priorities.clone()).unwrap_or_default();
+        let mut rewrites = Vec::new();
+        for r in models.and_then(|m| m.rewrites).unwrap_or_default() {
+            if r.targets.is_empty() || r.targets.len() > 16 {
+                return Err(invalid("models.rewrites[].targets", "need 1..=16 targets"));
+            }
+            if r.targets.iter().any(|t| t.weight > 1_000_000 || t.model.is_empty()) {
+                return Err(invalid("models.rewrites[].targets", "weights are 0..=1,000,000 and models non-empty (GIE)"));
+            }
+            rewrites.push(Rewrite { model: r.model, targets: r.targets.into_iter().map(|t| (t.model, t.weight)).collect() });
+        }
+        let ho = d.headers_only;
+        let headers_only_model = header_name("headersOnly.modelHeader", ho.as_ref().and_then(|h| h.model_header.clone()), "x-model")?;
+        let headers_only_affinity = match ho.and_then(|h| h.affinity_header) {
+            Some(h) => Some(header_name("headersOnly.affinityHeader", Some(h), "")?),
+            None => None,
+        };
+        Ok(FilterConfig {
+            host,
+            mode: d.mode.unwrap_or(Mode::Body),
+            picker,
+            inference_paths,
+            max_body_bytes,
+            destination_header: header_name("destinationHeader", d.destination_header, DESTINATION_HEADER)?,
+            model_header: header_name("modelHeader", d.model_header, MODEL_HEADER)?,
+            snapshot,
+            endpoints,
+            allow_models,
+            model_priorities,
+            rewrites,
+            objectives: d.objectives.unwrap_or_default(),
+            headers_only_model,
+            headers_only_affinity,
+            test_mode: d.test_mode.unwrap_or(false),
+        })
+    }
+}
+
+impl FilterConfig {
+    /// The API of an inference path (query string ignored), if configured.
+    pub fn api_for(&self, path: &str) -> Option<Api> {
+        let bare = path.split(['?', '#']).next().unwrap_or("");
+        self.inference_paths.iter().find(|(p, _)| p == bare).map(|(_, a)| *a)
+    }
+
+    /// One line for the log at configure time: which mode runs, and what it needs from the host.
+    pub fn describe(&self) -> String {
+        let mode = match (self.host, self.mode) {
+            (HostProfile::Gcp, _) => "gcp profile: no shared data, metrics, timers or callouts; model header + affinity header for URL-map and consistent-hash routing".to_string(),
+            (HostProfile::Envoy, Mode::Body) => "body mode: pauses at request headers and buffers the body; REQUIRES Envoy >= 1.35 with allow_on_headers_stop_iteration: true, otherwise requests hang".to_string(),
+            (HostProfile::Envoy, Mode::HeadersOnly) => format!(
+                "headers-only mode: model from '{}'{}, no body buffering",
+                self.headers_only_model,
+                self.headers_only_affinity.as_ref().map(|a| format!(", affinity from '{a}'")).unwrap_or_default()
+            ),
+        };
+        format!(
+            "wasm-epp: {mode}; picker profile {}; snapshot intake {}; {} static endpoints; test mode {}",
+            self.picker.profile_kind().name(),
+            self.snapshot.as_ref().map(|s| s.path.as_str()).unwrap_or("off"),
+            self.endpoints.len(),
+            if self.test_mode { "ON (conformance steering header honoured)" } else { "off" }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_envoy_body_mode_with_defaults() {
+        let c = FilterConfig::from_json(b"").unwrap();
+        assert_eq!(c.host, HostProfile::Envoy);
+        assert_eq!(c.mode, Mode::Body);
+        assert_eq!(c.max_body_bytes, 4 * 1024 * 1024);
+        assert_eq!(c.destination_header, "x-gateway-destination-endpoint");
+        assert_eq!(c.model_header, "x-gateway-model-name");
+        assert!(!c.test_mode);
+        assert!(c.snapshot.is_none());
+        assert_eq!(c.api_for("/v1/chat/completions?x=1"), Some(Api::ChatCompletions));
+        assert_eq!(c.api_for("/v1/models"), None);
+        assert!(c.describe().contains("allow_on_headers_stop_iteration"));
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let c = FilterConfig::from_json(
+            br#"{"hostProfile":"envoy","mode":"headersOnly","picker":{"profile":"gie-default"},
+                 "snapshot":{"token":"0123456789abcdef","allowedSources":["10.0.0.9"]},
+                 "endpoints":["10.0.0.1:8000","[fd00::1]:8000"],
+                 "models":{"allow":["a"],"priorities":{"a":-1},"rewrites":[{"model":"a","targets":[{"model":"b","weight":1}]}]},
+                 "objectives":{"batch":-1},"headersOnly":{"modelHeader":"X-Model","affinityHeader":"x-session"},"testMode":true}"#,
+        )
+        .unwrap();
+        assert_eq!(c.mode, Mode::HeadersOnly);
+        assert_eq!(c.picker.profile_kind(), picker_core::Profile::GieDefault);
+        assert_eq!(c.snapshot.as_ref().unwrap().path, DEFAULT_SNAPSHOT_PATH);
+        assert_eq!(c.endpoints.len(), 2);
+        assert_eq!(c.headers_only_model, "x-model");
+        assert_eq!(c.rewrites[0].targets, vec![("b".to_string(), 1)]);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = |j: &str| FilterConfig::from_json(j.as_bytes()).unwrap_err();
+        assert!(matches!(err(r#"{"maxBodyBytes":1}"#), FilterConfigError::Invalid { field: "maxBodyBytes", .. }));
+        assert!(matches!(err(r#"{"snapshot":{"token":"short"}}"#), FilterConfigError::Invalid { field: "snapshot.token", .. }));
+        assert!(matches!(err(r#"{"hostProfile":"gcp","snapshot":{"token":"0123456789abcdef"}}"#), FilterConfigError::Invalid { field: "snapshot", .. }));
+        assert!(matches!(err(r#"{"endpoints":["pod-a"]}"#), FilterConfigError::Invalid { field: "endpoints", .. }));
+        assert!(matches!(err(r#"{"inferencePaths":["/v1/models"]}"#), FilterConfigError::Invalid { field: "inferencePaths", .. }));
+        assert!(matches!(err(r#"{"picker":{"maxEndpoints":0}}"#), FilterConfigError::Picker(_)));
+        assert!(matches!(err(r#"{"destinationHeader":"bad header"}"#), FilterConfigError::Invalid { field: "destinationHeader", .. }));
+        match err(r#"{"tstMode":true}"#) {
+            FilterConfigError::Json(m) => assert!(m.contains("tstMode"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

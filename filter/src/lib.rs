@@ -1,0 +1,55 @@
+//! # wasm-epp filter: the proxy-wasm module
+//!
+//! Loaded by Envoy (`envoy.filters.http.wasm`), Istio (`WasmPlugin`) or GCP Service Extensions,
+//! this module translates hostcalls into picker-core calls and back; every decision is made by
+//! `picker_core::pick`. Build it with `./build.sh wasm` (→ `dist/wasm-epp.wasm`).
+//!
+//! ## Request path (Envoy / Istio, body mode)
+//!
+//! 1. Request headers: strip client-supplied routing headers (`x-gateway-destination-endpoint`,
+//!    `…-served`, `…-subset`, the model header, and the conformance steering header unless
+//!    `testMode`), so a client can never choose the pod. Snapshot pushes are taken here (below).
+//!    Inference requests (`inferencePaths`, POST) return `Pause`: Envoy must run with
+//!    `allow_on_headers_stop_iteration: true` (proxywasm.md §4.7).
+//! 2. Request body: `Pause` until end of stream (Envoy buffers), 413 above `maxBodyBytes`; then
+//!    scan once, pick, set `x-gateway-destination-endpoint` (ordered list) and the model header,
+//!    `Continue`. Errors are OpenAI-style local replies: 400, 404, 413, 429 (`Retry-After`), 503.
+//! 3. Response headers: learn the served endpoint from `upstream.address`; in `testMode` report
+//!    it as `x-conformance-test-served-endpoint`.
+//! 4. Done: release the in-flight count taken at the pick (also after resets and local replies).
+//!
+//! ## Shared data (Envoy / Istio only)
+//!
+//! * `wasm-epp/snapshot`: the encoded load snapshot, written only by a validated push whose
+//!   sequence is newer (CAS); `wasm-epp/snapshot-seq`: its sequence, read per request so a worker
+//!   decodes the snapshot only when it changed.
+//! * `wasm-epp/inflight`: per-endpoint in-flight requests and tokens of all workers (CAS loop).
+//!
+//! The prefix index is per worker; cross-worker and cross-replica affinity comes from
+//! bounded-load consistent hashing on the prompt prefix (picker-core `chash`).
+//!
+//! ## Snapshot intake
+//!
+//! `POST snapshot.path` with `Authorization: Bearer <token>` from an allowed source address
+//! (default loopback): the body (≤ `snapshot.maxBytes`) is fully decoded and validated before it
+//! is stored; replies 204, 400, 401, 403, 405, 409 (stale sequence) or 413. Never forwarded.
+//!
+//! ## GCP Service Extensions (`hostProfile: gcp`)
+//!
+//! The host has no shared data, timers, metrics or callouts, and header maps are reachable only
+//! in their own header callback, so the module runs headers-only there: it copies the model hint
+//! header into the model header (for URL-map routing to a backend service) and writes
+//! `x-wasm-epp-affinity`, a hash of the affinity header, for the backend service's
+//! `consistentHash.httpHeaderName`. It never calls an unsupported hostcall.
+//!
+//! ## Panics
+//!
+//! The module never calls `unwrap`/`expect` on host or request data; the SDK itself panics on an
+//! unexpected hostcall status, so unsupported hostcalls are never made (GCP profile), and request
+//! headers are only written while the host still allows it.
+
+pub mod config;
+pub mod shared;
+
+#[cfg(target_family = "wasm")]
+mod wasm;

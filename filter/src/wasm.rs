@@ -1,0 +1,478 @@
+//! proxy-wasm glue: root and HTTP contexts. Translates only; decisions come from picker-core.
+
+use std::cell::RefCell;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::UNIX_EPOCH;
+
+use log::{debug, error, info, warn};
+use picker_core::pick::{parse_subset, Outcome, SubsetEntry};
+use picker_core::prefix::EndpointKey;
+use picker_core::{pick, scan, Endpoint, Instant, Pool, Prompt, Request, Snapshot, SplitMix64, State};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, Status};
+
+use crate::config::{FilterConfig, HostProfile, Mode};
+use crate::shared::{
+    bearer_matches, error_body, source_allowed, validate_push, InFlightTable, IntakeError, KEY_INFLIGHT, KEY_SNAPSHOT,
+    KEY_SNAPSHOT_SEQ,
+};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+/// Headers a client must never set: they choose or report the upstream pod.
+const ROUTING_HEADERS: [&str; 3] =
+    ["x-gateway-destination-endpoint", "x-gateway-destination-endpoint-served", "x-gateway-destination-endpoint-subset"];
+const TEST_STEERING_HEADER: &str = "test-epp-endpoint-selection";
+const TEST_SERVED_HEADER: &str = "x-conformance-test-served-endpoint";
+/// InferenceObjective binding headers: GIE name and the llm-d alias (epp.md, header rename).
+const OBJECTIVE_HEADERS: [&str; 2] = ["x-gateway-inference-objective", "x-llm-d-inference-objective"];
+const AFFINITY_OUT_HEADER: &str = "x-wasm-epp-affinity";
+/// How many CAS retries a shared-data update gets before giving up (counts are hints).
+const CAS_RETRIES: usize = 8;
+
+/// Per-VM (per-worker) state shared by the root and every HTTP context of that VM.
+struct Worker {
+    config: FilterConfig,
+    state: State,
+    rng: SplitMix64,
+    /// The decoded snapshot this worker routes on, and its sequence.
+    pool: Pool,
+    pool_seq: Option<u64>,
+    /// Logged once per transition, not per request.
+    degraded_logged: bool,
+}
+
+impl Worker {
+    fn new(config: FilterConfig) -> Worker {
+        // A per-VM seed from the host's randomness (WASI random_get backs RandomState).
+        let seed = RandomState::new().hash_one(0x5eed_u64);
+        let pool = static_pool(&config);
+        Worker { state: State::new(&config.picker), rng: SplitMix64::new(seed), pool, pool_seq: None, config, degraded_logged: false }
+    }
+}
+
+/// A pool from the statically configured endpoints, used until a snapshot arrives (and always on
+/// GCP). Its load fields are zero and its scrape time "now", so only in-flight counts, prefix
+/// affinity and consistent hashing inform the pick.
+fn static_pool(config: &FilterConfig) -> Pool {
+    let endpoints = config.endpoints.iter().map(|a| Endpoint::new(*a, Instant::ZERO)).collect();
+    // generated_at 0 makes a real snapshot always preferable; degradation uses `degradeAfterMs`.
+    Pool::new(Snapshot { sequence: 0, generated_at: Instant::ZERO, endpoints })
+}
+
+#[derive(Default)]
+struct Root {
+    worker: Option<Rc<RefCell<Worker>>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        match FilterConfig::from_json(&bytes) {
+            Ok(config) => {
+                info!("{}", config.describe());
+                self.worker = Some(Rc::new(RefCell::new(Worker::new(config))));
+                true
+            }
+            Err(e) => {
+                // Returning false makes Envoy reject the configuration (proxywasm.md §1.3).
+                error!("wasm-epp: {e}");
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let worker = self.worker.clone()?;
+        Some(Box::new(Stream { worker, kind: Kind::Passthrough, acquired: None, primary: None }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+enum Kind {
+    Passthrough,
+    Intake,
+    Inference(picker_core::Api),
+}
+
+struct Stream {
+    worker: Rc<RefCell<Worker>>,
+    kind: Kind,
+    /// In-flight entry taken at the pick: (endpoint key, tokens); released in `on_done`.
+    acquired: Option<(EndpointKey, u32)>,
+    primary: Option<SocketAddr>,
+}
+
+impl Context for Stream {
+    fn on_done(&mut self) -> bool {
+        self.release();
+        true
+    }
+}
+
+impl Stream {
+    fn now(&self) -> Instant {
+        let ms = self.get_current_time().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        Instant::from_millis(ms)
+    }
+
+    fn reply(&self, status: u32, message: &str, extra: &[(&str, &str)]) {
+        let mut headers = vec![("content-type", "application/json")];
+        headers.extend_from_slice(extra);
+        self.send_http_response(status, headers, Some(&error_body(status, message)));
+    }
+
+    fn envoy(&self) -> bool {
+        self.worker.borrow().config.host == HostProfile::Envoy
+    }
+
+    /// Loads the shared snapshot if its sequence moved past the one this worker holds.
+    fn refresh_pool(&self) {
+        let (seq_bytes, _) = self.get_shared_data(KEY_SNAPSHOT_SEQ);
+        let Some(seq) = seq_bytes.and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok()).map(u64::from_le_bytes) else {
+            return;
+        };
+        let mut w = self.worker.borrow_mut();
+        if w.pool_seq.is_some_and(|s| s >= seq) {
+            return;
+        }
+        let (bytes, _) = self.get_shared_data(KEY_SNAPSHOT);
+        match bytes.map(|b| Snapshot::decode(&b)) {
+            Some(Ok(snap)) => {
+                let keys: Vec<EndpointKey> = snap.endpoints.iter().map(Endpoint::key).collect();
+                w.state.index.retain_endpoints(&keys);
+                w.pool_seq = Some(snap.sequence);
+                w.pool = Pool::new(snap);
+            }
+            // Only validated bytes are ever stored, so this means another build's format.
+            Some(Err(e)) => warn!("wasm-epp: stored snapshot unreadable: {e}"),
+            None => {}
+        }
+    }
+
+    /// Read-modify-write of the shared in-flight table with CAS.
+    fn update_inflight(&self, key: EndpointKey, tokens: u32, add: bool) {
+        for _ in 0..CAS_RETRIES {
+            let (bytes, cas) = self.get_shared_data(KEY_INFLIGHT);
+            let mut table = InFlightTable::decode(bytes.as_deref().unwrap_or_default());
+            table.apply(key, tokens, add);
+            match self.set_shared_data(KEY_INFLIGHT, Some(&table.encode()), cas) {
+                Ok(()) => return,
+                Err(Status::CasMismatch) => continue,
+                Err(s) => {
+                    warn!("wasm-epp: in-flight update failed: {s:?}");
+                    return;
+                }
+            }
+        }
+        warn!("wasm-epp: in-flight update gave up after {CAS_RETRIES} CAS retries");
+    }
+
+    fn release(&mut self) {
+        if let Some((key, tokens)) = self.acquired.take() {
+            if self.envoy() {
+                self.update_inflight(key, tokens, false);
+            }
+        }
+    }
+
+    fn strip_client_routing_headers(&self) {
+        let (test_mode, model_header) = {
+            let w = self.worker.borrow();
+            (w.config.test_mode, w.config.model_header.clone())
+        };
+        for h in ROUTING_HEADERS {
+            self.set_http_request_header(h, None);
+        }
+        self.set_http_request_header(&model_header, None);
+        if !test_mode {
+            self.set_http_request_header(TEST_STEERING_HEADER, None);
+        }
+    }
+
+    fn handle_intake_body(&self, body: &[u8]) {
+        let max = self.worker.borrow().config.snapshot.as_ref().map_or(0, |s| s.max_bytes);
+        for _ in 0..CAS_RETRIES {
+            let (stored, cas) = self.get_shared_data(KEY_SNAPSHOT);
+            let snap = match validate_push(body, stored.as_deref(), max) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!("wasm-epp: snapshot push refused ({}): {}", e.status(), e.message());
+                    self.reply(e.status(), &e.message(), &[]);
+                    return;
+                }
+            };
+            match self.set_shared_data(KEY_SNAPSHOT, Some(body), cas) {
+                Ok(()) => {
+                    let _ = self.set_shared_data(KEY_SNAPSHOT_SEQ, Some(&snap.sequence.to_le_bytes()), None);
+                    debug!("wasm-epp: snapshot {} stored ({} endpoints)", snap.sequence, snap.endpoints.len());
+                    self.send_http_response(204, vec![], None);
+                    return;
+                }
+                Err(Status::CasMismatch) => continue,
+                Err(s) => {
+                    self.reply(503, &format!("could not store snapshot: {s:?}"), &[]);
+                    return;
+                }
+            }
+        }
+        self.reply(409, "concurrent snapshot pushes; retry", &[]);
+    }
+
+    /// Picks for a scanned (or header-derived) request and sets the routing headers.
+    /// Returns false after sending a local reply.
+    fn route(&mut self, model: &str, cache_salt: Option<&str>, prompt: Prompt<'_>) -> bool {
+        let now = self.now();
+        let envoy = self.envoy();
+        if envoy {
+            self.refresh_pool();
+        }
+        let objective = OBJECTIVE_HEADERS.iter().find_map(|h| self.get_http_request_header(h));
+        let steering = self.get_http_request_header(TEST_STEERING_HEADER);
+        let inflight_table = if envoy {
+            InFlightTable::decode(self.get_shared_data(KEY_INFLIGHT).0.as_deref().unwrap_or_default())
+        } else {
+            InFlightTable::default()
+        };
+
+        let mut guard = self.worker.borrow_mut();
+        let w = &mut *guard;
+        if !w.config.allow_models.is_empty() && !w.config.allow_models.iter().any(|m| m == model) {
+            drop(guard);
+            self.reply(404, &format!("model {model:?} is not served here"), &[]);
+            return false;
+        }
+        // Weighted rewrite (GIE InferenceModelRewrite): pick a target by weight with the worker RNG.
+        let target = match w.config.rewrites.iter().find(|r| r.model == model) {
+            Some(r) => {
+                let total: u64 = r.targets.iter().map(|t| t.1 as u64).sum();
+                let mut x = picker_core::Rng::below(&mut w.rng, total.max(1));
+                let mut chosen = r.targets.first().map(|t| t.0.clone()).unwrap_or_else(|| model.to_string());
+                for (m, weight) in &r.targets {
+                    if x < *weight as u64 {
+                        chosen = m.clone();
+                        break;
+                    }
+                    x -= *weight as u64;
+                }
+                chosen
+            }
+            None => model.to_string(),
+        };
+        let priority = objective
+            .and_then(|o| w.config.objectives.get(&o).copied())
+            .or_else(|| w.config.model_priorities.get(&target).copied())
+            .unwrap_or(0);
+        let subset: Option<Vec<SubsetEntry>> = match (w.config.test_mode, steering) {
+            (true, Some(s)) => match parse_subset(&s) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    drop(guard);
+                    self.reply(400, &format!("{TEST_STEERING_HEADER}: {e}"), &[]);
+                    return false;
+                }
+            },
+            _ => None,
+        };
+        let mut req = Request::new(&target, prompt);
+        req.cache_salt = cache_salt;
+        req.priority = priority;
+        req.subset = subset.as_deref();
+        let inflight = inflight_table.for_pool(&w.pool);
+        let d = pick(&w.config.picker, &req, &w.pool, &inflight, &mut w.state, now, &mut w.rng);
+        if d.mode == picker_core::pick::Mode::Degraded && !w.degraded_logged {
+            warn!("wasm-epp: snapshot older than degradeAfterMs; routing on consistent hashing and in-flight counts");
+            w.degraded_logged = true;
+        } else if d.mode == picker_core::pick::Mode::Normal && w.degraded_logged {
+            info!("wasm-epp: fresh snapshot again; full scoring restored");
+            w.degraded_logged = false;
+        }
+        match d.outcome {
+            Outcome::Route(list) => {
+                let addrs: Vec<SocketAddr> = list.iter().filter_map(|&i| w.pool.endpoints().get(i).map(|e| e.addr)).collect();
+                let value = addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+                let dest = w.config.destination_header.clone();
+                let model_header = w.config.model_header.clone();
+                let primary_key = list.first().map(|&i| w.pool.key(i));
+                debug!("wasm-epp: model {target} -> {value} (prefix match {}/{})", d.best_prefix_match, d.hashes.len());
+                drop(guard);
+                self.set_http_request_header(&dest, Some(&value));
+                self.set_http_request_header(&model_header, Some(&target));
+                self.primary = addrs.first().copied();
+                if let (Some(key), true) = (primary_key, envoy) {
+                    let tokens = (prompt.len() / 4).min(u32::MAX as usize) as u32;
+                    self.update_inflight(key, tokens, true);
+                    self.acquired = Some((key, tokens));
+                }
+                true
+            }
+            Outcome::Reject(r) => {
+                drop(guard);
+                let status = r.http_status() as u32;
+                let extra: &[(&str, &str)] = if status == 429 { &[("retry-after", "1")] } else { &[] };
+                self.reply(status, &r.to_string(), extra);
+                false
+            }
+        }
+    }
+
+    fn on_headers_gcp(&mut self) -> Action {
+        // GCP: headers-only, no shared data / metrics / properties (proxywasm.md §6.5).
+        let (hint, affinity, model_header) = {
+            let w = self.worker.borrow();
+            (w.config.headers_only_model.clone(), w.config.headers_only_affinity.clone(), w.config.model_header.clone())
+        };
+        if let Some(model) = self.get_http_request_header(&hint) {
+            self.set_http_request_header(&model_header, Some(&model));
+        }
+        self.set_http_request_header(AFFINITY_OUT_HEADER, None);
+        if let Some(value) = affinity.and_then(|a| self.get_http_request_header(&a)) {
+            let h = picker_core::prefix::hash_prompt("", None, Prompt::from_bytes(value.as_bytes()), 1, 64);
+            if let Some(k) = h.as_slice().last() {
+                self.set_http_request_header(AFFINITY_OUT_HEADER, Some(&format!("{k:016x}")));
+            }
+        }
+        Action::Continue
+    }
+}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.strip_client_routing_headers();
+        if !self.envoy() {
+            return self.on_headers_gcp();
+        }
+        let path = self.get_http_request_header(":path").unwrap_or_default();
+        let method = self.get_http_request_header(":method").unwrap_or_default();
+        let (intake_path, mode, api, max_body) = {
+            let w = self.worker.borrow();
+            let c = &w.config;
+            (c.snapshot.as_ref().map(|s| s.path.clone()), c.mode, c.api_for(&path), c.max_body_bytes)
+        };
+        let bare = path.split('?').next().unwrap_or("");
+        if intake_path.as_deref() == Some(bare) {
+            self.kind = Kind::Intake;
+            let (token, allowed) = {
+                let w = self.worker.borrow();
+                let s = w.config.snapshot.as_ref();
+                (s.map(|s| s.token.clone()).unwrap_or_default(), s.map(|s| s.allowed_sources.clone()).unwrap_or_default())
+            };
+            let source = self.get_property(vec!["source", "address"]).and_then(|b| String::from_utf8(b).ok());
+            let err = if method != "POST" {
+                Some(IntakeError::MethodNotAllowed)
+            } else if !source_allowed(source.as_deref(), &allowed) {
+                Some(IntakeError::Forbidden)
+            } else if !bearer_matches(self.get_http_request_header("authorization").as_deref(), &token) {
+                Some(IntakeError::Unauthorized)
+            } else if end_of_stream {
+                Some(IntakeError::Invalid(picker_core::snapshot::DecodeError::Truncated { offset: 0 }))
+            } else {
+                None
+            };
+            if let Some(e) = err {
+                self.reply(e.status(), &e.message(), &[]);
+            }
+            return Action::Pause;
+        }
+        let Some(api) = api.filter(|_| method == "POST") else {
+            return Action::Continue;
+        };
+        self.kind = Kind::Inference(api);
+        if mode == Mode::HeadersOnly {
+            let (hint, affinity) = {
+                let w = self.worker.borrow();
+                (w.config.headers_only_model.clone(), w.config.headers_only_affinity.clone())
+            };
+            let Some(model) = self.get_http_request_header(&hint) else {
+                self.reply(400, &format!("headers-only mode needs the model in the {hint} header"), &[]);
+                return Action::Pause;
+            };
+            let affinity_value = affinity.and_then(|a| self.get_http_request_header(&a)).unwrap_or_default();
+            return if self.route(&model, None, Prompt::from_bytes(affinity_value.as_bytes())) {
+                Action::Continue
+            } else {
+                Action::Pause
+            };
+        }
+        if end_of_stream {
+            self.reply(400, "an inference request needs a JSON body", &[]);
+            return Action::Pause;
+        }
+        let too_big = self
+            .get_http_request_header("content-length")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .is_some_and(|n| n > max_body);
+        if too_big {
+            self.reply(413, &format!("request body larger than {max_body} bytes"), &[]);
+        }
+        // Hold headers until the body is scanned (needs allow_on_headers_stop_iteration).
+        Action::Pause
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let max = {
+            let w = self.worker.borrow();
+            match self.kind {
+                Kind::Intake => w.config.snapshot.as_ref().map_or(0, |s| s.max_bytes),
+                Kind::Inference(_) => w.config.max_body_bytes,
+                Kind::Passthrough => return Action::Continue,
+            }
+        };
+        if body_size > max {
+            self.reply(413, &format!("body larger than {max} bytes"), &[]);
+            return Action::Pause;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        match self.kind {
+            Kind::Intake => {
+                self.handle_intake_body(&body);
+                Action::Pause
+            }
+            Kind::Inference(api) => match scan(&body, api) {
+                Ok(s) => {
+                    if self.route(&s.model, s.cache_salt.as_deref(), s.prompt) {
+                        Action::Continue
+                    } else {
+                        Action::Pause
+                    }
+                }
+                Err(e) => {
+                    self.reply(400, &e.to_string(), &[]);
+                    Action::Pause
+                }
+            },
+            Kind::Passthrough => Action::Continue,
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if !matches!(self.kind, Kind::Inference(_)) || !self.envoy() {
+            return Action::Continue;
+        }
+        let served = self
+            .get_property(vec!["upstream", "address"])
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.parse::<SocketAddr>().ok())
+            .or(self.primary);
+        if self.worker.borrow().config.test_mode {
+            if let Some(a) = served {
+                self.set_http_response_header(TEST_SERVED_HEADER, Some(&a.to_string()));
+            }
+        }
+        Action::Continue
+    }
+}
