@@ -34,13 +34,16 @@ setup() {
 }
 
 # The module: release + lto + panic=abort (profile `wasm` in Cargo.toml), then wasm-opt.
-# binaryen 108 (Debian) rejects rustc 1.95 output unless features are enabled (proxywasm.md §7.2).
+# binaryen 108 (Debian) rejects rustc 1.95 output unless features are enabled (proxywasm.md §7.2);
+# exactly the features rustc emits are named, because --all-features lets wasm-opt write types
+# (GC, exceptions) that hosts such as wasmtime reject.
 wasm() {
   setup
   log "building the proxy-wasm module"
   cargo build --quiet -p filter --target wasm32-wasip1 --profile wasm
   mkdir -p dist
-  wasm-opt -Oz --all-features "$CARGO_TARGET_DIR/wasm32-wasip1/wasm/wasm_epp.wasm" -o dist/wasm-epp.wasm
+  wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals --enable-nontrapping-float-to-int \
+    --enable-multivalue --enable-reference-types "$CARGO_TARGET_DIR/wasm32-wasip1/wasm/wasm_epp.wasm" -o dist/wasm-epp.wasm
   (cd dist && sha256sum wasm-epp.wasm > wasm-epp.wasm.sha256)
   log "dist/wasm-epp.wasm: $(stat -c %s dist/wasm-epp.wasm) bytes, sha256 $(cut -d' ' -f1 dist/wasm-epp.wasm.sha256)"
 }
@@ -70,12 +73,13 @@ test_all() {
   log "picker-core is no_std: build for wasm32-unknown-unknown and wasm32-wasip1"
   cargo build --quiet -p picker-core --target wasm32-unknown-unknown
   cargo build --quiet -p picker-core --target wasm32-wasip1
-  cargo clippy --quiet -p picker-core --target wasm32-wasip1 -- -D warnings
+  cargo clippy --quiet -p picker-core -p filter --target wasm32-wasip1 -- -D warnings
+  wasm
   if [ -x host-sim/build-test-modules.sh ] || [ -f host-sim/build-test-modules.sh ]; then
     log "host-sim test modules (proxy-wasm SDK examples, built from the crates.io package)"
     bash host-sim/build-test-modules.sh
   fi
-  log "tests (native)"
+  log "tests (native; the filter's tests load dist/wasm-epp.wasm into host-sim)"
   cargo nextest run --workspace --no-fail-fast
   log "picker-core tests compiled to wasm32-wasip1, run under Node's WASI"
   CARGO_TARGET_WASM32_WASIP1_RUNNER="node $PWD/tools/wasi-run.mjs" \

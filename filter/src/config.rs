@@ -160,7 +160,9 @@ impl fmt::Display for FilterConfigError {
         match self {
             FilterConfigError::Json(m) => write!(f, "invalid plugin config: {m}"),
             FilterConfigError::Picker(e) => write!(f, "picker: {e}"),
-            FilterConfigError::Invalid { field, reason } => write!(f, "invalid plugin config: {field}: {reason}"),
+            FilterConfigError::Invalid { field, reason } => {
+                write!(f, "invalid plugin config: {field}: {reason}")
+            }
         }
     }
 }
@@ -168,7 +170,10 @@ impl fmt::Display for FilterConfigError {
 impl std::error::Error for FilterConfigError {}
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> FilterConfigError {
-    FilterConfigError::Invalid { field, reason: reason.into() }
+    FilterConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
 }
 
 /// GIE's default body bound is 4 MiB (Higress's picker uses the same, proxywasm.md §4.10).
@@ -181,9 +186,17 @@ pub const MODEL_HEADER: &str = "x-gateway-model-name";
 /// Shortest accepted bearer token: 128 bits of base64/hex-ish text.
 pub const MIN_TOKEN_LEN: usize = 16;
 
-fn header_name(field: &'static str, v: Option<String>, default: &str) -> Result<String, FilterConfigError> {
-    let v = v.unwrap_or_else(|| default.to_string()).to_ascii_lowercase();
-    let ok = !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+fn header_name(
+    field: &'static str,
+    v: Option<String>,
+    default: &str,
+) -> Result<String, FilterConfigError> {
+    let v = v
+        .unwrap_or_else(|| default.to_string())
+        .to_ascii_lowercase();
+    let ok = !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if ok {
         Ok(v)
     } else {
@@ -209,13 +222,21 @@ impl TryFrom<FilterConfigDto> for FilterConfig {
     fn try_from(d: FilterConfigDto) -> Result<Self, FilterConfigError> {
         let picker = match d.picker {
             Some(v) => {
-                let bytes = serde_json::to_vec(&v).map_err(|e| FilterConfigError::Json(e.to_string()))?;
+                let bytes =
+                    serde_json::to_vec(&v).map_err(|e| FilterConfigError::Json(e.to_string()))?;
                 PickerConfig::from_json(&bytes).map_err(FilterConfigError::Picker)?
             }
             None => PickerConfig::default(),
         };
         let paths = d.inference_paths.unwrap_or_else(|| {
-            ["/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings"].map(String::from).to_vec()
+            [
+                "/v1/chat/completions",
+                "/v1/completions",
+                "/v1/responses",
+                "/v1/embeddings",
+            ]
+            .map(String::from)
+            .to_vec()
         });
         let mut inference_paths = Vec::new();
         for p in paths {
@@ -226,7 +247,10 @@ impl TryFrom<FilterConfigDto> for FilterConfig {
         }
         let max_body_bytes = d.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
         if !(1024..=64 * 1024 * 1024).contains(&max_body_bytes) {
-            return Err(invalid("maxBodyBytes", format!("{max_body_bytes} is not in 1 KiB..=64 MiB")));
+            return Err(invalid(
+                "maxBodyBytes",
+                format!("{max_body_bytes} is not in 1 KiB..=64 MiB"),
+            ));
         }
         let host = d.host_profile.unwrap_or(HostProfile::Envoy);
         let snapshot = match d.snapshot {
@@ -236,46 +260,86 @@ impl TryFrom<FilterConfigDto> for FilterConfig {
                     return Err(invalid("snapshot", "GCP Service Extensions has no shared data: snapshot intake is Envoy/Istio only"));
                 }
                 if s.token.len() < MIN_TOKEN_LEN {
-                    return Err(invalid("snapshot.token", format!("must be at least {MIN_TOKEN_LEN} bytes")));
+                    return Err(invalid(
+                        "snapshot.token",
+                        format!("must be at least {MIN_TOKEN_LEN} bytes"),
+                    ));
                 }
                 let path = s.path.unwrap_or_else(|| DEFAULT_SNAPSHOT_PATH.to_string());
                 if !path.starts_with('/') {
                     return Err(invalid("snapshot.path", "must start with '/'"));
                 }
-                let sources = s.allowed_sources.unwrap_or_else(|| vec!["127.0.0.1".into(), "::1".into()]);
+                let sources = s
+                    .allowed_sources
+                    .unwrap_or_else(|| vec!["127.0.0.1".into(), "::1".into()]);
                 let mut allowed_sources = Vec::new();
                 for src in sources {
-                    allowed_sources.push(src.parse::<IpAddr>().map_err(|_| invalid("snapshot.allowedSources", format!("{src:?} is not an IP address")))?);
+                    allowed_sources.push(src.parse::<IpAddr>().map_err(|_| {
+                        invalid(
+                            "snapshot.allowedSources",
+                            format!("{src:?} is not an IP address"),
+                        )
+                    })?);
                 }
                 let max_bytes = s.max_bytes.unwrap_or(DEFAULT_SNAPSHOT_MAX_BYTES);
                 if !(64..=16 * 1024 * 1024).contains(&max_bytes) {
-                    return Err(invalid("snapshot.maxBytes", format!("{max_bytes} is not in 64..=16 MiB")));
+                    return Err(invalid(
+                        "snapshot.maxBytes",
+                        format!("{max_bytes} is not in 64..=16 MiB"),
+                    ));
                 }
-                Some(SnapshotIntake { path, token: s.token, allowed_sources, max_bytes })
+                Some(SnapshotIntake {
+                    path,
+                    token: s.token,
+                    allowed_sources,
+                    max_bytes,
+                })
             }
         };
         let mut endpoints = Vec::new();
         for e in d.endpoints.unwrap_or_default() {
-            endpoints.push(e.parse::<SocketAddr>().map_err(|_| invalid("endpoints", format!("{e:?} is not ip:port")))?);
+            endpoints.push(
+                e.parse::<SocketAddr>()
+                    .map_err(|_| invalid("endpoints", format!("{e:?} is not ip:port")))?,
+            );
         }
         if endpoints.len() > picker_core::snapshot::MAX_ENDPOINTS {
             return Err(invalid("endpoints", "too many endpoints"));
         }
         let models = d.models;
-        let allow_models = models.as_ref().and_then(|m| m.allow.clone()).unwrap_or_default();
-        let model_priorities = models.as_ref().and_then(|m| m.priorities.clone()).unwrap_or_default();
+        let allow_models = models
+            .as_ref()
+            .and_then(|m| m.allow.clone())
+            .unwrap_or_default();
+        let model_priorities = models
+            .as_ref()
+            .and_then(|m| m.priorities.clone())
+            .unwrap_or_default();
         let mut rewrites = Vec::new();
         for r in models.and_then(|m| m.rewrites).unwrap_or_default() {
             if r.targets.is_empty() || r.targets.len() > 16 {
                 return Err(invalid("models.rewrites[].targets", "need 1..=16 targets"));
             }
-            if r.targets.iter().any(|t| t.weight > 1_000_000 || t.model.is_empty()) {
-                return Err(invalid("models.rewrites[].targets", "weights are 0..=1,000,000 and models non-empty (GIE)"));
+            if r.targets
+                .iter()
+                .any(|t| t.weight > 1_000_000 || t.model.is_empty())
+            {
+                return Err(invalid(
+                    "models.rewrites[].targets",
+                    "weights are 0..=1,000,000 and models non-empty (GIE)",
+                ));
             }
-            rewrites.push(Rewrite { model: r.model, targets: r.targets.into_iter().map(|t| (t.model, t.weight)).collect() });
+            rewrites.push(Rewrite {
+                model: r.model,
+                targets: r.targets.into_iter().map(|t| (t.model, t.weight)).collect(),
+            });
         }
         let ho = d.headers_only;
-        let headers_only_model = header_name("headersOnly.modelHeader", ho.as_ref().and_then(|h| h.model_header.clone()), "x-model")?;
+        let headers_only_model = header_name(
+            "headersOnly.modelHeader",
+            ho.as_ref().and_then(|h| h.model_header.clone()),
+            "x-model",
+        )?;
         let headers_only_affinity = match ho.and_then(|h| h.affinity_header) {
             Some(h) => Some(header_name("headersOnly.affinityHeader", Some(h), "")?),
             None => None,
@@ -286,7 +350,11 @@ impl TryFrom<FilterConfigDto> for FilterConfig {
             picker,
             inference_paths,
             max_body_bytes,
-            destination_header: header_name("destinationHeader", d.destination_header, DESTINATION_HEADER)?,
+            destination_header: header_name(
+                "destinationHeader",
+                d.destination_header,
+                DESTINATION_HEADER,
+            )?,
             model_header: header_name("modelHeader", d.model_header, MODEL_HEADER)?,
             snapshot,
             endpoints,
@@ -305,7 +373,10 @@ impl FilterConfig {
     /// The API of an inference path (query string ignored), if configured.
     pub fn api_for(&self, path: &str) -> Option<Api> {
         let bare = path.split(['?', '#']).next().unwrap_or("");
-        self.inference_paths.iter().find(|(p, _)| p == bare).map(|(_, a)| *a)
+        self.inference_paths
+            .iter()
+            .find(|(p, _)| p == bare)
+            .map(|(_, a)| *a)
     }
 
     /// One line for the log at configure time: which mode runs, and what it needs from the host.
@@ -314,9 +385,14 @@ impl FilterConfig {
             (HostProfile::Gcp, _) => "gcp profile: no shared data, metrics, timers or callouts; model header + affinity header for URL-map and consistent-hash routing".to_string(),
             (HostProfile::Envoy, Mode::Body) => "body mode: pauses at request headers and buffers the body; REQUIRES Envoy >= 1.35 with allow_on_headers_stop_iteration: true, otherwise requests hang".to_string(),
             (HostProfile::Envoy, Mode::HeadersOnly) => format!(
-                "headers-only mode: model from '{}'{}, no body buffering",
+                "headers-only mode: model from '{}'{}, no body buffering{}",
                 self.headers_only_model,
-                self.headers_only_affinity.as_ref().map(|a| format!(", affinity from '{a}'")).unwrap_or_default()
+                self.headers_only_affinity.as_ref().map(|a| format!(", affinity from '{a}'")).unwrap_or_default(),
+                if self.snapshot.is_some() {
+                    "; NOTE snapshot intake still pauses for the pushed body and needs allow_on_headers_stop_iteration: true"
+                } else {
+                    ""
+                }
             ),
         };
         format!(
@@ -343,7 +419,10 @@ mod tests {
         assert_eq!(c.model_header, "x-gateway-model-name");
         assert!(!c.test_mode);
         assert!(c.snapshot.is_none());
-        assert_eq!(c.api_for("/v1/chat/completions?x=1"), Some(Api::ChatCompletions));
+        assert_eq!(
+            c.api_for("/v1/chat/completions?x=1"),
+            Some(Api::ChatCompletions)
+        );
         assert_eq!(c.api_for("/v1/models"), None);
         assert!(c.describe().contains("allow_on_headers_stop_iteration"));
     }
@@ -369,13 +448,52 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let err = |j: &str| FilterConfig::from_json(j.as_bytes()).unwrap_err();
-        assert!(matches!(err(r#"{"maxBodyBytes":1}"#), FilterConfigError::Invalid { field: "maxBodyBytes", .. }));
-        assert!(matches!(err(r#"{"snapshot":{"token":"short"}}"#), FilterConfigError::Invalid { field: "snapshot.token", .. }));
-        assert!(matches!(err(r#"{"hostProfile":"gcp","snapshot":{"token":"0123456789abcdef"}}"#), FilterConfigError::Invalid { field: "snapshot", .. }));
-        assert!(matches!(err(r#"{"endpoints":["pod-a"]}"#), FilterConfigError::Invalid { field: "endpoints", .. }));
-        assert!(matches!(err(r#"{"inferencePaths":["/v1/models"]}"#), FilterConfigError::Invalid { field: "inferencePaths", .. }));
-        assert!(matches!(err(r#"{"picker":{"maxEndpoints":0}}"#), FilterConfigError::Picker(_)));
-        assert!(matches!(err(r#"{"destinationHeader":"bad header"}"#), FilterConfigError::Invalid { field: "destinationHeader", .. }));
+        assert!(matches!(
+            err(r#"{"maxBodyBytes":1}"#),
+            FilterConfigError::Invalid {
+                field: "maxBodyBytes",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(r#"{"snapshot":{"token":"short"}}"#),
+            FilterConfigError::Invalid {
+                field: "snapshot.token",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(r#"{"hostProfile":"gcp","snapshot":{"token":"0123456789abcdef"}}"#),
+            FilterConfigError::Invalid {
+                field: "snapshot",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(r#"{"endpoints":["pod-a"]}"#),
+            FilterConfigError::Invalid {
+                field: "endpoints",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(r#"{"inferencePaths":["/v1/models"]}"#),
+            FilterConfigError::Invalid {
+                field: "inferencePaths",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(r#"{"picker":{"maxEndpoints":0}}"#),
+            FilterConfigError::Picker(_)
+        ));
+        assert!(matches!(
+            err(r#"{"destinationHeader":"bad header"}"#),
+            FilterConfigError::Invalid {
+                field: "destinationHeader",
+                ..
+            }
+        ));
         match err(r#"{"tstMode":true}"#) {
             FilterConfigError::Json(m) => assert!(m.contains("tstMode"), "{m}"),
             other => panic!("{other:?}"),

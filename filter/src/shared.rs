@@ -27,7 +27,7 @@ impl InFlightTable {
     /// Decodes; anything malformed (a value written by another build, or corruption) decodes as
     /// empty rather than failing requests: counts are advisory load hints.
     pub fn decode(bytes: &[u8]) -> InFlightTable {
-        if bytes.len() % 16 != 0 || bytes.len() / 16 > MAX_INFLIGHT_ENTRIES {
+        if !bytes.len().is_multiple_of(16) || bytes.len() / 16 > MAX_INFLIGHT_ENTRIES {
             return InFlightTable::default();
         }
         let entries = bytes
@@ -39,7 +39,11 @@ impl InFlightTable {
                 r.copy_from_slice(&c[8..12]);
                 let mut t = [0u8; 4];
                 t.copy_from_slice(&c[12..16]);
-                (u64::from_le_bytes(k), u32::from_le_bytes(r), u32::from_le_bytes(t))
+                (
+                    u64::from_le_bytes(k),
+                    u32::from_le_bytes(r),
+                    u32::from_le_bytes(t),
+                )
             })
             .collect();
         InFlightTable { entries }
@@ -72,14 +76,19 @@ impl InFlightTable {
                     }
                 }
             }
-            Err(i) if add && self.entries.len() < MAX_INFLIGHT_ENTRIES => self.entries.insert(i, (key, 1, tokens)),
+            Err(i) if add && self.entries.len() < MAX_INFLIGHT_ENTRIES => {
+                self.entries.insert(i, (key, 1, tokens))
+            }
             Err(_) => {}
         }
     }
 
     pub fn get(&self, key: EndpointKey) -> InFlight {
         match self.entries.binary_search_by_key(&key, |e| e.0) {
-            Ok(i) => InFlight { requests: self.entries[i].1, tokens: self.entries[i].2 as u64 },
+            Ok(i) => InFlight {
+                requests: self.entries[i].1,
+                tokens: self.entries[i].2 as u64,
+            },
             Err(_) => InFlight::default(),
         }
     }
@@ -132,7 +141,9 @@ impl IntakeError {
             IntakeError::MethodNotAllowed => "snapshots are pushed with POST".into(),
             IntakeError::TooLarge => "snapshot too large".into(),
             IntakeError::Invalid(e) => format!("invalid snapshot: {e}"),
-            IntakeError::Stale { stored, pushed } => format!("stale snapshot: sequence {pushed} is not newer than {stored}"),
+            IntakeError::Stale { stored, pushed } => {
+                format!("stale snapshot: sequence {pushed} is not newer than {stored}")
+            }
         }
     }
 }
@@ -145,8 +156,8 @@ pub fn bearer_matches(header: Option<&str>, token: &str) -> bool {
     };
     let (a, b) = (presented.as_bytes(), token.as_bytes());
     let mut diff = (a.len() != b.len()) as u8;
-    for i in 0..b.len() {
-        diff |= a.get(i).copied().unwrap_or(0) ^ b[i];
+    for (i, want) in b.iter().enumerate() {
+        diff |= a.get(i).copied().unwrap_or(0) ^ want;
     }
     diff == 0
 }
@@ -159,20 +170,31 @@ pub fn source_allowed(source: Option<&str>, allowed: &[IpAddr]) -> bool {
         .map(|a| a.ip())
         .or_else(|_| s.parse::<IpAddr>())
         .ok();
-    ip.is_some_and(|ip| allowed.iter().any(|a| *a == ip || a.to_canonical() == ip.to_canonical()))
+    ip.is_some_and(|ip| {
+        allowed
+            .iter()
+            .any(|a| *a == ip || a.to_canonical() == ip.to_canonical())
+    })
 }
 
 /// Validates a pushed body against the stored snapshot bytes; returns the decoded snapshot.
 /// Nothing is written here: the caller stores only what this accepted (a rejected push changes
 /// nothing).
-pub fn validate_push(body: &[u8], stored: Option<&[u8]>, max_bytes: usize) -> Result<Snapshot, IntakeError> {
+pub fn validate_push(
+    body: &[u8],
+    stored: Option<&[u8]>,
+    max_bytes: usize,
+) -> Result<Snapshot, IntakeError> {
     if body.len() > max_bytes {
         return Err(IntakeError::TooLarge);
     }
     let snap = Snapshot::decode(body).map_err(IntakeError::Invalid)?;
     if let Some(stored_seq) = stored.and_then(Snapshot::peek_sequence) {
         if snap.sequence <= stored_seq {
-            return Err(IntakeError::Stale { stored: stored_seq, pushed: snap.sequence });
+            return Err(IntakeError::Stale {
+                stored: stored_seq,
+                pushed: snap.sequence,
+            });
         }
     }
     Ok(snap)
@@ -188,7 +210,9 @@ pub fn error_body(status: u32, message: &str) -> Vec<u8> {
         429 => "rate_limit_exceeded",
         _ => "service_unavailable",
     };
-    serde_json::json!({"error": {"message": message, "type": kind, "code": status}}).to_string().into_bytes()
+    serde_json::json!({"error": {"message": message, "type": kind, "code": status}})
+        .to_string()
+        .into_bytes()
 }
 
 #[cfg(test)]
@@ -203,7 +227,13 @@ mod tests {
         t.apply(7, 100, true);
         t.apply(7, 50, true);
         t.apply(3, 10, true);
-        assert_eq!(t.get(7), InFlight { requests: 2, tokens: 150 });
+        assert_eq!(
+            t.get(7),
+            InFlight {
+                requests: 2,
+                tokens: 150
+            }
+        );
         let t = InFlightTable::decode(&t.encode());
         let mut t2 = t.clone();
         t2.apply(7, 100, false);
@@ -219,11 +249,26 @@ mod tests {
 
     #[test]
     fn bearer_compare() {
-        assert!(bearer_matches(Some("Bearer 0123456789abcdef"), "0123456789abcdef"));
-        assert!(!bearer_matches(Some("Bearer 0123456789abcdeF"), "0123456789abcdef"));
-        assert!(!bearer_matches(Some("Bearer 0123456789abcde"), "0123456789abcdef"));
-        assert!(!bearer_matches(Some("Bearer 0123456789abcdef0"), "0123456789abcdef"));
-        assert!(!bearer_matches(Some("0123456789abcdef"), "0123456789abcdef"));
+        assert!(bearer_matches(
+            Some("Bearer 0123456789abcdef"),
+            "0123456789abcdef"
+        ));
+        assert!(!bearer_matches(
+            Some("Bearer 0123456789abcdeF"),
+            "0123456789abcdef"
+        ));
+        assert!(!bearer_matches(
+            Some("Bearer 0123456789abcde"),
+            "0123456789abcdef"
+        ));
+        assert!(!bearer_matches(
+            Some("Bearer 0123456789abcdef0"),
+            "0123456789abcdef"
+        ));
+        assert!(!bearer_matches(
+            Some("0123456789abcdef"),
+            "0123456789abcdef"
+        ));
         assert!(!bearer_matches(None, "0123456789abcdef"));
     }
 
@@ -241,22 +286,44 @@ mod tests {
 
     #[test]
     fn push_validation() {
-        let mut s = Snapshot { sequence: 5, generated_at: Instant::from_millis(1), endpoints: vec![] };
-        s.endpoints.push(Endpoint::new("10.0.0.1:8000".parse().unwrap(), Instant::from_millis(1)));
+        let mut s = Snapshot {
+            sequence: 5,
+            generated_at: Instant::from_millis(1),
+            endpoints: vec![],
+        };
+        s.endpoints.push(Endpoint::new(
+            "10.0.0.1:8000".parse().unwrap(),
+            Instant::from_millis(1),
+        ));
         let five = s.encode().unwrap();
         assert_eq!(validate_push(&five, None, 1 << 20).unwrap().sequence, 5);
-        assert_eq!(validate_push(&five, Some(&five), 1 << 20), Err(IntakeError::Stale { stored: 5, pushed: 5 }));
+        assert_eq!(
+            validate_push(&five, Some(&five), 1 << 20),
+            Err(IntakeError::Stale {
+                stored: 5,
+                pushed: 5
+            })
+        );
         s.sequence = 6;
         let six = s.encode().unwrap();
         assert!(validate_push(&six, Some(&five), 1 << 20).is_ok());
-        assert_eq!(validate_push(&five, Some(&six), 1 << 20).unwrap_err().status(), 409);
+        assert_eq!(
+            validate_push(&five, Some(&six), 1 << 20)
+                .unwrap_err()
+                .status(),
+            409
+        );
         assert_eq!(validate_push(&six, None, 10), Err(IntakeError::TooLarge));
-        assert_eq!(validate_push(b"junk", None, 1 << 20).unwrap_err().status(), 400);
+        assert_eq!(
+            validate_push(b"junk", None, 1 << 20).unwrap_err().status(),
+            400
+        );
     }
 
     #[test]
     fn error_bodies_are_openai_shaped() {
-        let v: serde_json::Value = serde_json::from_slice(&error_body(404, "model \"x\" not served")).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&error_body(404, "model \"x\" not served")).unwrap();
         assert_eq!(v["error"]["type"], "not_found_error");
         assert_eq!(v["error"]["code"], 404);
         assert_eq!(v["error"]["message"], "model \"x\" not served");

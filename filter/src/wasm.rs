@@ -10,14 +10,16 @@ use std::time::UNIX_EPOCH;
 use log::{debug, error, info, warn};
 use picker_core::pick::{parse_subset, Outcome, SubsetEntry};
 use picker_core::prefix::EndpointKey;
-use picker_core::{pick, scan, Endpoint, Instant, Pool, Prompt, Request, Snapshot, SplitMix64, State};
+use picker_core::{
+    pick, scan, Endpoint, Instant, Pool, Prompt, Request, Snapshot, SplitMix64, State,
+};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, Status};
 
 use crate::config::{FilterConfig, HostProfile, Mode};
 use crate::shared::{
-    bearer_matches, error_body, source_allowed, validate_push, InFlightTable, IntakeError, KEY_INFLIGHT, KEY_SNAPSHOT,
-    KEY_SNAPSHOT_SEQ,
+    bearer_matches, error_body, source_allowed, validate_push, InFlightTable, IntakeError,
+    KEY_INFLIGHT, KEY_SNAPSHOT, KEY_SNAPSHOT_SEQ,
 };
 
 proxy_wasm::main! {{
@@ -26,12 +28,18 @@ proxy_wasm::main! {{
 }}
 
 /// Headers a client must never set: they choose or report the upstream pod.
-const ROUTING_HEADERS: [&str; 3] =
-    ["x-gateway-destination-endpoint", "x-gateway-destination-endpoint-served", "x-gateway-destination-endpoint-subset"];
+const ROUTING_HEADERS: [&str; 3] = [
+    "x-gateway-destination-endpoint",
+    "x-gateway-destination-endpoint-served",
+    "x-gateway-destination-endpoint-subset",
+];
 const TEST_STEERING_HEADER: &str = "test-epp-endpoint-selection";
 const TEST_SERVED_HEADER: &str = "x-conformance-test-served-endpoint";
 /// InferenceObjective binding headers: GIE name and the llm-d alias (epp.md, header rename).
-const OBJECTIVE_HEADERS: [&str; 2] = ["x-gateway-inference-objective", "x-llm-d-inference-objective"];
+const OBJECTIVE_HEADERS: [&str; 2] = [
+    "x-gateway-inference-objective",
+    "x-llm-d-inference-objective",
+];
 const AFFINITY_OUT_HEADER: &str = "x-wasm-epp-affinity";
 /// How many CAS retries a shared-data update gets before giving up (counts are hints).
 const CAS_RETRIES: usize = 8;
@@ -53,7 +61,14 @@ impl Worker {
         // A per-VM seed from the host's randomness (WASI random_get backs RandomState).
         let seed = RandomState::new().hash_one(0x5eed_u64);
         let pool = static_pool(&config);
-        Worker { state: State::new(&config.picker), rng: SplitMix64::new(seed), pool, pool_seq: None, config, degraded_logged: false }
+        Worker {
+            state: State::new(&config.picker),
+            rng: SplitMix64::new(seed),
+            pool,
+            pool_seq: None,
+            config,
+            degraded_logged: false,
+        }
     }
 }
 
@@ -61,9 +76,17 @@ impl Worker {
 /// GCP). Its load fields are zero and its scrape time "now", so only in-flight counts, prefix
 /// affinity and consistent hashing inform the pick.
 fn static_pool(config: &FilterConfig) -> Pool {
-    let endpoints = config.endpoints.iter().map(|a| Endpoint::new(*a, Instant::ZERO)).collect();
+    let endpoints = config
+        .endpoints
+        .iter()
+        .map(|a| Endpoint::new(*a, Instant::ZERO))
+        .collect();
     // generated_at 0 makes a real snapshot always preferable; degradation uses `degradeAfterMs`.
-    Pool::new(Snapshot { sequence: 0, generated_at: Instant::ZERO, endpoints })
+    Pool::new(Snapshot {
+        sequence: 0,
+        generated_at: Instant::ZERO,
+        endpoints,
+    })
 }
 
 #[derive(Default)]
@@ -92,7 +115,12 @@ impl RootContext for Root {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         let worker = self.worker.clone()?;
-        Some(Box::new(Stream { worker, kind: Kind::Passthrough, acquired: None, primary: None }))
+        Some(Box::new(Stream {
+            worker,
+            kind: Kind::Passthrough,
+            acquired: None,
+            primary: None,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -123,7 +151,11 @@ impl Context for Stream {
 
 impl Stream {
     fn now(&self) -> Instant {
-        let ms = self.get_current_time().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let ms = self
+            .get_current_time()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         Instant::from_millis(ms)
     }
 
@@ -140,7 +172,10 @@ impl Stream {
     /// Loads the shared snapshot if its sequence moved past the one this worker holds.
     fn refresh_pool(&self) {
         let (seq_bytes, _) = self.get_shared_data(KEY_SNAPSHOT_SEQ);
-        let Some(seq) = seq_bytes.and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok()).map(u64::from_le_bytes) else {
+        let Some(seq) = seq_bytes
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(u64::from_le_bytes)
+        else {
             return;
         };
         let mut w = self.worker.borrow_mut();
@@ -202,21 +237,39 @@ impl Stream {
     }
 
     fn handle_intake_body(&self, body: &[u8]) {
-        let max = self.worker.borrow().config.snapshot.as_ref().map_or(0, |s| s.max_bytes);
+        let max = self
+            .worker
+            .borrow()
+            .config
+            .snapshot
+            .as_ref()
+            .map_or(0, |s| s.max_bytes);
         for _ in 0..CAS_RETRIES {
             let (stored, cas) = self.get_shared_data(KEY_SNAPSHOT);
             let snap = match validate_push(body, stored.as_deref(), max) {
                 Ok(s) => s,
                 Err(e) => {
-                    warn!("wasm-epp: snapshot push refused ({}): {}", e.status(), e.message());
+                    warn!(
+                        "wasm-epp: snapshot push refused ({}): {}",
+                        e.status(),
+                        e.message()
+                    );
                     self.reply(e.status(), &e.message(), &[]);
                     return;
                 }
             };
             match self.set_shared_data(KEY_SNAPSHOT, Some(body), cas) {
                 Ok(()) => {
-                    let _ = self.set_shared_data(KEY_SNAPSHOT_SEQ, Some(&snap.sequence.to_le_bytes()), None);
-                    debug!("wasm-epp: snapshot {} stored ({} endpoints)", snap.sequence, snap.endpoints.len());
+                    let _ = self.set_shared_data(
+                        KEY_SNAPSHOT_SEQ,
+                        Some(&snap.sequence.to_le_bytes()),
+                        None,
+                    );
+                    debug!(
+                        "wasm-epp: snapshot {} stored ({} endpoints)",
+                        snap.sequence,
+                        snap.endpoints.len()
+                    );
                     self.send_http_response(204, vec![], None);
                     return;
                 }
@@ -238,10 +291,17 @@ impl Stream {
         if envoy {
             self.refresh_pool();
         }
-        let objective = OBJECTIVE_HEADERS.iter().find_map(|h| self.get_http_request_header(h));
+        let objective = OBJECTIVE_HEADERS
+            .iter()
+            .find_map(|h| self.get_http_request_header(h));
         let steering = self.get_http_request_header(TEST_STEERING_HEADER);
         let inflight_table = if envoy {
-            InFlightTable::decode(self.get_shared_data(KEY_INFLIGHT).0.as_deref().unwrap_or_default())
+            InFlightTable::decode(
+                self.get_shared_data(KEY_INFLIGHT)
+                    .0
+                    .as_deref()
+                    .unwrap_or_default(),
+            )
         } else {
             InFlightTable::default()
         };
@@ -258,7 +318,11 @@ impl Stream {
             Some(r) => {
                 let total: u64 = r.targets.iter().map(|t| t.1 as u64).sum();
                 let mut x = picker_core::Rng::below(&mut w.rng, total.max(1));
-                let mut chosen = r.targets.first().map(|t| t.0.clone()).unwrap_or_else(|| model.to_string());
+                let mut chosen = r
+                    .targets
+                    .first()
+                    .map(|t| t.0.clone())
+                    .unwrap_or_else(|| model.to_string());
                 for (m, weight) in &r.targets {
                     if x < *weight as u64 {
                         chosen = m.clone();
@@ -290,7 +354,15 @@ impl Stream {
         req.priority = priority;
         req.subset = subset.as_deref();
         let inflight = inflight_table.for_pool(&w.pool);
-        let d = pick(&w.config.picker, &req, &w.pool, &inflight, &mut w.state, now, &mut w.rng);
+        let d = pick(
+            &w.config.picker,
+            &req,
+            &w.pool,
+            &inflight,
+            &mut w.state,
+            now,
+            &mut w.rng,
+        );
         if d.mode == picker_core::pick::Mode::Degraded && !w.degraded_logged {
             warn!("wasm-epp: snapshot older than degradeAfterMs; routing on consistent hashing and in-flight counts");
             w.degraded_logged = true;
@@ -300,12 +372,23 @@ impl Stream {
         }
         match d.outcome {
             Outcome::Route(list) => {
-                let addrs: Vec<SocketAddr> = list.iter().filter_map(|&i| w.pool.endpoints().get(i).map(|e| e.addr)).collect();
-                let value = addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+                let addrs: Vec<SocketAddr> = list
+                    .iter()
+                    .filter_map(|&i| w.pool.endpoints().get(i).map(|e| e.addr))
+                    .collect();
+                let value = addrs
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
                 let dest = w.config.destination_header.clone();
                 let model_header = w.config.model_header.clone();
                 let primary_key = list.first().map(|&i| w.pool.key(i));
-                debug!("wasm-epp: model {target} -> {value} (prefix match {}/{})", d.best_prefix_match, d.hashes.len());
+                debug!(
+                    "wasm-epp: model {target} -> {value} (prefix match {}/{})",
+                    d.best_prefix_match,
+                    d.hashes.len()
+                );
                 drop(guard);
                 self.set_http_request_header(&dest, Some(&value));
                 self.set_http_request_header(&model_header, Some(&target));
@@ -320,7 +403,11 @@ impl Stream {
             Outcome::Reject(r) => {
                 drop(guard);
                 let status = r.http_status() as u32;
-                let extra: &[(&str, &str)] = if status == 429 { &[("retry-after", "1")] } else { &[] };
+                let extra: &[(&str, &str)] = if status == 429 {
+                    &[("retry-after", "1")]
+                } else {
+                    &[]
+                };
                 self.reply(status, &r.to_string(), extra);
                 false
             }
@@ -331,14 +418,24 @@ impl Stream {
         // GCP: headers-only, no shared data / metrics / properties (proxywasm.md §6.5).
         let (hint, affinity, model_header) = {
             let w = self.worker.borrow();
-            (w.config.headers_only_model.clone(), w.config.headers_only_affinity.clone(), w.config.model_header.clone())
+            (
+                w.config.headers_only_model.clone(),
+                w.config.headers_only_affinity.clone(),
+                w.config.model_header.clone(),
+            )
         };
         if let Some(model) = self.get_http_request_header(&hint) {
             self.set_http_request_header(&model_header, Some(&model));
         }
         self.set_http_request_header(AFFINITY_OUT_HEADER, None);
         if let Some(value) = affinity.and_then(|a| self.get_http_request_header(&a)) {
-            let h = picker_core::prefix::hash_prompt("", None, Prompt::from_bytes(value.as_bytes()), 1, 64);
+            let h = picker_core::prefix::hash_prompt(
+                "",
+                None,
+                Prompt::from_bytes(value.as_bytes()),
+                1,
+                64,
+            );
             if let Some(k) = h.as_slice().last() {
                 self.set_http_request_header(AFFINITY_OUT_HEADER, Some(&format!("{k:016x}")));
             }
@@ -358,7 +455,12 @@ impl HttpContext for Stream {
         let (intake_path, mode, api, max_body) = {
             let w = self.worker.borrow();
             let c = &w.config;
-            (c.snapshot.as_ref().map(|s| s.path.clone()), c.mode, c.api_for(&path), c.max_body_bytes)
+            (
+                c.snapshot.as_ref().map(|s| s.path.clone()),
+                c.mode,
+                c.api_for(&path),
+                c.max_body_bytes,
+            )
         };
         let bare = path.split('?').next().unwrap_or("");
         if intake_path.as_deref() == Some(bare) {
@@ -366,17 +468,27 @@ impl HttpContext for Stream {
             let (token, allowed) = {
                 let w = self.worker.borrow();
                 let s = w.config.snapshot.as_ref();
-                (s.map(|s| s.token.clone()).unwrap_or_default(), s.map(|s| s.allowed_sources.clone()).unwrap_or_default())
+                (
+                    s.map(|s| s.token.clone()).unwrap_or_default(),
+                    s.map(|s| s.allowed_sources.clone()).unwrap_or_default(),
+                )
             };
-            let source = self.get_property(vec!["source", "address"]).and_then(|b| String::from_utf8(b).ok());
+            let source = self
+                .get_property(vec!["source", "address"])
+                .and_then(|b| String::from_utf8(b).ok());
             let err = if method != "POST" {
                 Some(IntakeError::MethodNotAllowed)
             } else if !source_allowed(source.as_deref(), &allowed) {
                 Some(IntakeError::Forbidden)
-            } else if !bearer_matches(self.get_http_request_header("authorization").as_deref(), &token) {
+            } else if !bearer_matches(
+                self.get_http_request_header("authorization").as_deref(),
+                &token,
+            ) {
                 Some(IntakeError::Unauthorized)
             } else if end_of_stream {
-                Some(IntakeError::Invalid(picker_core::snapshot::DecodeError::Truncated { offset: 0 }))
+                Some(IntakeError::Invalid(
+                    picker_core::snapshot::DecodeError::Truncated { offset: 0 },
+                ))
             } else {
                 None
             };
@@ -392,13 +504,22 @@ impl HttpContext for Stream {
         if mode == Mode::HeadersOnly {
             let (hint, affinity) = {
                 let w = self.worker.borrow();
-                (w.config.headers_only_model.clone(), w.config.headers_only_affinity.clone())
+                (
+                    w.config.headers_only_model.clone(),
+                    w.config.headers_only_affinity.clone(),
+                )
             };
             let Some(model) = self.get_http_request_header(&hint) else {
-                self.reply(400, &format!("headers-only mode needs the model in the {hint} header"), &[]);
+                self.reply(
+                    400,
+                    &format!("headers-only mode needs the model in the {hint} header"),
+                    &[],
+                );
                 return Action::Pause;
             };
-            let affinity_value = affinity.and_then(|a| self.get_http_request_header(&a)).unwrap_or_default();
+            let affinity_value = affinity
+                .and_then(|a| self.get_http_request_header(&a))
+                .unwrap_or_default();
             return if self.route(&model, None, Prompt::from_bytes(affinity_value.as_bytes())) {
                 Action::Continue
             } else {
@@ -414,7 +535,11 @@ impl HttpContext for Stream {
             .and_then(|v| v.trim().parse::<usize>().ok())
             .is_some_and(|n| n > max_body);
         if too_big {
-            self.reply(413, &format!("request body larger than {max_body} bytes"), &[]);
+            self.reply(
+                413,
+                &format!("request body larger than {max_body} bytes"),
+                &[],
+            );
         }
         // Hold headers until the body is scanned (needs allow_on_headers_stop_iteration).
         Action::Pause

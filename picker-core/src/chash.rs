@@ -4,7 +4,7 @@
 //! the first in rank whose in-flight count is below the bound
 //!
 //! ```text
-//! bound = ⌈(1 + ε) × (total in flight + 1) / candidates⌉
+//! bound = max(min_bound, ⌈(1 + ε) × (total in flight + 1) / candidates⌉)
 //! ```
 //!
 //! takes the request (Mirrokni, Thorup, Zadimoghaddam, "Consistent Hashing with Bounded Loads",
@@ -13,7 +13,10 @@
 //! * the same key and the same candidates give the same endpoint on every worker and replica,
 //!   with no shared state: the ranking depends only on the key and the endpoint keys;
 //! * after taking the request, the chosen endpoint holds at most `bound` requests, so no endpoint
-//!   exceeds (1 + ε) × the average load (rounded up);
+//!   exceeds (1 + ε) × the average load (rounded up) once the pool is busier than `min_bound`
+//!   per endpoint. The floor exists because a model server batches many requests at once: with
+//!   3 requests in flight over 8 pods the plain bound is 1, which would scatter every shared
+//!   prefix and give up the cache hits the hashing is for;
 //! * a bound always exists: if every candidate were at the bound, the total would exceed itself;
 //! * removing an endpoint only moves the keys that ranked it first (rendezvous minimal disruption).
 
@@ -43,7 +46,7 @@ fn ceil_u64(x: f64) -> u64 {
 
 /// Chooses among `(id, endpoint key, in-flight requests)` candidates; `None` only when there
 /// are none. `epsilon` must be > 0 (validated config).
-pub fn choose<I, T>(key: u64, epsilon: f64, candidates: I) -> Option<T>
+pub fn choose<I, T>(key: u64, epsilon: f64, min_bound: u32, candidates: I) -> Option<T>
 where
     I: Iterator<Item = (T, EndpointKey, u32)> + Clone,
     T: Copy,
@@ -54,7 +57,7 @@ where
     if n == 0 {
         return None;
     }
-    let bound = ceil_u64((1.0 + epsilon) * (total + 1) as f64 / n as f64);
+    let bound = ceil_u64((1.0 + epsilon) * (total + 1) as f64 / n as f64).max(min_bound as u64);
     // Walk the ranking from the top without sorting: repeatedly take the best-ranked candidate
     // not yet rejected. n is small (≤ a pool), and usually the first choice fits.
     let mut floor = u64::MAX; // ranks ≥ floor were already considered
@@ -101,8 +104,8 @@ mod tests {
         let mut rev = c.clone();
         rev.reverse();
         for key in 0..200u64 {
-            let a = choose(key, 0.25, c.iter().copied());
-            let b = choose(key, 0.25, rev.iter().copied());
+            let a = choose(key, 0.25, 0, c.iter().copied());
+            let b = choose(key, 0.25, 0, rev.iter().copied());
             assert_eq!(a, b);
         }
     }
@@ -113,8 +116,8 @@ mod tests {
         let without: Vec<_> = c.iter().copied().filter(|e| e.0 != 3).collect();
         let mut moved = 0;
         for key in 0..2000u64 {
-            let a = choose(key, 0.25, c.iter().copied()).unwrap();
-            let b = choose(key, 0.25, without.iter().copied()).unwrap();
+            let a = choose(key, 0.25, 0, c.iter().copied()).unwrap();
+            let b = choose(key, 0.25, 0, without.iter().copied()).unwrap();
             if a != 3 {
                 assert_eq!(a, b, "key {key} moved although its endpoint stayed");
             } else {
@@ -132,7 +135,7 @@ mod tests {
         for step in 0..400u32 {
             let total: u64 = c.iter().map(|e| e.2 as u64).sum();
             let bound = ((1.25 * (total + 1) as f64) / 8.0).ceil() as u32;
-            let id = choose(42, 0.25, c.iter().copied()).unwrap();
+            let id = choose(42, 0.25, 0, c.iter().copied()).unwrap();
             c[id].2 += 1;
             assert!(
                 c[id].2 <= bound,
@@ -145,7 +148,19 @@ mod tests {
     }
 
     #[test]
+    fn min_bound_keeps_a_hot_prefix_together_at_low_load() {
+        let mut c = eps(8);
+        let first = choose(42, 0.25, 4, c.iter().copied()).unwrap();
+        for _ in 0..4 {
+            assert_eq!(choose(42, 0.25, 4, c.iter().copied()), Some(first));
+            c[first].2 += 1;
+        }
+        // At the floor the next request moves on.
+        assert_ne!(choose(42, 0.25, 4, c.iter().copied()), Some(first));
+    }
+
+    #[test]
     fn empty_candidates_give_none() {
-        assert_eq!(choose::<_, usize>(1, 0.25, core::iter::empty()), None);
+        assert_eq!(choose::<_, usize>(1, 0.25, 0, core::iter::empty()), None);
     }
 }

@@ -16,7 +16,7 @@
 //!              "insertOrder": "gie"},
 //!   "affinity": {"threshold": 0.8, "valveTokens": 286720, "explorationProbability": 0.01},
 //!   "tokenLoad": {"thresholdTokens": 4194304},
-//!   "consistentHash": {"epsilon": 0.25, "prefixBlocks": 4},
+//!   "consistentHash": {"epsilon": 0.25, "prefixBlocks": 4, "minBound": 8},
 //!   "degradeAfterMs": 5000
 //! }
 //! ```
@@ -207,6 +207,8 @@ pub struct ConsistentHashDto {
     pub epsilon: Option<f64>,
     /// Leading prompt blocks that form the hashing key (4 blocks = 256 bytes).
     pub prefix_blocks: Option<u32>,
+    /// In-flight requests an endpoint may always take before the (1+ε) bound applies (8).
+    pub min_bound: Option<u32>,
 }
 
 // === domain ===
@@ -269,6 +271,7 @@ pub struct Affinity {
 pub struct ConsistentHash {
     pub epsilon: f64,
     pub prefix_blocks: u32,
+    pub min_bound: u32,
 }
 
 /// A validated picker configuration. Construct with [`Config::profile`] or
@@ -311,8 +314,8 @@ impl Config {
                         (ScorerKind::Prefix, 3.0),
                         (ScorerKind::Queue, 2.0),
                         (ScorerKind::KvCache, 2.0),
-                        (ScorerKind::InFlight, 2.0),
-                        (ScorerKind::ConsistentHash, 1.0),
+                        (ScorerKind::InFlight, 1.0),
+                        (ScorerKind::ConsistentHash, 2.0),
                     ],
                     &[],
                     InsertOrder::HeadMostRecent,
@@ -354,6 +357,7 @@ impl Config {
             chash: ConsistentHash {
                 epsilon: 0.25,
                 prefix_blocks: 4,
+                min_bound: 8,
             },
             degrade_after: Some(Duration::from_secs(5)),
         }
@@ -586,6 +590,15 @@ impl TryFrom<ConfigDto> for Config {
                     ));
                 }
                 c.chash.epsilon = e;
+            }
+            if let Some(m) = ch.min_bound {
+                if m > 100_000 {
+                    return Err(invalid(
+                        "consistentHash.minBound",
+                        format!("{m} is not in 0..=100000"),
+                    ));
+                }
+                c.chash.min_bound = m;
             }
             if let Some(b) = ch.prefix_blocks {
                 if !(1..=256).contains(&b) {

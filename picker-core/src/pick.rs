@@ -504,6 +504,7 @@ pub fn pick_hashed(
                 chash::choose(
                     key,
                     config.consistent_hash().epsilon,
+                    config.consistent_hash().min_bound,
                     cands.iter().map(|&i| (i, pool.key(i), load(i).requests)),
                 )
             })

@@ -299,9 +299,15 @@ proptest! {
 /// a guard against accidental wire-format changes. Regenerate only with a version bump:
 /// `UPDATE_GOLDEN=1 cargo test -p picker-core checked_in_v1`.
 #[test]
-#[cfg_attr(target_family = "wasm", ignore = "no filesystem under the WASI test runner")]
+#[cfg_attr(
+    target_family = "wasm",
+    ignore = "no filesystem under the WASI test runner"
+)]
 fn checked_in_v1_sample_still_decodes() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/snapshot/v1-sample.bin");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fuzz/corpus/snapshot/v1-sample.bin"
+    );
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(path, sample().encode().unwrap()).unwrap();
     }
