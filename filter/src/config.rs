@@ -71,6 +71,12 @@ pub struct FilterConfigDto {
     /// Honour the GIE conformance steering header `test-epp-endpoint-selection` and report
     /// `x-conformance-test-served-endpoint`. Never enable in production.
     pub test_mode: Option<bool>,
+    /// Also set Envoy filter state `envoy.network.transport_socket.original_dst_address` to the
+    /// picked `ip:port` (foreign function `set_envoy_filter_state`), for an ORIGINAL_DST cluster
+    /// that must not trust a header. Envoy only.
+    pub original_dst_filter_state: Option<bool>,
+    /// Define and update Envoy custom metrics (Envoy only; default true).
+    pub metrics: Option<bool>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -80,6 +86,22 @@ pub struct SnapshotDto {
     pub token: String,
     pub allowed_sources: Option<Vec<String>>,
     pub max_bytes: Option<usize>,
+    /// Pull mode: fetch the snapshot from the collector on a root-context tick instead of (or as
+    /// well as) accepting pushes.
+    pub pull: Option<PullDto>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PullDto {
+    /// Envoy cluster of the collector (e.g. a STATIC cluster at 127.0.0.1:9090).
+    pub cluster: String,
+    /// Path on the collector (default `/snapshot`, the collector's binary endpoint).
+    pub path: Option<String>,
+    /// `:authority` of the call (default the cluster name).
+    pub authority: Option<String>,
+    /// Tick period in ms (default 50, GIE's scrape interval).
+    pub interval_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -118,6 +140,16 @@ pub struct SnapshotIntake {
     pub token: String,
     pub allowed_sources: Vec<IpAddr>,
     pub max_bytes: usize,
+    pub pull: Option<Pull>,
+}
+
+/// Pull-mode settings (see [`PullDto`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pull {
+    pub cluster: String,
+    pub path: String,
+    pub authority: String,
+    pub interval_ms: u64,
 }
 
 /// A weighted model rewrite (GIE `InferenceModelRewrite`, epp.md §4.3).
@@ -146,6 +178,8 @@ pub struct FilterConfig {
     pub headers_only_model: String,
     pub headers_only_affinity: Option<String>,
     pub test_mode: bool,
+    pub original_dst_filter_state: bool,
+    pub metrics: bool,
 }
 
 #[derive(Debug, PartialEq)]
@@ -186,17 +220,9 @@ pub const MODEL_HEADER: &str = "x-gateway-model-name";
 /// Shortest accepted bearer token: 128 bits of base64/hex-ish text.
 pub const MIN_TOKEN_LEN: usize = 16;
 
-fn header_name(
-    field: &'static str,
-    v: Option<String>,
-    default: &str,
-) -> Result<String, FilterConfigError> {
-    let v = v
-        .unwrap_or_else(|| default.to_string())
-        .to_ascii_lowercase();
-    let ok = !v.is_empty()
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+fn header_name(field: &'static str, v: Option<String>, default: &str) -> Result<String, FilterConfigError> {
+    let v = v.unwrap_or_else(|| default.to_string()).to_ascii_lowercase();
+    let ok = !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if ok {
         Ok(v)
     } else {
@@ -222,8 +248,7 @@ impl TryFrom<FilterConfigDto> for FilterConfig {
     fn try_from(d: FilterConfigDto) -> Result<Self, FilterConfigError> {
         let picker = match d.picker {
             Some(v) => {
-                let bytes =
-                    serde_json::to_vec(&v).map_err(|e| FilterConfigError::Json(e.to_string()))?;
+                let bytes = serde_json::to_vec(&v).map_err(|e| FilterConfigError::Json(e.to_string()))?;
                 PickerConfig::from_json(&bytes).map_err(FilterConfigError::Picker)?
             }
             None => PickerConfig::default(),
@@ -257,7 +282,10 @@ impl TryFrom<FilterConfigDto> for FilterConfig {
             None => None,
             Some(s) => {
                 if host == HostProfile::Gcp {
-                    return Err(invalid("snapshot", "GCP Service Extensions has no shared data: snapshot intake is Envoy/Istio only"));
+                    return Err(invalid(
+                        "snapshot",
+                        "GCP Service Extensions has no shared data: snapshot intake is Envoy/Istio only",
+                    ));
                 }
                 if s.token.len() < MIN_TOKEN_LEN {
                     return Err(invalid(
@@ -274,12 +302,10 @@ impl TryFrom<FilterConfigDto> for FilterConfig {
                     .unwrap_or_else(|| vec!["127.0.0.1".into(), "::1".into()]);
                 let mut allowed_sources = Vec::new();
                 for src in sources {
-                    allowed_sources.push(src.parse::<IpAddr>().map_err(|_| {
-                        invalid(
-                            "snapshot.allowedSources",
-                            format!("{src:?} is not an IP address"),
-                        )
-                    })?);
+                    allowed_sources
+                        .push(src.parse::<IpAddr>().map_err(|_| {
+                            invalid("snapshot.allowedSources", format!("{src:?} is not an IP address"))
+                        })?);
                 }
                 let max_bytes = s.max_bytes.unwrap_or(DEFAULT_SNAPSHOT_MAX_BYTES);
                 if !(64..=16 * 1024 * 1024).contains(&max_bytes) {
@@ -288,11 +314,33 @@ impl TryFrom<FilterConfigDto> for FilterConfig {
                         format!("{max_bytes} is not in 64..=16 MiB"),
                     ));
                 }
+                let pull = match s.pull {
+                    None => None,
+                    Some(p) => {
+                        if p.cluster.is_empty() {
+                            return Err(invalid("snapshot.pull.cluster", "must name an Envoy cluster"));
+                        }
+                        let interval_ms = p.interval_ms.unwrap_or(50);
+                        if !(10..=60_000).contains(&interval_ms) {
+                            return Err(invalid(
+                                "snapshot.pull.intervalMs",
+                                format!("{interval_ms} is not in 10..=60000"),
+                            ));
+                        }
+                        Some(Pull {
+                            authority: p.authority.unwrap_or_else(|| p.cluster.clone()),
+                            path: p.path.unwrap_or_else(|| "/snapshot".into()),
+                            cluster: p.cluster,
+                            interval_ms,
+                        })
+                    }
+                };
                 Some(SnapshotIntake {
                     path,
                     token: s.token,
                     allowed_sources,
                     max_bytes,
+                    pull,
                 })
             }
         };
@@ -307,23 +355,14 @@ impl TryFrom<FilterConfigDto> for FilterConfig {
             return Err(invalid("endpoints", "too many endpoints"));
         }
         let models = d.models;
-        let allow_models = models
-            .as_ref()
-            .and_then(|m| m.allow.clone())
-            .unwrap_or_default();
-        let model_priorities = models
-            .as_ref()
-            .and_then(|m| m.priorities.clone())
-            .unwrap_or_default();
+        let allow_models = models.as_ref().and_then(|m| m.allow.clone()).unwrap_or_default();
+        let model_priorities = models.as_ref().and_then(|m| m.priorities.clone()).unwrap_or_default();
         let mut rewrites = Vec::new();
         for r in models.and_then(|m| m.rewrites).unwrap_or_default() {
             if r.targets.is_empty() || r.targets.len() > 16 {
                 return Err(invalid("models.rewrites[].targets", "need 1..=16 targets"));
             }
-            if r.targets
-                .iter()
-                .any(|t| t.weight > 1_000_000 || t.model.is_empty())
-            {
+            if r.targets.iter().any(|t| t.weight > 1_000_000 || t.model.is_empty()) {
                 return Err(invalid(
                     "models.rewrites[].targets",
                     "weights are 0..=1,000,000 and models non-empty (GIE)",
@@ -350,11 +389,7 @@ impl TryFrom<FilterConfigDto> for FilterConfig {
             picker,
             inference_paths,
             max_body_bytes,
-            destination_header: header_name(
-                "destinationHeader",
-                d.destination_header,
-                DESTINATION_HEADER,
-            )?,
+            destination_header: header_name("destinationHeader", d.destination_header, DESTINATION_HEADER)?,
             model_header: header_name("modelHeader", d.model_header, MODEL_HEADER)?,
             snapshot,
             endpoints,
@@ -365,6 +400,8 @@ impl TryFrom<FilterConfigDto> for FilterConfig {
             headers_only_model,
             headers_only_affinity,
             test_mode: d.test_mode.unwrap_or(false),
+            original_dst_filter_state: d.original_dst_filter_state.unwrap_or(false) && host == HostProfile::Envoy,
+            metrics: d.metrics.unwrap_or(true) && host == HostProfile::Envoy,
         })
     }
 }
@@ -373,10 +410,7 @@ impl FilterConfig {
     /// The API of an inference path (query string ignored), if configured.
     pub fn api_for(&self, path: &str) -> Option<Api> {
         let bare = path.split(['?', '#']).next().unwrap_or("");
-        self.inference_paths
-            .iter()
-            .find(|(p, _)| p == bare)
-            .map(|(_, a)| *a)
+        self.inference_paths.iter().find(|(p, _)| p == bare).map(|(_, a)| *a)
     }
 
     /// One line for the log at configure time: which mode runs, and what it needs from the host.
@@ -400,7 +434,11 @@ impl FilterConfig {
             self.picker.profile_kind().name(),
             self.snapshot.as_ref().map(|s| s.path.as_str()).unwrap_or("off"),
             self.endpoints.len(),
-            if self.test_mode { "ON (conformance steering header honoured)" } else { "off" }
+            if self.test_mode {
+                "ON (conformance steering header honoured)"
+            } else {
+                "off"
+            }
         )
     }
 }
@@ -419,10 +457,7 @@ mod tests {
         assert_eq!(c.model_header, "x-gateway-model-name");
         assert!(!c.test_mode);
         assert!(c.snapshot.is_none());
-        assert_eq!(
-            c.api_for("/v1/chat/completions?x=1"),
-            Some(Api::ChatCompletions)
-        );
+        assert_eq!(c.api_for("/v1/chat/completions?x=1"), Some(Api::ChatCompletions));
         assert_eq!(c.api_for("/v1/models"), None);
         assert!(c.describe().contains("allow_on_headers_stop_iteration"));
     }
@@ -464,17 +499,11 @@ mod tests {
         ));
         assert!(matches!(
             err(r#"{"hostProfile":"gcp","snapshot":{"token":"0123456789abcdef"}}"#),
-            FilterConfigError::Invalid {
-                field: "snapshot",
-                ..
-            }
+            FilterConfigError::Invalid { field: "snapshot", .. }
         ));
         assert!(matches!(
             err(r#"{"endpoints":["pod-a"]}"#),
-            FilterConfigError::Invalid {
-                field: "endpoints",
-                ..
-            }
+            FilterConfigError::Invalid { field: "endpoints", .. }
         ));
         assert!(matches!(
             err(r#"{"inferencePaths":["/v1/models"]}"#),

@@ -39,11 +39,7 @@ impl InFlightTable {
                 r.copy_from_slice(&c[8..12]);
                 let mut t = [0u8; 4];
                 t.copy_from_slice(&c[12..16]);
-                (
-                    u64::from_le_bytes(k),
-                    u32::from_le_bytes(r),
-                    u32::from_le_bytes(t),
-                )
+                (u64::from_le_bytes(k), u32::from_le_bytes(r), u32::from_le_bytes(t))
             })
             .collect();
         InFlightTable { entries }
@@ -76,9 +72,7 @@ impl InFlightTable {
                     }
                 }
             }
-            Err(i) if add && self.entries.len() < MAX_INFLIGHT_ENTRIES => {
-                self.entries.insert(i, (key, 1, tokens))
-            }
+            Err(i) if add && self.entries.len() < MAX_INFLIGHT_ENTRIES => self.entries.insert(i, (key, 1, tokens)),
             Err(_) => {}
         }
     }
@@ -180,11 +174,7 @@ pub fn source_allowed(source: Option<&str>, allowed: &[IpAddr]) -> bool {
 /// Validates a pushed body against the stored snapshot bytes; returns the decoded snapshot.
 /// Nothing is written here: the caller stores only what this accepted (a rejected push changes
 /// nothing).
-pub fn validate_push(
-    body: &[u8],
-    stored: Option<&[u8]>,
-    max_bytes: usize,
-) -> Result<Snapshot, IntakeError> {
+pub fn validate_push(body: &[u8], stored: Option<&[u8]>, max_bytes: usize) -> Result<Snapshot, IntakeError> {
     if body.len() > max_bytes {
         return Err(IntakeError::TooLarge);
     }
@@ -249,26 +239,11 @@ mod tests {
 
     #[test]
     fn bearer_compare() {
-        assert!(bearer_matches(
-            Some("Bearer 0123456789abcdef"),
-            "0123456789abcdef"
-        ));
-        assert!(!bearer_matches(
-            Some("Bearer 0123456789abcdeF"),
-            "0123456789abcdef"
-        ));
-        assert!(!bearer_matches(
-            Some("Bearer 0123456789abcde"),
-            "0123456789abcdef"
-        ));
-        assert!(!bearer_matches(
-            Some("Bearer 0123456789abcdef0"),
-            "0123456789abcdef"
-        ));
-        assert!(!bearer_matches(
-            Some("0123456789abcdef"),
-            "0123456789abcdef"
-        ));
+        assert!(bearer_matches(Some("Bearer 0123456789abcdef"), "0123456789abcdef"));
+        assert!(!bearer_matches(Some("Bearer 0123456789abcdeF"), "0123456789abcdef"));
+        assert!(!bearer_matches(Some("Bearer 0123456789abcde"), "0123456789abcdef"));
+        assert!(!bearer_matches(Some("Bearer 0123456789abcdef0"), "0123456789abcdef"));
+        assert!(!bearer_matches(Some("0123456789abcdef"), "0123456789abcdef"));
         assert!(!bearer_matches(None, "0123456789abcdef"));
     }
 
@@ -291,39 +266,25 @@ mod tests {
             generated_at: Instant::from_millis(1),
             endpoints: vec![],
         };
-        s.endpoints.push(Endpoint::new(
-            "10.0.0.1:8000".parse().unwrap(),
-            Instant::from_millis(1),
-        ));
+        s.endpoints
+            .push(Endpoint::new("10.0.0.1:8000".parse().unwrap(), Instant::from_millis(1)));
         let five = s.encode().unwrap();
         assert_eq!(validate_push(&five, None, 1 << 20).unwrap().sequence, 5);
         assert_eq!(
             validate_push(&five, Some(&five), 1 << 20),
-            Err(IntakeError::Stale {
-                stored: 5,
-                pushed: 5
-            })
+            Err(IntakeError::Stale { stored: 5, pushed: 5 })
         );
         s.sequence = 6;
         let six = s.encode().unwrap();
         assert!(validate_push(&six, Some(&five), 1 << 20).is_ok());
-        assert_eq!(
-            validate_push(&five, Some(&six), 1 << 20)
-                .unwrap_err()
-                .status(),
-            409
-        );
+        assert_eq!(validate_push(&five, Some(&six), 1 << 20).unwrap_err().status(), 409);
         assert_eq!(validate_push(&six, None, 10), Err(IntakeError::TooLarge));
-        assert_eq!(
-            validate_push(b"junk", None, 1 << 20).unwrap_err().status(),
-            400
-        );
+        assert_eq!(validate_push(b"junk", None, 1 << 20).unwrap_err().status(), 400);
     }
 
     #[test]
     fn error_bodies_are_openai_shaped() {
-        let v: serde_json::Value =
-            serde_json::from_slice(&error_body(404, "model \"x\" not served")).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&error_body(404, "model \"x\" not served")).unwrap();
         assert_eq!(v["error"]["type"], "not_found_error");
         assert_eq!(v["error"]["code"], 404);
         assert_eq!(v["error"]["message"], "model \"x\" not served");

@@ -10,16 +10,16 @@ use std::time::UNIX_EPOCH;
 use log::{debug, error, info, warn};
 use picker_core::pick::{parse_subset, Outcome, SubsetEntry};
 use picker_core::prefix::EndpointKey;
-use picker_core::{
-    pick, scan, Endpoint, Instant, Pool, Prompt, Request, Snapshot, SplitMix64, State,
-};
+use picker_core::{pick, scan, Endpoint, Instant, Pool, Prompt, Request, Snapshot, SplitMix64, State};
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, Status};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
+use std::time::Duration as StdDuration;
 
 use crate::config::{FilterConfig, HostProfile, Mode};
 use crate::shared::{
-    bearer_matches, error_body, source_allowed, validate_push, InFlightTable, IntakeError,
-    KEY_INFLIGHT, KEY_SNAPSHOT, KEY_SNAPSHOT_SEQ,
+    bearer_matches, error_body, source_allowed, validate_push, InFlightTable, IntakeError, KEY_INFLIGHT, KEY_SNAPSHOT,
+    KEY_SNAPSHOT_SEQ,
 };
 
 proxy_wasm::main! {{
@@ -36,13 +36,150 @@ const ROUTING_HEADERS: [&str; 3] = [
 const TEST_STEERING_HEADER: &str = "test-epp-endpoint-selection";
 const TEST_SERVED_HEADER: &str = "x-conformance-test-served-endpoint";
 /// InferenceObjective binding headers: GIE name and the llm-d alias (epp.md, header rename).
-const OBJECTIVE_HEADERS: [&str; 2] = [
-    "x-gateway-inference-objective",
-    "x-llm-d-inference-objective",
-];
+const OBJECTIVE_HEADERS: [&str; 2] = ["x-gateway-inference-objective", "x-llm-d-inference-objective"];
 const AFFINITY_OUT_HEADER: &str = "x-wasm-epp-affinity";
+/// Envoy filter state read by an ORIGINAL_DST cluster; a client cannot set it (DESIGN.md).
+const ORIGINAL_DST_KEY: &str = "envoy.network.transport_socket.original_dst_address";
+
+/// Protobuf `SetEnvoyFilterStateArguments { string path = 1; string value = 2; LifeSpan span = 3; }`
+/// (Envoy `source/extensions/common/wasm/ext/set_envoy_filter_state.proto`), span
+/// `DownstreamRequest` = 1.
+fn filter_state_args(path: &str, value: &str) -> Vec<u8> {
+    fn field(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
+        out.push(tag);
+        let mut n = bytes.len();
+        loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(b);
+                break;
+            }
+            out.push(b | 0x80);
+        }
+        out.extend_from_slice(bytes);
+    }
+    let mut out = Vec::with_capacity(path.len() + value.len() + 8);
+    field(&mut out, 0x0a, path.as_bytes());
+    field(&mut out, 0x12, value.as_bytes());
+    out.extend_from_slice(&[0x18, 1]);
+    out
+}
+
 /// How many CAS retries a shared-data update gets before giving up (counts are hints).
 const CAS_RETRIES: usize = 8;
+
+/// Envoy custom metrics, named in parallel with GIE's EPP metrics (epp.md §5). Envoy stores them
+/// under the `wasmcustom` namespace (proxywasm.md §1.3). Counters only ever get +1 (Envoy
+/// rejects deltas ≤ 0 and the SDK would panic); gauges are set with `record`.
+struct Metrics {
+    requests: u32,
+    errors: Vec<(u32, u32)>,
+    per_model: Vec<(String, u32)>,
+    shed: u32,
+    ready_pods: u32,
+    avg_queue: u32,
+    avg_kv_percent: u32,
+    snapshot_age_ms: u32,
+    degraded: u32,
+    decision_us: u32,
+    pushes_accepted: u32,
+    pushes_rejected: u32,
+}
+
+/// Per-model counters are defined lazily, up to this many models (bounded memory and stats).
+const MAX_MODEL_METRICS: usize = 64;
+
+impl Metrics {
+    fn define() -> Option<Metrics> {
+        let c = |n: &str| hostcalls::define_metric(MetricType::Counter, n).ok();
+        let g = |n: &str| hostcalls::define_metric(MetricType::Gauge, n).ok();
+        let mut errors = Vec::new();
+        for code in [400u32, 404, 413, 429, 503] {
+            errors.push((
+                code,
+                c(&format!("inference_objective_request_error_total.error_code.{code}"))?,
+            ));
+        }
+        Some(Metrics {
+            requests: c("inference_objective_request_total")?,
+            errors,
+            per_model: Vec::new(),
+            shed: c("wasm_epp_shed_total")?,
+            ready_pods: g("inference_pool_ready_pods")?,
+            avg_queue: g("inference_pool_average_queue_size")?,
+            avg_kv_percent: g("inference_pool_average_kv_cache_utilization_percent")?,
+            snapshot_age_ms: g("wasm_epp_snapshot_age_ms")?,
+            degraded: g("wasm_epp_degraded")?,
+            decision_us: hostcalls::define_metric(MetricType::Histogram, "wasm_epp_decision_duration_us").ok()?,
+            pushes_accepted: c("wasm_epp_snapshot_accepted_total")?,
+            pushes_rejected: c("wasm_epp_snapshot_rejected_total")?,
+        })
+    }
+
+    fn inc(id: u32) {
+        let _ = hostcalls::increment_metric(id, 1);
+    }
+
+    fn set(id: u32, v: u64) {
+        let _ = hostcalls::record_metric(id, v);
+    }
+
+    fn request(&mut self, model: &str) {
+        Self::inc(self.requests);
+        let id = match self.per_model.iter().find(|(m, _)| m == model) {
+            Some((_, id)) => Some(*id),
+            None if self.per_model.len() < MAX_MODEL_METRICS => {
+                let name: String = model
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
+                    .collect();
+                let id = hostcalls::define_metric(
+                    MetricType::Counter,
+                    &format!("inference_objective_request_total.model_name.{name}"),
+                )
+                .ok();
+                if let Some(id) = id {
+                    self.per_model.push((model.to_string(), id));
+                }
+                id
+            }
+            None => None,
+        };
+        if let Some(id) = id {
+            Self::inc(id);
+        }
+    }
+
+    fn error(&self, status: u32) {
+        if let Some((_, id)) = self.errors.iter().find(|(c, _)| *c == status) {
+            Self::inc(*id);
+        }
+    }
+
+    fn pool(&self, pool: &Pool) {
+        let eps = pool.endpoints();
+        let ready: Vec<&Endpoint> = eps.iter().filter(|e| e.ready).collect();
+        Self::set(self.ready_pods, ready.len() as u64);
+        if !ready.is_empty() {
+            let n = ready.len() as f64;
+            Self::set(
+                self.avg_queue,
+                (ready.iter().map(|e| e.waiting as f64).sum::<f64>() / n).round() as u64,
+            );
+            Self::set(
+                self.avg_kv_percent,
+                (ready.iter().map(|e| e.kv_usage as f64).sum::<f64>() * 100.0 / n).round() as u64,
+            );
+        }
+    }
+}
 
 /// Per-VM (per-worker) state shared by the root and every HTTP context of that VM.
 struct Worker {
@@ -54,6 +191,7 @@ struct Worker {
     pool_seq: Option<u64>,
     /// Logged once per transition, not per request.
     degraded_logged: bool,
+    metrics: Option<Metrics>,
 }
 
 impl Worker {
@@ -61,6 +199,7 @@ impl Worker {
         // A per-VM seed from the host's randomness (WASI random_get backs RandomState).
         let seed = RandomState::new().hash_one(0x5eed_u64);
         let pool = static_pool(&config);
+        let metrics = if config.metrics { Metrics::define() } else { None };
         Worker {
             state: State::new(&config.picker),
             rng: SplitMix64::new(seed),
@@ -68,6 +207,7 @@ impl Worker {
             pool_seq: None,
             config,
             degraded_logged: false,
+            metrics,
         }
     }
 }
@@ -92,9 +232,49 @@ fn static_pool(config: &FilterConfig) -> Pool {
 #[derive(Default)]
 struct Root {
     worker: Option<Rc<RefCell<Worker>>>,
+    /// A pull call is in flight; never more than one per VM.
+    pulling: bool,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_http_call_response(&mut self, _token: u32, num_headers: usize, body_size: usize, _trailers: usize) {
+        self.pulling = false;
+        let Some(worker) = self.worker.clone() else { return };
+        if num_headers == 0 {
+            warn!("wasm-epp: snapshot pull failed (no response)");
+            return;
+        }
+        let status = self.get_http_call_response_header(":status").unwrap_or_default();
+        if status != "200" {
+            warn!("wasm-epp: snapshot pull got HTTP {status}");
+            return;
+        }
+        let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
+        let max = worker.borrow().config.snapshot.as_ref().map_or(0, |s| s.max_bytes);
+        match store_snapshot(self, &body, max) {
+            Ok(seq) => debug!("wasm-epp: pulled snapshot {seq}"),
+            Err(IntakeError::Stale { .. }) => {}
+            Err(e) => warn!("wasm-epp: pulled snapshot refused: {}", e.message()),
+        }
+    }
+}
+
+/// Validates `body` against the stored snapshot and stores it with CAS (push and pull share it).
+/// A refused snapshot changes nothing.
+fn store_snapshot(ctx: &dyn Context, body: &[u8], max: usize) -> Result<u64, IntakeError> {
+    for _ in 0..CAS_RETRIES {
+        let (stored, cas) = ctx.get_shared_data(KEY_SNAPSHOT);
+        let snap = validate_push(body, stored.as_deref(), max)?;
+        match ctx.set_shared_data(KEY_SNAPSHOT, Some(body), cas) {
+            Ok(()) => {
+                let _ = ctx.set_shared_data(KEY_SNAPSHOT_SEQ, Some(&snap.sequence.to_le_bytes()), None);
+                return Ok(snap.sequence);
+            }
+            Err(_) => continue,
+        }
+    }
+    Err(IntakeError::Stale { stored: 0, pushed: 0 })
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -102,6 +282,13 @@ impl RootContext for Root {
         match FilterConfig::from_json(&bytes) {
             Ok(config) => {
                 info!("{}", config.describe());
+                if let Some(p) = config.snapshot.as_ref().and_then(|s| s.pull.as_ref()) {
+                    info!(
+                        "wasm-epp: pulling snapshots from cluster {} {} every {} ms",
+                        p.cluster, p.path, p.interval_ms
+                    );
+                    self.set_tick_period(StdDuration::from_millis(p.interval_ms));
+                }
                 self.worker = Some(Rc::new(RefCell::new(Worker::new(config))));
                 true
             }
@@ -110,6 +297,36 @@ impl RootContext for Root {
                 error!("wasm-epp: {e}");
                 false
             }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if self.pulling {
+            return;
+        }
+        let Some(worker) = self.worker.clone() else { return };
+        let (pull, token) = {
+            let w = worker.borrow();
+            let Some(s) = w.config.snapshot.as_ref() else { return };
+            let Some(p) = s.pull.clone() else { return };
+            (p, s.token.clone())
+        };
+        let auth = format!("Bearer {token}");
+        let headers = vec![
+            (":method", "GET"),
+            (":path", pull.path.as_str()),
+            (":authority", pull.authority.as_str()),
+            ("authorization", auth.as_str()),
+        ];
+        match self.dispatch_http_call(
+            &pull.cluster,
+            headers,
+            None,
+            vec![],
+            StdDuration::from_millis(pull.interval_ms.max(1000)),
+        ) {
+            Ok(_) => self.pulling = true,
+            Err(s) => warn!("wasm-epp: snapshot pull to cluster {} failed: {s:?}", pull.cluster),
         }
     }
 
@@ -160,6 +377,9 @@ impl Stream {
     }
 
     fn reply(&self, status: u32, message: &str, extra: &[(&str, &str)]) {
+        if matches!(self.kind, Kind::Inference(_)) {
+            self.count(|m| m.error(status));
+        }
         let mut headers = vec![("content-type", "application/json")];
         headers.extend_from_slice(extra);
         self.send_http_response(status, headers, Some(&error_body(status, message)));
@@ -189,6 +409,9 @@ impl Stream {
                 w.state.index.retain_endpoints(&keys);
                 w.pool_seq = Some(snap.sequence);
                 w.pool = Pool::new(snap);
+                if let Some(m) = w.metrics.as_ref() {
+                    m.pool(&w.pool);
+                }
             }
             // Only validated bytes are ever stored, so this means another build's format.
             Some(Err(e)) => warn!("wasm-epp: stored snapshot unreadable: {e}"),
@@ -237,50 +460,25 @@ impl Stream {
     }
 
     fn handle_intake_body(&self, body: &[u8]) {
-        let max = self
-            .worker
-            .borrow()
-            .config
-            .snapshot
-            .as_ref()
-            .map_or(0, |s| s.max_bytes);
-        for _ in 0..CAS_RETRIES {
-            let (stored, cas) = self.get_shared_data(KEY_SNAPSHOT);
-            let snap = match validate_push(body, stored.as_deref(), max) {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(
-                        "wasm-epp: snapshot push refused ({}): {}",
-                        e.status(),
-                        e.message()
-                    );
-                    self.reply(e.status(), &e.message(), &[]);
-                    return;
-                }
-            };
-            match self.set_shared_data(KEY_SNAPSHOT, Some(body), cas) {
-                Ok(()) => {
-                    let _ = self.set_shared_data(
-                        KEY_SNAPSHOT_SEQ,
-                        Some(&snap.sequence.to_le_bytes()),
-                        None,
-                    );
-                    debug!(
-                        "wasm-epp: snapshot {} stored ({} endpoints)",
-                        snap.sequence,
-                        snap.endpoints.len()
-                    );
-                    self.send_http_response(204, vec![], None);
-                    return;
-                }
-                Err(Status::CasMismatch) => continue,
-                Err(s) => {
-                    self.reply(503, &format!("could not store snapshot: {s:?}"), &[]);
-                    return;
-                }
+        let max = self.worker.borrow().config.snapshot.as_ref().map_or(0, |s| s.max_bytes);
+        match store_snapshot(self, body, max) {
+            Ok(seq) => {
+                debug!("wasm-epp: snapshot {seq} stored");
+                self.count(|m| Metrics::inc(m.pushes_accepted));
+                self.send_http_response(204, vec![], None);
+            }
+            Err(e) => {
+                warn!("wasm-epp: snapshot push refused ({}): {}", e.status(), e.message());
+                self.count(|m| Metrics::inc(m.pushes_rejected));
+                self.reply(e.status(), &e.message(), &[]);
             }
         }
-        self.reply(409, "concurrent snapshot pushes; retry", &[]);
+    }
+
+    fn count(&self, f: impl FnOnce(&Metrics)) {
+        if let Some(m) = self.worker.borrow().metrics.as_ref() {
+            f(m);
+        }
     }
 
     /// Picks for a scanned (or header-derived) request and sets the routing headers.
@@ -291,17 +489,10 @@ impl Stream {
         if envoy {
             self.refresh_pool();
         }
-        let objective = OBJECTIVE_HEADERS
-            .iter()
-            .find_map(|h| self.get_http_request_header(h));
+        let objective = OBJECTIVE_HEADERS.iter().find_map(|h| self.get_http_request_header(h));
         let steering = self.get_http_request_header(TEST_STEERING_HEADER);
         let inflight_table = if envoy {
-            InFlightTable::decode(
-                self.get_shared_data(KEY_INFLIGHT)
-                    .0
-                    .as_deref()
-                    .unwrap_or_default(),
-            )
+            InFlightTable::decode(self.get_shared_data(KEY_INFLIGHT).0.as_deref().unwrap_or_default())
         } else {
             InFlightTable::default()
         };
@@ -354,6 +545,7 @@ impl Stream {
         req.priority = priority;
         req.subset = subset.as_deref();
         let inflight = inflight_table.for_pool(&w.pool);
+        let started = self.get_current_time();
         let d = pick(
             &w.config.picker,
             &req,
@@ -363,6 +555,23 @@ impl Stream {
             now,
             &mut w.rng,
         );
+        let took_us = self
+            .get_current_time()
+            .duration_since(started)
+            .map(|t| t.as_micros() as u64)
+            .unwrap_or(0);
+        if let Some(m) = w.metrics.as_mut() {
+            m.request(&target);
+            Metrics::set(m.decision_us, took_us);
+            Metrics::set(
+                m.snapshot_age_ms,
+                now.saturating_since(w.pool.snapshot().generated_at).as_millis(),
+            );
+            Metrics::set(m.degraded, (d.mode == picker_core::pick::Mode::Degraded) as u64);
+            if matches!(d.outcome, Outcome::Reject(picker_core::Rejection::Shed { .. })) {
+                Metrics::inc(m.shed);
+            }
+        }
         if d.mode == picker_core::pick::Mode::Degraded && !w.degraded_logged {
             warn!("wasm-epp: snapshot older than degradeAfterMs; routing on consistent hashing and in-flight counts");
             w.degraded_logged = true;
@@ -376,13 +585,10 @@ impl Stream {
                     .iter()
                     .filter_map(|&i| w.pool.endpoints().get(i).map(|e| e.addr))
                     .collect();
-                let value = addrs
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",");
+                let value = addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
                 let dest = w.config.destination_header.clone();
                 let model_header = w.config.model_header.clone();
+                let filter_state = w.config.original_dst_filter_state;
                 let primary_key = list.first().map(|&i| w.pool.key(i));
                 debug!(
                     "wasm-epp: model {target} -> {value} (prefix match {}/{})",
@@ -393,6 +599,12 @@ impl Stream {
                 self.set_http_request_header(&dest, Some(&value));
                 self.set_http_request_header(&model_header, Some(&target));
                 self.primary = addrs.first().copied();
+                if let (true, Some(first)) = (filter_state, self.primary) {
+                    let args = filter_state_args(ORIGINAL_DST_KEY, &first.to_string());
+                    if let Err(s) = self.call_foreign_function("set_envoy_filter_state", Some(&args)) {
+                        warn!("wasm-epp: set_envoy_filter_state failed: {s:?} (needs Envoy >= 1.26)");
+                    }
+                }
                 if let (Some(key), true) = (primary_key, envoy) {
                     let tokens = (prompt.len() / 4).min(u32::MAX as usize) as u32;
                     self.update_inflight(key, tokens, true);
@@ -403,11 +615,7 @@ impl Stream {
             Outcome::Reject(r) => {
                 drop(guard);
                 let status = r.http_status() as u32;
-                let extra: &[(&str, &str)] = if status == 429 {
-                    &[("retry-after", "1")]
-                } else {
-                    &[]
-                };
+                let extra: &[(&str, &str)] = if status == 429 { &[("retry-after", "1")] } else { &[] };
                 self.reply(status, &r.to_string(), extra);
                 false
             }
@@ -429,13 +637,7 @@ impl Stream {
         }
         self.set_http_request_header(AFFINITY_OUT_HEADER, None);
         if let Some(value) = affinity.and_then(|a| self.get_http_request_header(&a)) {
-            let h = picker_core::prefix::hash_prompt(
-                "",
-                None,
-                Prompt::from_bytes(value.as_bytes()),
-                1,
-                64,
-            );
+            let h = picker_core::prefix::hash_prompt("", None, Prompt::from_bytes(value.as_bytes()), 1, 64);
             if let Some(k) = h.as_slice().last() {
                 self.set_http_request_header(AFFINITY_OUT_HEADER, Some(&format!("{k:016x}")));
             }
@@ -480,15 +682,12 @@ impl HttpContext for Stream {
                 Some(IntakeError::MethodNotAllowed)
             } else if !source_allowed(source.as_deref(), &allowed) {
                 Some(IntakeError::Forbidden)
-            } else if !bearer_matches(
-                self.get_http_request_header("authorization").as_deref(),
-                &token,
-            ) {
+            } else if !bearer_matches(self.get_http_request_header("authorization").as_deref(), &token) {
                 Some(IntakeError::Unauthorized)
             } else if end_of_stream {
-                Some(IntakeError::Invalid(
-                    picker_core::snapshot::DecodeError::Truncated { offset: 0 },
-                ))
+                Some(IntakeError::Invalid(picker_core::snapshot::DecodeError::Truncated {
+                    offset: 0,
+                }))
             } else {
                 None
             };
@@ -535,11 +734,7 @@ impl HttpContext for Stream {
             .and_then(|v| v.trim().parse::<usize>().ok())
             .is_some_and(|n| n > max_body);
         if too_big {
-            self.reply(
-                413,
-                &format!("request body larger than {max_body} bytes"),
-                &[],
-            );
+            self.reply(413, &format!("request body larger than {max_body} bytes"), &[]);
         }
         // Hold headers until the body is scanned (needs allow_on_headers_stop_iteration).
         Action::Pause

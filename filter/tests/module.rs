@@ -16,11 +16,9 @@ const NOW_MS: u64 = 1_700_000_000_000;
 fn plugin() -> &'static Plugin {
     static P: OnceLock<Plugin> = OnceLock::new();
     P.get_or_init(|| {
-        let path = std::env::var("WASM_EPP_WASM").unwrap_or_else(|_| {
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/wasm-epp.wasm").to_string()
-        });
-        Plugin::from_file(&path)
-            .unwrap_or_else(|e| panic!("{path}: {e}; build it first with ./build.sh wasm"))
+        let path = std::env::var("WASM_EPP_WASM")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/wasm-epp.wasm").to_string());
+        Plugin::from_file(&path).unwrap_or_else(|e| panic!("{path}: {e}; build it first with ./build.sh wasm"))
     })
 }
 
@@ -46,10 +44,7 @@ fn host(extra: &str) -> Host {
 }
 
 fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 fn snapshot(seq: u64, pods: &[(&str, u32, f32)]) -> Vec<u8> {
@@ -97,10 +92,7 @@ fn push(host: &mut Host, worker: usize, bytes: &[u8], token: &str) -> u32 {
     if w.immediate(s).is_none() {
         w.request_body(s, bytes, true);
     }
-    let status = w
-        .immediate(s)
-        .map(|i| i.status)
-        .expect("intake always answers locally");
+    let status = w.immediate(s).map(|i| i.status).expect("intake always answers locally");
     assert!(
         w.upstream(s).and_then(|u| u.headers.as_ref()).is_none(),
         "a push is never forwarded"
@@ -181,12 +173,7 @@ fn inflight_total(host: &Host) -> u64 {
 fn routes_to_a_snapshot_endpoint_and_sets_headers() {
     let mut host = host("");
     assert_eq!(push(&mut host, 0, &snapshot(1, &PODS), TOKEN), 204);
-    let sent = send(
-        &mut host,
-        0,
-        &[],
-        &chat_body(MODEL, "You are helpful.", "Hi"),
-    );
+    let sent = send(&mut host, 0, &[], &chat_body(MODEL, "You are helpful.", "Hi"));
     assert_eq!(sent.status, None, "no local reply");
     let dest = sent
         .header("x-gateway-destination-endpoint")
@@ -234,44 +221,26 @@ fn client_cannot_choose_the_pod() {
         true,
     );
     let up = w.upstream(s).and_then(|u| u.headers.clone()).unwrap();
-    assert!(up
-        .iter()
-        .all(|(k, _)| k != "x-gateway-destination-endpoint"));
+    assert!(up.iter().all(|(k, _)| k != "x-gateway-destination-endpoint"));
 }
 
 #[test]
 fn static_endpoints_serve_until_the_first_snapshot() {
     let mut host = host("");
     let sent = send(&mut host, 0, &[], &chat_body(MODEL, "s", "q"));
-    assert_eq!(
-        sent.header("x-gateway-destination-endpoint"),
-        Some("10.9.9.9:8000")
-    );
+    assert_eq!(sent.header("x-gateway-destination-endpoint"), Some("10.9.9.9:8000"));
 }
 
 #[test]
 fn prefix_affinity_holds_across_workers() {
     let mut host = host_with(Profile::Envoy, &base_config(""), 2, true);
-    let pods: Vec<(String, u32, f32)> = (1..=8)
-        .map(|i| (format!("10.0.1.{i}:8000"), 0, 0.1))
-        .collect();
-    let pods_ref: Vec<(&str, u32, f32)> =
-        pods.iter().map(|(a, q, k)| (a.as_str(), *q, *k)).collect();
+    let pods: Vec<(String, u32, f32)> = (1..=8).map(|i| (format!("10.0.1.{i}:8000"), 0, 0.1)).collect();
+    let pods_ref: Vec<(&str, u32, f32)> = pods.iter().map(|(a, q, k)| (a.as_str(), *q, *k)).collect();
     assert_eq!(push(&mut host, 0, &snapshot(1, &pods_ref), TOKEN), 204);
     for g in 0..10 {
         let system = format!("You are the assistant of tenant {g}. ").repeat(20);
-        let a = send(
-            &mut host,
-            0,
-            &[],
-            &chat_body(MODEL, &system, "first question"),
-        );
-        let b = send(
-            &mut host,
-            1,
-            &[],
-            &chat_body(MODEL, &system, "another question"),
-        );
+        let a = send(&mut host, 0, &[], &chat_body(MODEL, &system, "first question"));
+        let b = send(&mut host, 1, &[], &chat_body(MODEL, &system, "another question"));
         assert_eq!(
             a.header("x-gateway-destination-endpoint"),
             b.header("x-gateway-destination-endpoint"),
@@ -290,20 +259,9 @@ fn intake_rejects_and_changes_nothing() {
     let mut host = host(r#""picker":{"profile":"gie-default"}"#);
     assert_eq!(push(&mut host, 0, &snapshot(5, &PODS[..1]), TOKEN), 204);
     let stored = host.group.get_data("wasm-epp/snapshot").unwrap().0;
-    assert_eq!(
-        push(&mut host, 0, &snapshot(6, &PODS), "wrong-token-0123456789"),
-        401
-    );
-    assert_eq!(
-        push(&mut host, 0, &snapshot(4, &PODS), TOKEN),
-        409,
-        "older sequence"
-    );
-    assert_eq!(
-        push(&mut host, 0, &snapshot(5, &PODS), TOKEN),
-        409,
-        "same sequence"
-    );
+    assert_eq!(push(&mut host, 0, &snapshot(6, &PODS), "wrong-token-0123456789"), 401);
+    assert_eq!(push(&mut host, 0, &snapshot(4, &PODS), TOKEN), 409, "older sequence");
+    assert_eq!(push(&mut host, 0, &snapshot(5, &PODS), TOKEN), 409, "same sequence");
     let mut corrupt = snapshot(7, &PODS);
     corrupt[30] ^= 0xff;
     assert_eq!(push(&mut host, 0, &corrupt, TOKEN), 400);
@@ -315,17 +273,11 @@ fn intake_rejects_and_changes_nothing() {
     );
     // Still routing on the one-pod snapshot.
     let sent = send(&mut host, 0, &[], &chat_body(MODEL, "s", "q"));
-    assert_eq!(
-        sent.header("x-gateway-destination-endpoint"),
-        Some("10.0.0.1:8000")
-    );
+    assert_eq!(sent.header("x-gateway-destination-endpoint"), Some("10.0.0.1:8000"));
     // A newer one replaces it.
     assert_eq!(push(&mut host, 0, &snapshot(8, &PODS[1..2]), TOKEN), 204);
     let sent = send(&mut host, 0, &[], &chat_body(MODEL, "s", "q"));
-    assert_eq!(
-        sent.header("x-gateway-destination-endpoint"),
-        Some("10.0.0.2:8000")
-    );
+    assert_eq!(sent.header("x-gateway-destination-endpoint"), Some("10.0.0.2:8000"));
     no_traps(&mut host);
 }
 
@@ -337,8 +289,7 @@ fn intake_checks_source_method_and_size() {
         .replace(r#"{"token""#, r#"{"maxBytes":200,"token""#)
         .into_bytes();
     o.allow_on_headers_stop_iteration = true;
-    o.properties
-        .insert("source.address".into(), b"192.0.2.7:5000".to_vec());
+    o.properties.insert("source.address".into(), b"192.0.2.7:5000".to_vec());
     let mut remote = Host::new(plugin(), o, 1).unwrap();
     assert_eq!(
         push(&mut remote, 0, &snapshot(1, &PODS), TOKEN),
@@ -378,8 +329,7 @@ fn intake_checks_source_method_and_size() {
 
 #[test]
 fn errors_are_openai_json_local_replies() {
-    let mut host =
-        host(r#""models":{"allow":["meta-llama/Llama-3.1-8B-Instruct"]},"maxBodyBytes":2048"#);
+    let mut host = host(r#""models":{"allow":["meta-llama/Llama-3.1-8B-Instruct"]},"maxBodyBytes":2048"#);
     push(&mut host, 0, &snapshot(1, &PODS), TOKEN);
     let cases: [(&[u8], u32); 4] = [
         (b"{not json", 400),
@@ -396,19 +346,14 @@ fn errors_are_openai_json_local_replies() {
             String::from_utf8_lossy(&body[..body.len().min(40)])
         );
         assert!(sent.upstream.is_none(), "not forwarded");
-        let v: serde_json::Value =
-            serde_json::from_slice(&sent.reply_body).expect("JSON error body");
+        let v: serde_json::Value = serde_json::from_slice(&sent.reply_body).expect("JSON error body");
         assert_eq!(v["error"]["code"], want);
         host.worker(0).finish(sent.stream);
     }
     // Body-less inference POST.
     let sent = send(&mut host, 0, &[], b"");
     assert_eq!(sent.status, Some(400));
-    assert_eq!(
-        inflight_total(&host),
-        0,
-        "local replies hold no in-flight count"
-    );
+    assert_eq!(inflight_total(&host), 0, "local replies hold no in-flight count");
     no_traps(&mut host);
 }
 
@@ -445,10 +390,7 @@ fn no_endpoint_is_503_and_saturation_sheds_sheddable_with_429() {
         .downstream(sent.stream)
         .and_then(|d| d.headers.clone())
         .unwrap_or_default();
-    assert!(
-        retry.iter().any(|(k, v)| k == "retry-after" && v == "1"),
-        "{retry:?}"
-    );
+    assert!(retry.iter().any(|(k, v)| k == "retry-after" && v == "1"), "{retry:?}");
     // The llm-d alias header works too; a critical request still goes through.
     let sent = send(
         &mut host,
@@ -471,10 +413,7 @@ fn body_mode_needs_allow_on_headers_stop_iteration() {
     // says so.
     let mut host = host_with(Profile::Envoy, &base_config(""), 1, false);
     let sent = send(&mut host, 0, &[], &chat_body(MODEL, "s", "q"));
-    assert!(
-        sent.upstream.is_none() && sent.status.is_none(),
-        "request is held"
-    );
+    assert!(sent.upstream.is_none() && sent.status.is_none(), "request is held");
     let logs = host.worker(0).logs();
     assert!(
         logs.iter()
@@ -513,10 +452,7 @@ fn headers_only_mode_works_without_the_flag() {
 fn test_mode_steers_and_reports_the_served_endpoint() {
     let mut host = host(r#""testMode":true"#);
     push(&mut host, 0, &snapshot(1, &PODS), TOKEN);
-    for (allow, expect) in [
-        ("10.0.0.2", "10.0.0.2:8000"),
-        ("10.0.0.3:8000", "10.0.0.3:8000"),
-    ] {
+    for (allow, expect) in [("10.0.0.2", "10.0.0.2:8000"), ("10.0.0.3:8000", "10.0.0.3:8000")] {
         for _ in 0..5 {
             let sent = send(
                 &mut host,
@@ -528,10 +464,7 @@ fn test_mode_steers_and_reports_the_served_endpoint() {
             let w = host.worker(0);
             w.set_stream_property(sent.stream, "upstream.address", expect.as_bytes());
             w.response_headers(sent.stream, h(&[(":status", "200")]), true);
-            let down = w
-                .downstream(sent.stream)
-                .and_then(|d| d.headers.clone())
-                .unwrap();
+            let down = w.downstream(sent.stream).and_then(|d| d.headers.clone()).unwrap();
             assert!(
                 down.iter()
                     .any(|(k, v)| k == "x-conformance-test-served-endpoint" && v == expect),
@@ -557,12 +490,7 @@ fn inflight_counts_track_open_streams_and_never_leak() {
     let mut open = vec![];
     for i in 0..20 {
         let w = i % 2;
-        let sent = send(
-            &mut host,
-            w,
-            &[],
-            &chat_body(MODEL, &format!("tenant {i}"), "q"),
-        );
+        let sent = send(&mut host, w, &[], &chat_body(MODEL, &format!("tenant {i}"), "q"));
         open.push((w, sent.stream));
     }
     assert_eq!(inflight_total(&host), 20);
@@ -597,15 +525,9 @@ fn gcp_profile_makes_no_unsupported_hostcall() {
     );
     wk.request_body(s, &chat_body(MODEL, "s", "q"), true);
     let up = wk.upstream(s).and_then(|u| u.headers.clone()).unwrap();
-    assert!(up
-        .iter()
-        .any(|(k, v)| k == "x-gateway-model-name" && v == MODEL));
-    assert!(up
-        .iter()
-        .any(|(k, v)| k == "x-wasm-epp-affinity" && v.len() == 16));
-    assert!(up
-        .iter()
-        .all(|(k, _)| k != "x-gateway-destination-endpoint"));
+    assert!(up.iter().any(|(k, v)| k == "x-gateway-model-name" && v == MODEL));
+    assert!(up.iter().any(|(k, v)| k == "x-wasm-epp-affinity" && v.len() == 16));
+    assert!(up.iter().all(|(k, _)| k != "x-gateway-destination-endpoint"));
     wk.response_headers(s, h(&[(":status", "200")]), true);
     wk.finish(s);
     let errors = wk.hostcall_errors();
@@ -617,10 +539,7 @@ fn gcp_profile_makes_no_unsupported_hostcall() {
 fn bad_plugin_config_is_rejected_at_configure() {
     let mut o = HostOptions::new(Profile::Envoy);
     o.plugin_config = br#"{"maxBodyBytes":"lots"}"#.to_vec();
-    assert!(
-        Host::new(plugin(), o, 1).is_err(),
-        "on_configure returns false"
-    );
+    assert!(Host::new(plugin(), o, 1).is_err(), "on_configure returns false");
 }
 
 // === never panic ===
@@ -653,4 +572,49 @@ proptest! {
         prop_assert!(host.worker(0).failed().is_none(), "{:?}", host.worker(0).failed());
         prop_assert_eq!(inflight_total(&host), 0);
     }
+}
+
+// === observability and ORIGINAL_DST ===
+
+#[test]
+fn metrics_count_requests_errors_and_pool_state() {
+    let mut host = host(r#""objectives":{"batch":-1}"#);
+    assert_eq!(push(&mut host, 0, &snapshot(1, &[("10.0.0.1:8000", 2, 0.5), ("10.0.0.2:8000", 4, 0.3)]), TOKEN), 204);
+    for _ in 0..3 {
+        let sent = send(&mut host, 0, &[], &chat_body(MODEL, "s", "q"));
+        host.worker(0).finish(sent.stream);
+    }
+    let sent = send(&mut host, 0, &[], b"{bad");
+    host.worker(0).finish(sent.stream);
+    assert_eq!(push(&mut host, 0, b"junk", TOKEN), 400);
+    let metric = |name: &str| host.group.metric(name).map(|m| m.value).unwrap_or_else(|| panic!("metric {name} defined"));
+    assert_eq!(metric("inference_objective_request_total"), 3);
+    assert_eq!(metric("inference_objective_request_total.model_name.meta-llama_Llama-3_1-8B-Instruct"), 3);
+    assert_eq!(metric("inference_objective_request_error_total.error_code.400"), 1);
+    assert_eq!(metric("inference_objective_request_error_total.error_code.503"), 0);
+    assert_eq!(metric("inference_pool_ready_pods"), 2);
+    assert_eq!(metric("inference_pool_average_queue_size"), 3);
+    assert_eq!(metric("inference_pool_average_kv_cache_utilization_percent"), 40);
+    assert_eq!(metric("wasm_epp_snapshot_accepted_total"), 1);
+    assert_eq!(metric("wasm_epp_snapshot_rejected_total"), 1);
+    let hist = host.group.metric("wasm_epp_decision_duration_us").expect("histogram defined");
+    assert_eq!(hist.samples.len(), 3, "one sample per decision");
+}
+
+#[test]
+fn original_dst_filter_state_carries_the_pick() {
+    let mut host = host(r#""originalDstFilterState":true"#);
+    push(&mut host, 0, &snapshot(1, &PODS), TOKEN);
+    let sent = send(&mut host, 0, &[], &chat_body(MODEL, "s", "q"));
+    let dest = sent.header("x-gateway-destination-endpoint").unwrap().to_string();
+    let io = host.worker(0).stream_io(sent.stream).expect("stream io").clone();
+    let state = io.filter_state.get("envoy.network.transport_socket.original_dst_address").expect("filter state set");
+    assert_eq!(std::str::from_utf8(state).unwrap(), dest);
+    let errors: Vec<_> = host
+        .worker(0)
+        .hostcall_errors()
+        .into_iter()
+        .filter(|e| e.call.contains("foreign") || !matches!(e.status, host_sim::Status::NotFound | host_sim::Status::CasMismatch))
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
 }
