@@ -9,8 +9,8 @@ use std::time::Duration as StdDuration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use picker_core::prefix::hash_prompt;
 use picker_core::{
-    pick, pick_hashed, prefix_hashes, scan, Api, Config, Endpoint, InFlight, Instant, Pool,
-    Profile, Request, Snapshot, SplitMix64, State,
+    pick, pick_hashed, prefix_hashes, scan, Api, Config, Endpoint, InFlight, Instant, Pool, Profile, Request, Snapshot,
+    SplitMix64, State,
 };
 
 const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
@@ -43,10 +43,7 @@ fn chat_body(size: usize) -> Vec<u8> {
 fn pool(n: usize, now: Instant) -> Pool {
     let endpoints = (0..n)
         .map(|i| {
-            let mut e = Endpoint::new(
-                ([10, 1, (i / 250) as u8, (i % 250) as u8 + 1], 8000).into(),
-                now,
-            );
+            let mut e = Endpoint::new(([10, 1, (i / 250) as u8, (i % 250) as u8 + 1], 8000).into(), now);
             e.waiting = (i * 7 % 11) as u32;
             e.running = (i * 5 % 31) as u32;
             e.kv_usage = (i * 13 % 100) as f32 / 100.0;
@@ -63,12 +60,7 @@ fn pool(n: usize, now: Instant) -> Pool {
     })
 }
 
-const SIZES: [(usize, &str); 4] = [
-    (1024, "1KiB"),
-    (4096, "4KiB"),
-    (65_536, "64KiB"),
-    (225_280, "220KiB"),
-];
+const SIZES: [(usize, &str); 4] = [(1024, "1KiB"), (4096, "4KiB"), (65_536, "64KiB"), (225_280, "220KiB")];
 
 fn bench_scan(c: &mut Criterion) {
     let mut g = c.benchmark_group("scan");
@@ -130,25 +122,21 @@ fn bench_pick(c: &mut Criterion) {
                     }
                 }
                 g.throughput(Throughput::Elements(1));
-                g.bench_function(
-                    BenchmarkId::new(format!("{}/{n}ep", profile.name()), name),
-                    |b| {
-                        b.iter(|| {
-                            let s =
-                                scan(black_box(&body), Api::ChatCompletions).expect("valid body");
-                            let d = pick(
-                                &config,
-                                &Request::new(&s.model, s.prompt),
-                                &pool,
-                                &inflight,
-                                &mut state,
-                                now,
-                                &mut rng,
-                            );
-                            d.primary()
-                        })
-                    },
-                );
+                g.bench_function(BenchmarkId::new(format!("{}/{n}ep", profile.name()), name), |b| {
+                    b.iter(|| {
+                        let s = scan(black_box(&body), Api::ChatCompletions).expect("valid body");
+                        let d = pick(
+                            &config,
+                            &Request::new(&s.model, s.prompt),
+                            &pool,
+                            &inflight,
+                            &mut state,
+                            now,
+                            &mut rng,
+                        );
+                        d.primary()
+                    })
+                });
             }
         }
     }
@@ -167,19 +155,7 @@ fn bench_pick(c: &mut Criterion) {
             let req = Request::new(&scanned.model, scanned.prompt);
             let hashes = prefix_hashes(&config, &req, &pool);
             g.bench_function(BenchmarkId::new(profile.name(), format!("{n}ep")), |b| {
-                b.iter(|| {
-                    pick_hashed(
-                        &config,
-                        &req,
-                        hashes.clone(),
-                        &pool,
-                        &[],
-                        &mut state,
-                        now,
-                        &mut rng,
-                    )
-                    .primary()
-                })
+                b.iter(|| pick_hashed(&config, &req, hashes.clone(), &pool, &[], &mut state, now, &mut rng).primary())
             });
         }
     }

@@ -10,9 +10,7 @@ use std::process::ExitCode;
 
 use picker_core::config::ScorerKind;
 use picker_core::pick::Outcome;
-use picker_core::{
-    pick, Api, Config, Endpoint, Instant, Pool, Profile, Request, Snapshot, SplitMix64, State,
-};
+use picker_core::{pick, Api, Config, Endpoint, Instant, Pool, Profile, Request, Snapshot, SplitMix64, State};
 
 const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
 
@@ -69,20 +67,13 @@ fn scorer_name(k: ScorerKind) -> &'static str {
     }
 }
 
-fn explain(
-    profile: Profile,
-    pool: &Pool,
-    bodies: &[String],
-    api: Api,
-    now: Instant,
-) -> Result<(), String> {
+fn explain(profile: Profile, pool: &Pool, bodies: &[String], api: Api, now: Instant) -> Result<(), String> {
     let config = Config::profile(profile);
     let mut state = State::new(&config);
     let mut rng = SplitMix64::new(42);
     println!("## profile `{}`\n", profile.name());
     for (n, body) in bodies.iter().enumerate() {
-        let scanned = picker_core::scan(body.as_bytes(), api)
-            .map_err(|e| format!("request {}: {e}", n + 1))?;
+        let scanned = picker_core::scan(body.as_bytes(), api).map_err(|e| format!("request {}: {e}", n + 1))?;
         let mut req = Request::new(&scanned.model, scanned.prompt);
         req.cache_salt = scanned.cache_salt.as_deref();
         let d = pick(&config, &req, pool, &[], &mut state, now, &mut rng);
@@ -101,10 +92,7 @@ fn explain(
             .iter()
             .map(|(k, w)| format!("{}×{w}", scorer_name(*k)))
             .collect();
-        println!(
-            "\n| endpoint | waiting | kv | {} | total | |",
-            header.join(" | ")
-        );
+        println!("\n| endpoint | waiting | kv | {} | total | |", header.join(" | "));
         println!("|---|---|---|{}---|---|", "---|".repeat(header.len()));
         let picked = match &d.outcome {
             Outcome::Route(list) => list.clone(),
@@ -112,10 +100,7 @@ fn explain(
         };
         for s in &d.scored {
             let e = &pool.endpoints()[s.index];
-            let cols: Vec<String> = s.scores[..d.scorers.len()]
-                .iter()
-                .map(|x| format!("{x:.3}"))
-                .collect();
+            let cols: Vec<String> = s.scores[..d.scorers.len()].iter().map(|x| format!("{x:.3}")).collect();
             let mark = if picked.first() == Some(&s.index) {
                 "**picked**"
             } else {
@@ -131,17 +116,11 @@ fn explain(
             );
         }
         for (i, why) in &d.drops {
-            println!(
-                "| {} | — | — | dropped: {why:?} |",
-                pool.endpoints()[*i].addr
-            );
+            println!("| {} | — | — | dropped: {why:?} |", pool.endpoints()[*i].addr);
         }
         match &d.outcome {
             Outcome::Route(list) => {
-                let hdr: Vec<String> = list
-                    .iter()
-                    .map(|&i| pool.endpoints()[i].addr.to_string())
-                    .collect();
+                let hdr: Vec<String> = list.iter().map(|&i| pool.endpoints()[i].addr.to_string()).collect();
                 println!("\n→ x-gateway-destination-endpoint: {}\n", hdr.join(","));
             }
             Outcome::Reject(r) => println!("\n→ HTTP {}: {r}\n", r.http_status()),
@@ -152,34 +131,25 @@ fn explain(
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
-    let mut profiles = vec![
-        Profile::GieDefault,
-        Profile::LlmdDefault,
-        Profile::WasmEppDefault,
-    ];
+    let mut profiles = vec![Profile::GieDefault, Profile::LlmdDefault, Profile::WasmEppDefault];
     let mut bodies = sample_bodies();
     let mut api = Api::ChatCompletions;
     while let Some(a) = args.next() {
         let val = args.next();
-        let result =
-            match (a.as_str(), val) {
-                ("--profile", Some(p)) => serde_json::from_value::<Profile>(
-                    serde_json::Value::String(p.clone()),
-                )
+        let result = match (a.as_str(), val) {
+            ("--profile", Some(p)) => serde_json::from_value::<Profile>(serde_json::Value::String(p.clone()))
                 .map(|p| profiles = vec![p])
-                .map_err(|_| {
-                    format!("unknown profile {p:?} (gie-default, llm-d-default, wasm-epp-default)")
-                }),
-                ("--body", Some(f)) => std::fs::read_to_string(&f)
-                    .map(|b| bodies = vec![b])
-                    .map_err(|e| format!("{f}: {e}")),
-                ("--path", Some(p)) => Api::from_path(&p)
-                    .map(|x| api = x)
-                    .ok_or(format!("not an inference path: {p}")),
-                (other, _) => Err(format!(
-                    "unknown or incomplete argument {other:?}; see the example's docs"
-                )),
-            };
+                .map_err(|_| format!("unknown profile {p:?} (gie-default, llm-d-default, wasm-epp-default)")),
+            ("--body", Some(f)) => std::fs::read_to_string(&f)
+                .map(|b| bodies = vec![b])
+                .map_err(|e| format!("{f}: {e}")),
+            ("--path", Some(p)) => Api::from_path(&p)
+                .map(|x| api = x)
+                .ok_or(format!("not an inference path: {p}")),
+            (other, _) => Err(format!(
+                "unknown or incomplete argument {other:?}; see the example's docs"
+            )),
+        };
         if let Err(e) = result {
             eprintln!("explain: {e}");
             return ExitCode::from(2);
@@ -188,7 +158,10 @@ fn main() -> ExitCode {
     let now = Instant::from_millis(1_700_000_000_000);
     let pool = sample_pool(now);
     println!("# wasm-epp picker: sample decisions\n");
-    println!("Pool: {} pods of `{MODEL}` (one not ready). Two requests share a 1,720-byte system prompt;", pool.endpoints().len());
+    println!(
+        "Pool: {} pods of `{MODEL}` (one not ready). Two requests share a 1,720-byte system prompt;",
+        pool.endpoints().len()
+    );
     println!("the second one shows prefix affinity from the first pick.\n");
     for p in profiles {
         if let Err(e) = explain(p, &pool, &bodies, api, now) {

@@ -137,11 +137,7 @@ mod tests {
             let bound = ((1.25 * (total + 1) as f64) / 8.0).ceil() as u32;
             let id = choose(42, 0.25, 0, c.iter().copied()).unwrap();
             c[id].2 += 1;
-            assert!(
-                c[id].2 <= bound,
-                "step {step}: load {} > bound {bound}",
-                c[id].2
-            );
+            assert!(c[id].2 <= bound, "step {step}: load {} > bound {bound}", c[id].2);
         }
         let max = c.iter().map(|e| e.2).max().unwrap();
         assert!(max as f64 <= (1.25 * 400.0 / 8.0_f64).ceil() + 1.0);

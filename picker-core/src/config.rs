@@ -16,7 +16,7 @@
 //!              "insertOrder": "gie"},
 //!   "affinity": {"threshold": 0.8, "valveTokens": 286720, "explorationProbability": 0.01},
 //!   "tokenLoad": {"thresholdTokens": 4194304},
-//!   "consistentHash": {"epsilon": 0.25, "prefixBlocks": 4, "minBound": 8},
+//!   "consistentHash": {"epsilon": 0.5, "prefixBlocks": 4, "minBound": 8},
 //!   "degradeAfterMs": 5000
 //! }
 //! ```
@@ -31,8 +31,7 @@ use core::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::prefix::{
-    InsertOrder, DEFAULT_BLOCK_SIZE_TOKENS, DEFAULT_CHARS_PER_TOKEN, DEFAULT_LRU_CAPACITY,
-    DEFAULT_MAX_BLOCKS,
+    InsertOrder, DEFAULT_BLOCK_SIZE_TOKENS, DEFAULT_CHARS_PER_TOKEN, DEFAULT_LRU_CAPACITY, DEFAULT_MAX_BLOCKS,
 };
 use crate::time::Duration;
 
@@ -203,7 +202,7 @@ pub struct TokenLoadDto {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConsistentHashDto {
-    /// Load bound: no endpoint takes a request while at ≥ ⌈(1+ε) × average⌉ in flight (0.25).
+    /// Load bound: no endpoint takes a request while at ≥ ⌈(1+ε) × average⌉ in flight (0.5).
     pub epsilon: Option<f64>,
     /// Leading prompt blocks that form the hashing key (4 blocks = 256 bytes).
     pub prefix_blocks: Option<u32>,
@@ -293,34 +292,35 @@ pub struct Config {
 impl Config {
     /// The named profile with all defaults.
     pub fn profile(p: Profile) -> Config {
-        let (scorers, filters, insert_order): (&[(ScorerKind, f64)], &[FilterKind], InsertOrder) =
-            match p {
-                Profile::GieDefault => (
-                    &[
-                        (ScorerKind::Queue, 2.0),
-                        (ScorerKind::KvCache, 2.0),
-                        (ScorerKind::Prefix, 3.0),
-                    ],
-                    &[],
-                    InsertOrder::Gie,
-                ),
-                Profile::LlmdDefault => (
-                    &[(ScorerKind::TokenLoad, 1.0)],
-                    &[FilterKind::PrefixAffinity],
-                    InsertOrder::Gie,
-                ),
-                Profile::WasmEppDefault => (
-                    &[
-                        (ScorerKind::Prefix, 3.0),
-                        (ScorerKind::Queue, 2.0),
-                        (ScorerKind::KvCache, 2.0),
-                        (ScorerKind::InFlight, 1.0),
-                        (ScorerKind::ConsistentHash, 2.0),
-                    ],
-                    &[],
-                    InsertOrder::HeadMostRecent,
-                ),
-            };
+        let (scorers, filters, insert_order): (&[(ScorerKind, f64)], &[FilterKind], InsertOrder) = match p {
+            Profile::GieDefault => (
+                &[
+                    (ScorerKind::Queue, 2.0),
+                    (ScorerKind::KvCache, 2.0),
+                    (ScorerKind::Prefix, 3.0),
+                ],
+                &[],
+                InsertOrder::Gie,
+            ),
+            Profile::LlmdDefault => (
+                &[(ScorerKind::TokenLoad, 1.0)],
+                &[FilterKind::PrefixAffinity],
+                InsertOrder::Gie,
+            ),
+            // Tuned with podsim's shared-prefix benchmark (README "Routing quality"): the lagged,
+            // min-max queue scorer is left out, the prefix match dominates, and consistent hashing
+            // is strong enough that workers and replicas with separate prefix indexes still agree.
+            Profile::WasmEppDefault => (
+                &[
+                    (ScorerKind::Prefix, 6.0),
+                    (ScorerKind::KvCache, 2.0),
+                    (ScorerKind::InFlight, 2.0),
+                    (ScorerKind::ConsistentHash, 4.0),
+                ],
+                &[],
+                InsertOrder::HeadMostRecent,
+            ),
+        };
         Config {
             profile: p,
             scorers: scorers
@@ -355,7 +355,7 @@ impl Config {
                 _ => 4_194_304,
             },
             chash: ConsistentHash {
-                epsilon: 0.25,
+                epsilon: 0.5,
                 prefix_blocks: 4,
                 min_bound: 8,
             },
@@ -365,8 +365,7 @@ impl Config {
 
     /// Parses and validates JSON config bytes.
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
-        let dto: ConfigDto =
-            serde_json::from_slice(bytes).map_err(|e| ConfigError::Json(format!("{e}")))?;
+        let dto: ConfigDto = serde_json::from_slice(bytes).map_err(|e| ConfigError::Json(format!("{e}")))?;
         Config::try_from(dto)
     }
 
@@ -461,10 +460,7 @@ impl TryFrom<ConfigDto> for Config {
                 if c.scorers.iter().any(|w| w.kind == s.kind) {
                     return Err(invalid("scorers[].type", "each scorer may appear once"));
                 }
-                c.scorers.push(WeightedScorer {
-                    kind: s.kind,
-                    weight,
-                });
+                c.scorers.push(WeightedScorer { kind: s.kind, weight });
             }
         }
         if let Some(filters) = d.filters {
@@ -475,10 +471,7 @@ impl TryFrom<ConfigDto> for Config {
         }
         if let Some(n) = d.max_endpoints {
             if n == 0 || n > MAX_FALLBACK {
-                return Err(invalid(
-                    "maxEndpoints",
-                    format!("{n} is not in 1..={MAX_FALLBACK}"),
-                ));
+                return Err(invalid("maxEndpoints", format!("{n} is not in 1..={MAX_FALLBACK}")));
             }
             c.max_endpoints = n;
         }
@@ -494,19 +487,13 @@ impl TryFrom<ConfigDto> for Config {
             }
             if let Some(ms) = s.metrics_staleness_threshold_ms {
                 if ms == 0 {
-                    return Err(invalid(
-                        "saturation.metricsStalenessThresholdMs",
-                        "must be > 0",
-                    ));
+                    return Err(invalid("saturation.metricsStalenessThresholdMs", "must be > 0"));
                 }
                 c.saturation.staleness = Duration::from_millis(ms);
             }
             if let Some(h) = s.headroom {
                 if !(h.is_finite() && (0.0..=10.0).contains(&h)) {
-                    return Err(invalid(
-                        "saturation.headroom",
-                        format!("{h} is not in [0, 10]"),
-                    ));
+                    return Err(invalid("saturation.headroom", format!("{h} is not in [0, 10]")));
                 }
                 c.saturation.headroom = h;
             }
@@ -514,19 +501,13 @@ impl TryFrom<ConfigDto> for Config {
         if let Some(p) = d.prefix {
             if let Some(v) = p.block_size_tokens {
                 if !(1..=4096).contains(&v) {
-                    return Err(invalid(
-                        "prefix.blockSizeTokens",
-                        format!("{v} is not in 1..=4096"),
-                    ));
+                    return Err(invalid("prefix.blockSizeTokens", format!("{v} is not in 1..=4096")));
                 }
                 c.prefix.block_size_tokens = v;
             }
             if let Some(v) = p.chars_per_token {
                 if !(1..=64).contains(&v) {
-                    return Err(invalid(
-                        "prefix.charsPerToken",
-                        format!("{v} is not in 1..=64"),
-                    ));
+                    return Err(invalid("prefix.charsPerToken", format!("{v} is not in 1..=64")));
                 }
                 c.prefix.chars_per_token = v;
             }
@@ -550,10 +531,7 @@ impl TryFrom<ConfigDto> for Config {
             }
             if let Some(v) = p.max_index_entries {
                 if !(1..=1 << 22).contains(&v) {
-                    return Err(invalid(
-                        "prefix.maxIndexEntries",
-                        format!("{v} is not in 1..=4194304"),
-                    ));
+                    return Err(invalid("prefix.maxIndexEntries", format!("{v} is not in 1..=4194304")));
                 }
                 c.prefix.max_index_entries = v;
             }
@@ -584,38 +562,25 @@ impl TryFrom<ConfigDto> for Config {
         if let Some(ch) = d.consistent_hash {
             if let Some(e) = ch.epsilon {
                 if !(e.is_finite() && e > 0.0 && e <= 10.0) {
-                    return Err(invalid(
-                        "consistentHash.epsilon",
-                        format!("{e} is not in (0, 10]"),
-                    ));
+                    return Err(invalid("consistentHash.epsilon", format!("{e} is not in (0, 10]")));
                 }
                 c.chash.epsilon = e;
             }
             if let Some(m) = ch.min_bound {
                 if m > 100_000 {
-                    return Err(invalid(
-                        "consistentHash.minBound",
-                        format!("{m} is not in 0..=100000"),
-                    ));
+                    return Err(invalid("consistentHash.minBound", format!("{m} is not in 0..=100000")));
                 }
                 c.chash.min_bound = m;
             }
             if let Some(b) = ch.prefix_blocks {
                 if !(1..=256).contains(&b) {
-                    return Err(invalid(
-                        "consistentHash.prefixBlocks",
-                        format!("{b} is not in 1..=256"),
-                    ));
+                    return Err(invalid("consistentHash.prefixBlocks", format!("{b} is not in 1..=256")));
                 }
                 c.chash.prefix_blocks = b;
             }
         }
         if let Some(ms) = d.degrade_after_ms {
-            c.degrade_after = if ms == 0 {
-                None
-            } else {
-                Some(Duration::from_millis(ms))
-            };
+            c.degrade_after = if ms == 0 { None } else { Some(Duration::from_millis(ms)) };
         }
         Ok(c)
     }
@@ -643,11 +608,7 @@ mod tests {
         assert_eq!(c.saturation().kv_threshold, 0.8);
         assert_eq!(c.saturation().staleness, Duration::from_millis(200));
         assert_eq!(c.block_bytes(None), 64);
-        assert_eq!(
-            c.block_bytes(Some(32)),
-            128,
-            "autoTune takes the pod's block size"
-        );
+        assert_eq!(c.block_bytes(Some(32)), 128, "autoTune takes the pod's block size");
         assert_eq!(c.prefix().max_blocks, 256);
         assert_eq!(c.prefix().lru_capacity, 31_250);
     }
@@ -670,10 +631,7 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let e = Config::from_json(br#"{"maxEndpionts":2}"#).unwrap_err();
-        assert!(
-            matches!(&e, ConfigError::Json(m) if m.contains("maxEndpionts")),
-            "{e}"
-        );
+        assert!(matches!(&e, ConfigError::Json(m) if m.contains("maxEndpionts")), "{e}");
         let e = Config::from_json(br#"{"maxEndpoints":0}"#).unwrap_err();
         assert!(matches!(
             e,
@@ -690,8 +648,7 @@ mod tests {
                 ..
             }
         ));
-        let e =
-            Config::from_json(br#"{"scorers":[{"type":"queue-scorer","weight":-1}]}"#).unwrap_err();
+        let e = Config::from_json(br#"{"scorers":[{"type":"queue-scorer","weight":-1}]}"#).unwrap_err();
         assert!(matches!(
             e,
             ConfigError::Invalid {
@@ -700,18 +657,9 @@ mod tests {
             }
         ));
         let e = Config::from_json(br#"{"scorers":[{"type":"nope"}]}"#).unwrap_err();
-        assert!(
-            matches!(&e, ConfigError::Json(m) if m.contains("nope")),
-            "{e}"
-        );
+        assert!(matches!(&e, ConfigError::Json(m) if m.contains("nope")), "{e}");
         let e = Config::from_json(br#"{"scorers":[]}"#).unwrap_err();
-        assert!(matches!(
-            e,
-            ConfigError::Invalid {
-                field: "scorers",
-                ..
-            }
-        ));
+        assert!(matches!(e, ConfigError::Invalid { field: "scorers", .. }));
         assert!(Config::from_json(b"not json").is_err());
         let e = Config::from_json(br#"{"prefix":{"blockSizeTokens":0}}"#).unwrap_err();
         assert!(matches!(

@@ -55,9 +55,7 @@ pub mod snapshot;
 pub mod time;
 
 pub use config::{Config, ConfigError, Profile};
-pub use pick::{
-    pick, pick_hashed, prefix_hashes, Decision, InFlight, Outcome, Rejection, Request, State,
-};
+pub use pick::{pick, pick_hashed, prefix_hashes, Decision, InFlight, Outcome, Rejection, Request, State};
 pub use prefix::PrefixIndex;
 pub use rng::{Rng, SplitMix64};
 pub use scan::{scan, Api, Prompt, ScanError, Scanned};

@@ -70,11 +70,7 @@ pub struct SubsetError {
 
 impl fmt::Display for SubsetError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "endpoint subset item {} is not an IP or ip:port",
-            self.item
-        )
+        write!(f, "endpoint subset item {} is not an IP or ip:port", self.item)
     }
 }
 
@@ -97,11 +93,7 @@ pub fn parse_subset(s: &str) -> Result<Vec<SubsetEntry>, SubsetError> {
         }
         let e = if let Ok(a) = t.parse::<SocketAddr>() {
             SubsetEntry::Addr(a)
-        } else if let Ok(ip) = t
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-        {
+        } else if let Ok(ip) = t.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
             SubsetEntry::Ip(ip)
         } else {
             return Err(SubsetError { item });
@@ -163,10 +155,7 @@ impl fmt::Display for Rejection {
             Rejection::NoEndpoints => f.write_str("no ready endpoint serves the requested model"),
             Rejection::SubsetEmpty => f.write_str("no eligible endpoint in the requested subset"),
             Rejection::Shed { saturation } => {
-                write!(
-                    f,
-                    "pool saturated ({saturation:.2}), sheddable request dropped"
-                )
+                write!(f, "pool saturated ({saturation:.2}), sheddable request dropped")
             }
         }
     }
@@ -258,12 +247,8 @@ impl State {
     /// fallback list and the served endpoint differs from the primary pick).
     pub fn record_served(&mut self, config: &Config, endpoint: &Endpoint, hashes: &PrefixHashes) {
         let cap = endpoint.gpu_blocks.unwrap_or(config.prefix().lru_capacity);
-        self.index.insert(
-            endpoint.key(),
-            cap,
-            hashes.as_slice(),
-            config.prefix().insert_order,
-        );
+        self.index
+            .insert(endpoint.key(), cap, hashes.as_slice(), config.prefix().insert_order);
     }
 }
 
@@ -313,10 +298,7 @@ pub fn pick(
 /// The request's prefix block hashes, with the block size of the first ready endpoint that
 /// serves the model when autoTune is on (GIE takes the first candidate's `block_size`).
 pub fn prefix_hashes(config: &Config, req: &Request<'_>, pool: &Pool) -> PrefixHashes {
-    let first = pool
-        .endpoints()
-        .iter()
-        .find(|e| e.ready && e.serves(req.model));
+    let first = pool.endpoints().iter().find(|e| e.ready && e.serves(req.model));
     let block_bytes = config.block_bytes(first.and_then(|e| e.block_size));
     let mut hashes = PrefixHashes::default();
     hash_prompt_into(
@@ -351,10 +333,7 @@ pub fn pick_hashed(
             drops.push((i, DropReason::NotReady));
         } else if !ep.serves(req.model) {
             drops.push((i, DropReason::ModelNotServed));
-        } else if req
-            .subset
-            .is_some_and(|s| !s.iter().any(|e| e.matches(&ep.addr)))
-        {
+        } else if req.subset.is_some_and(|s| !s.iter().any(|e| e.matches(&ep.addr))) {
             drops.push((i, DropReason::NotInSubset));
         } else {
             cands.push(i);
@@ -364,11 +343,7 @@ pub fn pick_hashed(
     let degraded = config
         .degrade_after()
         .is_some_and(|d| now.saturating_since(snapshot.generated_at) > d);
-    let mode = if degraded {
-        Mode::Degraded
-    } else {
-        Mode::Normal
-    };
+    let mode = if degraded { Mode::Degraded } else { Mode::Normal };
 
     let saturation = pool_saturation(config, pool, &cands, now);
     let reject = |r: Rejection, drops, hashes| Decision {
@@ -396,9 +371,7 @@ pub fn pick_hashed(
     }
 
     // Prefix matches per endpoint (needed by the prefix scorer and the affinity filter).
-    state
-        .index
-        .match_longest(hashes.as_slice(), &mut state.matches);
+    state.index.match_longest(hashes.as_slice(), &mut state.matches);
     let total_blocks = hashes.len() as u32;
     let mut matched = alloc::vec![0u32; snapshot.endpoints.len()];
     for &(key, n) in &state.matches {
@@ -428,18 +401,13 @@ pub fn pick_hashed(
                         .iter()
                         .map(|&i| {
                             let ep = &snapshot.endpoints[i];
-                            !is_stale(config, ep, now)
-                                && (ep.waiting as f64) < q_max
-                                && (ep.kv_usage as f64) < kv_max
+                            !is_stale(config, ep, now) && (ep.waiting as f64) < q_max && (ep.kv_usage as f64) < kv_max
                         })
                         .collect()
                 }
                 FilterKind::PrefixAffinity => {
                     let a = config.affinity();
-                    let sticky: Vec<bool> = cands
-                        .iter()
-                        .map(|&i| prefix_score(i) >= a.threshold)
-                        .collect();
+                    let sticky: Vec<bool> = cands.iter().map(|&i| prefix_score(i) >= a.threshold).collect();
                     let explore = a.exploration > 0.0 && rng.unit_f64() < a.exploration;
                     // Saturation valve: stickiness breaks when every sticky pod is loaded past τ.
                     let valve = cands
@@ -471,18 +439,11 @@ pub fn pick_hashed(
     }
 
     // Scorers.
-    let degraded_scorers = [
-        (ScorerKind::ConsistentHash, 1.0),
-        (ScorerKind::InFlight, 1.0),
-    ];
+    let degraded_scorers = [(ScorerKind::ConsistentHash, 1.0), (ScorerKind::InFlight, 1.0)];
     let scorers: Vec<(ScorerKind, f64)> = if degraded {
         degraded_scorers.to_vec()
     } else {
-        config
-            .scorers()
-            .iter()
-            .map(|s| (s.kind, s.weight))
-            .collect()
+        config.scorers().iter().map(|s| (s.kind, s.weight)).collect()
     };
     let min_max = |vals: &mut dyn Iterator<Item = u64>| -> (u64, u64) {
         vals.fold((u64::MAX, 0), |(lo, hi), v| (lo.min(v), hi.max(v)))
@@ -526,8 +487,7 @@ pub fn pick_hashed(
                     ScorerKind::Lora => lora_score(ep, req.model),
                     ScorerKind::RunningRequests => min_max_score(ep.running as u64, running_range),
                     ScorerKind::TokenLoad => {
-                        1.0 - (load(i).tokens as f64 / config.token_load_threshold() as f64)
-                            .min(1.0)
+                        1.0 - (load(i).tokens as f64 / config.token_load_threshold() as f64).min(1.0)
                     }
                     ScorerKind::InFlight => min_max_score(load(i).requests as u64, inflight_range),
                     ScorerKind::ConsistentHash => {
@@ -538,11 +498,7 @@ pub fn pick_hashed(
                         }
                     }
                 };
-                let s = if s.is_finite() {
-                    s.clamp(0.0, 1.0)
-                } else {
-                    0.0
-                };
+                let s = if s.is_finite() { s.clamp(0.0, 1.0) } else { 0.0 };
                 scores[slot] = s as f32;
                 total += weight * s;
             }
@@ -595,9 +551,7 @@ fn max_score(scored: &[Scored], n: usize, rng: &mut impl Rng) -> Vec<usize> {
                 Some(core::cmp::Ordering::Less) => {}
             }
         }
-        return best
-            .map(|b| alloc::vec![scored[b].index])
-            .unwrap_or_default();
+        return best.map(|b| alloc::vec![scored[b].index]).unwrap_or_default();
     }
     let mut order: Vec<usize> = (0..scored.len()).collect();
     shuffle(&mut order, rng);

@@ -28,23 +28,11 @@ fn pool(eps: Vec<Endpoint>) -> Pool {
 }
 
 fn run(config: &Config, req: &Request<'_>, pool: &Pool, state: &mut State, seed: u64) -> Decision {
-    pick(
-        config,
-        req,
-        pool,
-        &[],
-        state,
-        NOW,
-        &mut SplitMix64::new(seed),
-    )
+    pick(config, req, pool, &[], state, NOW, &mut SplitMix64::new(seed))
 }
 
 fn scores_of(d: &Decision, kind: ScorerKind) -> Vec<f32> {
-    let slot = d
-        .scorers
-        .iter()
-        .position(|s| s.0 == kind)
-        .expect("scorer present");
+    let slot = d.scorers.iter().position(|s| s.0 == kind).expect("scorer present");
     d.scored.iter().map(|s| s.scores[slot]).collect()
 }
 
@@ -54,13 +42,7 @@ fn gie_queue_and_kv_scores_by_hand() {
     let cfg = Config::profile(Profile::GieDefault);
     let p = pool(vec![ep(1, 0, 0.2), ep(2, 5, 0.5), ep(3, 10, 0.9)]);
     let mut st = State::new(&cfg);
-    let d = run(
-        &cfg,
-        &Request::new(MODEL, Prompt::default()),
-        &p,
-        &mut st,
-        1,
-    );
+    let d = run(&cfg, &Request::new(MODEL, Prompt::default()), &p, &mut st, 1);
     assert_eq!(scores_of(&d, ScorerKind::Queue), [1.0, 0.5, 0.0]);
     let kv = scores_of(&d, ScorerKind::KvCache);
     for (got, want) in kv.iter().zip([0.8, 0.5, 0.1]) {
@@ -69,9 +51,7 @@ fn gie_queue_and_kv_scores_by_hand() {
     // Totals: 2·q + 2·kv + 3·0 = 3.6, 2.0, 0.2 → endpoint 0 wins.
     let totals: Vec<f64> = d.scored.iter().map(|s| s.total).collect();
     assert!(
-        (totals[0] - 3.6).abs() < 1e-6
-            && (totals[1] - 2.0).abs() < 1e-6
-            && (totals[2] - 0.2).abs() < 1e-6,
+        (totals[0] - 3.6).abs() < 1e-6 && (totals[1] - 2.0).abs() < 1e-6 && (totals[2] - 0.2).abs() < 1e-6,
         "{totals:?}"
     );
     assert_eq!(d.outcome, Outcome::Route(vec![0]));
@@ -97,12 +77,7 @@ fn prefix_affinity_after_first_pick() {
     // Same 640-byte system prompt twice: the second request goes where the first went, and its
     // prefix score there is matched/total = 10/11 (the question differs in the last block).
     let cfg = Config::profile(Profile::GieDefault);
-    let p = pool(vec![
-        ep(1, 0, 0.0),
-        ep(2, 0, 0.0),
-        ep(3, 0, 0.0),
-        ep(4, 0, 0.0),
-    ]);
+    let p = pool(vec![ep(1, 0, 0.0), ep(2, 0, 0.0), ep(3, 0, 0.0), ep(4, 0, 0.0)]);
     let sys = [b'S'; 640];
     let mut a = Vec::from(&sys[..]);
     a.extend_from_slice(b"first question");
@@ -110,13 +85,7 @@ fn prefix_affinity_after_first_pick() {
     b.extend_from_slice(b"other question");
     for seed in 1..10 {
         let mut st = State::new(&cfg);
-        let d1 = run(
-            &cfg,
-            &Request::new(MODEL, Prompt::from_bytes(&a)),
-            &p,
-            &mut st,
-            seed,
-        );
+        let d1 = run(&cfg, &Request::new(MODEL, Prompt::from_bytes(&a)), &p, &mut st, seed);
         let first = d1.primary().unwrap();
         let d2 = run(
             &cfg,
@@ -144,12 +113,7 @@ fn prefix_affinity_after_first_pick() {
 #[test]
 fn ties_break_randomly_but_reproducibly() {
     let cfg = Config::profile(Profile::GieDefault);
-    let p = pool(vec![
-        ep(1, 0, 0.0),
-        ep(2, 0, 0.0),
-        ep(3, 0, 0.0),
-        ep(4, 0, 0.0),
-    ]);
+    let p = pool(vec![ep(1, 0, 0.0), ep(2, 0, 0.0), ep(3, 0, 0.0), ep(4, 0, 0.0)]);
     let mut seen = [0u32; 4];
     for seed in 0..200 {
         let d = run(
@@ -169,10 +133,7 @@ fn ties_break_randomly_but_reproducibly() {
         assert_eq!(d, again);
         seen[d.primary().unwrap()] += 1;
     }
-    assert!(
-        seen.iter().all(|&n| n > 20),
-        "all tied endpoints get picked: {seen:?}"
-    );
+    assert!(seen.iter().all(|&n| n > 20), "all tied endpoints get picked: {seen:?}");
 }
 
 #[test]
@@ -242,16 +203,11 @@ fn sheddable_requests_are_shed_at_saturation_only() {
     let mut req = Request::new(MODEL, Prompt::default());
     req.priority = -1;
     let d = run(&cfg, &req, &p, &mut State::new(&cfg), 1);
-    assert_eq!(
-        d.outcome,
-        Outcome::Reject(Rejection::Shed { saturation: 1.0 })
-    );
+    assert_eq!(d.outcome, Outcome::Reject(Rejection::Shed { saturation: 1.0 }));
     assert_eq!(Rejection::Shed { saturation: 1.0 }.http_status(), 429);
     req.priority = 0;
     assert!(
-        run(&cfg, &req, &p, &mut State::new(&cfg), 1)
-            .primary()
-            .is_some(),
+        run(&cfg, &req, &p, &mut State::new(&cfg), 1).primary().is_some(),
         "critical requests are never shed"
     );
     // Below saturation: 0.4 → admitted.
@@ -274,10 +230,7 @@ fn stale_pods_count_as_saturated() {
 
 #[test]
 fn utilization_filter_drops_saturated_and_fails_open() {
-    let cfg = Config::from_json(
-        br#"{"profile":"gie-default","filters":[{"type":"utilization-filter"}]}"#,
-    )
-    .unwrap();
+    let cfg = Config::from_json(br#"{"profile":"gie-default","filters":[{"type":"utilization-filter"}]}"#).unwrap();
     let p = pool(vec![ep(1, 5, 0.0), ep(2, 0, 0.85), ep(3, 4, 0.79)]);
     let d = run(
         &cfg,
@@ -287,10 +240,7 @@ fn utilization_filter_drops_saturated_and_fails_open() {
         1,
     );
     assert_eq!(d.primary(), Some(2));
-    assert_eq!(
-        d.drops,
-        vec![(0, DropReason::Saturated), (1, DropReason::Saturated)]
-    );
+    assert_eq!(d.drops, vec![(0, DropReason::Saturated), (1, DropReason::Saturated)]);
     // All saturated: keep all.
     let p = pool(vec![ep(1, 9, 0.0), ep(2, 0, 0.99)]);
     let d = run(
@@ -348,12 +298,7 @@ fn lora_affinity_scores() {
 #[test]
 fn fallback_list_is_ordered_by_score() {
     let cfg = Config::from_json(br#"{"profile":"gie-default","maxEndpoints":3}"#).unwrap();
-    let p = pool(vec![
-        ep(1, 8, 0.5),
-        ep(2, 0, 0.1),
-        ep(3, 4, 0.3),
-        ep(4, 9, 0.9),
-    ]);
+    let p = pool(vec![ep(1, 8, 0.5), ep(2, 0, 0.1), ep(3, 4, 0.3), ep(4, 9, 0.9)]);
     let d = run(
         &cfg,
         &Request::new(MODEL, Prompt::default()),
@@ -390,10 +335,7 @@ fn degraded_mode_uses_consistent_hash_and_inflight() {
         assert_eq!(d.mode, Mode::Degraded);
         assert_eq!(
             d.scorers,
-            vec![
-                (ScorerKind::ConsistentHash, 1.0),
-                (ScorerKind::InFlight, 1.0)
-            ]
+            vec![(ScorerKind::ConsistentHash, 1.0), (ScorerKind::InFlight, 1.0)]
         );
         picks.push(d.primary().unwrap());
     }
@@ -443,10 +385,7 @@ fn workers_agree_on_a_new_prefix_without_shared_state() {
 
 #[test]
 fn llmd_affinity_filter_and_valve() {
-    let cfg = Config::from_json(
-        br#"{"profile":"llm-d-default","affinity":{"explorationProbability":0}}"#,
-    )
-    .unwrap();
+    let cfg = Config::from_json(br#"{"profile":"llm-d-default","affinity":{"explorationProbability":0}}"#).unwrap();
     let p = pool(vec![ep(1, 0, 0.0), ep(2, 0, 0.0), ep(3, 0, 0.0)]);
     let mut st = State::new(&cfg);
     let prompt = [b'q'; 1024];
@@ -455,34 +394,12 @@ fn llmd_affinity_filter_and_valve() {
     // Sticky: the affinity filter keeps only `first` even though others have less token load.
     let mut inflight = vec![InFlight::default(); 3];
     inflight[first].tokens = 100_000;
-    let d = pick(
-        &cfg,
-        &req,
-        &p,
-        &inflight,
-        &mut st,
-        NOW,
-        &mut SplitMix64::new(2),
-    );
+    let d = pick(&cfg, &req, &p, &inflight, &mut st, NOW, &mut SplitMix64::new(2));
     assert_eq!(d.primary(), Some(first));
-    assert_eq!(
-        d.drops
-            .iter()
-            .filter(|x| x.1 == DropReason::NotSticky)
-            .count(),
-        2
-    );
+    assert_eq!(d.drops.iter().filter(|x| x.1 == DropReason::NotSticky).count(), 2);
     // Past the valve (286,720 tokens) the stickiness breaks and token load decides.
     inflight[first].tokens = 300_000;
-    let d = pick(
-        &cfg,
-        &req,
-        &p,
-        &inflight,
-        &mut st,
-        NOW,
-        &mut SplitMix64::new(3),
-    );
+    let d = pick(&cfg, &req, &p, &inflight, &mut st, NOW, &mut SplitMix64::new(3));
     assert_ne!(d.primary(), Some(first));
     assert!(d.drops.is_empty());
 }
@@ -637,10 +554,7 @@ fn running_token_load_and_inflight_scores_by_hand() {
             requests: 6,
             tokens: 1500,
         },
-        InFlight {
-            requests: 4,
-            tokens: 0,
-        },
+        InFlight { requests: 4, tokens: 0 },
     ];
     let d = pick(
         &cfg,

@@ -109,11 +109,7 @@ pub fn hash_prompt_into(
         let mut need = take;
         let mut pos = consumed;
         while need > 0 {
-            let (seg, off) = if pos < a.len() {
-                (a, pos)
-            } else {
-                (b, pos - a.len())
-            };
+            let (seg, off) = if pos < a.len() { (a, pos) } else { (b, pos - a.len()) };
             let n = need.min(seg.len() - off);
             buf.extend_from_slice(&seg[off..off + n]);
             need -= n;
@@ -228,9 +224,7 @@ impl PrefixIndex {
 
     /// Entries held for one endpoint.
     pub fn endpoint_len(&self, ep: EndpointKey) -> usize {
-        self.ep_slot
-            .get(&ep)
-            .map_or(0, |&s| self.eps[s as usize].len as usize)
+        self.ep_slot.get(&ep).map_or(0, |&s| self.eps[s as usize].len as usize)
     }
 
     /// Effective capacity of an endpoint: its own capacity, capped by an equal share of the
@@ -290,9 +284,7 @@ impl PrefixIndex {
         // Evict as we go, so the bound holds at every instant, not just between calls.
         match order {
             InsertOrder::Gie => hashes.iter().for_each(|&h| self.touch(slot, h, cap)),
-            InsertOrder::HeadMostRecent => {
-                hashes.iter().rev().for_each(|&h| self.touch(slot, h, cap))
-            }
+            InsertOrder::HeadMostRecent => hashes.iter().rev().for_each(|&h| self.touch(slot, h, cap)),
         }
     }
 

@@ -11,13 +11,7 @@ fn xxh64_known_answers() {
 }
 
 /// The GIE chain written out literally, as a second implementation to compare against.
-fn reference_chain(
-    model: &str,
-    salt: &str,
-    input: &[u8],
-    block: usize,
-    max_blocks: usize,
-) -> Vec<u64> {
+fn reference_chain(model: &str, salt: &str, input: &[u8], block: usize, max_blocks: usize) -> Vec<u64> {
     if input.len() < block {
         return vec![];
     }
@@ -59,23 +53,16 @@ fn chain_follows_gie_rules() {
     let c = hash_prompt("m1", Some("tenant"), Prompt::from_bytes(&text), 64, 256);
     assert_ne!(a.as_slice()[0], b.as_slice()[0]);
     assert_ne!(a.as_slice()[0], c.as_slice()[0]);
-    assert_eq!(
-        c.as_slice(),
-        reference_chain("m1", "tenant", &text, 64, 256)
-    );
+    assert_eq!(c.as_slice(), reference_chain("m1", "tenant", &text, 64, 256));
 }
 
 #[test]
 fn shared_prefix_shares_leading_hashes() {
     let system = [b'S'; 640];
     let mut a = Vec::from(&system[..]);
-    a.extend_from_slice(
-        b"question one, which is long enough to fill a block or more of text here....",
-    );
+    a.extend_from_slice(b"question one, which is long enough to fill a block or more of text here....");
     let mut b = Vec::from(&system[..]);
-    b.extend_from_slice(
-        b"another question entirely, also long enough to make a block of its own.....",
-    );
+    b.extend_from_slice(b"another question entirely, also long enough to make a block of its own.....");
     let ha = hash_prompt("m", None, Prompt::from_bytes(&a), 64, 256);
     let hb = hash_prompt("m", None, Prompt::from_bytes(&b), 64, 256);
     assert_eq!(ha.as_slice()[..10], hb.as_slice()[..10]);
@@ -145,17 +132,8 @@ fn global_bound_holds_with_many_endpoints() {
     let mut idx = PrefixIndex::new(1000);
     for e in 0..50u64 {
         let hashes: Vec<u64> = (0..500).map(|i| e * 10_000 + i).collect();
-        idx.insert(
-            ep(e),
-            DEFAULT_LRU_CAPACITY,
-            &hashes,
-            InsertOrder::HeadMostRecent,
-        );
-        assert!(
-            idx.len() <= 1000,
-            "after endpoint {e}: {} entries",
-            idx.len()
-        );
+        idx.insert(ep(e), DEFAULT_LRU_CAPACITY, &hashes, InsertOrder::HeadMostRecent);
+        assert!(idx.len() <= 1000, "after endpoint {e}: {} entries", idx.len());
     }
     assert_eq!(idx.memory_bound_bytes(), 1000 * PrefixIndex::ENTRY_BYTES);
 }

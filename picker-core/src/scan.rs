@@ -107,18 +107,12 @@ impl fmt::Display for ScanError {
                 write!(f, "malformed JSON at byte {offset}: {reason}")
             }
             ScanError::TooDeep { offset } => {
-                write!(
-                    f,
-                    "JSON nested deeper than {MAX_DEPTH} levels at byte {offset}"
-                )
+                write!(f, "JSON nested deeper than {MAX_DEPTH} levels at byte {offset}")
             }
             ScanError::MissingModel => f.write_str("request body has no \"model\" field"),
             ScanError::ModelNotString => f.write_str("\"model\" must be a non-empty string"),
             ScanError::NameTooLong => {
-                write!(
-                    f,
-                    "\"model\" or \"cache_salt\" is longer than {MAX_NAME_LEN} bytes"
-                )
+                write!(f, "\"model\" or \"cache_salt\" is longer than {MAX_NAME_LEN} bytes")
             }
             ScanError::StreamNotBool => f.write_str("\"stream\" must be true, false or null"),
             ScanError::SaltNotString => f.write_str("\"cache_salt\" must be a string"),
@@ -137,15 +131,11 @@ pub struct Prompt<'a> {
 impl<'a> Prompt<'a> {
     /// A prompt made of one segment (tests, simulators, headers-only mode).
     pub const fn from_bytes(bytes: &'a [u8]) -> Self {
-        Prompt {
-            parts: [bytes, &[]],
-        }
+        Prompt { parts: [bytes, &[]] }
     }
 
     pub const fn from_parts(first: &'a [u8], second: &'a [u8]) -> Self {
-        Prompt {
-            parts: [first, second],
-        }
+        Prompt { parts: [first, second] }
     }
 
     /// The segments in hashing order (empty ones included).
@@ -220,17 +210,15 @@ pub fn scan(body: &[u8], api: Api) -> Result<Scanned<'_>, ScanError> {
                 KeyName::Short(buf, len) => {
                     let k = &buf[..len];
                     if k == b"model" {
-                        model = Some(decode_name(raw).ok_or(ScanError::ModelNotString).and_then(
-                            |r| {
-                                r.and_then(|s| {
-                                    if s.is_empty() {
-                                        Err(ScanError::ModelNotString)
-                                    } else {
-                                        Ok(s)
-                                    }
-                                })
-                            },
-                        ));
+                        model = Some(decode_name(raw).ok_or(ScanError::ModelNotString).and_then(|r| {
+                            r.and_then(|s| {
+                                if s.is_empty() {
+                                    Err(ScanError::ModelNotString)
+                                } else {
+                                    Ok(s)
+                                }
+                            })
+                        }));
                     } else if k == b"stream" {
                         stream = Some(match raw {
                             b"true" => Ok(Some(true)),
@@ -239,11 +227,7 @@ pub fn scan(body: &[u8], api: Api) -> Result<Scanned<'_>, ScanError> {
                             _ => Err(ScanError::StreamNotBool),
                         });
                     } else if k == b"cache_salt" {
-                        salt = Some(
-                            decode_name(raw)
-                                .ok_or(ScanError::SaltNotString)
-                                .and_then(|r| r),
-                        );
+                        salt = Some(decode_name(raw).ok_or(ScanError::SaltNotString).and_then(|r| r));
                     } else if let Some(slot) = keys.iter().position(|pk| *pk == k) {
                         prompt[slot] = if first == Some(b'"') {
                             &raw[1..raw.len() - 1]
@@ -405,10 +389,7 @@ impl<'a> Cursor<'a> {
     }
 
     fn err(&self, reason: &'static str) -> ScanError {
-        ScanError::Malformed {
-            offset: self.i,
-            reason,
-        }
+        ScanError::Malformed { offset: self.i, reason }
     }
 
     #[inline]
@@ -475,9 +456,7 @@ impl<'a> Cursor<'a> {
                     match b.get(self.i + 1) {
                         Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i += 2,
                         Some(b'u') => {
-                            let ok = b
-                                .get(self.i + 2..self.i + 6)
-                                .is_some_and(|h| hex4(h).is_some());
+                            let ok = b.get(self.i + 2..self.i + 6).is_some_and(|h| hex4(h).is_some());
                             if !ok {
                                 return Err(self.err("invalid \\u escape"));
                             }
@@ -499,8 +478,7 @@ impl<'a> Cursor<'a> {
         let b = self.b;
         let i = self.i;
         let cont = |k: usize| b.get(i + k).is_some_and(|x| (0x80..=0xBF).contains(x));
-        let in_range =
-            |k: usize, lo: u8, hi: u8| b.get(i + k).is_some_and(|x| (lo..=hi).contains(x));
+        let in_range = |k: usize, lo: u8, hi: u8| b.get(i + k).is_some_and(|x| (lo..=hi).contains(x));
         let n = match b[i] {
             0xC2..=0xDF if cont(1) => 2,
             0xE0 if in_range(1, 0xA0, 0xBF) && cont(2) => 3,

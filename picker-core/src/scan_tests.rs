@@ -64,10 +64,7 @@ fn completion_prompt_string_and_array() {
     assert_eq!(s.model, "gpt-3.5-turbo-instruct");
     assert_eq!(prompt_str(&s), "Say this is a test|");
     assert_eq!(s.stream, None);
-    let s = ok(
-        r#"{"model":"m","prompt":[1212, 318, 257, 1332]}"#,
-        Api::Completions,
-    );
+    let s = ok(r#"{"model":"m","prompt":[1212, 318, 257, 1332]}"#, Api::Completions);
     assert_eq!(prompt_str(&s), "[1212, 318, 257, 1332]|");
 }
 
@@ -89,18 +86,12 @@ fn embeddings_input() {
         r#"{"input":["The food was delicious", "and the waiter..."],"model":"text-embedding-3-small","encoding_format":"float"}"#,
         Api::Embeddings,
     );
-    assert_eq!(
-        prompt_str(&s),
-        r#"["The food was delicious", "and the waiter..."]|"#
-    );
+    assert_eq!(prompt_str(&s), r#"["The food was delicious", "and the waiter..."]|"#);
 }
 
 #[test]
 fn model_escapes_are_decoded_and_last_key_wins() {
-    let s = ok(
-        r#"{"model":"a\/b\u00e9\ud83d\ude00\n","prompt":"x"}"#,
-        Api::Completions,
-    );
+    let s = ok(r#"{"model":"a\/b\u00e9\ud83d\ude00\n","prompt":"x"}"#, Api::Completions);
     assert_eq!(s.model, "a/bé😀\n");
     let s = ok(r#"{"model":"first","model":"second"}"#, Api::Completions);
     assert_eq!(s.model, "second");
@@ -129,14 +120,8 @@ fn typed_errors() {
     assert_eq!(err(br#"{"prompt":"x"}"#), ScanError::MissingModel);
     assert_eq!(err(br#"{"model":42}"#), ScanError::ModelNotString);
     assert_eq!(err(br#"{"model":""}"#), ScanError::ModelNotString);
-    assert_eq!(
-        err(br#"{"model":"m","stream":"yes"}"#),
-        ScanError::StreamNotBool
-    );
-    assert_eq!(
-        err(br#"{"model":"m","cache_salt":1}"#),
-        ScanError::SaltNotString
-    );
+    assert_eq!(err(br#"{"model":"m","stream":"yes"}"#), ScanError::StreamNotBool);
+    assert_eq!(err(br#"{"model":"m","cache_salt":1}"#), ScanError::SaltNotString);
     let long = format!(r#"{{"model":"{}"}}"#, "x".repeat(MAX_NAME_LEN + 1));
     assert_eq!(err(long.as_bytes()), ScanError::NameTooLong);
     let at_limit = format!(r#"{{"model":"{}"}}"#, "x".repeat(MAX_NAME_LEN));
@@ -180,11 +165,7 @@ fn offsets_point_at_the_problem() {
 #[test]
 fn depth_limit_matches_serde_json() {
     for depth in [1usize, 100, 126, 127, 128, 129, 200] {
-        let body = format!(
-            r#"{{"model":"m","a":{}{}}}"#,
-            "[".repeat(depth),
-            "]".repeat(depth)
-        );
+        let body = format!(r#"{{"model":"m","a":{}{}}}"#, "[".repeat(depth), "]".repeat(depth));
         let ours = scan(body.as_bytes(), Api::Completions);
         let serde = serde_json::from_str::<serde_json::Value>(&body);
         assert_eq!(ours.is_ok(), serde.is_ok(), "depth {depth}: ours {ours:?}");
@@ -196,14 +177,8 @@ fn depth_limit_matches_serde_json() {
 
 #[test]
 fn api_from_path() {
-    assert_eq!(
-        Api::from_path("/v1/chat/completions"),
-        Some(Api::ChatCompletions)
-    );
-    assert_eq!(
-        Api::from_path("/v1/completions?x=1"),
-        Some(Api::Completions)
-    );
+    assert_eq!(Api::from_path("/v1/chat/completions"), Some(Api::ChatCompletions));
+    assert_eq!(Api::from_path("/v1/completions?x=1"), Some(Api::Completions));
     assert_eq!(Api::from_path("/v1/responses/"), Some(Api::Responses));
     assert_eq!(Api::from_path("/v1/embeddings"), Some(Api::Embeddings));
     assert_eq!(Api::from_path("/v1/models"), None);
@@ -215,18 +190,11 @@ fn long_prompt_with_every_string_feature() {
     // Exercise the word-at-a-time path across escapes and multi-byte characters at every
     // alignment.
     for pad in 0..9 {
-        let content = format!(
-            "{}héllo \\\"wörld\\\" 日本語 😀 {}",
-            "a".repeat(pad),
-            "z".repeat(100)
-        );
-        let body =
-            format!(r#"{{"messages":[{{"role":"user","content":"{content}"}}],"model":"m{pad}"}}"#);
+        let content = format!("{}héllo \\\"wörld\\\" 日本語 😀 {}", "a".repeat(pad), "z".repeat(100));
+        let body = format!(r#"{{"messages":[{{"role":"user","content":"{content}"}}],"model":"m{pad}"}}"#);
         let s = ok(&body, Api::ChatCompletions);
         assert_eq!(s.model, format!("m{pad}"));
-        assert!(core::str::from_utf8(s.prompt.parts()[0])
-            .unwrap()
-            .contains("日本語"));
+        assert!(core::str::from_utf8(s.prompt.parts()[0]).unwrap().contains("日本語"));
     }
 }
 

@@ -152,16 +152,8 @@ pub struct Pool {
 impl Pool {
     pub fn new(snapshot: Snapshot) -> Self {
         let keys: Vec<EndpointKey> = snapshot.endpoints.iter().map(Endpoint::key).collect();
-        let by_key = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (*k, i as u32))
-            .collect();
-        Pool {
-            snapshot,
-            keys,
-            by_key,
-        }
+        let by_key = keys.iter().enumerate().map(|(i, k)| (*k, i as u32)).collect();
+        Pool { snapshot, keys, by_key }
     }
 
     pub fn snapshot(&self) -> &Snapshot {
@@ -213,10 +205,9 @@ impl fmt::Display for DecodeError {
         match self {
             DecodeError::Truncated { offset } => write!(f, "snapshot truncated at byte {offset}"),
             DecodeError::BadMagic => f.write_str("not a wasm-epp snapshot (bad magic)"),
-            DecodeError::UnsupportedVersion(v) => write!(
-                f,
-                "unsupported snapshot version {v} (this build reads {VERSION})"
-            ),
+            DecodeError::UnsupportedVersion(v) => {
+                write!(f, "unsupported snapshot version {v} (this build reads {VERSION})")
+            }
             DecodeError::Checksum => f.write_str("snapshot checksum mismatch"),
             DecodeError::Invalid { offset, what } => {
                 write!(f, "invalid snapshot at byte {offset}: {what}")
@@ -273,11 +264,10 @@ impl Snapshot {
         let mut names: BTreeMap<&str, u16> = BTreeMap::new();
         let mut order: Vec<&str> = Vec::new();
         for ep in &self.endpoints {
-            let lists = ep.models.iter().chain(
-                ep.lora
-                    .iter()
-                    .flat_map(|l| l.running.iter().chain(l.waiting.iter())),
-            );
+            let lists = ep
+                .models
+                .iter()
+                .chain(ep.lora.iter().flat_map(|l| l.running.iter().chain(l.waiting.iter())));
             for name in lists {
                 if name.is_empty() || name.len() > MAX_NAME_LEN {
                     return Err(EncodeError::BadName);
@@ -374,9 +364,7 @@ impl Snapshot {
     /// Decodes and validates v1 bytes; see the module docs for every rule enforced.
     pub fn decode(bytes: &[u8]) -> Result<Snapshot, DecodeError> {
         if bytes.len() < 4 {
-            return Err(DecodeError::Truncated {
-                offset: bytes.len(),
-            });
+            return Err(DecodeError::Truncated { offset: bytes.len() });
         }
         if bytes[..4] != MAGIC {
             return Err(DecodeError::BadMagic);
@@ -388,9 +376,7 @@ impl Snapshot {
             return Err(DecodeError::UnsupportedVersion(bytes[4]));
         }
         if bytes.len() < 28 + 8 {
-            return Err(DecodeError::Truncated {
-                offset: bytes.len(),
-            });
+            return Err(DecodeError::Truncated { offset: bytes.len() });
         }
         let (body, trailer) = bytes.split_at(bytes.len() - 8);
         let mut t = [0u8; 8];
@@ -464,27 +450,22 @@ impl Snapshot {
             if !(kv_usage.is_finite() && (0.0..=1.0).contains(&kv_usage)) {
                 return Err(r.invalid(4, "kv_usage outside [0, 1]"));
             }
-            let positive =
-                |present: bool, r: &mut Reader<'_>| -> Result<Option<u32>, DecodeError> {
-                    if !present {
-                        return Ok(None);
-                    }
-                    match r.u32()? {
-                        0 => Err(r.invalid(4, "block_size or gpu_blocks is 0")),
-                        v => Ok(Some(v)),
-                    }
-                };
+            let positive = |present: bool, r: &mut Reader<'_>| -> Result<Option<u32>, DecodeError> {
+                if !present {
+                    return Ok(None);
+                }
+                match r.u32()? {
+                    0 => Err(r.invalid(4, "block_size or gpu_blocks is 0")),
+                    v => Ok(Some(v)),
+                }
+            };
             let block_size = positive(flags & FLAG_BLOCK != 0, &mut r)?;
             let gpu_blocks = positive(flags & FLAG_GPU_BLOCKS != 0, &mut r)?;
             let lora = if flags & FLAG_LORA != 0 {
                 let max = r.u16()?;
                 let running = r.names(&names)?;
                 let waiting = r.names(&names)?;
-                Some(LoraState {
-                    running,
-                    waiting,
-                    max,
-                })
+                Some(LoraState { running, waiting, max })
             } else {
                 None
             };
@@ -534,10 +515,7 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        let end = self
-            .i
-            .checked_add(n)
-            .ok_or(DecodeError::Truncated { offset: self.i })?;
+        let end = self.i.checked_add(n).ok_or(DecodeError::Truncated { offset: self.i })?;
         let s = self
             .b
             .get(self.i..end)

@@ -4,10 +4,7 @@ use alloc::vec;
 use proptest::prelude::*;
 
 pub(crate) fn sample() -> Snapshot {
-    let mut a = Endpoint::new(
-        "10.0.0.1:8000".parse().unwrap(),
-        Instant::from_millis(1_000),
-    );
+    let mut a = Endpoint::new("10.0.0.1:8000".parse().unwrap(), Instant::from_millis(1_000));
     a.waiting = 3;
     a.running = 12;
     a.kv_usage = 0.42;
@@ -50,24 +47,12 @@ fn empty_snapshot_roundtrips() {
 #[test]
 fn corruption_is_rejected() {
     let bytes = sample().encode().unwrap();
-    assert_eq!(
-        Snapshot::decode(&bytes[..bytes.len() - 1]),
-        Err(DecodeError::Checksum)
-    );
-    assert_eq!(
-        Snapshot::decode(b"WEP"),
-        Err(DecodeError::Truncated { offset: 3 })
-    );
-    assert_eq!(
-        Snapshot::decode(b"JUNKJUNKJUNK"),
-        Err(DecodeError::BadMagic)
-    );
+    assert_eq!(Snapshot::decode(&bytes[..bytes.len() - 1]), Err(DecodeError::Checksum));
+    assert_eq!(Snapshot::decode(b"WEP"), Err(DecodeError::Truncated { offset: 3 }));
+    assert_eq!(Snapshot::decode(b"JUNKJUNKJUNK"), Err(DecodeError::BadMagic));
     let mut v2 = bytes.clone();
     v2[4] = 2;
-    assert_eq!(
-        Snapshot::decode(&v2),
-        Err(DecodeError::UnsupportedVersion(2))
-    );
+    assert_eq!(Snapshot::decode(&v2), Err(DecodeError::UnsupportedVersion(2)));
     let mut flipped = bytes.clone();
     flipped[30] ^= 1;
     assert_eq!(Snapshot::decode(&flipped), Err(DecodeError::Checksum));
@@ -84,10 +69,8 @@ fn reseal(mut body: Vec<u8>) -> Vec<u8> {
 #[test]
 fn field_validation_behind_a_good_checksum() {
     let mut one = Snapshot::default();
-    one.endpoints.push(Endpoint::new(
-        "10.0.0.1:8000".parse().unwrap(),
-        Instant::ZERO,
-    ));
+    one.endpoints
+        .push(Endpoint::new("10.0.0.1:8000".parse().unwrap(), Instant::ZERO));
     let good = one.encode().unwrap();
     // Layout: 28-byte header, no names, endpoint: family@28 ip@29..33 port@33..35 flags@35
     // waiting@36 running@40 kv@44..48 n_models@48 scraped@49..57, then checksum.
@@ -134,10 +117,7 @@ fn field_validation_behind_a_good_checksum() {
         })
     ));
     // Endpoint count larger than the bytes present.
-    assert!(matches!(
-        edit(8, &[2, 0]),
-        Err(DecodeError::Truncated { .. })
-    ));
+    assert!(matches!(edit(8, &[2, 0]), Err(DecodeError::Truncated { .. })));
     assert!(matches!(
         edit(8, &[0xff, 0xff]),
         Err(DecodeError::TooMany { what: "endpoints" })
@@ -165,10 +145,7 @@ fn field_validation_behind_a_good_checksum() {
 fn encoder_refuses_what_the_decoder_would_refuse() {
     let mut s = sample();
     s.endpoints[0].kv_usage = 1.01;
-    assert_eq!(
-        s.encode(),
-        Err(EncodeError::BadField("kv_usage outside [0, 1]"))
-    );
+    assert_eq!(s.encode(), Err(EncodeError::BadField("kv_usage outside [0, 1]")));
     let mut s = sample();
     s.endpoints[0].models.push(String::new());
     assert_eq!(s.encode(), Err(EncodeError::BadName));
@@ -182,10 +159,7 @@ fn endpoint_keys_are_stable_and_distinct() {
     let a: SocketAddr = "10.0.0.1:8000".parse().unwrap();
     let b: SocketAddr = "10.0.0.1:8001".parse().unwrap();
     let c: SocketAddr = "[::ffff:10.0.0.1]:8000".parse().unwrap();
-    assert_eq!(
-        endpoint_key(&a),
-        endpoint_key(&"10.0.0.1:8000".parse().unwrap())
-    );
+    assert_eq!(endpoint_key(&a), endpoint_key(&"10.0.0.1:8000".parse().unwrap()));
     assert_ne!(endpoint_key(&a), endpoint_key(&b));
     assert_ne!(endpoint_key(&a), endpoint_key(&c));
     // Pinned: the key defines fleet-wide consistent-hash placement and must never change.
@@ -200,10 +174,7 @@ fn endpoint_keys_are_stable_and_distinct() {
 
 #[test]
 fn errors_display() {
-    assert_eq!(
-        DecodeError::Checksum.to_string(),
-        "snapshot checksum mismatch"
-    );
+    assert_eq!(DecodeError::Checksum.to_string(), "snapshot checksum mismatch");
     assert!(DecodeError::Invalid {
         offset: 3,
         what: "port 0"
@@ -240,11 +211,7 @@ fn endpoint_strategy() -> impl Strategy<Value = Endpoint> {
                 kv_usage: kv,
                 block_size: bs,
                 gpu_blocks: gb,
-                lora: lora.map(|(running, waiting, max)| LoraState {
-                    running,
-                    waiting,
-                    max,
-                }),
+                lora: lora.map(|(running, waiting, max)| LoraState { running, waiting, max }),
                 models,
                 scraped_at: Instant::from_millis(at),
             },
@@ -299,15 +266,9 @@ proptest! {
 /// a guard against accidental wire-format changes. Regenerate only with a version bump:
 /// `UPDATE_GOLDEN=1 cargo test -p picker-core checked_in_v1`.
 #[test]
-#[cfg_attr(
-    target_family = "wasm",
-    ignore = "no filesystem under the WASI test runner"
-)]
+#[cfg_attr(target_family = "wasm", ignore = "no filesystem under the WASI test runner")]
 fn checked_in_v1_sample_still_decodes() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../fuzz/corpus/snapshot/v1-sample.bin"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/snapshot/v1-sample.bin");
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(path, sample().encode().unwrap()).unwrap();
     }

@@ -5,9 +5,7 @@
 use std::fmt::Write as _;
 
 use picker_core::pick::{InFlight, Outcome};
-use picker_core::{
-    pick, Config, Endpoint, Instant, Pool, Profile, Prompt, Request, Snapshot, SplitMix64, State,
-};
+use picker_core::{pick, Config, Endpoint, Instant, Pool, Profile, Prompt, Request, Snapshot, SplitMix64, State};
 
 const MODEL: &str = "Qwen/Qwen3-32B";
 const NOW: Instant = Instant::from_millis(1_750_000_000_000);
@@ -26,11 +24,7 @@ fn pod(last_octet: u8, waiting: u32, running: u32, kv: f32) -> Endpoint {
 /// Deterministic prompt text: a group's shared system prompt, then a user's question.
 fn prompt(group: u32, user: u32) -> Vec<u8> {
     let mut p = format!("[system {group}] ").repeat(60).into_bytes();
-    p.extend(
-        format!("question {user} from group {group}. ")
-            .repeat(6)
-            .bytes(),
-    );
+    p.extend(format!("question {user} from group {group}. ").repeat(6).bytes());
     p
 }
 
@@ -85,14 +79,8 @@ fn render(profile: Profile) -> String {
 
 #[test]
 fn decisions_match_golden_file() {
-    let mut all = String::from(
-        "# Golden decisions (tests/golden.rs). Review diffs of this file like code.\n\n",
-    );
-    for p in [
-        Profile::GieDefault,
-        Profile::LlmdDefault,
-        Profile::WasmEppDefault,
-    ] {
+    let mut all = String::from("# Golden decisions (tests/golden.rs). Review diffs of this file like code.\n\n");
+    for p in [Profile::GieDefault, Profile::LlmdDefault, Profile::WasmEppDefault] {
         all.push_str(&render(p));
         all.push('\n');
     }
@@ -100,10 +88,16 @@ fn decisions_match_golden_file() {
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(path, &all).unwrap();
     }
-    let want =
-        std::fs::read_to_string(path).expect("golden file exists; run with UPDATE_GOLDEN=1 once");
-    assert_eq!(
-        all, want,
-        "decisions changed; if intended, regenerate with UPDATE_GOLDEN=1 and review the diff"
+    let want = std::fs::read_to_string(path).expect("golden file exists; run with UPDATE_GOLDEN=1 once");
+    let changed: Vec<String> = all
+        .lines()
+        .zip(want.lines())
+        .filter(|(a, b)| a != b)
+        .map(|(a, b)| format!("- {b}\n+ {a}"))
+        .collect();
+    assert!(
+        changed.is_empty() && all.lines().count() == want.lines().count(),
+        "decisions changed; if intended, regenerate with UPDATE_GOLDEN=1 and review the diff:\n{}",
+        changed.join("\n")
     );
 }
