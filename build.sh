@@ -5,6 +5,7 @@
 #   ./build.sh test     install what is missing, then every check and test (what CI runs)
 #   ./build.sh wasm     the proxy-wasm module: dist/wasm-epp.wasm and dist/wasm-epp.wasm.sha256
 #   ./build.sh bench    criterion benches of the request path (scan, hash, pick)
+#   ./build.sh bench-filter   the compiled module in host-sim: 4 KiB and 220 KiB chat bodies, 64 endpoints
 #   ./build.sh fuzz [TARGET] [SECONDS]   coverage-guided fuzzing (targets: scan snapshot config subset)
 #   ./build.sh setup    only the installs
 set -euo pipefail
@@ -105,8 +106,17 @@ case "${1:-}" in
     shift
     fuzz "$@"
     ;;
+  bench-filter)
+    wasm
+    cargo build --quiet --release -p host-sim
+    out="$CARGO_TARGET_DIR/filter-bench"
+    python3 tools/filter-bench-cases.py "$out" >/dev/null
+    for c in chat-4k chat-220k; do
+      "$CARGO_TARGET_DIR/release/host-sim" bench --wasm dist/wasm-epp.wasm --config "$out/config.json" --case "$out/$c.yaml"
+    done
+    ;;
   *)
-    sed -n '2,11p' "$0" >&2
+    sed -n '2,12p' "$0" >&2
     exit 2
     ;;
 esac

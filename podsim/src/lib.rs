@@ -1,0 +1,228 @@
+//! # podsim: model-server simulator and routing-quality benchmark
+//!
+//! A deterministic, seeded, discrete-event simulation of a pool of vLLM-like model servers behind
+//! a gateway, used to measure what each routing policy buys (TTFT, end-to-end latency,
+//! throughput, prefix-cache hit rate) before any GPU is involved. Policies that exist in
+//! picker-core are run *through* picker-core (`pick` with its `gie-default`, `llm-d-default` and
+//! `wasm-epp-default` profiles, or any JSON config), on the same prompt bytes and the same
+//! lagged metrics the proxy would have.
+//!
+//! ```text
+//!  workload ─▶ Trace (prompt text + Poisson arrivals) ──▶ sim::run ──▶ RunResult ──▶ report::Summary
+//!                                                          │  gateway: PolicySpec (W workers × R replicas,
+//!                                                          │           own picker State each, exact in-flight)
+//!                                                          │  scraper: 50 ms snapshots (waiting, running, KV)
+//!                                                          ▼
+//!                                           server::Server × N  (kv::KvCache each; calib::ServerParams)
+//! ```
+//!
+//! The core is sans-clock and sans-global-RNG (CONVENTIONS.md §1–2): simulated time is a `u64`
+//! of microseconds, every random draw comes from a [`picker_core::SplitMix64`] seeded from the
+//! run's seed, and `clippy.toml` forbids `Instant::now`/`SystemTime::now` (only the CLI's
+//! progress line reads the wall clock). A run is a pure function of (trace, policy, config): the
+//! same inputs give the same table on any machine and thread count.
+//!
+//! ## What is simulated
+//!
+//! * **Engine** ([`server`]): vLLM V1-style continuous batching. Each step spends a token budget
+//!   of `max_num_batched_tokens` on running sequences first (decode = 1 token; unfinished prefill
+//!   = the rest of its prompt, chunked to the budget), then admits waiting requests FCFS while the
+//!   budget, `max_num_seqs` and free KV blocks allow. A request is admitted after its longest
+//!   cached prefix, and always computes at least its last token. When a running sequence needs a
+//!   block and none is free, the newest running sequence is preempted (blocks freed, recomputed
+//!   later; vLLM's recompute preemption), and no admissions happen in that step.
+//! * **Step time** ([`calib::ServerParams::step_seconds`]):
+//!   `c + d·seqs + e·Σ(decode context) + Σ_chunks [ n·p + a·n·(s + n/2) ]` for prefill chunks of
+//!   `n` new tokens after `s` computed ones: decode ≈ `c + d·batch + e·Σcontext`, prefill cost
+//!   grows with *uncached* tokens and with the context they attend to.
+//! * **KV cache** ([`kv`]): paged, 16-token blocks, automatic prefix caching with chained block
+//!   hashes over the request's token-equivalent prompt (4 bytes = 1 token), reference counts, an
+//!   LRU free queue of unreferenced blocks (evicted on reuse; a finished request's tail is evicted
+//!   before its head), and `vllm:kv_cache_usage_perc` = referenced blocks / total.
+//! * **Metrics as the picker sees them** ([`sim`]): every 50 ms the scraper copies each server's
+//!   `num_requests_waiting`, `num_requests_running` and KV usage into the snapshot, with that
+//!   scrape's timestamp; the picker never reads the live engine. In-flight counts (requests the
+//!   proxy sent and that have not finished; tokens = prompt bytes / 4) are exact, per gateway
+//!   replica, as the filter counts them.
+//! * **Requests** ([`workload`]): synthetic prompt *text*, 4 bytes per token, shared prefixes as
+//!   shared bytes, so picker-core scans and hashes exactly what it would in production.
+//! * **Gateway topology**: `policy@WxR` runs W workers × R replicas, each (worker, replica) with
+//!   its own picker `State` (prefix index), each replica with its own in-flight counts; requests
+//!   are spread uniformly over replicas and workers.
+//! * **Client**: open-loop Poisson by default; `--max-concurrency N` models a load generator with
+//!   N sender slots (inference-perf's `num_workers × worker_max_concurrency`): arrivals beyond N
+//!   wait in the client, and latency is measured from when a request is sent.
+//!
+//! ## Parameters and their sources
+//!
+//! Tags as in `shared/reference/calibration.md`: \[src\] quoted, \[derived\] computed from a cited
+//! source, \[assumption\] ours. Defaults model **Qwen3-32B, vLLM, TP=2 on 2×H100-80GB**, 8 servers
+//! (the llm-d shared-prefix benchmark cluster, epp.md §6.4).
+//!
+//! | parameter | value | source |
+//! |---|---|---|
+//! | block size | 16 tokens | \[src\] vLLM `platforms/cuda.py` (calibration.md §2) |
+//! | GPU KV blocks | 19,208 (307,328 tokens) | \[src\] llm-d blog 2025-09-24 "kvcache-wins" §A.1 |
+//! | `max_num_batched_tokens` | 8192 | \[src\] vLLM `engine/arg_utils.py` @99d7eb5d, H100 API-server default |
+//! | `max_num_seqs` | 1024 | \[src\] same |
+//! | `c` step floor | 14.0 ms | \[derived\] BLIS iter29 coefficients, Qwen3-32B TP2 (calibration.md §1.3) |
+//! | `d` per sequence | 4.4168 µs | \[derived\] BLIS β6 |
+//! | `e` per decode context token | 0.076 µs | \[derived\] BLIS KV-read term |
+//! | `p` per prefill token | ≈ 38.4 µs (≈ 26k tok/s) | \[derived\] so that one cold 8192-token chunk takes 0.40 s (\[src\] llm-d blog 2026-08-17 "sticky-until-saturated", R_peak 20,480 tok/s) |
+//! | `a` attention per token pair | `4·L·H·d_h / (TP·MFU·peak)` ≈ 2.1 ns | \[derived\] calibration.md §1.3; L 64, H 64, d_h 128, TP 2, peak 989.5 TFLOP/s \[src BLIS hardware_config\]; MFU 0.5 \[assumption\] |
+//! | scrape interval | 50 ms | \[src\] llm-d-router `datalayer/runtime.go` `defaultRefreshInterval` (epp.md §2) |
+//! | shared-prefix workload | 150 groups × 5 users, 6000 + 1200 tokens in, 1000 out, 8 servers, 3 → 60 QPS Poisson | \[src\] epp.md §6.3–6.4; calibration.md §3 |
+//! | bursts workload | shared-prefix prompts with 300 output tokens; 10 s at 1.8× the mean rate, 10 s at 0.2×; 50 % sheddable | \[assumption\] |
+//! | multi-lora workload | ShareGPT-like requests over 15 adapters, 60/30/10 % classes (12/6/2 % each) | \[src\] GIE `multilora-workload` (epp.md §6.3) |
+//! | `max_loras` | 4 | \[assumption\] |
+//! | ShareGPT-like workload | log-normal lengths, means 229.7 in / 203.1 out, σ = 1.0, vLLM `is_valid_sequence` filter | means and filter \[src\] calibration.md §3; σ \[assumption\] (no citable median/p90 exists) |
+//!
+//! Checks against the sources, as unit tests in [`calib`]: the decode model reproduces the
+//! BLIS-derived Qwen3-32B TP2 table (B1/1k 14.1 ms, B16/8k 23.9, B64/1k 19.2, B64/8k 53.4) within
+//! 2 %, and one cold 8192-token chunk takes exactly the measured 0.40 s. Peer comparison on one
+//! case, a 256-token prompt at batch 1: podsim gives ≈ 24 ms TTFT; llm-d-inference-sim's profile
+//! table says 160–280 ms for 30–34B TP2 on H100 (calibration.md §1.4), but that table is tuned for
+//! short prompts and is ≈ 10× slower per token than measured compute-bound prefill (its own
+//! caution); BLIS's fitted prefill is ≈ 7× *faster* than the measured 0.40 s per 8192-token chunk
+//! (calibration.md §1.3 caution). podsim follows the measured chunk time. Capacity cross-check:
+//! on shared-prefix, prefix-aware routing saturates near 10–12k output tok/s and round-robin
+//! near 7k; llm-d measured 8,730 (precise) and 4,429 (random) output tok/s on the same shape
+//! (calibration.md §5.2) and 14.41 vs 5.73 req/s (epp.md §6.4).
+//!
+//! ## Policies ([`policy`])
+//!
+//! `random`, `round-robin`, `least-request` (fewest in flight, random tie-break),
+//! `gie-default`, `llm-d-default`, `wasm-epp-default` (picker-core profiles), `wasm-epp-tuned`
+//! and `wasm-epp-tuned-split` (the tuning results, [`policy::WASM_EPP_TUNED`] and
+//! [`policy::WASM_EPP_TUNED_SPLIT`]), any picker-core JSON config (`--picker NAME=JSON` or
+//! `NAME=@file`, `NAME@WxR` to split it), and `oracle`: perfect information (true
+//! cache contents, instant queue and KV, exact in-flight) scored `6·hit + 1·kv + 2·in-flight`
+//! (the tuned weights with the truth in place of the approximate index). It is perfect
+//! *information*, not a perfect *policy*: below saturation it is the best row; deep in overload
+//! it loses to sticky consistent hashing, because it follows blocks that are about to be evicted
+//! and spreads a group over pods that then thrash (see the 50–60 QPS rows).
+//!
+//! ## Running the benchmark
+//!
+//! ```text
+//! export CARGO_TARGET_DIR=target-podsim
+//! cargo run --release -p podsim -- bench --workload shared-prefix            # 7 rates × 11 policies, ≈ 1 min
+//! cargo run --release -p podsim -- bench --workload shared-prefix --quick    # CI-sized
+//! cargo run --release -p podsim -- bench --workload sharegpt
+//! cargo run --release -p podsim -- bench --workload bursts                   # shedding
+//! cargo run --release -p podsim -- bench --workload multi-lora
+//! cargo run --release -p podsim -- bench --workload shared-prefix --max-concurrency 800
+//! cargo run --release -p podsim -- bench --workload shared-prefix --qps 10,30,60 \
+//!     --policies gie-default,wasm-epp-tuned,wasm-epp-tuned-split@4x2 \
+//!     --picker 'mine={"scorers":[{"type":"prefix-cache-scorer","weight":5},{"type":"in-flight-scorer"}]}' \
+//!     --picker 'mine@4x2=@my-config.json'
+//! ```
+//!
+//! It prints one markdown table per rate (TTFT p50/p90/p99, E2E p50/p90, output tok/s, prefix
+//! hit rate, shed and failed counts, preemptions), writes `target/podsim-bench/<workload>.csv` and
+//! `.svg` (TTFT p90 on a log scale and output tok/s against QPS, one line per policy; `--out DIR`
+//! to change), and shows progress on stderr. Other flags: `--qps 3,10,60`, `--horizon S`,
+//! `--warmup S`, `--policies a,b@4x2`, `--seed N`, `--threads N`.
+//!
+//! Measurement: every rate is an independent run that starts cold: `horizon` seconds of arrivals
+//! (default 90 s for shared-prefix), the first `warmup` seconds (30 s) excluded from latency
+//! statistics, then drained until every request finishes (cap: one hour simulated). Throughput
+//! counts output tokens generated in `[warmup, horizon)`; hit rate is over the whole run. All
+//! policies replay the same trace for a given rate (common random numbers). llm-d ramps one
+//! warm cluster through its rates instead; the shorter, independent runs keep the default sweep
+//! under two minutes on two cores. Above capacity (≈ 10 QPS here) an open-loop queue grows for
+//! the whole horizon, so absolute TTFTs there scale with the horizon; compare policies, not
+//! absolute numbers, or use `--max-concurrency`.
+//!
+//! The `--quick` table is kept in `tests/snapshots/shared-prefix-quick.md` and compared by
+//! `tests/snapshot.rs`; regenerate with `PODSIM_UPDATE_SNAPSHOTS=1 cargo test -p podsim --test
+//! snapshot` after an intended change (in podsim *or* picker-core) and review the diff.
+//!
+//! ## Findings (2026-11-28, picker-core as of 00:20 UTC; regenerate before trusting them)
+//!
+//! Shared-prefix, 8 pods, `--qps 10,30,60`:
+//!
+//! | TTFT p90 s / out tok/s | RR | GIE | llm-d | ours (default) | ours tuned | oracle |
+//! |---|---|---|---|---|---|---|
+//! | open loop, 10 QPS | 31.7 / 6,646 | 0.391 / 8,468 | 25.5 / 6,947 | 0.153 / 8,719 | 0.171 / 8,664 | 0.148 / 8,773 |
+//! | open loop, 60 QPS | 670 / 6,919 | 379 / 10,969 | 642 / 7,380 | 260 / 11,468 | 241 / 11,980 | 442 / 8,909 |
+//! | cap 800, 30 QPS | 97.3 / 6,895 | 1.03 / 10,312 | 103 / 7,392 | 0.857 / 10,346 | 0.237 / 10,571 | 1.11 / 10,615 |
+//! | cap 800, 60 QPS | 97.4 / 6,919 | 7.27 / 9,859 | 112 / 7,380 | 2.24 / 9,903 | 0.307 / 10,150 | 0.204 / 9,026 |
+//!
+//! * `wasm-epp-default` beats GIE and llm-d on TTFT p90 with throughput ≥ both at every one of
+//!   these points. It is ≥ 10× better than round-robin at 10 QPS (207×) and with a client cap
+//!   (43× at 60 QPS), but only 2.6× at 60 QPS open loop: there every policy is 6× over capacity
+//!   and TTFT is queueing that grows with the horizon, so no router can be 10× better.
+//! * `wasm-epp-tuned` ([`policy::WASM_EPP_TUNED`]: prefix 6, KV 1, in-flight 2, consistent
+//!   hash 2, no lagged queue scorer) is better still under load (cap 800, 60 QPS: 0.31 s, 317×
+//!   round-robin).
+//! * Split over 4 workers × 2 replicas (own prefix index each, in-flight per replica), affinity
+//!   does not survive within 5 %: cap 800, 60 QPS, default 49 s and tuned 22.7 s vs 2.2 s and
+//!   0.31 s for one view. `wasm-epp-tuned-split` ([`policy::WASM_EPP_TUNED_SPLIT`]: consistent
+//!   hash 4, ε 0.5) gets 0.44 s split vs 0.21 s whole (hit rate 89.7 % vs 91.3 %, throughput
+//!   −0.1 %), but a worse tail at 30 QPS (5.3 s whole).
+//! * `llm-d-default` loses because its saturation valve (286,720 in-flight tokens ≈ 40 of these
+//!   7,200-token requests per pod) opens at every rate above ~5 QPS and the token-load scorer then
+//!   spreads groups: with the valve raised to 10⁸ tokens it gets 0.40 s at 10 QPS and 18 s at
+//!   60 QPS (cap 800) instead of 25.5 s and 112 s.
+//! * The oracle (true cache contents, zero lag) is best below saturation and loses in deep
+//!   overload (see the policy notes).
+//! * ShareGPT-like (no sharing), 200 → 1,000 QPS: ours vs least-request TTFT p90 0.062/0.062,
+//!   0.111/0.109, 2.63/2.50 (+5.2 %), 19.5/19.5, 35.5/35.7 s; throughput within 0.1 %.
+//!   `gie-default` is ≈ 2× worse at low load (lagged queue scores herd requests).
+//! * Bursts (half sheddable): at 40 QPS mean ours sheds 382 and GIE 825 of 2,448, with TTFT p90
+//!   0.45 vs 0.63 s and 9,771 vs 8,766 tok/s; llm-d sheds 1,219; round-robin sheds nothing (it
+//!   has no admission) and queues to 127 s.
+//! * Multi-LoRA (15 adapters, `max_loras` 4 assumed): every profile without the
+//!   `lora-affinity-scorer` has TTFT p50 ≈ 9 s already at 100 QPS, because requests of adapters
+//!   outside a pod's batch wait for a slot; adding the scorer (weight 2) to the tuned config cuts
+//!   p50 to 0.05 s and raises throughput 5–25 %, but p90 stays ≈ 36 s. None of the picker-core
+//!   profiles includes the LoRA scorer; this workload is the case for adding it.
+//!
+//! ## HTTP mode ([`serve`])
+//!
+//! ```text
+//! cargo run --release -p podsim -- serve --pods 4 --base-port 8000 [--speed 1.0] [--model M]
+//! ```
+//!
+//! starts N fake vLLM pods on `127.0.0.1:P..P+N-1`, each a [`server::Server`] driven in real
+//! time (× `--speed`): `POST /v1/completions` and `/v1/chat/completions` (non-streaming, or SSE
+//! with `stream: true` and `stream_options.include_usage`; OpenAI/vLLM response shapes with
+//! `usage.prompt_tokens_details.cached_tokens`), `GET /v1/models`, `/health`, and `/metrics` in
+//! vLLM's Prometheus text (`vllm:num_requests_running`, `vllm:num_requests_waiting`,
+//! `vllm:kv_cache_usage_perc`, `vllm:cache_config_info{block_size,num_gpu_blocks,…}`, prefix-cache
+//! and token counters; format sources cited in [`serve`]). The prompt's bytes (4 per token) are
+//! hashed into KV blocks exactly as in the benchmark, so prefix caching behaves the same.
+//! `tests/serve.rs` exercises it over loopback with bounded timeouts.
+//!
+//! ## Known gaps
+//!
+//! * HTTP mode: no `/v1/responses` or `/v1/embeddings`; `n`, `stop`, `temperature`, logprobs
+//!   and tools are ignored (every request generates exactly `max_tokens`, finish reason
+//!   `length`); `/metrics` has no histograms and no `vllm:lora_requests_info`.
+//! * No inference-perf catalog workloads (code-gen, reasoning, multi-turn) yet. Only `bursts`
+//!   has sheddable (priority −1) requests; elsewhere the shed column is 0.
+//! * LoRA: `max_loras` slots per batch and adapter-seeded KV hashes only; no adapter load time,
+//!   no per-adapter compute cost, no `max_cpu_loras`. `max_loras = 4` is an assumption, and the
+//!   multi-lora results depend strongly on it (requests of an adapter outside the batch wait
+//!   until a slot frees, as in vLLM's scheduler).
+//! * Only prompt blocks are hashed (vLLM also caches full blocks of generated tokens, which only
+//!   matters for multi-turn reuse); no cascade attention for shared prefixes; no KV watermark;
+//!   no CPU swap; no LoRA adapter slots; no API/tokenizer overhead (BLIS α0 ≈ 15.6 ms/request);
+//!   a preempted request is recomputed from scratch (plus any cache hit).
+//! * Step time is deterministic (no jitter); all servers are identical; the scraper reads all
+//!   pods at the same instant and the snapshot reaches the picker with no push delay.
+//! * The decode coefficient `e` is a \[derived\] BLIS fit; llm-d's measured ITL at rate 60
+//!   (67.7 ms, epp.md §6.4) suggests real decode with these shapes is ≈ 25 % cheaper.
+#![forbid(unsafe_code)]
+#![warn(missing_debug_implementations)]
+
+pub mod bench;
+pub mod calib;
+pub mod kv;
+pub mod policy;
+pub mod report;
+pub mod serve;
+pub mod server;
+pub mod sim;
+pub mod workload;

@@ -1,0 +1,387 @@
+//! Summaries of runs: percentiles, the markdown table, CSV and an SVG chart (written by hand).
+
+use std::fmt::Write as _;
+
+use crate::sim::RunResult;
+
+/// What one (policy, rate) run measured, over requests arriving in `[warmup, horizon)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Summary {
+    pub policy: String,
+    pub qps: f64,
+    /// Requests in the measurement window.
+    pub requests: usize,
+    pub completed: usize,
+    pub shed: usize,
+    /// Dropped by a server (could never fit) or still running at the drain cap.
+    pub failed: usize,
+    pub ttft_p50: f64,
+    pub ttft_p90: f64,
+    pub ttft_p99: f64,
+    pub e2e_p50: f64,
+    pub e2e_p90: f64,
+    /// Output tokens per second generated during the window.
+    pub output_tok_s: f64,
+    /// Prompt tokens served from the prefix cache / prompt tokens looked up (whole run).
+    pub hit_rate: f64,
+    pub preemptions: u64,
+}
+
+/// Nearest-rank percentile of sorted `v` (`q` in 0..=100); NaN when empty.
+pub fn percentile(v: &[f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+impl Summary {
+    pub fn of(policy: &str, qps: f64, r: &RunResult) -> Summary {
+        let in_window: Vec<_> = r
+            .records
+            .iter()
+            .filter(|x| x.arrival >= r.warmup && x.arrival < r.horizon)
+            .collect();
+        let mut ttft: Vec<f64> = Vec::new();
+        let mut e2e: Vec<f64> = Vec::new();
+        let (mut shed, mut failed, mut completed) = (0, 0, 0);
+        for x in &in_window {
+            if x.shed {
+                shed += 1;
+                continue;
+            }
+            match (x.first_token, x.finish) {
+                (Some(f), Some(e)) => {
+                    completed += 1;
+                    ttft.push((f - x.sent) as f64 / 1e6);
+                    e2e.push((e - x.sent) as f64 / 1e6);
+                }
+                _ => failed += 1,
+            }
+        }
+        ttft.sort_by(f64::total_cmp);
+        e2e.sort_by(f64::total_cmp);
+        Summary {
+            policy: policy.to_string(),
+            qps,
+            requests: in_window.len(),
+            completed,
+            shed,
+            failed,
+            ttft_p50: percentile(&ttft, 50.0),
+            ttft_p90: percentile(&ttft, 90.0),
+            ttft_p99: percentile(&ttft, 99.0),
+            e2e_p50: percentile(&e2e, 50.0),
+            e2e_p90: percentile(&e2e, 90.0),
+            output_tok_s: if r.window == 0 {
+                0.0
+            } else {
+                r.window_tokens as f64 / (r.window as f64 / 1e6)
+            },
+            hit_rate: if r.query_tokens == 0 {
+                0.0
+            } else {
+                r.hit_tokens as f64 / r.query_tokens as f64
+            },
+            preemptions: r.preemptions,
+        }
+    }
+}
+
+/// Seconds with a precision that suits the magnitude (stable text for snapshot tests).
+fn secs(s: f64) -> String {
+    if s.is_nan() {
+        "-".into()
+    } else if s < 10.0 {
+        format!("{s:.3}")
+    } else {
+        format!("{s:.1}")
+    }
+}
+
+/// One markdown table per rate, one row per policy.
+pub fn markdown(title: &str, rows: &[Summary]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "## {title}\n");
+    let mut rates: Vec<f64> = rows.iter().map(|r| r.qps).collect();
+    rates.dedup();
+    for q in rates {
+        let _ = writeln!(out, "### {q} QPS\n");
+        let _ = writeln!(
+            out,
+            "| policy | req | done | shed | fail | TTFT p50 s | TTFT p90 s | TTFT p99 s | E2E p50 s | E2E p90 s | out tok/s | prefix hit | preempt |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for r in rows.iter().filter(|r| r.qps == q) {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.1}% | {} |",
+                r.policy,
+                r.requests,
+                r.completed,
+                r.shed,
+                r.failed,
+                secs(r.ttft_p50),
+                secs(r.ttft_p90),
+                secs(r.ttft_p99),
+                secs(r.e2e_p50),
+                secs(r.e2e_p90),
+                r.output_tok_s,
+                r.hit_rate * 100.0,
+                r.preemptions
+            );
+        }
+        out.push('\n');
+    }
+    out
+}
+
+pub fn csv(workload: &str, rows: &[Summary]) -> String {
+    let mut out = String::from(
+        "workload,policy,qps,requests,completed,shed,failed,ttft_p50_s,ttft_p90_s,ttft_p99_s,e2e_p50_s,e2e_p90_s,output_tok_s,prefix_hit_rate,preemptions\n",
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{workload},{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.1},{:.4},{}",
+            r.policy,
+            r.qps,
+            r.requests,
+            r.completed,
+            r.shed,
+            r.failed,
+            r.ttft_p50,
+            r.ttft_p90,
+            r.ttft_p99,
+            r.e2e_p50,
+            r.e2e_p90,
+            r.output_tok_s,
+            r.hit_rate,
+            r.preemptions
+        );
+    }
+    out
+}
+
+const COLORS: [&str; 10] = [
+    "#7f7f7f", "#bcbd22", "#17becf", "#1f77b4", "#ff7f0e", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2",
+];
+
+/// Two panels: TTFT p90 (log scale) and output tokens/s, against offered QPS, one line per policy.
+pub fn svg(title: &str, rows: &[Summary]) -> String {
+    let mut policies: Vec<&str> = Vec::new();
+    for r in rows {
+        if !policies.contains(&r.policy.as_str()) {
+            policies.push(&r.policy);
+        }
+    }
+    let (pw, ph, ml, mt, gap) = (420.0, 300.0, 70.0, 50.0, 90.0);
+    let width = ml + pw + gap + pw + 200.0;
+    let height = mt + ph + 60.0;
+    let qmax = rows.iter().map(|r| r.qps).fold(1.0_f64, f64::max);
+    let ok = |v: f64| v.is_finite() && v > 0.0;
+    let tmin = rows
+        .iter()
+        .map(|r| r.ttft_p90)
+        .filter(|v| ok(*v))
+        .fold(f64::INFINITY, f64::min);
+    let tmax = rows
+        .iter()
+        .map(|r| r.ttft_p90)
+        .filter(|v| ok(*v))
+        .fold(0.0_f64, f64::max);
+    let (lo, hi) = if tmin.is_finite() {
+        (
+            tmin.log10().floor(),
+            tmax.log10().ceil().max(tmin.log10().floor() + 1.0),
+        )
+    } else {
+        (-2.0, 2.0)
+    };
+    let omax = rows.iter().map(|r| r.output_tok_s).fold(1.0_f64, f64::max) * 1.1;
+
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="22" font-size="15" font-weight="bold">{}</text>"#,
+        ml,
+        xml(title)
+    );
+    for (panel, x0) in [(0, ml), (1, ml + pw + gap)] {
+        let label = if panel == 0 {
+            "TTFT p90 (s, log scale)"
+        } else {
+            "output tokens/s"
+        };
+        let _ = writeln!(
+            s,
+            r#"<rect x="{x0}" y="{mt}" width="{pw}" height="{ph}" fill="none" stroke="black"/>"#
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">{label}</text>"#,
+            x0 + pw / 2.0,
+            mt - 8.0
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">offered QPS</text>"#,
+            x0 + pw / 2.0,
+            mt + ph + 40.0
+        );
+        // x ticks
+        for k in 0..=5 {
+            let q = qmax * k as f64 / 5.0;
+            let x = x0 + pw * q / qmax;
+            let _ = writeln!(
+                s,
+                r##"<line x1="{x:.1}" y1="{}" x2="{x:.1}" y2="{}" stroke="#ddd"/>"##,
+                mt,
+                mt + ph
+            );
+            let _ = writeln!(
+                s,
+                r#"<text x="{x:.1}" y="{}" text-anchor="middle">{q:.0}</text>"#,
+                mt + ph + 18.0
+            );
+        }
+        // y ticks
+        if panel == 0 {
+            let mut e = lo;
+            while e <= hi + 1e-9 {
+                let y = mt + ph - ph * (e - lo) / (hi - lo);
+                let _ = writeln!(
+                    s,
+                    r##"<line x1="{x0}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#ddd"/>"##,
+                    x0 + pw
+                );
+                let _ = writeln!(
+                    s,
+                    r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
+                    x0 - 6.0,
+                    y + 4.0,
+                    10f64.powf(e)
+                );
+                e += 1.0;
+            }
+        } else {
+            for k in 0..=5 {
+                let v = omax * k as f64 / 5.0;
+                let y = mt + ph - ph * k as f64 / 5.0;
+                let _ = writeln!(
+                    s,
+                    r##"<line x1="{x0}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#ddd"/>"##,
+                    x0 + pw
+                );
+                let _ = writeln!(
+                    s,
+                    r#"<text x="{}" y="{:.1}" text-anchor="end">{v:.0}</text>"#,
+                    x0 - 6.0,
+                    y + 4.0
+                );
+            }
+        }
+        for (pi, p) in policies.iter().enumerate() {
+            let color = COLORS[pi % COLORS.len()];
+            let pts: Vec<(f64, f64)> = rows
+                .iter()
+                .filter(|r| r.policy == *p)
+                .filter_map(|r| {
+                    let x = x0 + pw * r.qps / qmax;
+                    let y = if panel == 0 {
+                        if !ok(r.ttft_p90) {
+                            return None;
+                        }
+                        mt + ph - ph * (r.ttft_p90.log10() - lo) / (hi - lo)
+                    } else {
+                        mt + ph - ph * r.output_tok_s / omax
+                    };
+                    Some((x, y))
+                })
+                .collect();
+            let path: Vec<String> = pts.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+            let _ = writeln!(
+                s,
+                r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+                path.join(" ")
+            );
+            for (x, y) in &pts {
+                let _ = writeln!(s, r#"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="{color}"/>"#);
+            }
+        }
+    }
+    let lx = ml + pw + gap + pw + 20.0;
+    for (pi, p) in policies.iter().enumerate() {
+        let y = mt + 10.0 + 20.0 * pi as f64;
+        let color = COLORS[pi % COLORS.len()];
+        let _ = writeln!(
+            s,
+            r#"<line x1="{lx}" y1="{y}" x2="{}" y2="{y}" stroke="{color}" stroke-width="3"/>"#,
+            lx + 20.0
+        );
+        let _ = writeln!(s, r#"<text x="{}" y="{}">{}</text>"#, lx + 26.0, y + 4.0, xml(p));
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(policy: &str, qps: f64, p90: f64) -> Summary {
+        Summary {
+            policy: policy.into(),
+            qps,
+            requests: 10,
+            completed: 10,
+            shed: 0,
+            failed: 0,
+            ttft_p50: p90 / 2.0,
+            ttft_p90: p90,
+            ttft_p99: p90 * 2.0,
+            e2e_p50: 1.0,
+            e2e_p90: 2.0,
+            output_tok_s: 100.0 * qps,
+            hit_rate: 0.5,
+            preemptions: 0,
+        }
+    }
+
+    #[test]
+    fn percentile_is_nearest_rank() {
+        let v: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 5.0);
+        assert_eq!(percentile(&v, 90.0), 9.0);
+        assert_eq!(percentile(&v, 99.0), 10.0);
+        assert_eq!(percentile(&v, 0.0), 1.0);
+        assert!(percentile(&[], 50.0).is_nan());
+    }
+
+    #[test]
+    fn outputs_have_one_line_per_row_and_a_line_per_policy() {
+        let rows = vec![
+            row("a", 1.0, 0.1),
+            row("b", 1.0, 10.0),
+            row("a", 5.0, 0.2),
+            row("b", 5.0, f64::NAN),
+        ];
+        let md = markdown("t", &rows);
+        assert_eq!(md.matches("| a |").count(), 2);
+        assert!(md.contains("| b | 10 | 10 | 0 | 0 | 5.000 | 10.0 | 20.0 |"), "{md}");
+        assert_eq!(csv("w", &rows).lines().count(), 5);
+        let svg = svg("t", &rows);
+        assert_eq!(svg.matches("<polyline").count(), 4, "2 policies × 2 panels");
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    }
+}

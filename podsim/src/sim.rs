@@ -1,0 +1,622 @@
+//! The cluster: N servers, a gateway running a policy, a metrics scraper, and the event loop.
+//!
+//! ```text
+//!  trace ──arrival──▶ gateway (replica r, worker w: policy, own picker State)
+//!                        │  in-flight +1 (exact, per replica)      ▲ snapshot (lags: 50 ms scrapes)
+//!                        ▼                                         │
+//!                    server s ──steps──▶ first token, finish ──────┘ in-flight −1
+//! ```
+//!
+//! Events are processed in time order (µs); ties break by insertion order, so a run is a pure
+//! function of (trace, policy, config, seed). The scraper copies each server's waiting, running
+//! and KV usage at every multiple of the scrape interval; the picker only ever sees the last copy.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use picker_core::snapshot::LoraState;
+use picker_core::{pick, Endpoint, InFlight, Instant, Pool, Prompt, Request, Rng, Snapshot, SplitMix64, State};
+
+use crate::calib::{micros, Micros, ServerParams};
+use crate::policy::{PolicyKind, PolicySpec, ORACLE_WEIGHTS};
+use crate::server::{EngineEvent, SeqSpec, Server};
+use crate::workload::{Trace, BYTES_PER_TOKEN};
+
+/// Cluster and measurement settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SimConfig {
+    pub servers: usize,
+    pub params: ServerParams,
+    /// **\[src\]** 50 ms: llm-d-router `pkg/epp/datalayer/runtime.go` `defaultRefreshInterval`
+    /// (epp.md §2 "Scrape"); BLIS uses the same staleness (calibration.md §4).
+    pub scrape_interval: Micros,
+    /// Requests arriving before this are warm-up: served, but not in the latency statistics;
+    /// throughput counts tokens generated in `[warmup, horizon)`.
+    pub warmup: Micros,
+    /// End of the arrival window (the trace's horizon).
+    pub horizon: Micros,
+    /// Stop draining this long after the horizon; requests still running count as unfinished.
+    pub drain_cap: Micros,
+    /// Client-side cap on outstanding requests (a load generator with a fixed pool of sender
+    /// threads, like inference-perf's `num_workers × worker_max_concurrency`). Arrivals beyond it
+    /// wait in the client and latency is measured from when they are *sent*. `None`: open loop.
+    pub max_concurrency: Option<u32>,
+    pub seed: u64,
+}
+
+impl SimConfig {
+    /// 8 servers (the llm-d b2b-saas cluster, epp.md §6.4), Qwen3-32B TP2 H100 each.
+    pub fn llmd_cluster(horizon_s: u64, warmup_s: u64, seed: u64) -> Self {
+        SimConfig {
+            servers: 8,
+            params: ServerParams::qwen3_32b_tp2_h100(),
+            scrape_interval: 50_000,
+            warmup: warmup_s * 1_000_000,
+            horizon: horizon_s * 1_000_000,
+            drain_cap: 3_600 * 1_000_000,
+            max_concurrency: None,
+            seed,
+        }
+    }
+}
+
+/// Per-request outcome.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReqRecord {
+    pub arrival: Micros,
+    /// When the client sent it (= arrival unless a concurrency cap held it back).
+    pub sent: Micros,
+    pub server: Option<u32>,
+    pub first_token: Option<Micros>,
+    pub finish: Option<Micros>,
+    pub shed: bool,
+    pub aborted: bool,
+}
+
+/// Everything a run measured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunResult {
+    pub records: Vec<ReqRecord>,
+    /// Output tokens generated in `[warmup, horizon)`.
+    pub window_tokens: u64,
+    pub window: Micros,
+    pub hit_tokens: u64,
+    pub query_tokens: u64,
+    pub preemptions: u64,
+    pub end: Micros,
+    pub warmup: Micros,
+    pub horizon: Micros,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    StepDone(u32),
+}
+
+/// Address of simulated server `i`: 10.0.(i / 250).(i % 250 + 1):8000.
+pub fn server_addr(i: usize) -> SocketAddr {
+    SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::new(10, 0, (i / 250) as u8, (i % 250) as u8 + 1)),
+        8000,
+    )
+}
+
+struct Gateway {
+    kind: PolicyKind,
+    workers: u32,
+    /// One picker state per (replica, worker).
+    states: Vec<State>,
+    /// Exact in-flight counts per replica per server.
+    inflight: Vec<Vec<InFlight>>,
+    rr_next: usize,
+    rng: SplitMix64,
+    /// Chooses the replica and worker of each request (connection spreading).
+    topo_rng: SplitMix64,
+}
+
+/// Runs `trace` through a cluster routed by `policy`.
+pub fn run(cfg: &SimConfig, trace: &Trace, policy: &PolicySpec) -> RunResult {
+    let n = cfg.servers;
+    let mut servers: Vec<Server> = (0..n).map(|_| Server::new(cfg.params.clone())).collect();
+    let replicas = policy.replicas.max(1) as usize;
+    let workers = policy.workers.max(1);
+    let states = match &policy.kind {
+        PolicyKind::Picker(c) => (0..replicas * workers as usize).map(|_| State::new(c)).collect(),
+        _ => Vec::new(),
+    };
+    let mut gw = Gateway {
+        kind: policy.kind.clone(),
+        workers,
+        states,
+        inflight: vec![vec![InFlight::default(); n]; replicas],
+        rr_next: 0,
+        rng: SplitMix64::new(cfg.seed ^ 0x5EED_0001),
+        topo_rng: SplitMix64::new(cfg.seed ^ 0x5EED_0002),
+    };
+    // Which replica sent each request (to release its in-flight count).
+    let mut sent_by: Vec<u32> = vec![0; trace.arrivals.len()];
+    let mut records: Vec<ReqRecord> = trace
+        .arrivals
+        .iter()
+        .map(|a| ReqRecord {
+            arrival: a.at,
+            ..ReqRecord::default()
+        })
+        .collect();
+
+    // Scraped view.
+    let mut scraper = Scraper::new(cfg, trace);
+    let mut heap: BinaryHeap<Reverse<(Micros, u64, Ev)>> = BinaryHeap::new();
+    let mut ev_seq = 0u64;
+    let mut cursor = 0usize;
+    let mut engine_out: Vec<EngineEvent> = Vec::new();
+    let mut window_tokens = 0u64;
+    let mut now: Micros = 0;
+    let stop_at = cfg.horizon.saturating_add(cfg.drain_cap);
+    let mut client_queue: std::collections::VecDeque<usize> = std::collections::VecDeque::new();
+    let mut outstanding: u32 = 0;
+    let cap = cfg.max_concurrency.unwrap_or(u32::MAX);
+
+    loop {
+        let next_arrival = trace.arrivals.get(cursor).map(|a| a.at);
+        let next_step = heap.peek().map(|Reverse((t, _, _))| *t);
+        let (t, is_arrival) = match (next_arrival, next_step) {
+            (Some(a), Some(s)) if a < s => (a, true),
+            (Some(a), None) => (a, true),
+            (_, Some(s)) => (s, false),
+            // Nothing left to happen; anything still in the client queue can never be sent.
+            (None, None) => break,
+        };
+        if t > stop_at {
+            break;
+        }
+        // Scrapes strictly before this event see the state before it.
+        scraper.advance(t, &servers, trace);
+        now = t;
+
+        if is_arrival {
+            client_queue.push_back(cursor);
+            cursor += 1;
+        } else {
+            let Reverse((_, _, Ev::StepDone(s))) = heap.pop().expect("peeked");
+            let srv = &mut servers[s as usize];
+            let tokens = srv.finish_step(&mut engine_out);
+            if now >= cfg.warmup && now < cfg.horizon {
+                window_tokens += tokens as u64;
+            }
+            start(srv, s as usize, now, &mut heap, &mut ev_seq, &mut engine_out);
+        }
+
+        // Settle this instant: record engine events, then send what the client may send.
+        loop {
+            for e in engine_out.drain(..) {
+                match e {
+                    EngineEvent::FirstToken { id, .. } => records[id].first_token = Some(now),
+                    EngineEvent::Finished { id } | EngineEvent::Aborted { id } => {
+                        if matches!(e, EngineEvent::Finished { .. }) {
+                            records[id].finish = Some(now);
+                        } else {
+                            records[id].aborted = true;
+                        }
+                        outstanding -= 1;
+                        let a = trace.arrivals[id];
+                        let tokens = (trace.prompts[a.prompt as usize].len() / BYTES_PER_TOKEN) as u64;
+                        let s = records[id].server.expect("routed") as usize;
+                        let f = &mut gw.inflight[sent_by[id] as usize][s];
+                        f.requests -= 1;
+                        f.tokens -= tokens;
+                    }
+                }
+            }
+            if outstanding >= cap {
+                break;
+            }
+            let Some(idx) = client_queue.pop_front() else { break };
+            let a = trace.arrivals[idx];
+            let prompt = &trace.prompts[a.prompt as usize];
+            records[idx].sent = now;
+            let pool = scraper.pool();
+            let replica = if replicas > 1 {
+                gw.topo_rng.below(replicas as u64) as usize
+            } else {
+                0
+            };
+            let worker = if gw.workers > 1 {
+                gw.topo_rng.below(gw.workers as u64) as usize
+            } else {
+                0
+            };
+            let choice = route(
+                &mut gw,
+                replica,
+                worker,
+                trace,
+                a.prompt as usize,
+                a.priority,
+                a.adapter,
+                pool,
+                &servers,
+                now,
+            );
+            let Some(s) = choice else {
+                records[idx].shed = true;
+                continue;
+            };
+            let tokens = (prompt.len() / BYTES_PER_TOKEN) as u64;
+            let f = &mut gw.inflight[replica][s];
+            f.requests += 1;
+            f.tokens += tokens;
+            outstanding += 1;
+            sent_by[idx] = replica as u32;
+            records[idx].server = Some(s as u32);
+            let srv = &mut servers[s];
+            srv.enqueue(SeqSpec {
+                id: idx,
+                prompt_tokens: prompt.tokens,
+                output_tokens: a.output_tokens,
+                hashes: prompt.hashes.clone(),
+                adapter: a.adapter,
+            });
+            if !srv.is_stepping() {
+                start(srv, s, now, &mut heap, &mut ev_seq, &mut engine_out);
+            }
+        }
+    }
+
+    let (hit_tokens, query_tokens, preemptions) = servers.iter().fold((0, 0, 0), |(h, q, p), s| {
+        (
+            h + s.stats.hit_tokens,
+            q + s.stats.query_tokens,
+            p + s.stats.preemptions,
+        )
+    });
+    RunResult {
+        records,
+        window_tokens,
+        window: cfg.horizon.saturating_sub(cfg.warmup),
+        hit_tokens,
+        query_tokens,
+        preemptions,
+        end: now,
+        warmup: cfg.warmup,
+        horizon: cfg.horizon,
+    }
+}
+
+/// The metrics path as the picker sees it: every `scrape_interval` the collector copies each
+/// server's `num_requests_waiting`, `num_requests_running`, KV usage (and LoRA state) with the
+/// scrape's timestamp; between scrapes the picker's [`Pool`] does not change.
+#[derive(Debug)]
+pub struct Scraper {
+    interval: Micros,
+    next: Micros,
+    last: Micros,
+    observed: Vec<Endpoint>,
+    sequence: u64,
+    pool: Pool,
+    dirty: bool,
+}
+
+impl Scraper {
+    pub fn new(cfg: &SimConfig, trace: &Trace) -> Self {
+        let observed: Vec<Endpoint> = (0..cfg.servers)
+            .map(|i| {
+                let mut e = Endpoint::new(server_addr(i), Instant::ZERO);
+                e.block_size = Some(cfg.params.block_tokens);
+                e.gpu_blocks = Some(cfg.params.gpu_blocks);
+                e.models = std::iter::once(&trace.model).chain(&trace.adapters).cloned().collect();
+                if !trace.adapters.is_empty() {
+                    e.lora = Some(LoraState {
+                        running: Vec::new(),
+                        waiting: Vec::new(),
+                        max: cfg.params.max_loras as u16,
+                    });
+                }
+                e
+            })
+            .collect();
+        let pool = Pool::new(Snapshot {
+            sequence: 1,
+            generated_at: Instant::ZERO,
+            endpoints: observed.clone(),
+        });
+        Scraper {
+            interval: cfg.scrape_interval.max(1),
+            next: 0,
+            last: 0,
+            observed,
+            sequence: 1,
+            pool,
+            dirty: false,
+        }
+    }
+
+    /// Performs every scrape due strictly before `t` (they see the state before the event at `t`).
+    pub fn advance(&mut self, t: Micros, servers: &[Server], trace: &Trace) {
+        while self.next < t {
+            for (e, s) in self.observed.iter_mut().zip(servers) {
+                e.waiting = s.num_waiting();
+                e.running = s.num_running();
+                e.kv_usage = s.kv_usage() as f32;
+                if let Some(l) = &mut e.lora {
+                    let (running, waiting) = s.lora_state();
+                    l.running = running.iter().map(|&a| trace.adapters[a as usize].clone()).collect();
+                    l.waiting = waiting.iter().map(|&a| trace.adapters[a as usize].clone()).collect();
+                }
+                e.scraped_at = Instant::from_millis(self.next / 1000);
+            }
+            self.last = self.next;
+            self.dirty = true;
+            self.next += self.interval;
+        }
+    }
+
+    /// The picker's view: the last scrape, as a [`Pool`] (rebuilt only when a scrape happened).
+    pub fn pool(&mut self) -> &Pool {
+        if self.dirty {
+            self.sequence += 1;
+            self.pool = Pool::new(Snapshot {
+                sequence: self.sequence,
+                generated_at: Instant::from_millis(self.last / 1000),
+                endpoints: self.observed.clone(),
+            });
+            self.dirty = false;
+        }
+        &self.pool
+    }
+}
+
+fn start(
+    srv: &mut Server,
+    s: usize,
+    now: Micros,
+    heap: &mut BinaryHeap<Reverse<(Micros, u64, Ev)>>,
+    ev_seq: &mut u64,
+    out: &mut Vec<EngineEvent>,
+) {
+    if let Some(d) = srv.start_step(out) {
+        *ev_seq += 1;
+        heap.push(Reverse((now + micros(d), *ev_seq, Ev::StepDone(s as u32))));
+    }
+}
+
+/// Chooses a server for one request, or `None` when the picker sheds it.
+#[allow(clippy::too_many_arguments)]
+fn route(
+    gw: &mut Gateway,
+    replica: usize,
+    worker: usize,
+    trace: &Trace,
+    prompt_idx: usize,
+    priority: i32,
+    adapter: Option<u16>,
+    pool: &Pool,
+    servers: &[Server],
+    now: Micros,
+) -> Option<usize> {
+    let n = servers.len();
+    let inflight = &gw.inflight[replica];
+    match &gw.kind {
+        PolicyKind::Random => Some(gw.rng.below(n as u64) as usize),
+        PolicyKind::RoundRobin => {
+            let s = gw.rr_next % n;
+            gw.rr_next += 1;
+            Some(s)
+        }
+        PolicyKind::LeastRequest => {
+            let min = inflight.iter().map(|f| f.requests).min().unwrap_or(0);
+            let ties: Vec<usize> = (0..n).filter(|&i| inflight[i].requests == min).collect();
+            Some(ties[gw.rng.below(ties.len() as u64) as usize])
+        }
+        PolicyKind::Oracle => {
+            let p = &trace.prompts[prompt_idx];
+            let range =
+                |v: &dyn Fn(usize) -> u64| (0..n).map(v).fold((u64::MAX, 0), |(lo, hi), x| (lo.min(x), hi.max(x)));
+            let mm = |x: u64, (lo, hi): (u64, u64)| {
+                if hi == lo {
+                    1.0
+                } else {
+                    (hi - x) as f64 / (hi - lo) as f64
+                }
+            };
+            let q_range = range(&|i| servers[i].num_waiting() as u64);
+            let f_range = range(&|i| inflight[i].requests as u64);
+            let blocks = p.hashes.len().max(1) as f64;
+            let mut order: Vec<usize> = (0..n).collect();
+            picker_core::rng::shuffle(&mut order, &mut gw.rng);
+            let mut best = (f64::NEG_INFINITY, 0usize);
+            for i in order {
+                let s = &servers[i];
+                let hit = s.kv().lookup_prefix(&p.hashes) as f64 / blocks;
+                let score = ORACLE_WEIGHTS[0] * hit
+                    + ORACLE_WEIGHTS[1] * mm(s.num_waiting() as u64, q_range)
+                    + ORACLE_WEIGHTS[2] * (1.0 - s.kv_usage())
+                    + ORACLE_WEIGHTS[3] * mm(inflight[i].requests as u64, f_range);
+                if score > best.0 {
+                    best = (score, i);
+                }
+            }
+            Some(best.1)
+        }
+        PolicyKind::Picker(config) => {
+            let p = &trace.prompts[prompt_idx];
+            let model = adapter.map_or(&trace.model, |a| &trace.adapters[a as usize]);
+            let mut req = Request::new(model, Prompt::from_parts(&p.head, &p.tail));
+            req.priority = priority;
+            let state = &mut gw.states[replica * gw.workers as usize + worker];
+            let d = pick(
+                config,
+                &req,
+                pool,
+                inflight,
+                state,
+                Instant::from_millis(now / 1000),
+                &mut gw.rng,
+            );
+            d.primary()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::SharedPrefix;
+
+    fn tiny_cluster() -> SimConfig {
+        SimConfig {
+            servers: 4,
+            ..SimConfig::llmd_cluster(20, 5, 1)
+        }
+    }
+
+    fn tiny_trace(qps: f64) -> Trace {
+        let shape = SharedPrefix {
+            groups: 12,
+            users_per_group: 3,
+            system_tokens: 2000,
+            question_tokens: 200,
+            output_tokens: 50,
+        };
+        shape.trace(qps, 20_000_000, 16, 42)
+    }
+
+    #[test]
+    fn every_request_finishes_and_runs_are_deterministic() {
+        let cfg = tiny_cluster();
+        let trace = tiny_trace(8.0);
+        for policy in PolicySpec::standard() {
+            let a = run(&cfg, &trace, &policy);
+            let b = run(&cfg, &trace, &policy);
+            assert_eq!(a, b, "{} is not deterministic", policy.name);
+            assert!(
+                a.records.iter().all(|r| r.finish.is_some()),
+                "{} left requests unfinished",
+                policy.name
+            );
+            assert!(a
+                .records
+                .iter()
+                .all(|r| r.first_token.unwrap() >= r.arrival && r.finish >= r.first_token));
+        }
+    }
+
+    #[test]
+    fn round_robin_spreads_evenly_and_prefix_aware_routing_hits_more() {
+        let cfg = tiny_cluster();
+        let trace = tiny_trace(8.0);
+        let rr = run(&cfg, &trace, &PolicySpec::parse("round-robin").unwrap());
+        let mut per = [0usize; 4];
+        for r in &rr.records {
+            per[r.server.unwrap() as usize] += 1;
+        }
+        assert!(per.iter().max().unwrap() - per.iter().min().unwrap() <= 1, "{per:?}");
+        let gie = run(&cfg, &trace, &PolicySpec::parse("gie-default").unwrap());
+        let hit = |r: &RunResult| r.hit_tokens as f64 / r.query_tokens as f64;
+        assert!(hit(&gie) > hit(&rr) + 0.1, "gie {} vs rr {}", hit(&gie), hit(&rr));
+    }
+
+    #[test]
+    fn split_topology_uses_separate_states() {
+        let cfg = tiny_cluster();
+        let trace = tiny_trace(8.0);
+        let one = run(&cfg, &trace, &PolicySpec::parse("gie-default").unwrap());
+        let split = run(&cfg, &trace, &PolicySpec::parse("gie-default@4x2").unwrap());
+        // With 8 independent prefix indexes, a group is learned up to 8 times: hit rate drops.
+        let hit = |r: &RunResult| r.hit_tokens as f64 / r.query_tokens as f64;
+        assert!(hit(&split) < hit(&one), "split {} one {}", hit(&split), hit(&one));
+    }
+
+    #[test]
+    fn least_request_counts_in_flight_exactly_between_scrapes() {
+        // Two requests 1 ms apart, both between the same two scrapes: the scraped queues are
+        // identical (idle), but the proxy's own in-flight count already sees the first request.
+        let cfg = SimConfig {
+            servers: 2,
+            ..SimConfig::llmd_cluster(1, 0, 3)
+        };
+        let shape = SharedPrefix {
+            groups: 2,
+            users_per_group: 1,
+            system_tokens: 64,
+            question_tokens: 16,
+            output_tokens: 5,
+        };
+        let mut trace = shape.trace(1.0, 1, 16, 1);
+        trace.arrivals = vec![
+            crate::workload::Arrival {
+                at: 10_000,
+                prompt: 0,
+                output_tokens: 5,
+                priority: 0,
+                adapter: None,
+            },
+            crate::workload::Arrival {
+                at: 11_000,
+                prompt: 1,
+                output_tokens: 5,
+                priority: 0,
+                adapter: None,
+            },
+        ];
+        let lr = run(&cfg, &trace, &PolicySpec::parse("least-request").unwrap());
+        assert_ne!(
+            lr.records[0].server, lr.records[1].server,
+            "exact in-flight separates them"
+        );
+    }
+
+    #[test]
+    fn concurrency_cap_holds_requests_in_the_client() {
+        let cfg = SimConfig {
+            max_concurrency: Some(1),
+            ..tiny_cluster()
+        };
+        let trace = tiny_trace(2.0);
+        let r = run(&cfg, &trace, &PolicySpec::parse("round-robin").unwrap());
+        let mut spans: Vec<(Micros, Micros)> = r.records.iter().map(|x| (x.sent, x.finish.unwrap())).collect();
+        spans.sort();
+        assert!(
+            spans.windows(2).all(|w| w[0].1 <= w[1].0),
+            "at most one request outstanding"
+        );
+        assert!(
+            r.records.iter().any(|x| x.sent > x.arrival),
+            "some requests waited in the client"
+        );
+    }
+
+    #[test]
+    fn picker_view_lags_until_the_next_scrape() {
+        let cfg = SimConfig {
+            servers: 1,
+            ..tiny_cluster()
+        };
+        let trace = tiny_trace(1.0);
+        let mut servers = vec![Server::new(cfg.params.clone())];
+        let mut sc = Scraper::new(&cfg, &trace);
+        sc.advance(1, &servers, &trace); // scrape at t = 0: idle
+        assert_eq!(sc.pool().endpoints()[0].waiting, 0);
+        for id in 0..3 {
+            servers[0].enqueue(SeqSpec {
+                id,
+                prompt_tokens: 16,
+                output_tokens: 1,
+                hashes: Vec::new().into(),
+                adapter: None,
+            });
+        }
+        sc.advance(50_000, &servers, &trace); // the scrape at 50 ms is not yet due (strictly before)
+        let ep = &sc.pool().endpoints()[0];
+        assert_eq!(
+            (ep.waiting, ep.scraped_at),
+            (0, Instant::from_millis(0)),
+            "three requests queued, none visible"
+        );
+        sc.advance(50_001, &servers, &trace);
+        let ep = &sc.pool().endpoints()[0];
+        assert_eq!((ep.waiting, ep.scraped_at), (3, Instant::from_millis(50)));
+        assert_eq!(sc.pool().snapshot().generated_at, Instant::from_millis(50));
+    }
+}
