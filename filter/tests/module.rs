@@ -579,7 +579,15 @@ proptest! {
 #[test]
 fn metrics_count_requests_errors_and_pool_state() {
     let mut host = host(r#""objectives":{"batch":-1}"#);
-    assert_eq!(push(&mut host, 0, &snapshot(1, &[("10.0.0.1:8000", 2, 0.5), ("10.0.0.2:8000", 4, 0.3)]), TOKEN), 204);
+    assert_eq!(
+        push(
+            &mut host,
+            0,
+            &snapshot(1, &[("10.0.0.1:8000", 2, 0.5), ("10.0.0.2:8000", 4, 0.3)]),
+            TOKEN
+        ),
+        204
+    );
     for _ in 0..3 {
         let sent = send(&mut host, 0, &[], &chat_body(MODEL, "s", "q"));
         host.worker(0).finish(sent.stream);
@@ -587,9 +595,17 @@ fn metrics_count_requests_errors_and_pool_state() {
     let sent = send(&mut host, 0, &[], b"{bad");
     host.worker(0).finish(sent.stream);
     assert_eq!(push(&mut host, 0, b"junk", TOKEN), 400);
-    let metric = |name: &str| host.group.metric(name).map(|m| m.value).unwrap_or_else(|| panic!("metric {name} defined"));
+    let metric = |name: &str| {
+        host.group
+            .metric(name)
+            .map(|m| m.value)
+            .unwrap_or_else(|| panic!("metric {name} defined"))
+    };
     assert_eq!(metric("inference_objective_request_total"), 3);
-    assert_eq!(metric("inference_objective_request_total.model_name.meta-llama_Llama-3_1-8B-Instruct"), 3);
+    assert_eq!(
+        metric("inference_objective_request_total.model_name.meta-llama_Llama-3_1-8B-Instruct"),
+        3
+    );
     assert_eq!(metric("inference_objective_request_error_total.error_code.400"), 1);
     assert_eq!(metric("inference_objective_request_error_total.error_code.503"), 0);
     assert_eq!(metric("inference_pool_ready_pods"), 2);
@@ -597,7 +613,10 @@ fn metrics_count_requests_errors_and_pool_state() {
     assert_eq!(metric("inference_pool_average_kv_cache_utilization_percent"), 40);
     assert_eq!(metric("wasm_epp_snapshot_accepted_total"), 1);
     assert_eq!(metric("wasm_epp_snapshot_rejected_total"), 1);
-    let hist = host.group.metric("wasm_epp_decision_duration_us").expect("histogram defined");
+    let hist = host
+        .group
+        .metric("wasm_epp_decision_duration_us")
+        .expect("histogram defined");
     assert_eq!(hist.samples.len(), 3, "one sample per decision");
 }
 
@@ -608,13 +627,19 @@ fn original_dst_filter_state_carries_the_pick() {
     let sent = send(&mut host, 0, &[], &chat_body(MODEL, "s", "q"));
     let dest = sent.header("x-gateway-destination-endpoint").unwrap().to_string();
     let io = host.worker(0).stream_io(sent.stream).expect("stream io").clone();
-    let state = io.filter_state.get("envoy.network.transport_socket.original_dst_address").expect("filter state set");
+    let state = io
+        .filter_state
+        .get("envoy.network.transport_socket.original_dst_address")
+        .expect("filter state set");
     assert_eq!(std::str::from_utf8(state).unwrap(), dest);
     let errors: Vec<_> = host
         .worker(0)
         .hostcall_errors()
         .into_iter()
-        .filter(|e| e.call.contains("foreign") || !matches!(e.status, host_sim::Status::NotFound | host_sim::Status::CasMismatch))
+        .filter(|e| {
+            e.call.contains("foreign")
+                || !matches!(e.status, host_sim::Status::NotFound | host_sim::Status::CasMismatch)
+        })
         .collect();
     assert!(errors.is_empty(), "{errors:?}");
 }

@@ -1,0 +1,522 @@
+//! Loading a module ([`Plugin`]) and running one VM instance of it ([`Vm`]).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::{Engine, ExternType, Instance, Linker, Module, Store, TypedFunc, Val};
+
+use crate::abi::Action;
+use crate::host::{define_imports, HostState, Phase, StreamIo, ERRNO_NOSYS};
+use crate::options::HostOptions;
+use crate::shared::VmGroup;
+use crate::Error;
+
+fn make_engine() -> Result<Engine, Error> {
+    let mut cfg = wasmtime::Config::new();
+    // HOST_SIM_OPT=none trades generated-code speed for compile time (debug test builds,
+    // where cranelift itself runs unoptimised). Benchmarks keep the default (speed).
+    let opt = match std::env::var("HOST_SIM_OPT").as_deref() {
+        Ok("none") => wasmtime::OptLevel::None,
+        _ => wasmtime::OptLevel::Speed,
+    };
+    cfg.cranelift_opt_level(opt);
+    Engine::new(&cfg).map_err(|e| Error::Load(format!("{e:#}")))
+}
+
+/// FNV-1a, for content-addressed cache file names (not security relevant).
+fn fnv64(b: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for x in b {
+        h ^= u64::from(*x);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// A compiled module plus its import set: compile once, instantiate per worker.
+#[derive(Clone)]
+pub struct Plugin {
+    engine: Engine,
+    module: Module,
+    linker: Arc<Linker<HostState>>,
+}
+
+impl Plugin {
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Plugin, Error> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| Error::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        Plugin::from_bytes(&bytes)
+    }
+
+    /// [`Plugin::from_file_cached`] when `$HOST_SIM_CACHE` names a cache directory, else
+    /// [`Plugin::from_file`]. Used by the CLI.
+    pub fn from_file_env_cache(path: impl AsRef<Path>) -> Result<Plugin, Error> {
+        match std::env::var_os("HOST_SIM_CACHE") {
+            Some(dir) => Plugin::from_file_cached(path, Path::new(&dir)),
+            None => Plugin::from_file(path),
+        }
+    }
+
+    /// Accepts a binary module or (for tests) WAT text.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Plugin, Error> {
+        let engine = make_engine()?;
+        let module = Module::new(&engine, bytes).map_err(|e| Error::Load(format!("{e:#}")))?;
+        Plugin::assemble(engine, module)
+    }
+
+    /// Like [`Plugin::from_file`], keeping the compiled code in `cache_dir` so that the next
+    /// process skips cranelift. A cache file this wasmtime build or engine configuration
+    /// cannot use is ignored and rewritten.
+    pub fn from_file_cached(path: impl AsRef<Path>, cache_dir: &Path) -> Result<Plugin, Error> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| Error::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        let opt = std::env::var("HOST_SIM_OPT").unwrap_or_default();
+        let name = format!("{:016x}-{}-{opt}", fnv64(&bytes), bytes.len());
+        let file = cache_dir.join(format!("{name}.cwasm"));
+        if file.exists() {
+            let engine = make_engine()?;
+            // SAFETY: the file was written by this function from `Engine::precompile_module`
+            // for exactly these bytes (content-addressed name) into a directory the caller
+            // owns; wasmtime still rejects artefacts of another version or engine config.
+            let module = unsafe { Module::deserialize_file(&engine, &file) };
+            if let Ok(module) = module {
+                return Plugin::assemble(engine, module);
+            }
+        }
+        let plugin = Plugin::from_bytes(&bytes)?;
+        if let Ok(code) = plugin.engine.precompile_module(&bytes) {
+            let _ = std::fs::create_dir_all(cache_dir);
+            let tmp = cache_dir.join(format!("{name}.{}.tmp", std::process::id()));
+            if std::fs::write(&tmp, code).is_ok() {
+                let _ = std::fs::rename(&tmp, &file);
+            }
+        }
+        Ok(plugin)
+    }
+
+    fn assemble(engine: Engine, module: Module) -> Result<Plugin, Error> {
+        let mut linker = Linker::new(&engine);
+        define_imports(&mut linker).map_err(|e| Error::Load(format!("{e:#}")))?;
+        // WASI functions outside the documented subset answer ENOSYS instead of failing to
+        // link (cpp-host registers stubs for capabilities it does not grant, §2).
+        for imp in module.imports() {
+            if imp.module() == "wasi_snapshot_preview1" && !crate::host::WASI_DEFINED.contains(&imp.name()) {
+                if let ExternType::Func(ft) = imp.ty() {
+                    linker
+                        .func_new(imp.module(), imp.name(), ft.clone(), |_c, _args, results| {
+                            if let Some(r) = results.first_mut() {
+                                *r = Val::I32(ERRNO_NOSYS);
+                            }
+                            Ok(())
+                        })
+                        .map_err(|e| Error::Load(format!("{e:#}")))?;
+                }
+            }
+        }
+        Ok(Plugin {
+            engine,
+            module,
+            linker: Arc::new(linker),
+        })
+    }
+
+    /// Names of the module's imports (`module.name`).
+    pub fn imports(&self) -> Vec<String> {
+        self.module
+            .imports()
+            .map(|i| format!("{}.{}", i.module(), i.name()))
+            .collect()
+    }
+}
+
+/// Cost of one guest invocation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invocation {
+    pub callback: &'static str,
+    pub context_id: u32,
+    /// Thread CPU time spent in the call.
+    pub cpu_ns: u64,
+    pub wall_ns: u64,
+}
+
+/// A guest trap (panic with `panic=abort`, `unreachable`, out of memory, …).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrapInfo {
+    pub callback: &'static str,
+    pub message: String,
+}
+
+/// One VM instance: a `Store<HostState>` with the instantiated module and its root context.
+pub struct Vm {
+    pub store: Store<HostState>,
+    instance: Instance,
+    next_context: u32,
+    pub invocations: Vec<Invocation>,
+    pub trap: Option<TrapInfo>,
+    /// Keep the per-invocation history (off for long-running serve/bench loops).
+    pub record_invocations: bool,
+    on_req_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_req_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_resp_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_resp_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+}
+
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec and CLOCK_THREAD_CPUTIME_ID is supported on
+    // Linux; the call writes only into `ts`.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+impl Vm {
+    /// Instantiate, run `_initialize`, create the root context, then `on_vm_start` and
+    /// `on_configure`. Either returning false rejects the configuration (Envoy NACKs, §4.2).
+    pub fn start(plugin: &Plugin, opts: Arc<HostOptions>, group: VmGroup, worker: usize) -> Result<Vm, Error> {
+        let mut store = Store::new(&plugin.engine, HostState::new(opts.clone(), group, worker));
+        store.limiter(|s| &mut s.limiter);
+        let instance = plugin
+            .linker
+            .instantiate(&mut store, &plugin.module)
+            .map_err(|e| Error::Load(format!("instantiate: {e:#}")))?;
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or_else(|| Error::Load("module exports no memory".into()))?;
+        let alloc = instance
+            .get_typed_func::<i32, i32>(&mut store, "proxy_on_memory_allocate")
+            .or_else(|_| instance.get_typed_func::<i32, i32>(&mut store, "malloc"))
+            .map_err(|_| Error::Load("module exports no proxy_on_memory_allocate".into()))?;
+        if instance.get_func(&mut store, "proxy_abi_version_0_2_1").is_none() {
+            return Err(Error::Load("module does not export proxy_abi_version_0_2_1".into()));
+        }
+        store.data_mut().memory = Some(memory);
+        store.data_mut().alloc = Some(alloc);
+        let hf = |store: &mut Store<HostState>, n: &str| {
+            instance.get_typed_func::<(i32, i32, i32), i32>(&mut *store, n).ok()
+        };
+        let on_req_headers = hf(&mut store, "proxy_on_request_headers");
+        let on_req_body = hf(&mut store, "proxy_on_request_body");
+        let on_resp_headers = hf(&mut store, "proxy_on_response_headers");
+        let on_resp_body = hf(&mut store, "proxy_on_response_body");
+        let mut vm = Vm {
+            store,
+            instance,
+            next_context: 1,
+            invocations: Vec::new(),
+            trap: None,
+            record_invocations: true,
+            on_req_headers,
+            on_req_body,
+            on_resp_headers,
+            on_resp_body,
+        };
+        for init in ["_initialize", "_start"] {
+            if let Ok(f) = vm.instance.get_typed_func::<(), ()>(&mut vm.store, init) {
+                vm.store.data_mut().phase = Phase::Init;
+                let r = f.call(&mut vm.store, ());
+                vm.store.data_mut().phase = Phase::Idle;
+                r.map_err(|e| Error::Start(format!("{init} trapped: {e:#}")))?;
+                break;
+            }
+        }
+        let root = vm.next_context;
+        vm.next_context += 1;
+        vm.store.data_mut().root_context = root;
+        vm.call_unit2("proxy_on_context_create", Phase::ContextCreate, root, root as i32, 0)
+            .map_err(|t| Error::Start(t.message))?;
+        let vm_cfg_len = opts.vm_config.len() as i32;
+        let ok = vm
+            .call_i32_2("proxy_on_vm_start", Phase::VmStart, root, root as i32, vm_cfg_len)
+            .map_err(|t| Error::Start(t.message))?;
+        if ok == Some(0) {
+            return Err(Error::Rejected("on_vm_start returned false".into()));
+        }
+        let cfg_len = opts.plugin_config.len() as i32;
+        let ok = vm
+            .call_i32_2("proxy_on_configure", Phase::Configure, root, root as i32, cfg_len)
+            .map_err(|t| Error::Start(t.message))?;
+        if ok == Some(0) {
+            return Err(Error::Rejected("on_configure returned false".into()));
+        }
+        Ok(vm)
+    }
+
+    pub fn root_context(&self) -> u32 {
+        self.store.data().root_context
+    }
+
+    pub fn state(&self) -> &HostState {
+        self.store.data()
+    }
+
+    pub fn state_mut(&mut self) -> &mut HostState {
+        self.store.data_mut()
+    }
+
+    /// Current linear memory size in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        match self.store.data().memory {
+            Some(m) => m.data_size(&self.store),
+            None => 0,
+        }
+    }
+
+    /// Run `f` as one invocation: set the phase and effective context, measure CPU time, and
+    /// turn a trap into a failed VM.
+    fn invoke<R>(
+        &mut self,
+        callback: &'static str,
+        phase: Phase,
+        context: u32,
+        f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, TrapInfo> {
+        if let Some(t) = &self.trap {
+            return Err(t.clone());
+        }
+        {
+            let st = self.store.data_mut();
+            st.phase = phase;
+            st.effective = context;
+        }
+        let (c0, w0) = (thread_cpu_ns(), Instant::now());
+        let r = f(&mut self.store);
+        let cpu_ns = thread_cpu_ns().saturating_sub(c0);
+        let wall_ns = w0.elapsed().as_nanos() as u64;
+        if self.record_invocations {
+            self.invocations.push(Invocation {
+                callback,
+                context_id: context,
+                cpu_ns,
+                wall_ns,
+            });
+        }
+        self.store.data_mut().phase = Phase::Idle;
+        r.map_err(|e| {
+            let mut message = format!("{e:#}");
+            if self.store.data().limiter.denied {
+                message = format!(
+                    "memory limit of {} bytes exceeded: {message}",
+                    self.store.data().opts.memory_limit
+                );
+            }
+            let t = TrapInfo { callback, message };
+            self.trap = Some(t.clone());
+            t
+        })
+    }
+
+    fn call_unit2(&mut self, name: &'static str, phase: Phase, ctx: u32, a: i32, b: i32) -> Result<(), TrapInfo> {
+        let f = self
+            .instance
+            .get_typed_func::<(i32, i32), ()>(&mut self.store, name)
+            .ok();
+        match f {
+            Some(f) => self.invoke(name, phase, ctx, |s| f.call(s, (a, b))),
+            None => Ok(()),
+        }
+    }
+
+    fn call_unit1(&mut self, name: &'static str, phase: Phase, ctx: u32) -> Result<(), TrapInfo> {
+        let f = self.instance.get_typed_func::<i32, ()>(&mut self.store, name).ok();
+        match f {
+            Some(f) => self.invoke(name, phase, ctx, |s| f.call(s, ctx as i32)),
+            None => Ok(()),
+        }
+    }
+
+    fn call_i32_2(
+        &mut self,
+        name: &'static str,
+        phase: Phase,
+        ctx: u32,
+        a: i32,
+        b: i32,
+    ) -> Result<Option<i32>, TrapInfo> {
+        let f = self
+            .instance
+            .get_typed_func::<(i32, i32), i32>(&mut self.store, name)
+            .ok();
+        match f {
+            Some(f) => self.invoke(name, phase, ctx, |s| f.call(s, (a, b))).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    // === lifecycle ===
+
+    /// Create an HTTP stream context (`proxy_on_context_create(id, root)`).
+    pub fn create_http_context(&mut self) -> Result<u32, TrapInfo> {
+        let id = self.next_context;
+        self.next_context += 1;
+        let root = self.root_context();
+        let now = self.store.data().opts.clock.now_ns();
+        self.store.data_mut().streams.insert(
+            id,
+            StreamIo {
+                frozen_ns: now,
+                ..StreamIo::default()
+            },
+        );
+        self.call_unit2(
+            "proxy_on_context_create",
+            Phase::ContextCreate,
+            id,
+            id as i32,
+            root as i32,
+        )?;
+        Ok(id)
+    }
+
+    pub fn on_request_headers(&mut self, ctx: u32, n: usize, eos: bool) -> Result<Action, TrapInfo> {
+        self.http_cb(
+            self.on_req_headers.clone(),
+            "proxy_on_request_headers",
+            Phase::RequestHeaders,
+            ctx,
+            n,
+            eos,
+        )
+    }
+
+    pub fn on_request_body(&mut self, ctx: u32, size: usize, eos: bool) -> Result<Action, TrapInfo> {
+        self.http_cb(
+            self.on_req_body.clone(),
+            "proxy_on_request_body",
+            Phase::RequestBody,
+            ctx,
+            size,
+            eos,
+        )
+    }
+
+    pub fn on_response_headers(&mut self, ctx: u32, n: usize, eos: bool) -> Result<Action, TrapInfo> {
+        self.http_cb(
+            self.on_resp_headers.clone(),
+            "proxy_on_response_headers",
+            Phase::ResponseHeaders,
+            ctx,
+            n,
+            eos,
+        )
+    }
+
+    pub fn on_response_body(&mut self, ctx: u32, size: usize, eos: bool) -> Result<Action, TrapInfo> {
+        self.http_cb(
+            self.on_resp_body.clone(),
+            "proxy_on_response_body",
+            Phase::ResponseBody,
+            ctx,
+            size,
+            eos,
+        )
+    }
+
+    pub fn on_request_trailers(&mut self, ctx: u32, n: usize) -> Result<Action, TrapInfo> {
+        self.trailers_cb("proxy_on_request_trailers", Phase::RequestTrailers, ctx, n)
+    }
+
+    pub fn on_response_trailers(&mut self, ctx: u32, n: usize) -> Result<Action, TrapInfo> {
+        self.trailers_cb("proxy_on_response_trailers", Phase::ResponseTrailers, ctx, n)
+    }
+
+    fn http_cb(
+        &mut self,
+        f: Option<TypedFunc<(i32, i32, i32), i32>>,
+        name: &'static str,
+        phase: Phase,
+        ctx: u32,
+        n: usize,
+        eos: bool,
+    ) -> Result<Action, TrapInfo> {
+        match f {
+            Some(f) => self
+                .invoke(name, phase, ctx, |s| f.call(s, (ctx as i32, n as i32, eos as i32)))
+                .map(Action::from_raw),
+            None => Ok(Action::Continue),
+        }
+    }
+
+    fn trailers_cb(&mut self, name: &'static str, phase: Phase, ctx: u32, n: usize) -> Result<Action, TrapInfo> {
+        Ok(self
+            .call_i32_2(name, phase, ctx, ctx as i32, n as i32)?
+            .map(Action::from_raw)
+            .unwrap_or(Action::Continue))
+    }
+
+    /// `proxy_on_done`: true lets the host delete the context now.
+    pub fn on_done(&mut self, ctx: u32) -> Result<bool, TrapInfo> {
+        let f = self
+            .instance
+            .get_typed_func::<i32, i32>(&mut self.store, "proxy_on_done")
+            .ok();
+        match f {
+            Some(f) => self
+                .invoke("proxy_on_done", Phase::Done, ctx, |s| f.call(s, ctx as i32))
+                .map(|v| v != 0),
+            None => Ok(true),
+        }
+    }
+
+    pub fn on_log(&mut self, ctx: u32) -> Result<(), TrapInfo> {
+        self.call_unit1("proxy_on_log", Phase::Log, ctx)
+    }
+
+    /// `proxy_on_delete`, then the host forgets the stream.
+    pub fn on_delete(&mut self, ctx: u32) -> Result<(), TrapInfo> {
+        let r = self.call_unit1("proxy_on_delete", Phase::Delete, ctx);
+        self.store.data_mut().streams.remove(&ctx);
+        r
+    }
+
+    pub fn on_tick(&mut self) -> Result<(), TrapInfo> {
+        let root = self.root_context();
+        self.call_unit1("proxy_on_tick", Phase::Tick, root)
+    }
+
+    pub fn on_queue_ready(&mut self, ctx: u32, token: u32) -> Result<(), TrapInfo> {
+        self.call_unit2("proxy_on_queue_ready", Phase::QueueReady, ctx, ctx as i32, token as i32)
+    }
+
+    /// Deliver an http-call response to the context that dispatched the call.
+    pub fn on_http_call_response(
+        &mut self,
+        ctx: u32,
+        token: u32,
+        resp: crate::options::CallResponse,
+    ) -> Result<(), TrapInfo> {
+        let (nh, nb, nt) = if resp.fail {
+            (0, 0, 0)
+        } else {
+            (
+                resp.headers.len() as i32,
+                resp.body.len() as i32,
+                resp.trailers.len() as i32,
+            )
+        };
+        self.store.data_mut().call_response = Some(resp);
+        let f = self
+            .instance
+            .get_typed_func::<(i32, i32, i32, i32, i32), ()>(&mut self.store, "proxy_on_http_call_response")
+            .ok();
+        let r = match f {
+            Some(f) => self.invoke("proxy_on_http_call_response", Phase::HttpCallResponse, ctx, |s| {
+                f.call(s, (ctx as i32, token as i32, nh, nb, nt))
+            }),
+            None => Ok(()),
+        };
+        self.store.data_mut().call_response = None;
+        r
+    }
+}

@@ -1,0 +1,5 @@
+mod dsl;
+mod examples;
+mod guest_errors;
+mod probe;
+mod serve;
