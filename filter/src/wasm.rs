@@ -483,7 +483,8 @@ impl Stream {
 
     /// Picks for a scanned (or header-derived) request and sets the routing headers.
     /// Returns false after sending a local reply.
-    fn route(&mut self, model: &str, cache_salt: Option<&str>, prompt: Prompt<'_>) -> bool {
+    /// Returns the target model (after any rewrite) when routed, `None` after a local reply.
+    fn route(&mut self, model: &str, cache_salt: Option<&str>, prompt: Prompt<'_>) -> Option<String> {
         let now = self.now();
         let envoy = self.envoy();
         if envoy {
@@ -502,7 +503,7 @@ impl Stream {
         if !w.config.allow_models.is_empty() && !w.config.allow_models.iter().any(|m| m == model) {
             drop(guard);
             self.reply(404, &format!("model {model:?} is not served here"), &[]);
-            return false;
+            return None;
         }
         // Weighted rewrite (GIE InferenceModelRewrite): pick a target by weight with the worker RNG.
         let target = match w.config.rewrites.iter().find(|r| r.model == model) {
@@ -535,7 +536,7 @@ impl Stream {
                 Err(e) => {
                     drop(guard);
                     self.reply(400, &format!("{TEST_STEERING_HEADER}: {e}"), &[]);
-                    return false;
+                    return None;
                 }
             },
             _ => None,
@@ -610,14 +611,14 @@ impl Stream {
                     self.update_inflight(key, tokens, true);
                     self.acquired = Some((key, tokens));
                 }
-                true
+                Some(target)
             }
             Outcome::Reject(r) => {
                 drop(guard);
                 let status = r.http_status() as u32;
                 let extra: &[(&str, &str)] = if status == 429 { &[("retry-after", "1")] } else { &[] };
                 self.reply(status, &r.to_string(), extra);
-                false
+                None
             }
         }
     }
@@ -719,7 +720,10 @@ impl HttpContext for Stream {
             let affinity_value = affinity
                 .and_then(|a| self.get_http_request_header(&a))
                 .unwrap_or_default();
-            return if self.route(&model, None, Prompt::from_bytes(affinity_value.as_bytes())) {
+            return if self
+                .route(&model, None, Prompt::from_bytes(affinity_value.as_bytes()))
+                .is_some()
+            {
                 Action::Continue
             } else {
                 Action::Pause
@@ -763,13 +767,23 @@ impl HttpContext for Stream {
                 Action::Pause
             }
             Kind::Inference(api) => match scan(&body, api) {
-                Ok(s) => {
-                    if self.route(&s.model, s.cache_salt.as_deref(), s.prompt) {
+                Ok(s) => match self.route(&s.model, s.cache_salt.as_deref(), s.prompt) {
+                    Some(target) => {
+                        if target != s.model {
+                            // The model server serves what the body names: splice the rewritten
+                            // model in (as GIE's EPP does) and fix the length while headers wait.
+                            let quoted = serde_json::Value::String(target).to_string();
+                            let mut out = Vec::with_capacity(body.len() + quoted.len());
+                            out.extend_from_slice(&body[..s.model_range.start]);
+                            out.extend_from_slice(quoted.as_bytes());
+                            out.extend_from_slice(&body[s.model_range.end..]);
+                            self.set_http_request_body(0, body_size, &out);
+                            self.set_http_request_header("content-length", Some(&out.len().to_string()));
+                        }
                         Action::Continue
-                    } else {
-                        Action::Pause
                     }
-                }
+                    None => Action::Pause,
+                },
                 Err(e) => {
                     self.reply(400, &e.to_string(), &[]);
                     Action::Pause

@@ -643,3 +643,72 @@ fn original_dst_filter_state_carries_the_pick() {
         .collect();
     assert!(errors.is_empty(), "{errors:?}");
 }
+
+// === model rewrite and pull mode ===
+
+#[test]
+fn model_rewrite_splices_the_body_and_splits_by_weight() {
+    let cfg = base_config(
+        r#""models":{"rewrites":[{"model":"llama","targets":[{"model":"llama-a","weight":70},{"model":"llama-b","weight":30}]}]}"#,
+    );
+    let mut host = host_with(Profile::Envoy, &cfg, 1, true);
+    // Pods that list no models serve any model.
+    let mut s = Snapshot::decode(&snapshot(1, &PODS)).unwrap();
+    for e in &mut s.endpoints {
+        e.models.clear();
+    }
+    assert_eq!(push(&mut host, 0, &s.encode().unwrap(), TOKEN), 204);
+    let mut a = 0;
+    let n = 300;
+    for _ in 0..n {
+        let body = br#"{"messages":[{"role":"user","content":"hi"}], "model" : "llama", "stream":false}"#;
+        let sent = send(&mut host, 0, &[("content-length", &body.len().to_string())], body);
+        let w = host.worker(0);
+        let up = w.upstream(sent.stream).cloned().expect("forwarded");
+        let v: serde_json::Value = serde_json::from_slice(&up.body).expect("rewritten body is JSON");
+        let target = v["model"].as_str().unwrap().to_string();
+        assert!(target == "llama-a" || target == "llama-b", "{target}");
+        assert_eq!(v["messages"][0]["content"], "hi", "the rest of the body is untouched");
+        assert_eq!(sent.header("x-gateway-model-name"), Some(target.as_str()));
+        assert_eq!(sent.header("content-length"), Some(up.body.len().to_string().as_str()));
+        a += (target == "llama-a") as u32;
+        w.finish(sent.stream);
+    }
+    // GIE conformance tolerance for weighted splits: max(0.10, 4.5σ).
+    let share = a as f64 / n as f64;
+    let sigma = (0.7f64 * 0.3 / n as f64).sqrt();
+    assert!((share - 0.7).abs() <= (4.5 * sigma).max(0.10), "share {share}");
+}
+
+#[test]
+fn pull_mode_fetches_the_snapshot_on_a_tick() {
+    let cfg = format!(
+        r#"{{"snapshot":{{"token":"{TOKEN}","pull":{{"cluster":"collector","intervalMs":50}}}},"endpoints":["10.9.9.9:8000"]}}"#
+    );
+    let mut o = HostOptions::new(Profile::Envoy);
+    o.vm_id = "wasm-epp".into();
+    o.plugin_config = cfg.into_bytes();
+    o.allow_on_headers_stop_iteration = true;
+    o.clusters.insert(
+        "collector".into(),
+        Some(host_sim::CallResponse {
+            headers: vec![(":status".into(), "200".into())],
+            body: snapshot(3, &PODS[2..3]),
+            ..Default::default()
+        }),
+    );
+    let mut host = Host::new(plugin(), o, 1).unwrap();
+    let before = send(&mut host, 0, &[], &chat_body(MODEL, "s", "q"));
+    assert_eq!(before.header("x-gateway-destination-endpoint"), Some("10.9.9.9:8000"));
+    host.advance_ms(60);
+    host.pump();
+    let stored = host
+        .group
+        .get_data("wasm-epp/snapshot")
+        .expect("pulled snapshot stored")
+        .0;
+    assert_eq!(Snapshot::decode(&stored).unwrap().sequence, 3);
+    let after = send(&mut host, 0, &[], &chat_body(MODEL, "s", "q"));
+    assert_eq!(after.header("x-gateway-destination-endpoint"), Some("10.0.0.3:8000"));
+    no_traps(&mut host);
+}

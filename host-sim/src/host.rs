@@ -484,7 +484,7 @@ fn buffer_get(st: &HostState, t: BufferType) -> Result<Vec<u8>, Status> {
         BufferType::HttpCallResponseBody if !gcp => st
             .call_response
             .as_ref()
-            .map(|r| r.body.clone().into_bytes())
+            .map(|r| r.body.clone())
             .ok_or(Status::NotFound),
         _ if gcp => Err(Status::Unimplemented),
         _ => Err(Status::NotFound),

@@ -38,13 +38,18 @@ pub enum FailurePolicy {
 pub struct CallResponse {
     #[serde(default)]
     pub headers: Headers,
-    #[serde(default)]
-    pub body: String,
+    /// Raw bytes (a pulled snapshot is binary); YAML gives it as a string.
+    #[serde(default, deserialize_with = "string_bytes")]
+    pub body: Vec<u8>,
     #[serde(default)]
     pub trailers: Headers,
     /// Simulate a failed call (reset): `on_http_call_response(token, 0, 0, 0)` (spec).
     #[serde(default)]
     pub fail: bool,
+}
+
+fn string_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    <String as Deserialize>::deserialize(d).map(String::into_bytes)
 }
 
 /// The clock the host reads. Tests use a virtual clock that only moves when told to.

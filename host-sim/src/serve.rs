@@ -947,7 +947,7 @@ async fn http_callout(sh: &Shared, call: &crate::host::PendingCall) -> CallRespo
         let body = body.collect().await.ok()?.to_bytes();
         Some(CallResponse {
             headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
+            body: body.to_vec(),
             trailers: Vec::new(),
             fail: false,
         })

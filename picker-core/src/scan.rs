@@ -157,6 +157,9 @@ impl<'a> Prompt<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Scanned<'a> {
     pub model: String,
+    /// Byte range of the (last) `model` value in the body, quotes included, so a proxy can
+    /// rewrite the model (GIE `InferenceModelRewrite`) by splicing the body.
+    pub model_range: core::ops::Range<usize>,
     pub stream: Option<bool>,
     pub cache_salt: Option<String>,
     pub prompt: Prompt<'a>,
@@ -182,6 +185,7 @@ pub fn scan(body: &[u8], api: Api) -> Result<Scanned<'_>, ScanError> {
 
     let keys = api.prompt_keys();
     let mut model: Option<Result<String, ScanError>> = None;
+    let mut model_range = 0..0;
     let mut stream = None;
     let mut salt: Option<Result<String, ScanError>> = None;
     let mut prompt: [&[u8]; 2] = [&[], &[]];
@@ -210,6 +214,7 @@ pub fn scan(body: &[u8], api: Api) -> Result<Scanned<'_>, ScanError> {
                 KeyName::Short(buf, len) => {
                     let k = &buf[..len];
                     if k == b"model" {
+                        model_range = start..c.i;
                         model = Some(decode_name(raw).ok_or(ScanError::ModelNotString).and_then(|r| {
                             r.and_then(|s| {
                                 if s.is_empty() {
@@ -262,6 +267,7 @@ pub fn scan(body: &[u8], api: Api) -> Result<Scanned<'_>, ScanError> {
     let cache_salt = salt.transpose()?;
     Ok(Scanned {
         model,
+        model_range,
         stream,
         cache_salt,
         prompt: Prompt { parts: prompt },

@@ -93,8 +93,10 @@ fn embeddings_input() {
 fn model_escapes_are_decoded_and_last_key_wins() {
     let s = ok(r#"{"model":"a\/b\u00e9\ud83d\ude00\n","prompt":"x"}"#, Api::Completions);
     assert_eq!(s.model, "a/bé😀\n");
-    let s = ok(r#"{"model":"first","model":"second"}"#, Api::Completions);
+    let body = r#"{"model":"first", "model" : "second" }"#;
+    let s = ok(body, Api::Completions);
     assert_eq!(s.model, "second");
+    assert_eq!(&body[s.model_range.clone()], r#""second""#, "range of the value that counts");
     // An escaped key is still the key.
     let s = ok(r#"{"mod\u0065l":"escaped-key"}"#, Api::Completions);
     assert_eq!(s.model, "escaped-key");
@@ -280,6 +282,9 @@ proptest! {
                     Some(serde_json::Value::Bool(_)) | Some(serde_json::Value::Null) | None => {
                         let s = ours.unwrap();
                         prop_assert_eq!(&s.model, m);
+                        // The range holds exactly the JSON string of the model.
+                        let raw: String = serde_json::from_str(&text[s.model_range.clone()]).unwrap();
+                        prop_assert_eq!(&raw, m);
                         prop_assert_eq!(s.stream, v.get("stream").and_then(|b| b.as_bool()));
                         match v.get("messages") {
                             None => prop_assert!(s.prompt.is_empty()),

@@ -122,7 +122,7 @@ fn auth_host(body: &[u8], policy: FailurePolicy) -> host_sim::Host {
         "authz".into(),
         Some(CallResponse {
             headers: hdrs(&[(":status", "200")]),
-            body: String::from_utf8(body.to_vec()).unwrap(),
+            body: body.to_vec(),
             ..Default::default()
         }),
     );
@@ -174,7 +174,7 @@ fn auth_waits_for_a_manual_answer() {
     assert!(w.upstream(s).unwrap().headers.is_none());
     let answer = CallResponse {
         headers: hdrs(&[(":status", "200")]),
-        body: "\u{4}".into(),
+        body: vec![4],
         ..Default::default()
     };
     assert!(w.respond_http_call(calls[0].token, answer));
