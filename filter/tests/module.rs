@@ -18,7 +18,11 @@ fn plugin() -> &'static Plugin {
     P.get_or_init(|| {
         let path = std::env::var("WASM_EPP_WASM")
             .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/wasm-epp.wasm").to_string());
-        Plugin::from_file(&path).unwrap_or_else(|e| panic!("{path}: {e}; build it first with ./build.sh wasm"))
+        // Each nextest process would otherwise compile the module again with a debug-built
+        // cranelift; the content-addressed cache shares the compiled code between processes.
+        let cache = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/host-sim-modules/.cache");
+        Plugin::from_file_cached(&path, std::path::Path::new(cache))
+            .unwrap_or_else(|e| panic!("{path}: {e}; build it first with ./build.sh wasm"))
     })
 }
 
