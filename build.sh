@@ -108,11 +108,11 @@ case "${1:-}" in
     ;;
   bench-filter)
     wasm
-    cargo build --quiet --release -p host-sim
+    cargo build --quiet --profile tools -p host-sim
     out="$CARGO_TARGET_DIR/filter-bench"
     python3 tools/filter-bench-cases.py "$out" >/dev/null
     for c in chat-4k chat-220k; do
-      "$CARGO_TARGET_DIR/release/host-sim" bench --wasm dist/wasm-epp.wasm --config "$out/config.json" --case "$out/$c.yaml"
+      "$CARGO_TARGET_DIR/tools/host-sim" bench --wasm dist/wasm-epp.wasm --config "$out/config.json" --case "$out/$c.yaml"
     done
     ;;
   *)
