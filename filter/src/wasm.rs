@@ -282,6 +282,16 @@ impl RootContext for Root {
         match FilterConfig::from_json(&bytes) {
             Ok(config) => {
                 info!("{}", config.describe());
+                if config.host == HostProfile::Envoy {
+                    // Create the shared keys once, empty: a set with cas 0 on a missing key is
+                    // unconditional, so two workers racing to create a key could overwrite each
+                    // other; with the key present every later update is a real CAS.
+                    for key in [KEY_INFLIGHT, KEY_SNAPSHOT] {
+                        if self.get_shared_data(key).0.is_none() {
+                            let _ = self.set_shared_data(key, Some(&[]), None);
+                        }
+                    }
+                }
                 if let Some(p) = config.snapshot.as_ref().and_then(|s| s.pull.as_ref()) {
                     info!(
                         "wasm-epp: pulling snapshots from cluster {} {} every {} ms",

@@ -280,6 +280,10 @@ mod tests {
     #[test]
     fn cas_increments_from_threads_lose_nothing() {
         let g = VmGroup::new("vm");
+        // Seed the key: a set with cas 0 is unconditional (cpp-host), so a thread that read
+        // "missing" and was then descheduled would overwrite the count. Plugins that count in
+        // shared data must create the key once first, as the wasm-epp filter does at configure.
+        g.set_data("n", b"0", 0).unwrap();
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let g = g.clone();

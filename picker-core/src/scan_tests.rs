@@ -96,7 +96,11 @@ fn model_escapes_are_decoded_and_last_key_wins() {
     let body = r#"{"model":"first", "model" : "second" }"#;
     let s = ok(body, Api::Completions);
     assert_eq!(s.model, "second");
-    assert_eq!(&body[s.model_range.clone()], r#""second""#, "range of the value that counts");
+    assert_eq!(
+        &body[s.model_range.clone()],
+        r#""second""#,
+        "range of the value that counts"
+    );
     // An escaped key is still the key.
     let s = ok(r#"{"mod\u0065l":"escaped-key"}"#, Api::Completions);
     assert_eq!(s.model, "escaped-key");
