@@ -66,6 +66,9 @@ fn filter_state_args(path: &str, value: &str) -> Vec<u8> {
     out
 }
 
+/// Snapshot-age gauge refresh period (a scrape interval is 50 ms; a 1 s gauge is plenty).
+const AGE_GAUGE_PERIOD: picker_core::Duration = picker_core::Duration::from_millis(1000);
+
 /// How many CAS retries a shared-data update gets before giving up (counts are hints).
 const CAS_RETRIES: usize = 8;
 
@@ -191,6 +194,8 @@ struct Worker {
     pool_seq: Option<u64>,
     /// Logged once per transition, not per request.
     degraded_logged: bool,
+    /// When the slow gauges (snapshot age, degraded) were last written.
+    age_reported_at: Instant,
     metrics: Option<Metrics>,
 }
 
@@ -207,6 +212,7 @@ impl Worker {
             pool_seq: None,
             config,
             degraded_logged: false,
+            age_reported_at: Instant::ZERO,
             metrics,
         }
     }
@@ -501,7 +507,12 @@ impl Stream {
             self.refresh_pool();
         }
         let objective = OBJECTIVE_HEADERS.iter().find_map(|h| self.get_http_request_header(h));
-        let steering = self.get_http_request_header(TEST_STEERING_HEADER);
+        // The steering header is stripped outside test mode; don't pay a hostcall to read it.
+        let steering = if self.worker.borrow().config.test_mode {
+            self.get_http_request_header(TEST_STEERING_HEADER)
+        } else {
+            None
+        };
         let inflight_table = if envoy {
             InFlightTable::decode(self.get_shared_data(KEY_INFLIGHT).0.as_deref().unwrap_or_default())
         } else {
@@ -571,25 +582,34 @@ impl Stream {
             .duration_since(started)
             .map(|t| t.as_micros() as u64)
             .unwrap_or(0);
+        let degraded = d.mode == picker_core::pick::Mode::Degraded;
+        let mode_changed = degraded != w.degraded_logged;
+        let age_due = now.saturating_since(w.age_reported_at) >= AGE_GAUGE_PERIOD;
         if let Some(m) = w.metrics.as_mut() {
             m.request(&target);
             Metrics::set(m.decision_us, took_us);
-            Metrics::set(
-                m.snapshot_age_ms,
-                now.saturating_since(w.pool.snapshot().generated_at).as_millis(),
-            );
-            Metrics::set(m.degraded, (d.mode == picker_core::pick::Mode::Degraded) as u64);
+            // Gauges that change slowly are written on change or at most every
+            // AGE_GAUGE_PERIOD, not per request: each write is a hostcall on the hot path.
+            if age_due || mode_changed {
+                Metrics::set(
+                    m.snapshot_age_ms,
+                    now.saturating_since(w.pool.snapshot().generated_at).as_millis(),
+                );
+                Metrics::set(m.degraded, degraded as u64);
+            }
             if matches!(d.outcome, Outcome::Reject(picker_core::Rejection::Shed { .. })) {
                 Metrics::inc(m.shed);
             }
         }
-        if d.mode == picker_core::pick::Mode::Degraded && !w.degraded_logged {
-            warn!("wasm-epp: snapshot older than degradeAfterMs; routing on consistent hashing and in-flight counts");
-            w.degraded_logged = true;
-        } else if d.mode == picker_core::pick::Mode::Normal && w.degraded_logged {
-            info!("wasm-epp: fresh snapshot again; full scoring restored");
-            w.degraded_logged = false;
+        if age_due || mode_changed {
+            w.age_reported_at = now;
         }
+        if mode_changed && degraded {
+            warn!("wasm-epp: snapshot older than degradeAfterMs; routing on consistent hashing and in-flight counts");
+        } else if mode_changed {
+            info!("wasm-epp: fresh snapshot again; full scoring restored");
+        }
+        w.degraded_logged = degraded;
         match d.outcome {
             Outcome::Route(list) => {
                 let addrs: Vec<SocketAddr> = list
