@@ -123,17 +123,7 @@ impl Env {
         let mut o = HostOptions::new(self.profile);
         o.vm_id = self.vm_id.clone();
         o.root_id = self.root_id.clone();
-        o.plugin_config = match (&self.config, &self.config_file) {
-            (Some(c), _) => c.clone().into_bytes(),
-            (None, Some(f)) => {
-                let p = base.join(f);
-                std::fs::read(&p).map_err(|e| Error::Io {
-                    path: p.display().to_string(),
-                    source: e,
-                })?
-            }
-            (None, None) => Vec::new(),
-        };
+        o.plugin_config = crate::options::inline_or_file(self.config.as_ref(), self.config_file.as_ref(), base)?;
         o.vm_config = self.vm_config.clone().unwrap_or_default().into_bytes();
         o.allow_on_headers_stop_iteration = self.allow_on_headers_stop_iteration;
         o.failure_policy = self.failure_policy;
@@ -143,11 +133,7 @@ impl Env {
         if let Some(m) = self.memory_limit {
             o.memory_limit = m;
         }
-        o.properties = self
-            .properties
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
-            .collect();
+        o.properties = crate::options::property_bytes(&self.properties);
         o.clusters = self.clusters.clone();
         o.clock = Clock::virtual_at_secs(self.time_secs);
         if let Some(s) = self.random_seed {

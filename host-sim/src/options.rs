@@ -48,6 +48,31 @@ pub struct CallResponse {
     pub fail: bool,
 }
 
+/// Plugin configuration given inline or as a file relative to `base` (the DSL `env` and the
+/// gateway config both accept either).
+pub fn inline_or_file(
+    inline: Option<&String>,
+    file: Option<&std::path::PathBuf>,
+    base: &std::path::Path,
+) -> Result<Vec<u8>, crate::Error> {
+    match (inline, file) {
+        (Some(c), _) => Ok(c.clone().into_bytes()),
+        (None, Some(f)) => {
+            let p = base.join(f);
+            std::fs::read(&p).map_err(|e| crate::Error::Io {
+                path: p.display().to_string(),
+                source: e,
+            })
+        }
+        (None, None) => Ok(Vec::new()),
+    }
+}
+
+/// Properties given as text in YAML, as the byte values the host serves.
+pub fn property_bytes(props: &BTreeMap<String, String>) -> BTreeMap<String, Vec<u8>> {
+    props.iter().map(|(k, v)| (k.clone(), v.clone().into_bytes())).collect()
+}
+
 fn string_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
     <String as Deserialize>::deserialize(d).map(String::into_bytes)
 }

@@ -109,28 +109,15 @@ impl GatewayConfig {
         let mut o = HostOptions::new(self.profile);
         o.vm_id = self.vm_id.clone();
         o.root_id = self.root_id.clone();
-        o.plugin_config = match (&self.plugin_config, &self.plugin_config_file) {
-            (Some(c), _) => c.clone().into_bytes(),
-            (None, Some(f)) => {
-                let p = base.join(f);
-                std::fs::read(&p).map_err(|e| Error::Io {
-                    path: p.display().to_string(),
-                    source: e,
-                })?
-            }
-            _ => Vec::new(),
-        };
+        o.plugin_config =
+            crate::options::inline_or_file(self.plugin_config.as_ref(), self.plugin_config_file.as_ref(), base)?;
         o.vm_config = self.vm_config.clone().unwrap_or_default().into_bytes();
         o.allow_on_headers_stop_iteration = self.allow_on_headers_stop_iteration;
         o.failure_policy = self.failure_policy;
         if let Some(b) = self.buffer_limit {
             o.buffer_limit = b;
         }
-        o.properties = self
-            .properties
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
-            .collect();
+        o.properties = crate::options::property_bytes(&self.properties);
         // Known clusters answer through real calls (None = no canned response).
         o.clusters = self.clusters.keys().map(|k| (k.clone(), None)).collect();
         o.clock = Clock::Real;
