@@ -18,7 +18,8 @@
 //!                                                           {"model": "llama-canary", "weight": 10}]}]},
 //!   "objectives": {"batch": -1, "interactive": 2},
 //!   "headersOnly": {"modelHeader": "x-model", "affinityHeader": "x-session-id"},
-//!   "testMode": false
+//!   "testMode": false,
+//!   "failureMode": "FailClose"
 //! }
 //! ```
 
@@ -77,6 +78,19 @@ pub struct FilterConfigDto {
     pub original_dst_filter_state: Option<bool>,
     /// Define and update Envoy custom metrics (Envoy only; default true).
     pub metrics: Option<bool>,
+    /// What to do while the module knows no endpoint at all (no snapshot yet and no static
+    /// `endpoints`): `FailClose` (default) answers 503; `FailOpen` forwards without a destination
+    /// header, so the cluster's own load balancer picks. The values and the default are GIE's
+    /// `InferencePool.spec.endpointPickerRef.failureMode` (epp.md §4.1).
+    pub failure_mode: Option<FailureMode>,
+}
+
+/// GIE's failure mode, applied when the module has no load view at all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum FailureMode {
+    #[default]
+    FailClose,
+    FailOpen,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -180,6 +194,7 @@ pub struct FilterConfig {
     pub test_mode: bool,
     pub original_dst_filter_state: bool,
     pub metrics: bool,
+    pub failure_mode: FailureMode,
 }
 
 #[derive(Debug, PartialEq)]
@@ -402,6 +417,7 @@ impl TryFrom<FilterConfigDto> for FilterConfig {
             test_mode: d.test_mode.unwrap_or(false),
             original_dst_filter_state: d.original_dst_filter_state.unwrap_or(false) && host == HostProfile::Envoy,
             metrics: d.metrics.unwrap_or(true) && host == HostProfile::Envoy,
+            failure_mode: d.failure_mode.unwrap_or_default(),
         })
     }
 }

@@ -16,7 +16,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
 use std::time::Duration as StdDuration;
 
-use crate::config::{FilterConfig, HostProfile, Mode};
+use crate::config::{FailureMode, FilterConfig, HostProfile, Mode};
 use crate::shared::{
     bearer_matches, error_body, source_allowed, validate_push, InFlightTable, IntakeError, KEY_INFLIGHT, KEY_SNAPSHOT,
     KEY_SNAPSHOT_SEQ,
@@ -562,6 +562,13 @@ impl Stream {
             },
             _ => None,
         };
+        if w.pool.endpoints().is_empty() && w.config.failure_mode == FailureMode::FailOpen {
+            // No snapshot yet and no static endpoints: GIE's FailOpen lets the cluster pick.
+            let model_header = w.config.model_header.clone();
+            drop(guard);
+            self.set_http_request_header(&model_header, Some(&target));
+            return Some(target);
+        }
         let mut req = Request::new(&target, prompt);
         req.cache_salt = cache_salt;
         req.priority = priority;

@@ -236,6 +236,35 @@ fn static_endpoints_serve_until_the_first_snapshot() {
 }
 
 #[test]
+fn with_no_load_view_fail_close_answers_503_and_fail_open_lets_the_cluster_pick() {
+    let no_endpoints = |mode: &str| format!(r#"{{"snapshot":{{"token":"{TOKEN}"}}{mode}}}"#);
+    let mut closed = host_with(Profile::Envoy, &no_endpoints(""), 1, true);
+    let sent = send(&mut closed, 0, &[], &chat_body(MODEL, "s", "q"));
+    assert_eq!(sent.status, Some(503), "FailClose is the default");
+
+    let mut open = host_with(Profile::Envoy, &no_endpoints(r#","failureMode":"FailOpen""#), 1, true);
+    let sent = send(
+        &mut open,
+        0,
+        &[("x-gateway-destination-endpoint", "10.6.6.6:80")],
+        &chat_body(MODEL, "s", "q"),
+    );
+    assert_eq!(sent.status, None, "forwarded");
+    assert_eq!(
+        sent.header("x-gateway-destination-endpoint"),
+        None,
+        "no pick, client value stripped"
+    );
+    assert_eq!(sent.header("x-gateway-model-name"), Some(MODEL));
+    open.worker(0).finish(sent.stream);
+    // Once a snapshot arrives, the module picks again.
+    assert_eq!(push(&mut open, 0, &snapshot(1, &PODS), TOKEN), 204);
+    let sent = send(&mut open, 0, &[], &chat_body(MODEL, "s", "q"));
+    assert!(sent.header("x-gateway-destination-endpoint").is_some());
+    no_traps(&mut open);
+}
+
+#[test]
 fn prefix_affinity_holds_across_workers() {
     let mut host = host_with(Profile::Envoy, &base_config(""), 2, true);
     let pods: Vec<(String, u32, f32)> = (1..=8).map(|i| (format!("10.0.1.{i}:8000"), 0, 0.1)).collect();
