@@ -1,0 +1,354 @@
+//! # collector: scrape model servers, push load snapshots
+//!
+//! The wasm-epp collector runs beside a gateway (sidecar) or centrally. It discovers
+//! model-server pods, scrapes each pod's Prometheus `/metrics` every interval, maps the
+//! engine's metric names to one schema, and pushes a binary load snapshot
+//! ([`picker_core::snapshot::Snapshot`], picker-core's codec) to the gateway, where the
+//! proxy-wasm filter validates and stores it.
+//!
+//! ```text
+//!  discovery (static | file | DNS | InferencePool) ─▶ targets (watch channel)
+//!  round every --interval: scrape idle pods concurrently (jitter ≤ min(interval/10, 5 ms),
+//!      --timeout each, ≤ --max-scrape-bytes) ─▶ parse (prom) ─▶ map (engine) ─▶ pod table
+//!  snapshot ─▶ watch channel (latest wins) ─▶ one push task per gateway ─▶ POST
+//!                                         └─▶ --listen: /snapshot, /metrics, /healthz, /readyz
+//! ```
+//!
+//! ## Flags
+//!
+//! | flag | meaning | default |
+//! |---|---|---|
+//! | `--static ip:port,…` | fixed targets | — |
+//! | `--targets-file PATH` | one `ip:port` per line (`#` comments); re-read when its mtime or size changes (polled every second) | — |
+//! | `--dns host:port` | A/AAAA records of `host` (a headless Service), re-resolved every `--dns-refresh` | — |
+//! | `--dns-refresh D` | DNS re-resolution period | `5s` |
+//! | `--inference-pool NAME` | pods of an `inference.networking.k8s.io/v1` InferencePool: `spec.selector.matchLabels`, one target per pod × `spec.targetPorts[].number`; list + watch, readiness from the pod's `Ready` condition | — |
+//! | `--namespace NS` | namespace of the pool / gateways (else the service account's, else `default`) | |
+//! | `--engine E` | `vllm`, `sglang`, `trtllm-serve`, `triton-tensorrt-llm` for non-Kubernetes targets; Kubernetes pods use their `llm-d.ai/engine-type` label (fallback `inference.networking.k8s.io/engine-type`, then `vllm`) | `vllm` |
+//! | `--metrics-path P` | scrape path | `/metrics` |
+//! | `--interval D` | scrape round and snapshot period (GIE's default refresh is 50 ms) | `50ms` |
+//! | `--timeout D` | per-pod scrape timeout | `200ms` |
+//! | `--fail-after N` | consecutive failed scrapes after which the pod is `ready=false`; one success restores it | `3` |
+//! | `--max-scrape-bytes S` | cap on one scrape's body (`1MiB`, `512KiB`); more fails that scrape | `1MiB` |
+//! | `--push URL` (repeatable) | gateway snapshot URL, `http://host:port/path` (path defaults to `/.well-known/wasm-epp/snapshot`) | — |
+//! | `--token-file PATH` | bearer token file; else env `WASM_EPP_SNAPSHOT_TOKEN`; required when pushing | |
+//! | `--push-gateways SEL --push-port P` | central mode (Kubernetes): push to every ready pod matching the label selector `k=v,k2=v2`, at `http://podIP:P` + `--push-path` | |
+//! | `--listen ADDR` | own HTTP listener | off |
+//! | `--once --format json\|binary` | scrape once, print the snapshot, exit 1 if no pod answered | `json` |
+//!
+//! Durations: `1500us`, `50ms`, `1s`, `2m` (a bare number is ms). Bad flags exit with status 2
+//! and a message.
+//!
+//! ## Metric mapping
+//!
+//! Source: GIE `docs/proposals/003-model-server-protocol/README.md` (model-server protocol)
+//! and llm-d-router's built-in engine configs
+//! (`pkg/epp/framework/plugins/datalayer/extractor/metrics/factories.go`), summarised with
+//! citations in `shared/reference/epp.md` §2.
+//!
+//! | field | vLLM | SGLang | trtllm-serve | Triton TensorRT-LLM |
+//! |---|---|---|---|---|
+//! | waiting | `vllm:num_requests_waiting` | `sglang:num_queue_reqs` | `trtllm_num_requests_waiting` | `nv_trt_llm_request_metrics{request_type="waiting"}` |
+//! | running | `vllm:num_requests_running` | `sglang:num_running_reqs` | `trtllm_num_requests_running` | `nv_trt_llm_request_metrics{request_type="scheduled"}` |
+//! | kv_usage (0..1) | `vllm:kv_cache_usage_perc`, else the pre-v1.3 GIE / vLLM v0 name `vllm:gpu_cache_usage_perc` | `sglang:token_usage` | `trtllm_kv_cache_utilization` | `nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="fraction"}` |
+//! | block_size | `vllm:cache_config_info` label `block_size` | `sglang:cache_config_info` label `page_size` | `trtllm_kv_cache_tokens_per_block` | `…{kv_cache_block_type="tokens_per"}` |
+//! | gpu_blocks | `vllm:cache_config_info` label `num_gpu_blocks` | `sglang:cache_config_info` label `num_pages` | `trtllm_kv_cache_max_blocks` | `…{kv_cache_block_type="max"}` |
+//! | lora | `vllm:lora_requests_info`: the series with the largest value (= last-updated timestamp); labels `max_lora`, `running_lora_adapters`, `waiting_lora_adapters` (comma lists) | — | — | — |
+//! | models | distinct `model_name` labels of the waiting/running gauges; empty when LoRA is enabled (`max_lora` > 0: the pod can load any adapter) | same | same | empty (Triton's `model` label is the Triton model) |
+//!
+//! Counts are summed over series (vLLM data-parallel ranks are series `engine="0"`, `"1"`, …);
+//! kv_usage is the maximum over series (the fullest rank). Waiting, running and kv_usage are
+//! required: a scrape without them, or with a negative / NaN value, fails. Optional fields that
+//! are absent, `None` or 0 are left out.
+//!
+//! ## Snapshot and sequence
+//!
+//! Times are milliseconds since the UNIX epoch (`generated_at` = snapshot time, each
+//! endpoint's `scraped_at` = its last successful scrape; 0 if never). A pod is `ready` when
+//! discovery says so, it has been scraped successfully at least once, and fewer than
+//! `--fail-after` scrapes in a row failed; a failing pod keeps its last numbers (the picker
+//! ages them out by `scraped_at`).
+//!
+//! The **sequence** starts at `unix_ms × 1000` when the process starts and grows by 1 per
+//! snapshot, so it keeps increasing across restarts (the filter rejects a sequence ≤ the
+//! stored one with 409) as long as a collector's life produced fewer than 1,000 snapshots per
+//! millisecond — at one per interval it is 50,000× below that. When a gateway answers 409, the
+//! stored sequence is read from its message and the counter jumps past it (no retry of the
+//! stale snapshot; the next round's is newer).
+//!
+//! ## Push protocol
+//!
+//! `POST <url>`, `authorization: Bearer <token>`, `content-type: application/octet-stream`,
+//! body = `Snapshot::encode()` (filter side: `filter/src/shared.rs` `validate_push`). 204
+//! stored; 401 bad token; 403 source not allowed; 400 invalid; 409 stale sequence (logged at
+//! debug); 413 too large. Each gateway has its own task fed by a latest-wins channel, so
+//! pushes never block scraping; failures retry with exponential backoff (50 ms → 2 s) using
+//! the newest snapshot, are logged when the outcome changes, and are counted in
+//! `collector_pushes_total{url,status}`.
+//!
+//! ## Own metrics (`--listen` `/metrics`)
+//!
+//! `collector_scrapes_total{pod}`, `collector_scrape_duration_seconds_total{pod}`,
+//! `collector_scrape_errors_total{pod,reason}`, `collector_pods_ready`, `collector_pods`,
+//! `collector_rounds_total`, `collector_round_duration_seconds` (histogram),
+//! `collector_push_duration_seconds` (histogram), `collector_scrape_to_push_seconds`
+//! (histogram), `collector_pushes_total{url,status}`.
+//!
+//! ## Contracts
+//!
+//! Nothing fed by network bytes can panic: the Prometheus parser ([`prom`]) is hand-written
+//! and property-tested over arbitrary and mutated input; bodies are capped while read;
+//! garbage makes that pod's scrape fail. Kubernetes discovery is a lean list + watch client
+//! ([`k8s`]) rather than kube-rs, to keep the build within CI's two cores.
+
+#![forbid(unsafe_code)]
+
+pub mod collector;
+pub mod config;
+pub mod engine;
+pub mod http;
+pub mod k8s;
+pub mod metrics;
+pub mod prom;
+pub mod push;
+pub mod server;
+pub mod targets;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::collector::{unix_ms, Collector, ScrapeConfig, Sequence, Target};
+use crate::config::{Config, Discovery, OutputFormat};
+use crate::metrics::Metrics;
+use crate::push::{Published, PushContext, PushUrl};
+
+/// Everything a running collector shares.
+pub struct Handles {
+    pub metrics: Arc<Metrics>,
+    pub sequence: Arc<Sequence>,
+    pub latest: watch::Receiver<Option<Arc<Published>>>,
+}
+
+/// Options not on the command line (tests and the benchmark).
+#[derive(Default)]
+pub struct RunOptions {
+    pub on_pushed: Option<mpsc::UnboundedSender<(Duration, Duration)>>,
+    pub on_round: Option<mpsc::UnboundedSender<collector::RoundReport>>,
+    pub sequence: Option<Arc<Sequence>>,
+}
+
+/// Starts discovery; returns the targets channel and the task(s) feeding it.
+async fn start_discovery(cfg: &Config) -> Result<(watch::Receiver<Vec<Target>>, Vec<JoinHandle<()>>), String> {
+    match &cfg.discovery {
+        Discovery::Static(addrs) => {
+            let (tx, rx) = watch::channel(targets::static_targets(addrs, cfg.engine));
+            // Keep the sender alive for the life of the process.
+            let h = tokio::spawn(async move {
+                tx.closed().await;
+            });
+            Ok((rx, vec![h]))
+        }
+        Discovery::File(p) => {
+            let (tx, rx) = watch::channel(Vec::new());
+            let h = tokio::spawn(targets::watch_file(p.clone(), cfg.engine, Duration::from_secs(1), tx));
+            Ok((rx, vec![h]))
+        }
+        Discovery::Dns { host, port, refresh } => {
+            let (tx, rx) = watch::channel(Vec::new());
+            let h = tokio::spawn(targets::watch_dns(host.clone(), *port, cfg.engine, *refresh, tx));
+            Ok((rx, vec![h]))
+        }
+        Discovery::InferencePool { name, namespace } => {
+            let client = k8s::Client::from_env(namespace.as_deref()).await?;
+            let (tx, rx) = watch::channel(Vec::new());
+            let h = tokio::spawn(k8s::watch_pool(client, name.clone(), tx));
+            Ok((rx, vec![h]))
+        }
+    }
+}
+
+fn publish(snap: &picker_core::snapshot::Snapshot, last_scrape: Instant) -> Option<Arc<Published>> {
+    let encoded = match snap.encode() {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "snapshot cannot be encoded");
+            return None;
+        }
+    };
+    let json = serde_json::to_string(snap).unwrap_or_else(|_| "{}".into());
+    Some(Arc::new(Published {
+        sequence: snap.sequence,
+        encoded: encoded.into(),
+        json: json.into(),
+        ready: snap.endpoints.iter().filter(|e| e.ready).count(),
+        last_scrape,
+    }))
+}
+
+fn scrape_config(cfg: &Config) -> ScrapeConfig {
+    ScrapeConfig {
+        metrics_path: cfg.metrics_path.clone(),
+        interval: cfg.interval,
+        timeout: cfg.timeout,
+        fail_after: cfg.fail_after,
+        max_bytes: cfg.max_scrape_bytes,
+    }
+}
+
+/// `--once`: waits for discovery (up to the timeout + 2 s), scrapes every target once, and
+/// returns the encoded output and whether any pod answered.
+pub async fn run_once(cfg: &Config) -> Result<(Vec<u8>, bool), String> {
+    let (mut targets_rx, tasks) = start_discovery(cfg).await?;
+    let deadline = tokio::time::Instant::now() + cfg.timeout + Duration::from_secs(2);
+    while targets_rx.borrow().is_empty() {
+        if tokio::time::timeout_at(deadline, targets_rx.changed()).await.is_err() {
+            break;
+        }
+    }
+    let targets = targets_rx.borrow().clone();
+    let metrics = Arc::new(Metrics::default());
+    let mut c = Collector::new(scrape_config(cfg), metrics);
+    c.set_targets(&targets);
+    let report = c.round(cfg.timeout + Duration::from_millis(50)).await;
+    let snap = c.snapshot(Sequence::from_clock().next(), unix_ms());
+    for t in tasks {
+        t.abort();
+    }
+    let answered = report.completed > report.failed;
+    let out = match cfg.once.unwrap_or(OutputFormat::Json) {
+        OutputFormat::Json => {
+            let mut s = serde_json::to_string_pretty(&snap).map_err(|e| e.to_string())?;
+            s.push('\n');
+            s.into_bytes()
+        }
+        OutputFormat::Binary => snap.encode().map_err(|e| e.to_string())?,
+    };
+    Ok((out, answered))
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn run(
+    cfg: Config,
+    opts: RunOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<Handles, String> {
+    let metrics = Arc::new(Metrics::default());
+    let sequence = opts.sequence.unwrap_or_else(|| Arc::new(Sequence::from_clock()));
+    let (mut targets_rx, mut tasks) = start_discovery(&cfg).await?;
+    let (latest_tx, latest_rx) = watch::channel::<Option<Arc<Published>>>(None);
+
+    if let Some(addr) = cfg.listen {
+        let listener = server::bind(addr).await.map_err(|e| format!("--listen {addr}: {e}"))?;
+        tracing::info!(%addr, "listening");
+        let state = server::ServerState {
+            latest: latest_rx.clone(),
+            metrics: metrics.clone(),
+        };
+        tasks.push(tokio::spawn(server::serve(listener, state)));
+    }
+
+    let ctx = PushContext {
+        token: cfg.token.clone().unwrap_or_default().into(),
+        sequence: sequence.clone(),
+        metrics: metrics.clone(),
+        on_pushed: opts.on_pushed,
+    };
+    for u in &cfg.push {
+        let url = push::parse_url(u)?;
+        tasks.push(tokio::spawn(push::push_loop(url, latest_rx.clone(), ctx.clone())));
+    }
+    if let Some((selector, port, path)) = cfg.push_gateways.clone() {
+        let client = k8s::Client::from_env(cfg.namespace.as_deref()).await?;
+        let (gw_tx, gw_rx) = watch::channel(Vec::new());
+        tasks.push(tokio::spawn(k8s::watch_pods(client, selector, gw_tx)));
+        tasks.push(tokio::spawn(manage_gateway_pushes(
+            gw_rx,
+            port,
+            path,
+            latest_rx.clone(),
+            ctx.clone(),
+        )));
+    }
+
+    let mut collector = Collector::new(scrape_config(&cfg), metrics.clone());
+    collector.set_targets(&targets_rx.borrow_and_update().clone());
+    let mut ticker = tokio::time::interval(cfg.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let wait = cfg.interval.mul_f64(0.8);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = ticker.tick() => {}
+        }
+        if targets_rx.has_changed().unwrap_or(false) {
+            let t = targets_rx.borrow_and_update().clone();
+            tracing::info!(targets = t.len(), "targets updated");
+            collector.set_targets(&t);
+        }
+        let report = collector.round(wait).await;
+        let snap = collector.snapshot(sequence.next(), unix_ms());
+        if let Some(p) = publish(&snap, report.last_scrape.unwrap_or_else(Instant::now)) {
+            latest_tx.send_replace(Some(p));
+        }
+        if let Some(h) = &opts.on_round {
+            let _ = h.send(report);
+        }
+    }
+    tracing::info!("shutting down");
+    for t in tasks {
+        t.abort();
+    }
+    Ok(Handles {
+        metrics,
+        sequence,
+        latest: latest_rx,
+    })
+}
+
+/// Central mode: keeps one push task per ready gateway pod.
+async fn manage_gateway_pushes(
+    mut gateways: watch::Receiver<Vec<Target>>,
+    port: u16,
+    path: String,
+    latest: watch::Receiver<Option<Arc<Published>>>,
+    ctx: PushContext,
+) {
+    let mut running: HashMap<std::net::IpAddr, JoinHandle<()>> = HashMap::new();
+    loop {
+        let want: Vec<std::net::IpAddr> = gateways
+            .borrow_and_update()
+            .iter()
+            .filter(|t| t.ready)
+            .map(|t| t.addr.ip())
+            .collect();
+        running.retain(|ip, h| {
+            let keep = want.contains(ip);
+            if !keep {
+                h.abort();
+            }
+            keep
+        });
+        for ip in want {
+            running.entry(ip).or_insert_with(|| {
+                let url = PushUrl {
+                    host: ip.to_string(),
+                    port,
+                    path: path.clone(),
+                };
+                tracing::info!(url = %url, "pushing to gateway pod");
+                tokio::spawn(push::push_loop(url, latest.clone(), ctx.clone()))
+            });
+        }
+        if gateways.changed().await.is_err() {
+            break;
+        }
+    }
+    for (_, h) in running {
+        h.abort();
+    }
+}

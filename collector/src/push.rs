@@ -1,0 +1,250 @@
+//! Pushing snapshots to gateways: one task per gateway URL, fed by a watch channel (latest
+//! snapshot wins, so a slow or failing gateway never holds up scraping or the other gateways).
+//!
+//! Protocol (filter side: `filter/src/shared.rs` `validate_push`, `IntakeError`):
+//! `POST <url>` with `authorization: Bearer <token>`, `content-type: application/octet-stream`,
+//! body = `Snapshot::encode()`. Answers: 204 stored; 401 bad token; 403 source not allowed;
+//! 400 invalid; 409 the gateway holds the same or a newer sequence; 413 too large.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Request;
+use tokio::sync::{mpsc, watch};
+
+use crate::collector::Sequence;
+use crate::http::Conn;
+use crate::metrics::Metrics;
+
+pub const DEFAULT_PATH: &str = "/.well-known/wasm-epp/snapshot";
+/// Most bytes read from a gateway's answer.
+const MAX_ANSWER: usize = 64 << 10;
+const PUSH_TIMEOUT: Duration = Duration::from_secs(1);
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// One snapshot as published by the scrape loop.
+#[derive(Debug)]
+pub struct Published {
+    pub sequence: u64,
+    pub encoded: Bytes,
+    pub json: Arc<str>,
+    pub ready: usize,
+    /// When the last scrape of the round that produced it finished.
+    pub last_scrape: Instant,
+}
+
+/// A parsed `http://host:port/path` URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushUrl {
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+}
+
+impl std::fmt::Display for PushUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "http://[{}]:{}{}", self.host, self.port, self.path)
+        } else {
+            write!(f, "http://{}:{}{}", self.host, self.port, self.path)
+        }
+    }
+}
+
+pub fn parse_url(u: &str) -> Result<PushUrl, String> {
+    let rest = u
+        .strip_prefix("http://")
+        .ok_or("only http:// URLs are supported (the gateway listener is local or in-cluster)")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, DEFAULT_PATH),
+    };
+    let (host, port) = if let Some(h) = authority.strip_prefix('[') {
+        let (h, p) = h.split_once(']').ok_or("unclosed '['")?;
+        (h, p.strip_prefix(':').unwrap_or(""))
+    } else {
+        authority.rsplit_once(':').unwrap_or((authority, ""))
+    };
+    let port = if port.is_empty() {
+        80
+    } else {
+        port.parse::<u16>().map_err(|_| "bad port")?
+    };
+    if host.is_empty() || port == 0 {
+        return Err("missing host or port".into());
+    }
+    Ok(PushUrl {
+        host: host.to_string(),
+        port,
+        path: path.to_string(),
+    })
+}
+
+/// Reads the stored sequence out of the filter's 409 message
+/// ("stale snapshot: sequence P is not newer than S").
+pub fn stored_sequence_from_409(body: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(body).ok()?;
+    let i = text.find("is not newer than ")? + "is not newer than ".len();
+    let digits: String = text[i..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Settings shared by all push tasks.
+#[derive(Clone)]
+pub struct PushContext {
+    pub token: Arc<str>,
+    pub sequence: Arc<Sequence>,
+    pub metrics: Arc<Metrics>,
+    /// Benchmark hook: (push latency, last scrape → push done) per successful push.
+    pub on_pushed: Option<mpsc::UnboundedSender<(Duration, Duration)>>,
+}
+
+async fn resolve(url: &PushUrl) -> Option<SocketAddr> {
+    if let Ok(ip) = url.host.parse::<std::net::IpAddr>() {
+        return Some(SocketAddr::new(ip, url.port));
+    }
+    tokio::net::lookup_host((url.host.as_str(), url.port))
+        .await
+        .ok()?
+        .next()
+}
+
+/// Pushes every new snapshot from `rx` to `url` until `rx` closes.
+pub async fn push_loop(url: PushUrl, mut rx: watch::Receiver<Option<Arc<Published>>>, ctx: PushContext) {
+    let label = url.to_string();
+    let mut conn: Option<Conn> = None;
+    let mut backoff = BACKOFF_MIN;
+    let mut last_status: Option<String> = None;
+    loop {
+        if rx.changed().await.is_err() {
+            return;
+        }
+        loop {
+            let Some(snap) = rx.borrow_and_update().clone() else {
+                break;
+            };
+            let outcome = push_once(&url, &mut conn, &snap, &ctx).await;
+            let status = match &outcome {
+                Ok(code) => code.to_string(),
+                Err(_) => "error".to_string(),
+            };
+            ctx.metrics.push_result(&label, &status);
+            let changed = last_status.as_deref() != Some(status.as_str());
+            match outcome {
+                Ok(204) | Ok(200) => {
+                    if changed && last_status.is_some() {
+                        tracing::info!(url = %label, "gateway accepts snapshots again");
+                    }
+                    backoff = BACKOFF_MIN;
+                    last_status = Some(status);
+                    break;
+                }
+                Ok(409) => {
+                    // The gateway already holds a newer snapshot (another collector, or our own
+                    // previous life): renumber past it; the next round pushes a newer one.
+                    tracing::debug!(url = %label, sequence = snap.sequence, "gateway has a newer snapshot (409)");
+                    last_status = Some(status);
+                    break;
+                }
+                Ok(code) => {
+                    if changed {
+                        tracing::warn!(url = %label, status = code, sequence = snap.sequence, "gateway rejected snapshot");
+                    }
+                    last_status = Some(status);
+                }
+                Err(e) => {
+                    if changed {
+                        tracing::warn!(url = %label, error = %e, "snapshot push failed");
+                    }
+                    last_status = Some(status);
+                }
+            }
+            // Retry with backoff, with whatever snapshot is newest by then.
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            if rx.has_changed().is_err() {
+                return;
+            }
+        }
+    }
+}
+
+async fn push_once(url: &PushUrl, conn: &mut Option<Conn>, snap: &Published, ctx: &PushContext) -> Result<u16, String> {
+    if conn.is_none() {
+        let addr = resolve(url)
+            .await
+            .ok_or_else(|| format!("cannot resolve {}", url.host))?;
+        *conn = Some(Conn::new(addr));
+    }
+    let c = conn.as_mut().ok_or("no connection")?;
+    let host = if url.host.contains(':') {
+        format!("[{}]:{}", url.host, url.port)
+    } else {
+        format!("{}:{}", url.host, url.port)
+    };
+    let req = Request::post(url.path.as_str())
+        .header(hyper::header::HOST, host)
+        .header(hyper::header::AUTHORIZATION, format!("Bearer {}", ctx.token))
+        .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
+        .body(Full::new(snap.encoded.clone()))
+        .map_err(|e| e.to_string())?;
+    let t0 = Instant::now();
+    let resp = match tokio::time::timeout(PUSH_TIMEOUT, c.send(req, MAX_ANSWER)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            *conn = None;
+            return Err(e.to_string());
+        }
+        Err(_) => {
+            *conn = None;
+            return Err("timed out".into());
+        }
+    };
+    let code = resp.status.as_u16();
+    if resp.status.is_success() {
+        let latency = t0.elapsed();
+        let delay = snap.last_scrape.elapsed();
+        ctx.metrics.push_latency.observe(latency);
+        ctx.metrics.scrape_to_push.observe(delay);
+        if let Some(h) = &ctx.on_pushed {
+            let _ = h.send((latency, delay));
+        }
+    } else if code == 409 {
+        if let Some(stored) = stored_sequence_from_409(&resp.body) {
+            ctx.sequence.bump_past(stored);
+        }
+    }
+    Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = parse_url("http://127.0.0.1:8080/.well-known/wasm-epp/snapshot").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("127.0.0.1", 8080, DEFAULT_PATH)
+        );
+        let u = parse_url("http://[::1]:9000").unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("::1", 9000, DEFAULT_PATH));
+        assert_eq!(u.to_string(), "http://[::1]:9000/.well-known/wasm-epp/snapshot");
+        assert!(parse_url("https://x:1/").is_err());
+        assert!(parse_url("http://:1/").is_err());
+        assert!(parse_url("http://x:99999/").is_err());
+    }
+
+    #[test]
+    fn reads_stored_sequence_from_the_filters_409_body() {
+        let body =
+            br#"{"error":{"message":"stale snapshot: sequence 5 is not newer than 1234567","type":"x","code":409}}"#;
+        assert_eq!(stored_sequence_from_409(body), Some(1234567));
+        assert_eq!(stored_sequence_from_409(b"nope"), None);
+    }
+}
