@@ -6,6 +6,7 @@
 #   ./build.sh wasm     the proxy-wasm module: dist/wasm-epp.wasm and dist/wasm-epp.wasm.sha256
 #   ./build.sh bench    criterion benches of the request path (scan, hash, pick)
 #   ./build.sh bench-filter   the compiled module in host-sim: 4 KiB and 220 KiB chat bodies, 64 endpoints
+#   ./build.sh bench-collector   the collector against 256 podsim pods at 50 ms: CPU, round and push latency
 #   ./build.sh fuzz [TARGET] [SECONDS]   coverage-guided fuzzing (targets: scan snapshot config subset)
 #   ./build.sh setup    only the installs
 set -euo pipefail
@@ -85,6 +86,8 @@ test_all() {
   log "picker-core tests compiled to wasm32-wasip1, run under Node's WASI"
   CARGO_TARGET_WASM32_WASIP1_RUNNER="node $PWD/tools/wasi-run.mjs" \
     cargo test --quiet -p picker-core --lib --target wasm32-wasip1
+  log "manifests: every document through a third-party schema tool; broken ones must fail"
+  bash manifests/validate/run.sh
   log "fuzz targets: build all, run the scanner for 30 s"
   (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz build -O)
   fuzz scan 30
@@ -101,6 +104,10 @@ case "${1:-}" in
   bench)
     shift
     cargo bench -p picker-core --bench pick -- "$@"
+    ;;
+  bench-collector)
+    shift
+    cargo run --quiet --release -p collector --bin collector-bench -- --pods 256 --interval 50ms --seconds 10 "$@"
     ;;
   fuzz)
     shift
