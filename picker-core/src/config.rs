@@ -16,7 +16,7 @@
 //!              "insertOrder": "gie"},
 //!   "affinity": {"threshold": 0.8, "valveTokens": 286720, "explorationProbability": 0.01},
 //!   "tokenLoad": {"thresholdTokens": 4194304},
-//!   "consistentHash": {"epsilon": 0.5, "prefixBlocks": 4, "minBound": 8},
+//!   "consistentHash": {"epsilon": 0.5, "prefixBlocks": 256, "minBound": 8},
 //!   "degradeAfterMs": 5000
 //! }
 //! ```
@@ -55,7 +55,8 @@ pub enum Profile {
     LlmdDefault,
     /// Ours: GIE's signals plus exact proxy-side in-flight counts and bounded-load consistent
     /// hashing on the prompt prefix, so that every worker and replica sends a new prefix to the
-    /// same pod without sharing state. Weights are a starting point for podsim tuning.
+    /// same pod without sharing state. Weights tuned with podsim: prefix 6, KV 2, in-flight 4,
+    /// consistent hash 4 (ε 0.5, key = the first 256 blocks, min bound 8).
     #[serde(rename = "wasm-epp-default")]
     WasmEppDefault,
 }
@@ -204,7 +205,8 @@ pub struct TokenLoadDto {
 pub struct ConsistentHashDto {
     /// Load bound: no endpoint takes a request while at ≥ ⌈(1+ε) × average⌉ in flight (0.5).
     pub epsilon: Option<f64>,
-    /// Leading prompt blocks that form the hashing key (4 blocks = 256 bytes).
+    /// Leading prompt blocks that form the hashing key (256 blocks = 16 KiB, the default matched
+    /// window; a shorter prompt is keyed on all of it).
     pub prefix_blocks: Option<u32>,
     /// In-flight requests an endpoint may always take before the (1+ε) bound applies (8).
     pub min_bound: Option<u32>,
@@ -307,14 +309,18 @@ impl Config {
                 &[FilterKind::PrefixAffinity],
                 InsertOrder::Gie,
             ),
-            // Tuned with podsim's shared-prefix benchmark (README "Routing quality"): the lagged,
-            // min-max queue scorer is left out, the prefix match dominates, and consistent hashing
-            // is strong enough that workers and replicas with separate prefix indexes still agree.
+            // Tuned with podsim (README "Routing quality"; podsim crate docs): the lagged, min-max
+            // queue scorer is left out and the prefix match dominates. The exact in-flight count
+            // weighs as much as consistent hashing: with in-flight below it, a group's pods are
+            // chosen by the hash instead of by load once the pool is 3–6× over capacity, the hot
+            // pods run out of KV and preempt (TTFT p90 up to 4–11 s at 20–60 QPS shared-prefix,
+            // client cap 800, depending on the seed); with it equal, p90 stays ≤ 1 s there on
+            // three seeds.
             Profile::WasmEppDefault => (
                 &[
                     (ScorerKind::Prefix, 6.0),
                     (ScorerKind::KvCache, 2.0),
-                    (ScorerKind::InFlight, 2.0),
+                    (ScorerKind::InFlight, 4.0),
                     (ScorerKind::ConsistentHash, 4.0),
                 ],
                 &[],
@@ -356,7 +362,11 @@ impl Config {
             },
             chash: ConsistentHash {
                 epsilon: 0.5,
-                prefix_blocks: 4,
+                // The whole matched window (`maxPrefixBlocksToMatch`), not the first few blocks:
+                // a system prompt shared by every request (the inference-perf code-generation and
+                // reasoning shapes: 3,000 and 250 tokens) would otherwise give every request the
+                // same key and send them all to one pod until its load bound.
+                prefix_blocks: 256,
                 min_bound: 8,
             },
             degrade_after: Some(Duration::from_secs(5)),

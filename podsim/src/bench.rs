@@ -9,7 +9,7 @@ use crate::calib::ServerParams;
 use crate::policy::PolicySpec;
 use crate::report::Summary;
 use crate::sim::{run, SimConfig};
-use crate::workload::{Bursts, MultiLora, ShareGptLike, SharedPrefix, Trace};
+use crate::workload::{Bursts, ConversationReplay, MultiLora, ShareGptLike, SharedPrefix, Trace};
 
 /// Which workload to sweep.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,6 +22,16 @@ pub enum WorkloadKind {
     Bursts,
     /// ShareGPT-like requests over 15 LoRA adapters (60/30/10 % classes).
     MultiLora,
+    /// inference-perf catalog `code-generation` as llm-d ran it: closed-loop multi-turn
+    /// conversations with ≈ 58k-token system prompts, concurrency 10 → 100, 10 servers
+    /// ([`ConversationReplay::CODE_GENERATION`]).
+    CodeGen,
+    /// inference-perf catalog `reasoning`: closed loop, one turn, ≈ 1.3k tokens in, 8k out,
+    /// concurrency 50 → 450, 10 servers ([`ConversationReplay::REASONING`]).
+    Reasoning,
+    /// llm-d's `b2b-saas`: the shared-prefix shape (150 × 5, 6000 + 1200 in, 1000 out) at
+    /// 10 → 60 QPS with the knee rates 18 and 38 and a client cap of 800 (see [`Plan::new`]).
+    B2bSaas,
 }
 
 impl WorkloadKind {
@@ -31,6 +41,9 @@ impl WorkloadKind {
             "sharegpt" | "no-sharing" => Some(WorkloadKind::ShareGpt),
             "bursts" => Some(WorkloadKind::Bursts),
             "multi-lora" => Some(WorkloadKind::MultiLora),
+            "code-gen" | "code-generation" => Some(WorkloadKind::CodeGen),
+            "reasoning" => Some(WorkloadKind::Reasoning),
+            "b2b-saas" => Some(WorkloadKind::B2bSaas),
             _ => None,
         }
     }
@@ -41,6 +54,35 @@ impl WorkloadKind {
             WorkloadKind::ShareGpt => "sharegpt",
             WorkloadKind::Bursts => "bursts",
             WorkloadKind::MultiLora => "multi-lora",
+            WorkloadKind::CodeGen => "code-gen",
+            WorkloadKind::Reasoning => "reasoning",
+            WorkloadKind::B2bSaas => "b2b-saas",
+        }
+    }
+
+    /// Closed-loop workloads sweep client concurrency instead of an arrival rate.
+    pub fn closed_loop(self) -> bool {
+        matches!(self, WorkloadKind::CodeGen | WorkloadKind::Reasoning)
+    }
+
+    /// What the sweep's rates are: `QPS` or `concurrency`.
+    pub fn rate_unit(self) -> &'static str {
+        if self.closed_loop() {
+            "concurrency"
+        } else {
+            "QPS"
+        }
+    }
+
+    /// llm-d's published result for the inference-perf catalog shapes: matched-router
+    /// throughput vs round-robin, each at its own knee ("Sticky Until Saturated", llm-d.github.io
+    /// `blog/2026-08-17_sticky-until-saturated-token-aware-routing.mdx`; calibration.md §5.1).
+    pub fn published_vs_round_robin(self) -> Option<&'static str> {
+        match self {
+            WorkloadKind::CodeGen => Some("2.9× (46k vs 16k input tok/s; knee at concurrency 60 vs 30)"),
+            WorkloadKind::Reasoning => Some("≈1× (7.0k vs 6.8k output tok/s; knee at concurrency 350 vs 250)"),
+            WorkloadKind::B2bSaas => Some("2.0× (90k vs 45k input tok/s; knee at 38 vs 18 QPS)"),
+            _ => None,
         }
     }
 }
@@ -68,6 +110,12 @@ impl Plan {
     /// two minutes. Quick: 5 and 25 QPS, 25 s (5 s warm-up).
     ///
     /// bursts: mean rates 10 → 40 QPS, 80 s (20 s warm-up); quick: 30 QPS, 30 s (10 s).
+    ///
+    /// code-gen: concurrency 10 → 100, 600 s (200 s warm-up); reasoning: 50 → 450, 1,500 s
+    /// (500 s): a reasoning request runs for minutes, so the window must hold several.
+    /// b2b-saas: the shared-prefix shape at 10 → 60 QPS with llm-d's knees (18, 38), 240 s
+    /// (90 s warm-up): a request lives ≈ 75 s under load, longer than the shared-prefix sweep's
+    /// 60 s window, which makes input tok/s there swing by ±20 % between rates.
     pub fn new(workload: WorkloadKind, quick: bool) -> Plan {
         let (qps, horizon_s, warmup_s) = match (workload, quick) {
             (WorkloadKind::SharedPrefix, false) => (vec![3.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0], 90, 30),
@@ -78,9 +126,26 @@ impl Plan {
             (WorkloadKind::Bursts, true) => (vec![30.0], 30, 10),
             (WorkloadKind::MultiLora, false) => (vec![100.0, 300.0, 500.0, 700.0], 30, 10),
             (WorkloadKind::MultiLora, true) => (vec![200.0], 10, 2),
+            (WorkloadKind::CodeGen, false) => (vec![10.0, 20.0, 30.0, 40.0, 60.0, 80.0, 100.0], 600, 200),
+            (WorkloadKind::CodeGen, true) => (vec![20.0, 60.0], 200, 60),
+            (WorkloadKind::Reasoning, false) => (vec![50.0, 150.0, 250.0, 350.0, 450.0], 1500, 500),
+            (WorkloadKind::Reasoning, true) => (vec![100.0, 300.0], 500, 200),
+            (WorkloadKind::B2bSaas, false) => (vec![10.0, 18.0, 30.0, 38.0, 50.0, 60.0], 240, 90),
+            (WorkloadKind::B2bSaas, true) => (vec![18.0, 38.0], 40, 10),
         };
-        let mut policies = PolicySpec::standard();
-        if !quick {
+        let catalog = matches!(
+            workload,
+            WorkloadKind::CodeGen | WorkloadKind::Reasoning | WorkloadKind::B2bSaas
+        );
+        let mut policies = if catalog {
+            ["round-robin", "gie-default", "llm-d-default", "wasm-epp-default"]
+                .iter()
+                .map(|n| PolicySpec::parse(n).expect("known policy"))
+                .collect()
+        } else {
+            PolicySpec::standard()
+        };
+        if !quick && !catalog {
             policies.push(PolicySpec::parse("gie-default@4x2").expect("known"));
             policies.push(PolicySpec::parse("wasm-epp-default@4x2").expect("known"));
             policies.push(PolicySpec::parse("wasm-epp-tuned@4x2").expect("known"));
@@ -90,10 +155,13 @@ impl Plan {
             qps,
             horizon_s,
             warmup_s,
-            servers: 8,
+            // llm-d ran code-gen and reasoning on 10 servers, b2b-saas on 8 (calibration.md §3).
+            servers: if workload.closed_loop() { 10 } else { 8 },
             seed: 20_260_817,
             policies,
-            max_concurrency: None,
+            // b2b-saas: the client cap of the README's shared-prefix table (a load generator with
+            // a fixed sender pool, as inference-perf's); `--max-concurrency` overrides it.
+            max_concurrency: (workload == WorkloadKind::B2bSaas).then_some(800),
         }
     }
 
@@ -110,8 +178,11 @@ impl Plan {
         let horizon = self.horizon_s * 1_000_000;
         let bt = ServerParams::default().block_tokens;
         let seed = self.seed ^ (qps * 1000.0) as u64;
+        let min_step = (ServerParams::default().step_fixed_s * 1e6) as u64;
         match self.workload {
-            WorkloadKind::SharedPrefix => SharedPrefix::LLMD.trace(qps, horizon, bt, seed),
+            WorkloadKind::SharedPrefix | WorkloadKind::B2bSaas => SharedPrefix::LLMD.trace(qps, horizon, bt, seed),
+            WorkloadKind::CodeGen => ConversationReplay::CODE_GENERATION.trace(qps as u32, horizon, bt, min_step, seed),
+            WorkloadKind::Reasoning => ConversationReplay::REASONING.trace(qps as u32, horizon, bt, min_step, seed),
             WorkloadKind::ShareGpt => ShareGptLike::DEFAULT.trace(qps, horizon, bt, seed),
             WorkloadKind::Bursts => Bursts::DEFAULT.trace(qps, horizon, bt, seed),
             WorkloadKind::MultiLora => MultiLora::DEFAULT.trace(qps, horizon, bt, seed),
@@ -123,7 +194,10 @@ impl Plan {
 /// called as runs finish. Results are in (rate, policy) order.
 pub fn run_plan(plan: &Plan, threads: usize, progress: &(dyn Fn(usize, usize, &Summary) + Sync)) -> Vec<Summary> {
     let cfg = plan.sim_config();
-    let traces: Vec<Arc<Trace>> = plan.qps.iter().map(|&q| Arc::new(plan.trace(q))).collect();
+    // Traces are built when a rate's first run starts and dropped after its last (the
+    // conversation workloads hold hundreds of MB of prompt text per rate).
+    let traces: Vec<Mutex<Option<Arc<Trace>>>> = plan.qps.iter().map(|_| Mutex::new(None)).collect();
+    let left: Vec<AtomicUsize> = plan.qps.iter().map(|_| AtomicUsize::new(plan.policies.len())).collect();
     let jobs: Vec<(usize, usize)> = (0..plan.qps.len())
         .flat_map(|q| (0..plan.policies.len()).map(move |p| (q, p)))
         .collect();
@@ -136,7 +210,15 @@ pub fn run_plan(plan: &Plan, threads: usize, progress: &(dyn Fn(usize, usize, &S
                 let j = next.fetch_add(1, Ordering::Relaxed);
                 let Some(&(q, p)) = jobs.get(j) else { break };
                 let policy = &plan.policies[p];
-                let r = run(&cfg, &traces[q], policy);
+                let trace = {
+                    let mut slot = traces[q].lock().expect("no panics while held");
+                    slot.get_or_insert_with(|| Arc::new(plan.trace(plan.qps[q]))).clone()
+                };
+                let r = run(&cfg, &trace, policy);
+                drop(trace);
+                if left[q].fetch_sub(1, Ordering::Relaxed) == 1 {
+                    *traces[q].lock().expect("no panics while held") = None;
+                }
                 let summary = Summary::of(&policy.name, plan.qps[q], &r);
                 let d = done.fetch_add(1, Ordering::Relaxed) + 1;
                 progress(d, jobs.len(), &summary);

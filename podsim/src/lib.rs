@@ -52,6 +52,10 @@
 //! * **Client**: open-loop Poisson by default; `--max-concurrency N` models a load generator with
 //!   N sender slots (inference-perf's `num_workers × worker_max_concurrency`): arrivals beyond N
 //!   wait in the client, and latency is measured from when a request is sent.
+//!   The conversation workloads (`code-gen`, `reasoning`) are closed loop instead, as
+//!   inference-perf's `conversation_replay` with a `concurrent` load: C client slots, each
+//!   sending its conversation's next turn when the previous one ends (`--concurrency` sets C;
+//!   [`workload::ConversationReplay`]).
 //!
 //! ## Parameters and their sources
 //!
@@ -76,6 +80,9 @@
 //! | multi-lora workload | ShareGPT-like requests over 15 adapters, 60/30/10 % classes (12/6/2 % each) | \[src\] GIE `multilora-workload` (epp.md §6.3) |
 //! | `max_loras` | 4 | \[assumption\] |
 //! | ShareGPT-like workload | log-normal lengths, means 229.7 in / 203.1 out, σ = 1.0, vLLM `is_valid_sequence` filter | means and filter \[src\] calibration.md §3; σ \[assumption\] (no citable median/p90 exists) |
+//! | code-gen workload | closed loop, concurrency 10 → 100, 10 servers; system prompt 3,000 shared + uniform 15k–120k per conversation; turns normal 2–20 (mean 6); per turn log-normal 100–10k in (mean 1,500) and 50–4k out (mean 800) | \[src\] inference-perf catalog `code-generation` as llm-d ran it (calibration.md §3; [`workload::ConversationReplay::CODE_GENERATION`]); no think time \[assumption\] |
+//! | reasoning workload | closed loop, concurrency 50 → 450, 10 servers; 250-token shared system prompt, one turn, log-normal 100–5k in (mean 1,000), exponential 500–32k out (mean 8,000) | \[src\] inference-perf `workload-catalog/reasoning/inference-perf.yaml` @5cbfb21c (calibration.md §3); exponential's shift \[assumption\] |
+//! | b2b-saas workload | the shared-prefix shape at 10 → 60 QPS (including llm-d's knees, 18 and 38), client cap 800, 240 s per rate (90 s warm-up) | shape \[src\] calibration.md §3, §5.1; cap and duration \[assumption\] |
 //!
 //! Checks against the sources, as unit tests in [`calib`]: the decode model reproduces the
 //! BLIS-derived Qwen3-32B TP2 table (B1/1k 14.1 ms, B16/8k 23.9, B64/1k 19.2, B64/8k 53.4) within
@@ -107,6 +114,9 @@
 //! ```text
 //! export CARGO_TARGET_DIR=target-podsim
 //! cargo run --release -p podsim -- bench --workload shared-prefix            # 7 rates × 11 policies, ≈ 1 min
+//! cargo run --release -p podsim -- bench --workload code-gen                 # closed loop, ≈ 45 s
+//! cargo run --release -p podsim -- bench --workload reasoning                # closed loop, ≈ 20 s
+//! cargo run --release -p podsim -- bench --workload b2b-saas                 # ≈ 1 min
 //! cargo run --release -p podsim -- bench --workload shared-prefix --quick    # CI-sized
 //! cargo run --release -p podsim -- bench --workload sharegpt
 //! cargo run --release -p podsim -- bench --workload bursts                   # shedding
@@ -119,7 +129,10 @@
 //! ```
 //!
 //! It prints one markdown table per rate (TTFT p50/p90/p99, E2E p50/p90, output tok/s, prefix
-//! hit rate, shed and failed counts, preemptions), writes `target/podsim-bench/<workload>.csv` and
+//! hit rate, shed and failed counts, preemptions); for the catalog workloads (`code-gen`,
+//! `reasoning`, `b2b-saas`) also input and output tok/s per rate and each policy's throughput
+//! at its knee (the lowest rate reaching 95 % of its best) as a multiple of round-robin's at
+//! round-robin's knee, next to llm-d's published ratio ([`report::knee_table`]). Writes `target/podsim-bench/<workload>.csv` and
 //! `.svg` (TTFT p90 on a log scale and output tok/s against QPS, one line per policy; `--out DIR`
 //! to change), and shows progress on stderr. Other flags: `--qps 3,10,60`, `--horizon S`,
 //! `--warmup S`, `--policies a,b@4x2`, `--seed N`, `--threads N`.
@@ -138,40 +151,82 @@
 //! `tests/snapshot.rs`; regenerate with `PODSIM_UPDATE_SNAPSHOTS=1 cargo test -p podsim --test
 //! snapshot` after an intended change (in podsim *or* picker-core) and review the diff.
 //!
-//! ## Findings (2026-11-28, picker-core as of 00:20 UTC; regenerate before trusting them)
+//! ## Findings (2026-11-28, second tuning round; regenerate before trusting them)
 //!
-//! Shared-prefix, 8 pods, `--qps 10,30,60`:
+//! Shared-prefix, 8 pods (`wasm-epp-default` = prefix 6, KV 2, in-flight 4, consistent hash 4
+//! keyed on the first 256 blocks; "tuned" = [`policy::WASM_EPP_TUNED`], the first round's best):
 //!
 //! | TTFT p90 s / out tok/s | RR | GIE | llm-d | ours (default) | ours tuned | oracle |
 //! |---|---|---|---|---|---|---|
-//! | open loop, 10 QPS | 31.7 / 6,646 | 0.391 / 8,468 | 25.5 / 6,947 | 0.153 / 8,719 | 0.171 / 8,664 | 0.148 / 8,773 |
-//! | open loop, 60 QPS | 670 / 6,919 | 379 / 10,969 | 642 / 7,380 | 260 / 11,468 | 241 / 11,980 | 442 / 8,909 |
-//! | cap 800, 30 QPS | 97.3 / 6,895 | 1.03 / 10,312 | 103 / 7,392 | 0.857 / 10,346 | 0.237 / 10,571 | 1.11 / 10,615 |
-//! | cap 800, 60 QPS | 97.4 / 6,919 | 7.27 / 9,859 | 112 / 7,380 | 2.24 / 9,903 | 0.307 / 10,150 | 0.204 / 9,026 |
+//! | open loop, 10 QPS | 31.7 / 6,646 | 0.391 / 8,468 | 25.5 / 6,947 | 0.238 / 8,650 | 0.171 / 8,664 | 0.148 / 8,773 |
+//! | open loop, 60 QPS | 670 / 6,919 | 379 / 10,969 | 642 / 7,380 | 271 / 11,929 | 241 / 11,980 | 442 / 8,909 |
+//! | cap 800, 30 QPS | 97.3 / 6,895 | 1.03 / 10,312 | 103 / 7,392 | 0.267 / 10,516 | 0.237 / 10,571 | 1.11 / 10,615 |
+//! | cap 800, 40 QPS | 98.3 / 6,835 | 2.69 / 10,108 | 104 / 7,378 | 0.347 / 10,300 | | |
+//! | cap 800, 60 QPS | 97.4 / 6,919 | 7.27 / 9,859 | 112 / 7,380 | 0.948 / 10,135 | 0.307 / 10,150 | 0.204 / 9,026 |
 //!
-//! * `wasm-epp-default` beats GIE and llm-d on TTFT p90 with throughput ≥ both at every one of
-//!   these points. It is ≥ 10× better than round-robin at 10 QPS (207×) and with a client cap
-//!   (43× at 60 QPS), but only 2.6× at 60 QPS open loop: there every policy is 6× over capacity
-//!   and TTFT is queueing that grows with the horizon, so no router can be 10× better.
-//! * `wasm-epp-tuned` ([`policy::WASM_EPP_TUNED`]: prefix 6, KV 1, in-flight 2, consistent
-//!   hash 2, no lagged queue scorer) is better still under load (cap 800, 60 QPS: 0.31 s, 317×
-//!   round-robin).
+//! * With a client cap of 800, `wasm-epp-default` has a lower TTFT p90 than GIE and llm-d and at
+//!   least their throughput at every rate from 10 to 60 QPS, on the default seed and on seeds 1
+//!   and 2 (`--seed`); ≥ 10× better than round-robin there (103× at 60 QPS), but only 2.5× at
+//!   60 QPS open loop, where every policy is 6× over capacity and TTFT is queueing that grows
+//!   with the horizon. The first-round default (in-flight 2, hash key = first 4 blocks) lost to
+//!   GIE at 30–40 QPS (5.3 / 4.7 s) and on seed 2 also at 20 QPS: once the pool is 3–6× over
+//!   capacity it runs at the edge of its KV, and with the hash weighted above in-flight the
+//!   pods chosen for a group's second copy are the hashed ones, not the least loaded; those run
+//!   out of KV, preempt and recompute (437 preemptions vs 146 now at 30 QPS). In-flight weighted
+//!   the same as the hash fixes it; below that (3) it does not.
+//! * The hash key: keyed on the first 4 blocks (64 tokens), every request with a longer shared
+//!   system prompt has the same key, so the hash sends them all to one pod until its load bound.
+//!   The code-gen (3,000 shared tokens) and reasoning (250) catalog shapes have exactly that:
+//!   the first-round default reached 0.44× and 0.76× round-robin's throughput there. Keyed on
+//!   the 256 blocks the prefix scorer matches, it is at parity on reasoning and 1.8× on code-gen.
+//!   For shared-prefix both keys are the group's system prompt. The cost: a multi-turn chat whose
+//!   prompt is shorter than 256 blocks gets a new key every turn, and only the prefix scorer
+//!   keeps it on its pod.
+//! * `wasm-epp-tuned` (prefix 6, KV 1, in-flight 2, consistent hash 2, first-4-block key) is as
+//!   good on this seed (not re-checked on others); it stays as the reference.
 //! * Split over 4 workers × 2 replicas (own prefix index each, in-flight per replica), affinity
-//!   does not survive within 5 %: cap 800, 60 QPS, default 49 s and tuned 22.7 s vs 2.2 s and
-//!   0.31 s for one view. `wasm-epp-tuned-split` ([`policy::WASM_EPP_TUNED_SPLIT`]: consistent
-//!   hash 4, ε 0.5) gets 0.44 s split vs 0.21 s whole (hit rate 89.7 % vs 91.3 %, throughput
-//!   −0.1 %), but a worse tail at 30 QPS (5.3 s whole).
+//!   does not survive within 5 %: TTFT p90 0.38 / 0.43 s at 10 / 20 QPS vs 0.24 / 0.21 s for one
+//!   view, then 8–30 s from 30 QPS (hit rate 81–83 % vs 87–88 %, throughput −5 to −8 %). Each
+//!   worker's index learns only its own eighth of the traffic, so some groups get a second pod;
+//!   at the KV edge those copies trigger preemption (1,149 vs 196 preemptions at 40 QPS). Two
+//!   workers (2×1) or two replicas (1×2) alone already take p90 at 40 QPS from 0.35 s to
+//!   ≈ 3 s. No weighting tried fixes it without losing the single view: the hash above
+//!   in-flight (the first-round default, or hash 5 / in-flight 4) keeps split close to one view
+//!   at 10 QPS (0.16–0.17 s both) but loses the single view at 30–60 QPS; tighter load bounds
+//!   (ε 0.1–0.25) did not help either view; a stronger hash with a weaker prefix scorer (prefix
+//!   2–4, hash 6) is worse in both; a loose bound (ε 2) makes split equal to one view, but both
+//!   2.5 s at 20 QPS and 20–90 s above. `gie-default` split is far worse (19–92 s, hit rate
+//!   ≈ 40 %).
+//! * inference-perf catalog shapes (`--workload code-gen|reasoning|b2b-saas`, default sweeps),
+//!   throughput at each policy's own knee as a multiple of round-robin's at its knee:
+//!
+//!   | × round-robin at the knee | GIE | llm-d | ours | llm-d published |
+//!   |---|---|---|---|---|
+//!   | code-gen, input tok/s | 1.10 (47.0k, conc 40) | 2.41 (103.1k, conc 40) | 1.78 (76.2k, conc 30) | 2.9 (46k vs 16k) |
+//!   | reasoning, output tok/s | 1.07 (14.5k, conc 450) | 1.07 (14.5k) | 1.07 (14.5k) | ≈ 1 (7.0k vs 6.8k) |
+//!   | b2b-saas, input tok/s | 1.47 (72.2k, 10 QPS) | 1.00 (49.2k) | 1.57 (77.2k, 18 QPS) | 2.0 (90k vs 45k) |
+//!
+//!   Round-robin's knees: code-gen concurrency 40 (42.8k input tok/s), reasoning 450 (13.5k
+//!   output tok/s), b2b-saas 10 QPS (49.2k). Reasoning is decode-bound and every router ties, as
+//!   llm-d found. On code-gen llm-d's filter (prefix score ≥ 0.8 keeps only the conversation's
+//!   pod) beats ours up to concurrency 40 (hit rate 92 % vs 72 %): our prefix scorer matches
+//!   the first 256 blocks, 187 of which are the system prompt every conversation shares, so the
+//!   right pod scores only 0.27 above the others; above concurrency 40 the conversations no
+//!   longer fit in the pool's KV and every policy falls to round-robin's ≈ 45k. Our simulated
+//!   round-robin is far stronger than llm-d's measured one (43k vs 16k input tok/s on code-gen,
+//!   49k vs 45k on b2b-saas at lower knees), so ratios are smaller than published; the
+//!   ordering (llm-d ≥ ours ≫ GIE ≈ round-robin on code-gen, ties on reasoning) is what to read.
 //! * `llm-d-default` loses because its saturation valve (286,720 in-flight tokens ≈ 40 of these
 //!   7,200-token requests per pod) opens at every rate above ~5 QPS and the token-load scorer then
 //!   spreads groups: with the valve raised to 10⁸ tokens it gets 0.40 s at 10 QPS and 18 s at
 //!   60 QPS (cap 800) instead of 25.5 s and 112 s.
 //! * The oracle (true cache contents, zero lag) is best below saturation and loses in deep
 //!   overload (see the policy notes).
-//! * ShareGPT-like (no sharing), 200 → 1,000 QPS: ours vs least-request TTFT p90 0.062/0.062,
-//!   0.111/0.109, 2.63/2.50 (+5.2 %), 19.5/19.5, 35.5/35.7 s; throughput within 0.1 %.
+//! * ShareGPT-like (no sharing), 200 → 1,000 QPS: ours vs least-request TTFT p90 0.063/0.062,
+//!   0.114/0.109 (+4.6 %), 2.52/2.50, 19.5/19.5, 35.5/35.7 s; throughput ≥ least-request.
 //!   `gie-default` is ≈ 2× worse at low load (lagged queue scores herd requests).
-//! * Bursts (half sheddable): at 40 QPS mean ours sheds 382 and GIE 825 of 2,448, with TTFT p90
-//!   0.45 vs 0.63 s and 9,771 vs 8,766 tok/s; llm-d sheds 1,219; round-robin sheds nothing (it
+//! * Bursts (half sheddable): at 40 QPS mean ours sheds 291 and GIE 825 of 2,448, with TTFT p90
+//!   0.41 vs 0.63 s and 10,156 vs 8,766 tok/s; llm-d sheds 1,219; round-robin sheds nothing (it
 //!   has no admission) and queues to 127 s.
 //! * Multi-LoRA (15 adapters, `max_loras` 4 assumed): every profile without the
 //!   `lora-affinity-scorer` has TTFT p50 ≈ 9 s already at 100 QPS, because requests of adapters
@@ -200,8 +255,13 @@
 //! * HTTP mode: no `/v1/responses` or `/v1/embeddings`; `n`, `stop`, `temperature`, logprobs
 //!   and tools are ignored (every request generates exactly `max_tokens`, finish reason
 //!   `length`); `/metrics` has no histograms and no `vllm:lora_requests_info`.
-//! * No inference-perf catalog workloads (code-gen, reasoning, multi-turn) yet. Only `bursts`
-//!   has sheddable (priority −1) requests; elsewhere the shed column is 0.
+//! * Catalog workloads: `interactive-chat`, `deep-research` and the batch entries are not
+//!   modelled; code-gen uses the catalog version llm-d ran (mean system prompt ≈ 58k tokens),
+//!   not the current one (mean ≈ 160k, hundreds of turns); turns follow each other with no
+//!   think or tool-call time; a turn's generated tokens are not cached (see below), so each
+//!   turn re-prefills the previous answer. The knee threshold (95 % of the best throughput) is
+//!   ours; llm-d does not define it numerically. Only `bursts` has sheddable (priority −1)
+//!   requests; elsewhere the shed column is 0.
 //! * LoRA: `max_loras` slots per batch and adapter-seeded KV hashes only; no adapter load time,
 //!   no per-adapter compute cost, no `max_cpu_loras`. `max_loras = 4` is an assumption, and the
 //!   multi-lora results depend strongly on it (requests of an adapter outside the batch wait

@@ -1,7 +1,8 @@
 //! `podsim` CLI. See the crate documentation (`src/lib.rs`) for what is simulated.
 //!
 //! ```text
-//! podsim bench --workload shared-prefix|sharegpt|bursts|multi-lora [--quick] [--qps 3,10,60] [--horizon S]
+//! podsim bench --workload shared-prefix|sharegpt|bursts|multi-lora|code-gen|reasoning|b2b-saas [--quick]
+//!              [--qps 3,10,60 | --concurrency 10,60] [--horizon S]
 //!              [--warmup S] [--policies a,b@4x2] [--picker NAME=JSON|@file] [--seed N] [--max-concurrency N]
 //!              [--threads N] [--out DIR]
 //! ```
@@ -15,7 +16,8 @@ use podsim::policy::{PolicyKind, PolicySpec};
 use podsim::report;
 
 fn usage() -> &'static str {
-    "usage: podsim serve [--pods N] [--base-port P] [--speed X] [--model M]\n       podsim bench --workload shared-prefix|sharegpt|bursts|multi-lora [--quick] [--qps 3,10,60] [--horizon SECS] \
+    "usage: podsim serve [--pods N] [--base-port P] [--speed X] [--model M]\n       podsim bench --workload shared-prefix|sharegpt|bursts|multi-lora|code-gen|reasoning|b2b-saas [--quick] \
+[--qps 3,10,60 | --concurrency 10,60] [--horizon SECS] \
 [--warmup SECS] [--policies NAME[@WxR],...] [--picker NAME=JSON|NAME=@FILE]... [--seed N] [--max-concurrency N] [--threads N] [--out DIR]"
 }
 
@@ -102,7 +104,7 @@ fn bench(args: &[String]) -> Result<(), String> {
         match a.as_str() {
             "--workload" => workload = Some(WorkloadKind::parse(&val()?).ok_or("unknown workload")?),
             "--quick" => quick = true,
-            "--qps" => {
+            "--qps" | "--concurrency" => {
                 qps = Some(
                     val()?
                         .split(',')
@@ -190,12 +192,13 @@ fn bench(args: &[String]) -> Result<(), String> {
         let width = 30;
         let filled = done * width / total.max(1);
         eprintln!(
-            "[{}{}] {done}/{total} {:>7.1}s  {} @ {} QPS: TTFT p90 {:.3} s, {:.0} out tok/s",
+            "[{}{}] {done}/{total} {:>7.1}s  {} @ {} {}: TTFT p90 {:.3} s, {:.0} out tok/s",
             "#".repeat(filled),
             ".".repeat(width - filled),
             started.elapsed().as_secs_f64(),
             s.policy,
             s.qps,
+            workload.rate_unit(),
             s.ttft_p90,
             s.output_tok_s
         );
@@ -208,13 +211,20 @@ fn bench(args: &[String]) -> Result<(), String> {
         plan.horizon_s,
         plan.warmup_s,
         plan.servers,
-        match plan.max_concurrency {
-            Some(c) => format!("client concurrency cap {c}"),
-            None => "open-loop Poisson".to_string(),
+        match (workload.closed_loop(), plan.max_concurrency) {
+            (true, _) => "closed loop".to_string(),
+            (false, Some(c)) => format!("client concurrency cap {c}"),
+            (false, None) => "open-loop Poisson".to_string(),
         },
         plan.seed
     );
-    print!("{}", report::markdown(&title, &rows));
+    print!("{}", report::markdown_in(&title, &rows, workload.rate_unit()));
+    if let Some(published) = workload.published_vs_round_robin() {
+        print!(
+            "{}",
+            report::knee_table(&rows, workload.rate_unit(), "round-robin", Some(published))
+        );
+    }
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("{out_dir}: {e}"))?;
     let stem = format!("{out_dir}/{}{}", workload.name(), if quick { "-quick" } else { "" });
     std::fs::write(format!("{stem}.csv"), report::csv(workload.name(), &rows)).map_err(|e| e.to_string())?;

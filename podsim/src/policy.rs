@@ -32,15 +32,15 @@ pub const ORACLE_WEIGHTS: [f64; 4] = [6.0, 0.0, 1.0, 2.0];
 /// report of issue 7) with one global view. Relative to the first `wasm-epp-default` (prefix 3,
 /// queue 2, KV 2, in-flight 1, consistent hash 2) it drops the lagged queue scorer, weights the
 /// prefix match higher (6), and keeps exact in-flight counts (2) and KV utilisation (1).
-/// picker-core then adopted a variant that also holds up split over workers and replicas
-/// (KV 2, consistent hash 4, ε 0.5) as `wasm-epp-default`; this one stays for comparison, with
-/// its ε pinned.
+/// picker-core then adopted a variant (KV 2, consistent hash 4, ε 0.5), and later (second tuning
+/// round, issue 7: in-flight 4, hash key over 256 blocks) the current `wasm-epp-default`; this
+/// one stays for comparison, with its ε and hash key (first 4 blocks) pinned.
 pub const WASM_EPP_TUNED: &str = r#"{"profile":"wasm-epp-default","scorers":[
   {"type":"prefix-cache-scorer","weight":6},
   {"type":"kv-cache-utilization-scorer","weight":1},
   {"type":"in-flight-scorer","weight":2},
   {"type":"consistent-hash-scorer","weight":2}],
-  "consistentHash":{"epsilon":0.25}}"#;
+  "consistentHash":{"epsilon":0.25,"prefixBlocks":4}}"#;
 
 /// The variant that best keeps affinity when the picker is split over workers and replicas
 /// (same tuning runs): consistent hashing weighted 4 with a looser load bound (ε = 0.5), so every
@@ -52,7 +52,7 @@ pub const WASM_EPP_TUNED_SPLIT: &str = r#"{"profile":"wasm-epp-default","scorers
   {"type":"kv-cache-utilization-scorer","weight":1},
   {"type":"in-flight-scorer","weight":2},
   {"type":"consistent-hash-scorer","weight":4}],
-  "consistentHash":{"epsilon":0.5}}"#;
+  "consistentHash":{"epsilon":0.5,"prefixBlocks":4}}"#;
 
 /// A named policy and the gateway topology it runs in.
 #[derive(Clone, Debug)]

@@ -22,6 +22,9 @@ pub struct Summary {
     pub e2e_p90: f64,
     /// Output tokens per second generated during the window.
     pub output_tok_s: f64,
+    /// Prompt tokens per second (cached or not) of requests whose prefill finished in the window
+    /// (inference-perf's input tokens per second).
+    pub input_tok_s: f64,
     /// Prompt tokens served from the prefix cache / prompt tokens looked up (whole run).
     pub hit_rate: f64,
     pub preemptions: u64,
@@ -79,6 +82,11 @@ impl Summary {
             } else {
                 r.window_tokens as f64 / (r.window as f64 / 1e6)
             },
+            input_tok_s: if r.window == 0 {
+                0.0
+            } else {
+                r.window_prompt_tokens as f64 / (r.window as f64 / 1e6)
+            },
             hit_rate: if r.query_tokens == 0 {
                 0.0
             } else {
@@ -102,12 +110,17 @@ fn secs(s: f64) -> String {
 
 /// One markdown table per rate, one row per policy.
 pub fn markdown(title: &str, rows: &[Summary]) -> String {
+    markdown_in(title, rows, "QPS")
+}
+
+/// [`markdown`] with the rate in `unit` (`QPS`, or `concurrency` for closed-loop workloads).
+pub fn markdown_in(title: &str, rows: &[Summary], unit: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "## {title}\n");
     let mut rates: Vec<f64> = rows.iter().map(|r| r.qps).collect();
     rates.dedup();
     for q in rates {
-        let _ = writeln!(out, "### {q} QPS\n");
+        let _ = writeln!(out, "### {q} {unit}\n");
         let _ = writeln!(
             out,
             "| policy | req | done | shed | fail | TTFT p50 s | TTFT p90 s | TTFT p99 s | E2E p50 s | E2E p90 s | out tok/s | prefix hit | preempt |"
@@ -139,12 +152,12 @@ pub fn markdown(title: &str, rows: &[Summary]) -> String {
 
 pub fn csv(workload: &str, rows: &[Summary]) -> String {
     let mut out = String::from(
-        "workload,policy,qps,requests,completed,shed,failed,ttft_p50_s,ttft_p90_s,ttft_p99_s,e2e_p50_s,e2e_p90_s,output_tok_s,prefix_hit_rate,preemptions\n",
+        "workload,policy,qps,requests,completed,shed,failed,ttft_p50_s,ttft_p90_s,ttft_p99_s,e2e_p50_s,e2e_p90_s,output_tok_s,input_tok_s,prefix_hit_rate,preemptions\n",
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "{workload},{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.1},{:.4},{}",
+            "{workload},{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.1},{:.1},{:.4},{}",
             r.policy,
             r.qps,
             r.requests,
@@ -157,10 +170,82 @@ pub fn csv(workload: &str, rows: &[Summary]) -> String {
             r.e2e_p50,
             r.e2e_p90,
             r.output_tok_s,
+            r.input_tok_s,
             r.hit_rate,
             r.preemptions
         );
     }
+    out
+}
+
+/// Where a policy's throughput stops growing: the lowest rate at which its `metric` reaches
+/// 95 % of the policy's best over the sweep. llm-d's catalog runs compare each router's
+/// throughput at its own knee with round-robin's (calibration.md §5.1); the blog does not define
+/// the knee numerically, so this threshold is ours.
+pub fn knee<'a>(rows: &'a [Summary], policy: &str, metric: fn(&Summary) -> f64) -> Option<&'a Summary> {
+    let mine: Vec<&Summary> = rows.iter().filter(|r| r.policy == policy).collect();
+    let best = mine.iter().map(|r| metric(r)).fold(0.0_f64, f64::max);
+    mine.into_iter().find(|r| metric(r) >= 0.95 * best)
+}
+
+/// Per policy: throughput at every rate, and at the knee (see [`knee`]) as a multiple of
+/// `baseline`'s throughput at its knee, next to llm-d's published ratio when given.
+pub fn knee_table(rows: &[Summary], unit: &str, baseline: &str, published: Option<&str>) -> String {
+    let mut out = String::new();
+    let mut policies: Vec<&str> = Vec::new();
+    for r in rows {
+        if !policies.contains(&r.policy.as_str()) {
+            policies.push(&r.policy);
+        }
+    }
+    let mut rates: Vec<f64> = rows.iter().map(|r| r.qps).collect();
+    rates.sort_by(f64::total_cmp);
+    rates.dedup();
+    let _ = writeln!(out, "### Throughput (input / output tok/s) and knee\n");
+    let mut head = String::from("| policy |");
+    let mut rule = String::from("|---|");
+    for q in &rates {
+        let _ = write!(head, " {q} {unit} |");
+        rule.push_str("---:|");
+    }
+    let _ = writeln!(
+        out,
+        "{head} knee | in tok/s at knee | × {baseline} | out tok/s at knee | × {baseline} |"
+    );
+    let _ = writeln!(out, "{rule}---:|---:|---:|---:|---:|");
+    let input = |r: &Summary| r.input_tok_s;
+    let output = |r: &Summary| r.output_tok_s;
+    let base_in = knee(rows, baseline, input).map(|r| r.input_tok_s);
+    let base_out = knee(rows, baseline, output).map(|r| r.output_tok_s);
+    let ratio = |x: f64, b: Option<f64>| match b {
+        Some(b) if b > 0.0 => format!("{:.2}", x / b),
+        _ => "-".into(),
+    };
+    for p in policies {
+        let mut line = format!("| {p} |");
+        for q in &rates {
+            match rows.iter().find(|r| r.policy == p && r.qps == *q) {
+                Some(r) => {
+                    let _ = write!(line, " {:.0} / {:.0} |", r.input_tok_s, r.output_tok_s);
+                }
+                None => line.push_str(" - |"),
+            }
+        }
+        let (ki, ko) = (knee(rows, p, input), knee(rows, p, output));
+        let _ = writeln!(
+            out,
+            "{line} {} | {:.0} | {} | {:.0} | {} |",
+            ki.map_or("-".into(), |r| format!("{}", r.qps)),
+            ki.map_or(f64::NAN, |r| r.input_tok_s),
+            ki.map_or("-".into(), |r| ratio(r.input_tok_s, base_in)),
+            ko.map_or(f64::NAN, |r| r.output_tok_s),
+            ko.map_or("-".into(), |r| ratio(r.output_tok_s, base_out)),
+        );
+    }
+    if let Some(p) = published {
+        let _ = writeln!(out, "\nllm-d published (vs round-robin at the knee): {p}");
+    }
+    out.push('\n');
     out
 }
 
@@ -353,6 +438,7 @@ mod tests {
             e2e_p50: 1.0,
             e2e_p90: 2.0,
             output_tok_s: 100.0 * qps,
+            input_tok_s: 700.0 * qps.min(4.0),
             hit_rate: 0.5,
             preemptions: 0,
         }
@@ -383,5 +469,27 @@ mod tests {
         let svg = svg("t", &rows);
         assert_eq!(svg.matches("<polyline").count(), 4, "2 policies × 2 panels");
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    }
+
+    #[test]
+    fn knee_is_the_first_rate_near_the_best_throughput() {
+        let rows = vec![
+            row("a", 1.0, 0.1),
+            row("a", 4.0, 0.1),
+            row("a", 5.0, 0.1),
+            row("b", 1.0, 0.1),
+        ];
+        // input: 700, 2800, 2800 → knee at 4; output 100, 400, 500 → knee at 5.
+        assert_eq!(knee(&rows, "a", |r| r.input_tok_s).map(|r| r.qps), Some(4.0));
+        assert_eq!(knee(&rows, "a", |r| r.output_tok_s).map(|r| r.qps), Some(5.0));
+        let t = knee_table(&rows, "QPS", "b", Some("x"));
+        assert!(
+            t.contains("| a | 700 / 100 | 2800 / 400 | 2800 / 500 | 4 | 2800 | 4.00 | 500 | 5.00 |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| b | 700 / 100 | - | - | 1 | 700 | 1.00 | 100 | 1.00 |"),
+            "{t}"
+        );
     }
 }

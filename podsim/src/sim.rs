@@ -21,7 +21,7 @@ use picker_core::{pick, Endpoint, InFlight, Instant, Pool, Prompt, Request, Rng,
 use crate::calib::{micros, Micros, ServerParams};
 use crate::policy::{PolicyKind, PolicySpec, ORACLE_WEIGHTS};
 use crate::server::{EngineEvent, SeqSpec, Server};
-use crate::workload::{Trace, BYTES_PER_TOKEN};
+use crate::workload::{Trace, BYTES_PER_TOKEN, UNTIMED};
 
 /// Cluster and measurement settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,6 +80,8 @@ pub struct RunResult {
     pub records: Vec<ReqRecord>,
     /// Output tokens generated in `[warmup, horizon)`.
     pub window_tokens: u64,
+    /// Prompt tokens (cached or not) of requests whose first token came in `[warmup, horizon)`.
+    pub window_prompt_tokens: u64,
     pub window: Micros,
     pub hit_tokens: u64,
     pub query_tokens: u64,
@@ -152,6 +154,16 @@ pub fn run(cfg: &SimConfig, trace: &Trace, policy: &PolicySpec) -> RunResult {
     let mut cursor = 0usize;
     let mut engine_out: Vec<EngineEvent> = Vec::new();
     let mut window_tokens = 0u64;
+    let mut window_prompt_tokens = 0u64;
+    // A closed-loop chain's next request is sent when its predecessor ends, before the horizon.
+    let release = |id: usize, now: Micros, records: &mut [ReqRecord], q: &mut std::collections::VecDeque<usize>| {
+        if let Some(Some(j)) = trace.next.get(id) {
+            if now < cfg.horizon {
+                records[*j as usize].arrival = now;
+                q.push_back(*j as usize);
+            }
+        }
+    };
     let mut now: Micros = 0;
     let stop_at = cfg.horizon.saturating_add(cfg.drain_cap);
     let mut client_queue: std::collections::VecDeque<usize> = std::collections::VecDeque::new();
@@ -159,7 +171,7 @@ pub fn run(cfg: &SimConfig, trace: &Trace, policy: &PolicySpec) -> RunResult {
     let cap = cfg.max_concurrency.unwrap_or(u32::MAX);
 
     loop {
-        let next_arrival = trace.arrivals.get(cursor).map(|a| a.at);
+        let next_arrival = trace.arrivals.get(cursor).map(|a| a.at).filter(|&t| t != UNTIMED);
         let next_step = heap.peek().map(|Reverse((t, _, _))| *t);
         let (t, is_arrival) = match (next_arrival, next_step) {
             (Some(a), Some(s)) if a < s => (a, true),
@@ -192,7 +204,12 @@ pub fn run(cfg: &SimConfig, trace: &Trace, policy: &PolicySpec) -> RunResult {
         loop {
             for e in engine_out.drain(..) {
                 match e {
-                    EngineEvent::FirstToken { id, .. } => records[id].first_token = Some(now),
+                    EngineEvent::FirstToken { id, .. } => {
+                        records[id].first_token = Some(now);
+                        if now >= cfg.warmup && now < cfg.horizon {
+                            window_prompt_tokens += trace.prompts[trace.arrivals[id].prompt as usize].tokens as u64;
+                        }
+                    }
                     EngineEvent::Finished { id } | EngineEvent::Aborted { id } => {
                         if matches!(e, EngineEvent::Finished { .. }) {
                             records[id].finish = Some(now);
@@ -206,6 +223,7 @@ pub fn run(cfg: &SimConfig, trace: &Trace, policy: &PolicySpec) -> RunResult {
                         let f = &mut gw.inflight[sent_by[id] as usize][s];
                         f.requests -= 1;
                         f.tokens -= tokens;
+                        release(id, now, &mut records, &mut client_queue);
                     }
                 }
             }
@@ -241,6 +259,7 @@ pub fn run(cfg: &SimConfig, trace: &Trace, policy: &PolicySpec) -> RunResult {
             );
             let Some(s) = choice else {
                 records[idx].shed = true;
+                release(idx, now, &mut records, &mut client_queue);
                 continue;
             };
             let tokens = (prompt.len() / BYTES_PER_TOKEN) as u64;
@@ -274,6 +293,7 @@ pub fn run(cfg: &SimConfig, trace: &Trace, policy: &PolicySpec) -> RunResult {
     RunResult {
         records,
         window_tokens,
+        window_prompt_tokens,
         window: cfg.horizon.saturating_sub(cfg.warmup),
         hit_tokens,
         query_tokens,
@@ -515,6 +535,50 @@ mod tests {
         let gie = run(&cfg, &trace, &PolicySpec::parse("gie-default").unwrap());
         let hit = |r: &RunResult| r.hit_tokens as f64 / r.query_tokens as f64;
         assert!(hit(&gie) > hit(&rr) + 0.1, "gie {} vs rr {}", hit(&gie), hit(&rr));
+    }
+
+    #[test]
+    fn closed_loop_chains_send_each_turn_after_the_previous_one_ends() {
+        use crate::workload::{ConversationReplay, Dist};
+        let cfg = SimConfig {
+            servers: 4,
+            ..SimConfig::llmd_cluster(30, 5, 1)
+        };
+        let shape = ConversationReplay {
+            shared_system_tokens: 300,
+            dynamic_system: Dist::Fixed(2000.0),
+            turns: Dist::Fixed(3.0),
+            input_per_turn: Dist::Fixed(200.0),
+            output_per_turn: Dist::Fixed(40.0),
+            stagger_s: 1.0,
+        };
+        let trace = shape.trace(6, cfg.horizon, 16, 14_000, 5);
+        for name in ["round-robin", "wasm-epp-default"] {
+            let r = run(&cfg, &trace, &PolicySpec::parse(name).unwrap());
+            let mut outstanding = 0i32;
+            // Never more than 6 requests (one per slot) between send and finish.
+            let mut events: Vec<(Micros, i32)> = Vec::new();
+            for (i, rec) in r.records.iter().enumerate() {
+                if let Some(Some(j)) = trace.next.get(i) {
+                    let next = &r.records[*j as usize];
+                    if next.server.is_some() {
+                        assert_eq!(Some(next.sent), rec.finish, "{name}: turn sent when the previous ends");
+                    }
+                }
+                if let (Some(f), true) = (rec.finish, rec.server.is_some()) {
+                    events.push((rec.sent, 1));
+                    events.push((f, -1));
+                }
+            }
+            events.sort();
+            for (_, d) in events {
+                outstanding += d;
+                assert!(outstanding <= 6, "{name}: {outstanding} in flight");
+            }
+            let sent = r.records.iter().filter(|x| x.server.is_some()).count();
+            assert!(sent > 6 * 3, "{name}: only {sent} requests sent in 30 s");
+            assert!(r.window_prompt_tokens > 0 && r.window_tokens > 0);
+        }
     }
 
     #[test]

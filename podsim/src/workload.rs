@@ -115,8 +115,16 @@ pub struct Trace {
     /// LoRA adapter names served on top of `model` (empty: none).
     pub adapters: Vec<String>,
     pub prompts: Vec<PromptText>,
+    /// Sorted by `at`; closed-loop follow-ups (see `next`) come last with `at == UNTIMED`.
     pub arrivals: Vec<Arrival>,
+    /// Closed-loop chains: `next[i] = Some(j)` sends request `j` (whose `at` is [`UNTIMED`]) as
+    /// soon as request `i` finishes, is shed or fails, if that is before the horizon (the client
+    /// slot that sent `i` sends `j` next). Empty for open-loop workloads.
+    pub next: Vec<Option<u32>>,
 }
+
+/// `Arrival::at` of a request that is sent when its predecessor in a closed-loop chain ends.
+pub const UNTIMED: Micros = Micros::MAX;
 
 /// Exponential inter-arrival gap for `qps`, in µs.
 fn exp_gap(qps: f64, rng: &mut impl Rng) -> Micros {
@@ -196,6 +204,7 @@ impl SharedPrefix {
             adapters: Vec::new(),
             prompts,
             arrivals,
+            next: Vec::new(),
         }
     }
 }
@@ -264,6 +273,7 @@ impl ShareGptLike {
             adapters: Vec::new(),
             prompts,
             arrivals,
+            next: Vec::new(),
         }
     }
 }
@@ -343,6 +353,7 @@ impl Bursts {
             adapters: Vec::new(),
             prompts,
             arrivals,
+            next: Vec::new(),
         }
     }
 }
@@ -413,6 +424,227 @@ impl MultiLora {
             adapters,
             prompts,
             arrivals,
+            next: Vec::new(),
+        }
+    }
+}
+
+/// A length distribution drawn the way inference-perf's `generate_distribution` draws it
+/// (kubernetes-sigs/inference-perf `inference_perf/utils/distribution.py` @4da5ced7): draw, clip
+/// to `[min, max]`, round. `LogNormal` is shifted so that `min` maps to 0 and parameterised so
+/// that the *shifted* log-normal has mean `mean − min` and standard deviation `sd`. `Exponential`
+/// (used by the reasoning catalog entry, but not implemented in that file) is **\[assumption\]**
+/// `min + Exp(mean − min)`, clipped, the same shift convention.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Dist {
+    Fixed(f64),
+    Uniform { min: f64, max: f64 },
+    Normal { min: f64, max: f64, mean: f64, sd: f64 },
+    LogNormal { min: f64, max: f64, mean: f64, sd: f64 },
+    Exponential { min: f64, max: f64, mean: f64 },
+}
+
+/// One standard normal draw (Box–Muller).
+fn std_normal(rng: &mut impl Rng) -> f64 {
+    let (u1, u2) = (1.0 - rng.unit_f64(), rng.unit_f64());
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+impl Dist {
+    /// One draw, clipped to the bounds and rounded.
+    pub fn sample(&self, rng: &mut impl Rng) -> u32 {
+        let (v, lo, hi) = match *self {
+            Dist::Fixed(x) => (x, x, x),
+            Dist::Uniform { min, max } => (min + (max - min) * rng.unit_f64(), min, max),
+            Dist::Normal { min, max, mean, sd } => (mean + sd * std_normal(rng), min, max),
+            Dist::LogNormal { min, max, mean, sd } => {
+                let m = if mean - min <= 0.0 { 1.0 } else { mean - min };
+                let s2 = (1.0 + (sd / m).powi(2)).ln();
+                let mu = m.ln() - s2 / 2.0;
+                ((mu + s2.sqrt() * std_normal(rng)).exp() + min, min, max)
+            }
+            Dist::Exponential { min, max, mean } => {
+                let m = (mean - min).max(1.0);
+                (min - m * (1.0 - rng.unit_f64()).ln(), min, max)
+            }
+        };
+        v.clamp(lo, hi).round() as u32
+    }
+}
+
+/// Closed-loop multi-turn conversations, as inference-perf's `conversation_replay` data
+/// generator with a `concurrent` load (kubernetes-sigs/inference-perf
+/// `inference_perf/datagen/conversation_replay_datagen.py` @010c60f2): `C` client slots
+/// (`num_conversations = C`, the concurrency), each owning one conversation whose system prompt
+/// is a prompt shared by every conversation followed by a per-conversation ("dynamic") part;
+/// turn `k`'s prompt is the system prompt, every earlier turn's input and output, and turn `k`'s
+/// input; a slot sends its next turn when the previous one ends; after the last turn the slot
+/// starts its conversation again from turn 0 (inference-perf resets the session to the same
+/// blueprint: same system prompt and turn inputs, but the model's outputs differ, so here every
+/// pass gets fresh output text).
+///
+/// **\[assumption\]** no think or tool-call time between turns (the data generator above does not
+/// read `tool_call_latency_sec`); slots start at uniformly random times in the first
+/// `stagger_s` seconds; output text is random (only prompt blocks are cached by the simulated
+/// engine, so a turn's own output is recomputed in the next turn's prefill, see the crate's
+/// known gaps).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ConversationReplay {
+    pub shared_system_tokens: u32,
+    pub dynamic_system: Dist,
+    pub turns: Dist,
+    pub input_per_turn: Dist,
+    pub output_per_turn: Dist,
+    pub stagger_s: f64,
+}
+
+impl ConversationReplay {
+    /// **\[src\]** llm-d's code-generation run (llm-d.github.io
+    /// `blog/2026-08-17_sticky-until-saturated-token-aware-routing.mdx`; calibration.md §3
+    /// "2026-08 Sticky Until Saturated blog"), the catalog entry of that time, kubernetes-sigs/inference-perf
+    /// @e2c6268c `workload-catalog/code-generation/inference-perf.yaml`: shared system prompt
+    /// 3,000 tokens; dynamic system prompt uniform 15,000–120,000; turns normal 2–20 (mean 6,
+    /// sd 3.5); input per turn log-normal 100–10,000 (mean 1,500, sd 1,200); output per turn
+    /// log-normal 50–4,000 (mean 800, sd 600); concurrency 10 → 100 on 10 servers. (The current
+    /// catalog file, @5fb5e1ac, is far larger: dynamic prompt mean 160k, turns mean 540, output
+    /// mean 425; it is not the shape llm-d published.)
+    pub const CODE_GENERATION: ConversationReplay = ConversationReplay {
+        shared_system_tokens: 3000,
+        dynamic_system: Dist::Uniform {
+            min: 15_000.0,
+            max: 120_000.0,
+        },
+        turns: Dist::Normal {
+            min: 2.0,
+            max: 20.0,
+            mean: 6.0,
+            sd: 3.5,
+        },
+        input_per_turn: Dist::LogNormal {
+            min: 100.0,
+            max: 10_000.0,
+            mean: 1500.0,
+            sd: 1200.0,
+        },
+        output_per_turn: Dist::LogNormal {
+            min: 50.0,
+            max: 4000.0,
+            mean: 800.0,
+            sd: 600.0,
+        },
+        stagger_s: 10.0,
+    };
+
+    /// **\[src\]** llm-d's reasoning run (same blog; calibration.md §3) and
+    /// kubernetes-sigs/inference-perf `workload-catalog/reasoning/inference-perf.yaml` @5cbfb21c:
+    /// shared system prompt 250 tokens, no dynamic part, one turn, input log-normal 100–5,000
+    /// (mean 1,000, sd 800), output exponential 500–32,000 (mean 8,000; the file's sd 6,500 has
+    /// no effect on an exponential, see [`Dist`]); concurrency 50 → 450 on 10 servers.
+    pub const REASONING: ConversationReplay = ConversationReplay {
+        shared_system_tokens: 250,
+        dynamic_system: Dist::Fixed(0.0),
+        turns: Dist::Fixed(1.0),
+        input_per_turn: Dist::LogNormal {
+            min: 100.0,
+            max: 5000.0,
+            mean: 1000.0,
+            sd: 800.0,
+        },
+        output_per_turn: Dist::Exponential {
+            min: 500.0,
+            max: 32_000.0,
+            mean: 8000.0,
+        },
+        stagger_s: 10.0,
+    };
+
+    /// `concurrency` closed-loop slots for `horizon`. Each slot's chain is generated until the
+    /// sum of its requests' shortest possible durations (`output tokens × min_step`, one token
+    /// per engine step) covers the horizon, so a chain never runs dry before the horizon.
+    pub fn trace(&self, concurrency: u32, horizon: Micros, block_tokens: u32, min_step: Micros, seed: u64) -> Trace {
+        let mut rng = SplitMix64::new(seed);
+        let shared = random_text(self.shared_system_tokens as usize, &mut rng);
+        let mut prompts = Vec::new();
+        let mut arrivals = Vec::new();
+        let mut untimed = Vec::new();
+        let mut next: Vec<Option<u32>> = Vec::new();
+        // (slot start, request ids of the chain) per slot; ids are fixed once all are known.
+        let mut chains: Vec<(Micros, Vec<(u32, u32)>)> = Vec::new();
+        for _ in 0..concurrency {
+            let start = (self.stagger_s * 1e6 * rng.unit_f64()) as Micros;
+            let dynamic = self.dynamic_system.sample(&mut rng) as usize;
+            let mut system = shared.to_vec();
+            system.extend_from_slice(&random_text(dynamic, &mut rng));
+            let system: Arc<[u8]> = system.into();
+            let turns = self.turns.sample(&mut rng).max(1);
+            let inputs: Vec<Arc<[u8]>> = (0..turns)
+                .map(|_| random_text(self.input_per_turn.sample(&mut rng) as usize, &mut rng))
+                .collect();
+            let outputs: Vec<u32> = (0..turns)
+                .map(|_| self.output_per_turn.sample(&mut rng).max(1))
+                .collect();
+            let mut chain = Vec::new();
+            let mut covered: Micros = start;
+            'passes: loop {
+                let mut history: Vec<u8> = Vec::new();
+                for k in 0..turns as usize {
+                    history.extend_from_slice(&inputs[k]);
+                    prompts.push(PromptText::new(
+                        MODEL,
+                        system.clone(),
+                        history.clone().into(),
+                        block_tokens,
+                    ));
+                    chain.push((prompts.len() as u32 - 1, outputs[k]));
+                    covered = covered.saturating_add(outputs[k] as Micros * min_step.max(1));
+                    if covered >= horizon {
+                        break 'passes;
+                    }
+                    history.extend_from_slice(&random_text(outputs[k] as usize, &mut rng));
+                }
+            }
+            chains.push((start, chain));
+        }
+        // Request ids: every slot's first request is timed (sorted by start), the rest follow.
+        let mut firsts: Vec<usize> = (0..chains.len()).collect();
+        firsts.sort_by_key(|&i| (chains[i].0, i));
+        let mut first_id = vec![0u32; chains.len()];
+        for &i in &firsts {
+            let (start, chain) = &chains[i];
+            first_id[i] = arrivals.len() as u32;
+            arrivals.push(Arrival {
+                at: *start,
+                prompt: chain[0].0,
+                output_tokens: chain[0].1,
+                priority: 0,
+                adapter: None,
+            });
+        }
+        let base = arrivals.len() as u32;
+        for (i, (_, chain)) in chains.iter().enumerate() {
+            let mut prev = first_id[i];
+            for &(prompt, output_tokens) in &chain[1..] {
+                let id = base + untimed.len() as u32;
+                untimed.push(Arrival {
+                    at: UNTIMED,
+                    prompt,
+                    output_tokens,
+                    priority: 0,
+                    adapter: None,
+                });
+                next.resize(next.len().max(id as usize + 1), None);
+                next[prev as usize] = Some(id);
+                prev = id;
+            }
+        }
+        arrivals.extend(untimed);
+        next.resize(arrivals.len(), None);
+        Trace {
+            model: MODEL.into(),
+            adapters: Vec::new(),
+            prompts,
+            arrivals,
+            next,
         }
     }
 }
@@ -527,5 +759,72 @@ mod tests {
         assert!((share(0..5) - 0.60).abs() < 0.03, "{per:?}");
         assert!((share(5..10) - 0.30).abs() < 0.03, "{per:?}");
         assert!((share(10..15) - 0.10).abs() < 0.02, "{per:?}");
+    }
+    #[test]
+    fn dists_respect_bounds_and_means() {
+        let mut rng = SplitMix64::new(8);
+        let n = 20_000;
+        let mean = |d: Dist, rng: &mut SplitMix64| {
+            let v: Vec<u32> = (0..n).map(|_| d.sample(rng)).collect();
+            let (lo, hi) = match d {
+                Dist::LogNormal { min, max, .. }
+                | Dist::Normal { min, max, .. }
+                | Dist::Exponential { min, max, .. } => (min, max),
+                Dist::Uniform { min, max } => (min, max),
+                Dist::Fixed(x) => (x, x),
+            };
+            assert!(v.iter().all(|&x| (lo..=hi).contains(&(x as f64))), "{d:?}");
+            v.iter().map(|&x| x as f64).sum::<f64>() / n as f64
+        };
+        let c = ConversationReplay::CODE_GENERATION;
+        let m = mean(c.input_per_turn, &mut rng);
+        assert!((1400.0..1600.0).contains(&m), "input {m}");
+        let m = mean(c.turns, &mut rng);
+        assert!((5.5..7.0).contains(&m), "turns {m}");
+        let m = mean(ConversationReplay::REASONING.output_per_turn, &mut rng);
+        assert!((7200.0..8300.0).contains(&m), "reasoning output {m}");
+    }
+
+    #[test]
+    fn conversations_chain_turns_that_extend_each_other() {
+        let shape = ConversationReplay {
+            shared_system_tokens: 32,
+            dynamic_system: Dist::Fixed(64.0),
+            turns: Dist::Fixed(3.0),
+            input_per_turn: Dist::Fixed(20.0),
+            output_per_turn: Dist::Fixed(10.0),
+            stagger_s: 0.0,
+        };
+        // 14 ms per step, 10 tokens per request: 7 requests cover one second.
+        let t = shape.trace(4, 1_000_000, 16, 14_000, 3);
+        assert_eq!(t.arrivals.iter().filter(|a| a.at != UNTIMED).count(), 4);
+        assert_eq!(t.next.len(), t.arrivals.len());
+        assert!(t.arrivals[..4].windows(2).all(|w| w[0].at <= w[1].at));
+        // Follow one chain: turn k+1's prompt starts with turn k's whole prompt.
+        let mut id = 0usize;
+        let mut seen = 1;
+        while let Some(j) = t.next[id] {
+            let (a, b) = (
+                &t.prompts[t.arrivals[id].prompt as usize],
+                &t.prompts[t.arrivals[j as usize].prompt as usize],
+            );
+            assert_eq!(a.head, b.head, "one system prompt per conversation");
+            if b.tail.len() > a.tail.len() {
+                assert_eq!(&b.tail[..a.tail.len()], &a.tail[..]);
+                assert_eq!(b.tail.len(), a.tail.len() + 30 * BYTES_PER_TOKEN);
+            } else {
+                assert_eq!(b.tail.len(), 20 * BYTES_PER_TOKEN, "a new pass starts at turn 0");
+            }
+            id = j as usize;
+            seen += 1;
+        }
+        assert_eq!(seen, 8, "chains cover the horizon at the shortest request time");
+        // Different conversations share only the 32-token shared prompt (2 blocks).
+        let (p0, p1) = (
+            &t.prompts[t.arrivals[0].prompt as usize],
+            &t.prompts[t.arrivals[1].prompt as usize],
+        );
+        assert_eq!(p0.hashes[..2], p1.hashes[..2]);
+        assert_ne!(p0.hashes[2], p1.hashes[2]);
     }
 }
