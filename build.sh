@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # wasm-epp build entry point. Every step a fresh machine needs is installed here.
 #
-#   ./build.sh demo     the main job: today, the picker explaining sample decisions
+#   ./build.sh demo     the main job: podsim pods + collector + the module in host-sim's gateway, a
+#                       shared-prefix workload with the picker and with round-robin, side by side
+#   ./build.sh explain  the picker explaining sample decisions, with every reason
 #   ./build.sh test     install what is missing, then every check and test (what CI runs)
 #   ./build.sh wasm     the proxy-wasm module: dist/wasm-epp.wasm and dist/wasm-epp.wasm.sha256
 #   ./build.sh bench    criterion benches of the request path (scan, hash, pick)
@@ -82,7 +84,9 @@ test_all() {
     bash host-sim/build-test-modules.sh
   fi
   log "tests (native; the filter's tests load dist/wasm-epp.wasm into host-sim)"
-  cargo nextest run --workspace --no-fail-fast
+  cargo nextest run --workspace --exclude e2e --no-fail-fast
+  log "end-to-end tests over loopback (optimised build, shared with the demo: 100k requests go through)"
+  cargo nextest run -p e2e --cargo-profile tools --no-fail-fast
   log "picker-core tests compiled to wasm32-wasip1, run under Node's WASI"
   CARGO_TARGET_WASM32_WASIP1_RUNNER="node $PWD/tools/wasi-run.mjs" \
     cargo test --quiet -p picker-core --lib --target wasm32-wasip1
@@ -98,6 +102,13 @@ case "${1:-}" in
   wasm) wasm ;;
   test) test_all ;;
   demo)
+    shift
+    wasm
+    log "building the demo (podsim pods, collector, host-sim gateway, load client)"
+    cargo build --quiet --profile tools -p e2e --bin demo
+    "$CARGO_TARGET_DIR/tools/demo" "$@"
+    ;;
+  explain)
     shift
     cargo run --quiet --release -p picker-core --example explain -- "$@"
     ;;

@@ -44,6 +44,9 @@ use crate::workload::{block_hashes, BYTES_PER_TOKEN};
 
 /// Largest request body accepted (bytes).
 pub const MAX_BODY: usize = 16 << 20;
+/// Response header naming the pod (`ip:port`) that served the request. vLLM sends no such
+/// header; podsim adds it so tests can check routing without trusting the gateway.
+pub const ENDPOINT_HEADER: &str = "x-podsim-endpoint";
 /// `max_tokens` when the request gives none (vLLM's completions default is 16).
 pub const DEFAULT_MAX_TOKENS: u32 = 16;
 
@@ -555,9 +558,67 @@ impl Completion {
 }
 
 /// Binds `pods` listeners on 127.0.0.1 (`base_port + i`; 0 picks free ports) and spawns their
-/// engines and accept loops on the current tokio runtime. Returns the bound addresses.
+/// engines and accept loops on the current tokio runtime. Returns the bound addresses; the pods
+/// run until the runtime stops (use [`start_pods`] to stop one).
 pub async fn start(pods: usize, base_port: u16, config: PodConfig) -> std::io::Result<Vec<SocketAddr>> {
-    let mut addrs = Vec::with_capacity(pods);
+    let handles = start_pods(pods, base_port, config).await?;
+    Ok(handles
+        .into_iter()
+        .map(|h| {
+            let addr = h.addr;
+            h.detach();
+            addr
+        })
+        .collect())
+}
+
+/// A running pod. [`PodHandle::kill`] (or dropping the handle) stops it the way a crashed pod
+/// stops: the listener closes, so new connections are refused, and open connections, streams
+/// included, are cut mid-response.
+#[derive(Debug)]
+pub struct PodHandle {
+    pub addr: SocketAddr,
+    pod: Arc<Pod>,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+}
+
+impl PodHandle {
+    /// The pod's Prometheus text right now (what `/metrics` would answer).
+    pub fn metrics_text(&self) -> String {
+        self.pod.metrics_text()
+    }
+
+    /// Requests this pod has finished.
+    pub fn finished(&self) -> u64 {
+        self.pod.lock().counters.success
+    }
+
+    /// Stops the pod: refuses new connections and cuts open ones.
+    pub fn kill(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(true);
+        }
+    }
+
+    /// Leaves the pod running for the life of the runtime.
+    fn detach(mut self) {
+        if let Some(s) = self.stop.take() {
+            std::mem::forget(s);
+        }
+    }
+}
+
+impl Drop for PodHandle {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(true);
+        }
+    }
+}
+
+/// Like [`start`], returning a handle per pod.
+pub async fn start_pods(pods: usize, base_port: u16, config: PodConfig) -> std::io::Result<Vec<PodHandle>> {
+    let mut binds = Vec::with_capacity(pods);
     for i in 0..pods {
         let port = if base_port == 0 {
             0
@@ -566,29 +627,67 @@ pub async fn start(pods: usize, base_port: u16, config: PodConfig) -> std::io::R
                 .checked_add(i as u16)
                 .ok_or(std::io::ErrorKind::InvalidInput)?
         };
-        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
-        addrs.push(listener.local_addr()?);
+        binds.push(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    start_pods_at(&binds, config).await
+}
+
+/// One pod per bind address (port 0 picks a free port). Any 127.0.0.0/8 address works on
+/// Linux, which lets tests give pods distinct IPs, several ports each, like data-parallel ranks.
+pub async fn start_pods_at(binds: &[SocketAddr], config: PodConfig) -> std::io::Result<Vec<PodHandle>> {
+    let mut handles = Vec::with_capacity(binds.len());
+    for bind in binds {
+        let listener = TcpListener::bind(bind).await?;
+        let addr = listener.local_addr()?;
         let pod = Pod::new(config.clone());
-        tokio::spawn(pod.clone().run_engine());
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let engine = tokio::spawn(pod.clone().run_engine());
+        let accept_pod = pod.clone();
         tokio::spawn(async move {
+            let pod = accept_pod;
+            let mut stop = stop_rx.clone();
             let mut next = 0u64;
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let accepted = tokio::select! {
+                    _ = stop.wait_for(|s| *s) => break,
+                    a = listener.accept() => a,
+                };
+                let Ok((stream, _)) = accepted else {
                     continue;
                 };
                 let pod = pod.clone();
                 next += 1;
                 let base = next << 20;
                 let counter = Arc::new(std::sync::atomic::AtomicU64::new(base));
+                let mut conn_stop = stop_rx.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let id = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        handle(pod.clone(), id, req)
+                        let pod = pod.clone();
+                        async move {
+                            let mut r = handle(pod, id, req).await?;
+                            r.headers_mut().insert(
+                                ENDPOINT_HEADER,
+                                addr.to_string().parse().expect("an address is a valid header value"),
+                            );
+                            Ok::<_, Infallible>(r)
+                        }
                     });
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                    // Dropping the connection future closes the socket: a killed pod cuts streams.
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = conn_stop.wait_for(|s| *s) => {}
+                    }
                 });
             }
+            engine.abort();
+        });
+        handles.push(PodHandle {
+            addr,
+            pod,
+            stop: Some(stop_tx),
         });
     }
-    Ok(addrs)
+    Ok(handles)
 }
