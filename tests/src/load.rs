@@ -177,7 +177,9 @@ impl Conn {
             pending.extend_from_slice(data);
             while let Some(end) = find(&pending, b"\n\n") {
                 let event: Vec<u8> = pending.drain(..end + 2).collect();
-                let Some(payload) = event.strip_prefix(b"data: ") else { continue };
+                let Some(payload) = event.strip_prefix(b"data: ") else {
+                    continue;
+                };
                 let payload = &payload[..payload.len() - 2];
                 if payload == b"[DONE]" {
                     out.complete = true;
@@ -215,7 +217,9 @@ fn has_content(v: &Value) -> bool {
 }
 
 fn read_usage(v: &Value, out: &mut Outcome) {
-    let Some(u) = v.get("usage").filter(|u| u.is_object()) else { return };
+    let Some(u) = v.get("usage").filter(|u| u.is_object()) else {
+        return;
+    };
     let n = |p: &str| u.pointer(p).and_then(Value::as_u64).unwrap_or(0) as u32;
     out.output_tokens = n("/completion_tokens");
     out.prompt_tokens = n("/prompt_tokens");
@@ -342,7 +346,11 @@ impl Summary {
             ttft_p90: quantile(&mut ttft, 0.9),
             e2e_p50: quantile(&mut e2e, 0.5),
             output_tok_s: out_tokens as f64 / (wall.as_secs_f64() * speed).max(1e-9),
-            cache_hit: if prompt == 0 { 0.0 } else { cached as f64 / prompt as f64 },
+            cache_hit: if prompt == 0 {
+                0.0
+            } else {
+                cached as f64 / prompt as f64
+            },
         }
     }
 }

@@ -55,8 +55,12 @@ fn conformance_call(steer: Option<&str>) -> Call {
 fn served(outcomes: &[Outcome]) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for o in outcomes {
-        *m.entry(o.served_by.clone().unwrap_or_else(|| format!("none (status {})", o.status)))
-            .or_insert(0) += 1;
+        *m.entry(
+            o.served_by
+                .clone()
+                .unwrap_or_else(|| format!("none (status {})", o.status)),
+        )
+        .or_insert(0) += 1;
     }
     m
 }
@@ -64,7 +68,13 @@ fn served(outcomes: &[Outcome]) -> BTreeMap<String, usize> {
 #[track_caller]
 fn all_ok(outcomes: &[Outcome]) {
     let bad: Vec<&Outcome> = outcomes.iter().filter(|o| o.status != 200 || !o.complete).collect();
-    assert!(bad.is_empty(), "{} of {} failed, first: {:?}", bad.len(), outcomes.len(), bad.first());
+    assert!(
+        bad.is_empty(),
+        "{} of {} failed, first: {:?}",
+        bad.len(),
+        outcomes.len(),
+        bad.first()
+    );
 }
 
 /// Gateway in test mode + collector sidecar over `pods`, waiting for the first snapshot.
@@ -74,8 +84,13 @@ async fn conformance_stack(pods: &[SocketAddr], extra: &[(&str, Value)]) -> (hos
         spec = spec.with(k, v.clone());
     }
     let gw = stack::gateway(&spec).expect("gateway starts");
-    let col = Collector::sidecar(pods, gw.addr(), INTERVAL).await.expect("collector starts");
-    assert!(wait_for_ready(&gw, pods.len(), Duration::from_secs(10)).await, "first snapshot");
+    let col = Collector::sidecar(pods, gw.addr(), INTERVAL)
+        .await
+        .expect("collector starts");
+    assert!(
+        wait_for_ready(&gw, pods.len(), Duration::from_secs(10)).await,
+        "first snapshot"
+    );
     (gw, col)
 }
 
@@ -93,7 +108,11 @@ fn gateway_follows_the_picker_and_reports_the_served_endpoint() {
             let o = send(gw.addr(), &conformance_call(Some(&p.to_string()))).await;
             assert_eq!(o.status, 200, "{o:?}");
             assert_eq!(o.served_by.as_deref(), Some(p.to_string().as_str()), "pinned to {p}");
-            assert_eq!(o.reported_served.as_deref(), Some(p.to_string().as_str()), "served endpoint reported");
+            assert_eq!(
+                o.reported_served.as_deref(),
+                Some(p.to_string().as_str()),
+                "served endpoint reported"
+            );
         }
         let lists: [Vec<SocketAddr>; 3] = [vec![a[2]], vec![a[0], a[1]], a.clone()];
         for list in lists {
@@ -120,7 +139,14 @@ fn gateway_follows_the_picker_and_reports_the_served_endpoint() {
 fn data_parallel_ranks_bare_ip_and_ip_port_entries() {
     rt().block_on(async {
         let pods = pods_at(
-            &["127.0.0.2:0", "127.0.0.2:0", "127.0.0.2:0", "127.0.0.3:0", "127.0.0.3:0", "127.0.0.3:0"],
+            &[
+                "127.0.0.2:0",
+                "127.0.0.2:0",
+                "127.0.0.2:0",
+                "127.0.0.3:0",
+                "127.0.0.3:0",
+                "127.0.0.3:0",
+            ],
             MODEL,
         )
         .await;
@@ -163,7 +189,10 @@ fn weighted_split_across_two_pools() {
             / out.len() as f64;
         let sigma = (0.7f64 * 0.3 / out.len() as f64).sqrt();
         let tol = (4.5 * sigma).max(0.10);
-        assert!((primary - 0.7).abs() <= tol, "primary share {primary:.3}, tolerance {tol:.3}");
+        assert!(
+            (primary - 0.7).abs() <= tol,
+            "primary share {primary:.3}, tolerance {tol:.3}"
+        );
         col.stop().await.expect("collector stops");
         gw.shutdown();
     });
@@ -190,7 +219,12 @@ fn picker_unavailable_requests_are_still_served() {
         // Never a snapshot: FailOpen, the cluster round-robins.
         let out = run_closed(gw.addr(), vec![conformance_call(None); 30], 5).await;
         all_ok(&out);
-        assert_eq!(served(&out).len(), 3, "cluster round-robin reaches every pod: {:?}", served(&out));
+        assert_eq!(
+            served(&out).len(),
+            3,
+            "cluster round-robin reaches every pod: {:?}",
+            served(&out)
+        );
         // A collector comes and goes: after it dies the module degrades and keeps serving.
         let col = Collector::sidecar(&a, gw.addr(), INTERVAL).await.expect("collector");
         assert!(wait_for_ready(&gw, 3, Duration::from_secs(10)).await);
@@ -239,7 +273,12 @@ fn killed_pod_is_excluded_and_later_requests_are_not_lost() {
         });
         victim.kill();
         // Requests right after the kill, before any snapshot says so: the list is walked.
-        let after = run_closed(gw.addr(), vec![Call::chat(MODEL, "You are terse.", "Hi again", 8); 200], 8).await;
+        let after = run_closed(
+            gw.addr(),
+            vec![Call::chat(MODEL, "You are terse.", "Hi again", 8); 200],
+            8,
+        )
+        .await;
         all_ok(&after);
         assert!(
             after.iter().all(|o| o.served_by != Some(victim_addr.to_string())),
@@ -247,7 +286,11 @@ fn killed_pod_is_excluded_and_later_requests_are_not_lost() {
         );
         let excluded_at = watcher.await.expect("watcher").expect("never marked not ready");
         // --fail-after 2: two failed rounds; +1 for the round already running at the kill.
-        assert!(excluded_at - seq_at_kill <= 3, "excluded {} rounds after the kill", excluded_at - seq_at_kill);
+        assert!(
+            excluded_at - seq_at_kill <= 3,
+            "excluded {} rounds after the kill",
+            excluded_at - seq_at_kill
+        );
         col.stop().await.expect("collector stops");
         gw.shutdown();
     });
@@ -281,10 +324,15 @@ fn collector_restart_and_bad_pushes() {
         let (raw_after, _) = gw.group().get_data("wasm-epp/snapshot").expect("stored");
         assert_eq!(raw_before, raw_after, "a rejected push changes nothing");
 
-        let col = Collector::sidecar(&a, gw.addr(), INTERVAL).await.expect("collector again");
+        let col = Collector::sidecar(&a, gw.addr(), INTERVAL)
+            .await
+            .expect("collector again");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while stored_snapshot(&gw).expect("stored").sequence <= before {
-            assert!(tokio::time::Instant::now() < deadline, "restarted collector never accepted");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "restarted collector never accepted"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let out = run_closed(gw.addr(), vec![Call::chat(MODEL, "s", "q", 4); 20], 4).await;
@@ -316,7 +364,11 @@ fn no_inflight_leak_over_100k_requests_at_1000_concurrent_streams() {
         assert_eq!(out.len(), total);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while inflight_total(&gw) != 0 {
-            assert!(tokio::time::Instant::now() < deadline, "in-flight leak: {}", inflight_total(&gw));
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "in-flight leak: {}",
+                inflight_total(&gw)
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let finished: u64 = pods.iter().map(|p| p.finished()).sum();

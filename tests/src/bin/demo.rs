@@ -114,7 +114,10 @@ async fn run_arm(arm: &Arm, a: &Args) -> Result<(Summary, usize), String> {
     eprintln!();
     let failed = outcomes.iter().filter(|o| o.status != 200 || !o.complete).count();
     if let Some(o) = outcomes.iter().find(|o| o.status != 200 || !o.complete) {
-        eprintln!("  {name}: {failed} request(s) failed; first: status {} {:?}", o.status, o.error);
+        eprintln!(
+            "  {name}: {failed} request(s) failed; first: status {} {:?}",
+            o.status, o.error
+        );
     }
     collector.stop().await?;
     gw.shutdown();
