@@ -1,0 +1,74 @@
+//! Every plugin configuration shipped in `manifests/` must be accepted by the module's own
+//! config validation: Istio `WasmPlugin.spec.pluginConfig` objects, the JSON strings in Envoy and
+//! EnvoyFilter `configuration` (`google.protobuf.StringValue`), and GCP's `plugin-config.json`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_yaml::Value;
+use wasm_epp::config::FilterConfig;
+
+fn files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).expect("manifests dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if !p.ends_with("validate") {
+                files(&p, out);
+            }
+        } else if p.extension().is_some_and(|x| x == "yaml" || x == "json") {
+            out.push(p);
+        }
+    }
+}
+
+/// Plugin configurations found anywhere inside a YAML value, as JSON bytes.
+fn configs(v: &Value, out: &mut Vec<Vec<u8>>) {
+    match v {
+        Value::Mapping(m) => {
+            if let Some(pc) = m.get("pluginConfig") {
+                out.push(serde_json::to_vec(pc).expect("YAML to JSON"));
+            }
+            let string_value =
+                m.get("@type").and_then(Value::as_str) == Some("type.googleapis.com/google.protobuf.StringValue");
+            if let (true, Some(s)) = (string_value, m.get("value").and_then(Value::as_str)) {
+                // Envoy's wasm `configuration`; the VM configuration is not JSON and is skipped.
+                if s.trim_start().starts_with('{') {
+                    out.push(s.as_bytes().to_vec());
+                }
+            }
+            m.values().for_each(|x| configs(x, out));
+        }
+        Value::Sequence(s) => s.iter().for_each(|x| configs(x, out)),
+        Value::Tagged(t) => configs(&t.value, out),
+        _ => {}
+    }
+}
+
+#[test]
+fn every_plugin_config_in_the_manifests_is_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+    let mut paths = Vec::new();
+    files(&root, &mut paths);
+    let mut checked = 0;
+    for p in &paths {
+        let text = std::fs::read_to_string(p).expect("read manifest");
+        let mut found = Vec::new();
+        if p.extension().is_some_and(|x| x == "json") {
+            found.push(text.into_bytes());
+        } else {
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                if let Ok(v) = Value::deserialize(doc) {
+                    configs(&v, &mut found);
+                }
+            }
+        }
+        for c in found {
+            if let Err(e) = FilterConfig::from_json(&c) {
+                panic!("{}: {e}\n{}", p.display(), String::from_utf8_lossy(&c));
+            }
+            checked += 1;
+        }
+    }
+    // Envoy bootstrap, two WasmPlugins, the body-mode EnvoyFilter and GCP at least.
+    assert!(checked >= 5, "found only {checked} plugin configs");
+}
