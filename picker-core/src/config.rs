@@ -56,7 +56,7 @@ pub enum Profile {
     /// Ours: GIE's signals plus exact proxy-side in-flight counts and bounded-load consistent
     /// hashing on the prompt prefix, so that every worker and replica sends a new prefix to the
     /// same pod without sharing state. Weights tuned with podsim: prefix 6, KV 2, in-flight 4,
-    /// consistent hash 4 (ε 0.5, key = the first 256 blocks, min bound 8).
+    /// consistent hash 4 (ε 0.5, key = the first half of the prompt, at most 256 blocks, min bound 8).
     #[serde(rename = "wasm-epp-default")]
     WasmEppDefault,
 }
@@ -205,8 +205,10 @@ pub struct TokenLoadDto {
 pub struct ConsistentHashDto {
     /// Load bound: no endpoint takes a request while at ≥ ⌈(1+ε) × average⌉ in flight (0.5).
     pub epsilon: Option<f64>,
-    /// Leading prompt blocks that form the hashing key (256 blocks = 16 KiB, the default matched
-    /// window; a shorter prompt is keyed on all of it).
+    /// Most leading prompt blocks in the hashing key (256 = 16 KiB). The key covers the first
+    /// half of the prompt's blocks, capped here: a tenant's shared system prompt or document
+    /// leads the prompt and its new question trails it, so the half is shared within a tenant
+    /// or conversation and differs between them (`PrefixHashes::affinity_key`).
     pub prefix_blocks: Option<u32>,
     /// In-flight requests an endpoint may always take before the (1+ε) bound applies (8).
     pub min_bound: Option<u32>,

@@ -280,6 +280,10 @@ pub fn pool_saturation(config: &Config, pool: &Pool, candidates: &[usize], now: 
     sum / candidates.len() as f64
 }
 
+/// Spread of in-flight counts below which the in-flight scorer scores proportionally (see
+/// `pick_hashed`); the consistent-hash `minBound` default, the load a pod may always take.
+pub const INFLIGHT_RANGE_FLOOR: u64 = 8;
+
 /// Picks endpoints for `req`. `inflight` is indexed like `pool.endpoints()` (a shorter slice
 /// counts the rest as idle). Never panics; allocations are the decision and small scratch.
 pub fn pick(
@@ -460,7 +464,7 @@ pub fn pick_hashed(
     let inflight_range = min_max(&mut cands.iter().map(|&i| load(i).requests as u64));
     let ch_choice = if scorers.iter().any(|s| s.0 == ScorerKind::ConsistentHash) {
         hashes
-            .prefix_key(config.consistent_hash().prefix_blocks as usize)
+            .affinity_key(config.consistent_hash().prefix_blocks as usize)
             .and_then(|key| {
                 chash::choose(
                     key,
@@ -489,7 +493,14 @@ pub fn pick_hashed(
                     ScorerKind::TokenLoad => {
                         1.0 - (load(i).tokens as f64 / config.token_load_threshold() as f64).min(1.0)
                     }
-                    ScorerKind::InFlight => min_max_score(load(i).requests as u64, inflight_range),
+                    ScorerKind::InFlight => {
+                        // Min-max over a range of at least INFLIGHT_RANGE_FLOOR requests: one
+                        // request more than an idle pod costs 1/8 of the weight, not all of it,
+                        // so a lone in-flight request cannot outvote prefix and hash affinity.
+                        let (lo, hi) = inflight_range;
+                        let v = load(i).requests as u64;
+                        (hi - v) as f64 / (hi - lo).max(INFLIGHT_RANGE_FLOOR) as f64
+                    }
                     ScorerKind::ConsistentHash => {
                         if ch_choice == Some(i) {
                             1.0

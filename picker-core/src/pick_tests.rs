@@ -566,9 +566,9 @@ fn running_token_load_and_inflight_scores_by_hand() {
         &mut SplitMix64::new(1),
     );
     // running min-max: (30-10)/20 = 1, 0.5, 0; tokens: 1 - 250/1000, 1 - min(1, 1.5), 1 - 0;
-    // in-flight min-max over 2, 6, 4: 1, 0, 0.5.
+    // in-flight over 2, 6, 4: spread 4 is under the floor of 8, so (6 - v) / 8: 0.5, 0, 0.25.
     assert_eq!(scores_of(&d, ScorerKind::RunningRequests), [1.0, 0.5, 0.0]);
     assert_eq!(scores_of(&d, ScorerKind::TokenLoad), [0.75, 0.0, 1.0]);
-    assert_eq!(scores_of(&d, ScorerKind::InFlight), [1.0, 0.0, 0.5]);
-    assert_eq!(d.primary(), Some(0), "totals 2.75, 0.5, 1.5");
+    assert_eq!(scores_of(&d, ScorerKind::InFlight), [0.5, 0.0, 0.25]);
+    assert_eq!(d.primary(), Some(0), "totals 2.25, 0.5, 1.25");
 }

@@ -39,6 +39,8 @@ pub const DEFAULT_LRU_CAPACITY: u32 = 31_250;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PrefixHashes {
     hashes: Vec<u64>,
+    /// Blocks in the whole prompt, including those past the hashing cap.
+    prompt_blocks: usize,
 }
 
 impl PrefixHashes {
@@ -63,6 +65,16 @@ impl PrefixHashes {
         } else {
             Some(self.hashes[n - 1])
         }
+    }
+
+    /// The consistent-hashing key: the hash covering the first half of the prompt's blocks, at
+    /// most `max` blocks. Half, because what requests of one tenant or conversation share (a
+    /// system prompt, a document, earlier turns) leads the prompt and the new question trails
+    /// it: a fixed short key gives every request with a common preamble one key (one pod), a
+    /// fixed long one gives requests sharing a short system prompt different keys (no agreement
+    /// between workers and replicas).
+    pub fn affinity_key(&self, max: usize) -> Option<u64> {
+        self.prefix_key(max.min(self.prompt_blocks.div_ceil(2).max(1)))
     }
 }
 
@@ -90,10 +102,12 @@ pub fn hash_prompt_into(
     out: &mut PrefixHashes,
 ) {
     out.hashes.clear();
+    out.prompt_blocks = 0;
     let total = prompt.len();
     if block_bytes == 0 || total < block_bytes || max_blocks == 0 {
         return;
     }
+    out.prompt_blocks = total.div_ceil(block_bytes);
     let limit = total.min(block_bytes.saturating_mul(max_blocks));
     out.hashes.reserve(limit.div_ceil(block_bytes));
 

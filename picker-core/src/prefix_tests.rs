@@ -72,6 +72,32 @@ fn shared_prefix_shares_leading_hashes() {
 }
 
 #[test]
+fn affinity_key_covers_the_first_half_capped() {
+    // 10 system blocks + 2 question blocks: the key is block 6's hash, inside the system
+    // prompt, so both tenants' users agree; the cap wins when it is smaller.
+    let system = [b'S'; 640];
+    let ask = |q: &[u8]| {
+        let mut v = Vec::from(&system[..]);
+        v.extend_from_slice(q);
+        hash_prompt("m", None, Prompt::from_bytes(&v), 64, 256)
+    };
+    let a = ask(&[b'a'; 128]);
+    let b = ask(&[b'b'; 128]);
+    assert_eq!(a.affinity_key(256), Some(a.as_slice()[5]));
+    assert_eq!(a.affinity_key(256), b.affinity_key(256));
+    assert_eq!(a.affinity_key(3), Some(a.as_slice()[2]));
+    // A prompt past the hashing cap still halves its full length: 600 blocks, 256 hashed,
+    // key = the cap (block 256), not half of what was hashed.
+    let long = hash_prompt("m", None, Prompt::from_bytes(&[b'x'; 600 * 64]), 64, 256);
+    assert_eq!(long.len(), 256);
+    assert_eq!(long.affinity_key(256), Some(long.as_slice()[255]));
+    // One block: the key is that block; none: no key.
+    let one = hash_prompt("m", None, Prompt::from_bytes(&[b'x'; 64]), 64, 256);
+    assert_eq!(one.affinity_key(256), Some(one.as_slice()[0]));
+    assert_eq!(PrefixHashes::default().affinity_key(256), None);
+}
+
+#[test]
 fn empty_or_zero_block_gives_no_hashes() {
     assert!(hash_prompt("m", None, Prompt::default(), 64, 256).is_empty());
     assert!(hash_prompt("m", None, Prompt::from_bytes(b"abc"), 0, 256).is_empty());
