@@ -151,7 +151,18 @@
 //! `tests/snapshot.rs`; regenerate with `PODSIM_UPDATE_SNAPSHOTS=1 cargo test -p podsim --test
 //! snapshot` after an intended change (in podsim *or* picker-core) and review the diff.
 //!
-//! ## Findings (2026-11-28, second tuning round; regenerate before trusting them)
+//! ## Findings (2026-11-28; regenerate before trusting them)
+//!
+//! Third round (the current default): the consistent-hash key covers the first half of the
+//! prompt (at most 256 blocks), so users sharing a system prompt shorter than 256 blocks still
+//! agree across workers, and the in-flight scorer scores proportionally below a spread of 8
+//! requests, so one request in flight cannot outvote affinity. Shared-prefix, cap 800, default
+//! seed, TTFT p90 s / out tok/s at 10 / 20 / 30 / 40 / 50 / 60 QPS: one view 0.152 / 0.206 /
+//! 0.342 / 0.395 / 0.241 / 0.444 s (8,708–10,611 tok/s), 2 workers 0.175 / 0.201 / 0.854 /
+//! 0.665 / 0.394 / 0.336 s, 4 workers × 2 replicas 0.381 / 0.221 / 5.07 / 10.4 / 4.64 / 11.9 s.
+//! Seeds 1–3 at 60 QPS: 2.92 / 0.55 / 3.76 s against GIE's 4.30 / 7.76 / 7.29 s. Catalog
+//! (× round-robin at the knee): code-gen 1.78, reasoning 1.03, b2b-saas 1.55. ShareGPT: within
+//! 2 % of least-request at every rate. The rest of this section is the second round.
 //!
 //! Shared-prefix, 8 pods (`wasm-epp-default` = prefix 6, KV 2, in-flight 4, consistent hash 4
 //! keyed on the first 256 blocks; "tuned" = [`policy::WASM_EPP_TUNED`], the first round's best):
