@@ -83,10 +83,9 @@ test_all() {
     log "host-sim test modules (proxy-wasm SDK examples, built from the crates.io package)"
     bash host-sim/build-test-modules.sh
   fi
-  log "tests (native; the filter's tests load dist/wasm-epp.wasm into host-sim)"
-  cargo nextest run --workspace --exclude e2e --no-fail-fast
-  log "end-to-end tests over loopback (optimised build, shared with the demo: 100k requests go through)"
-  cargo nextest run -p e2e --cargo-profile tools --no-fail-fast
+  log "tests (native, profile ci: optimised, our crates with debug assertions; the filter's and the"
+  log "end-to-end tests load dist/wasm-epp.wasm into host-sim; the end-to-end ones send 100k requests)"
+  cargo nextest run --workspace --cargo-profile ci --no-fail-fast
   log "picker-core tests compiled to wasm32-wasip1, run under Node's WASI"
   CARGO_TARGET_WASM32_WASIP1_RUNNER="node $PWD/tools/wasi-run.mjs" \
     cargo test --quiet -p picker-core --lib --target wasm32-wasip1
