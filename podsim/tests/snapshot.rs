@@ -19,21 +19,21 @@ fn check(name: &str, actual: &str) {
     }
     let expected = std::fs::read_to_string(&path)
         .unwrap_or_else(|_| panic!("{} missing: run with PODSIM_UPDATE_SNAPSHOTS=1", path.display()));
-    if expected != actual {
-        let diff: Vec<String> = expected
-            .lines()
-            .zip(actual.lines())
+    let diff = |e: &str, a: &str| -> Vec<String> {
+        e.lines()
+            .zip(a.lines())
             .filter(|(e, a)| e != a)
             .map(|(e, a)| format!("- {e}\n+ {a}"))
-            .collect();
-        panic!(
-            "{} differs from the simulation ({} lines changed). If intended, regenerate with \
-             PODSIM_UPDATE_SNAPSHOTS=1 and review the diff:\n{}",
-            path.display(),
-            diff.len(),
-            diff.join("\n")
-        );
-    }
+            .collect()
+    };
+    assert!(
+        expected == actual,
+        "{} differs from the simulation ({} lines changed). If intended, regenerate with \
+         PODSIM_UPDATE_SNAPSHOTS=1 and review the diff:\n{}",
+        path.display(),
+        diff(&expected, &actual).len(),
+        diff(&expected, &actual).join("\n")
+    );
 }
 
 #[test]
