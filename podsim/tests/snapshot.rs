@@ -31,8 +31,8 @@ fn check(name: &str, actual: &str) {
         "{} differs from the simulation ({} lines changed). If intended, regenerate with \
          PODSIM_UPDATE_SNAPSHOTS=1 and review the diff:\n{}",
         path.display(),
-        diff(&expected, &actual).len(),
-        diff(&expected, &actual).join("\n")
+        diff(&expected, actual).len(),
+        diff(&expected, actual).join("\n")
     );
 }
 
