@@ -19,7 +19,8 @@
 //!   "objectives": {"batch": -1, "interactive": 2},
 //!   "headersOnly": {"modelHeader": "x-model", "affinityHeader": "x-session-id"},
 //!   "testMode": false,
-//!   "failureMode": "FailClose"
+//!   "failureMode": "FailClose",
+//!   "prefixSync": {"enabled": true, "ringSlots": 256, "maxCatchUp": 64}
 //! }
 //! ```
 
@@ -27,6 +28,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
+use picker_core::sync::SyncParams;
 use picker_core::{Api, Config as PickerConfig, ConfigError};
 use serde::Deserialize;
 
@@ -83,6 +85,23 @@ pub struct FilterConfigDto {
     /// header, so the cluster's own load balancer picks. The values and the default are GIE's
     /// `InferencePool.spec.endpointPickerRef.failureMode` (epp.md §4.1).
     pub failure_mode: Option<FailureMode>,
+    /// Replicate the prefix index between worker VMs through shared data, so a prefix routed
+    /// by one worker is recognised by the others (picker-core `sync`). Envoy only; on by
+    /// default there.
+    pub prefix_sync: Option<PrefixSyncDto>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrefixSyncDto {
+    /// Default true on the Envoy profile (one worker gains nothing; turn it off there).
+    pub enabled: Option<bool>,
+    /// Records kept in the shared ring (default 256; each at most 34 + 8 × maxPrefixBlocksToMatch
+    /// bytes, 2 KiB at the default 256 blocks).
+    pub ring_slots: Option<u32>,
+    /// Most records one request reads from other workers (default 64; a worker reads about
+    /// workers − 1 per request, more after an idle spell).
+    pub max_catch_up: Option<u32>,
 }
 
 /// GIE's failure mode, applied when the module has no load view at all.
@@ -195,6 +214,8 @@ pub struct FilterConfig {
     pub original_dst_filter_state: bool,
     pub metrics: bool,
     pub failure_mode: FailureMode,
+    /// Prefix-index replication between workers; `None` when off (always on GCP).
+    pub prefix_sync: Option<SyncParams>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -398,7 +419,40 @@ impl TryFrom<FilterConfigDto> for FilterConfig {
             Some(h) => Some(header_name("headersOnly.affinityHeader", Some(h), "")?),
             None => None,
         };
+        let prefix_sync = match d.prefix_sync {
+            Some(ps) if host == HostProfile::Gcp && ps.enabled == Some(true) => {
+                return Err(invalid(
+                    "prefixSync.enabled",
+                    "GCP Service Extensions has no shared data: prefix sync is Envoy/Istio only",
+                ))
+            }
+            _ if host == HostProfile::Gcp => None,
+            Some(PrefixSyncDto {
+                enabled: Some(false), ..
+            }) => None,
+            ps => {
+                let ps = ps.unwrap_or(PrefixSyncDto {
+                    enabled: None,
+                    ring_slots: None,
+                    max_catch_up: None,
+                });
+                let defaults = SyncParams::default();
+                let ring = ps.ring_slots.unwrap_or(defaults.ring);
+                if !(1..=65_536).contains(&ring) {
+                    return Err(invalid("prefixSync.ringSlots", format!("{ring} is not in 1..=65536")));
+                }
+                let max_catch_up = ps.max_catch_up.unwrap_or(defaults.max_catch_up);
+                if max_catch_up > 1024 {
+                    return Err(invalid(
+                        "prefixSync.maxCatchUp",
+                        format!("{max_catch_up} is not in 0..=1024"),
+                    ));
+                }
+                Some(SyncParams { ring, max_catch_up })
+            }
+        };
         Ok(FilterConfig {
+            prefix_sync,
             host,
             mode: d.mode.unwrap_or(Mode::Body),
             picker,
@@ -476,6 +530,21 @@ mod tests {
         assert_eq!(c.api_for("/v1/chat/completions?x=1"), Some(Api::ChatCompletions));
         assert_eq!(c.api_for("/v1/models"), None);
         assert!(c.describe().contains("allow_on_headers_stop_iteration"));
+        assert_eq!(c.prefix_sync, Some(SyncParams::default()));
+    }
+
+    #[test]
+    fn prefix_sync_switches() {
+        let c = |j: &str| FilterConfig::from_json(j.as_bytes()).unwrap().prefix_sync;
+        assert_eq!(c(r#"{"prefixSync":{"enabled":false}}"#), None);
+        assert_eq!(c(r#"{"hostProfile":"gcp"}"#), None);
+        assert_eq!(
+            c(r#"{"prefixSync":{"ringSlots":64,"maxCatchUp":8}}"#),
+            Some(SyncParams {
+                ring: 64,
+                max_catch_up: 8
+            })
+        );
     }
 
     #[test]
@@ -536,6 +605,20 @@ mod tests {
             err(r#"{"destinationHeader":"bad header"}"#),
             FilterConfigError::Invalid {
                 field: "destinationHeader",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(r#"{"prefixSync":{"ringSlots":0}}"#),
+            FilterConfigError::Invalid {
+                field: "prefixSync.ringSlots",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(r#"{"hostProfile":"gcp","prefixSync":{"enabled":true}}"#),
+            FilterConfigError::Invalid {
+                field: "prefixSync.enabled",
                 ..
             }
         ));

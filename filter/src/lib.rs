@@ -25,8 +25,14 @@
 //!   decodes the snapshot only when it changed.
 //! * `wasm-epp/inflight`: per-endpoint in-flight requests and tokens of all workers (CAS loop).
 //!
-//! The prefix index is per worker; cross-worker and cross-replica affinity comes from
-//! bounded-load consistent hashing on the prompt prefix (picker-core `chash`).
+//! * `wasm-epp/px/head`, `wasm-epp/px/<i>` (`prefixSync`, on by default): a ring of the prefix
+//!   index insertions of all workers (picker-core `sync`). Each worker applies the others'
+//!   records before it picks and appends its own after, so a prefix routed by one worker is
+//!   matched by every other; 3 hostcalls per request plus one read per record from other
+//!   workers since the last request (capped by `maxCatchUp`).
+//!
+//! Gateway replicas share nothing; cross-replica affinity comes from bounded-load consistent
+//! hashing on the prompt prefix (picker-core `chash`).
 //!
 //! ## Snapshot intake
 //!
@@ -51,5 +57,7 @@
 pub mod config;
 pub mod shared;
 
+#[cfg(target_family = "wasm")]
+mod ring;
 #[cfg(target_family = "wasm")]
 mod wasm;

@@ -10,6 +10,7 @@ use std::time::UNIX_EPOCH;
 use log::{debug, error, info, warn};
 use picker_core::pick::{parse_subset, Outcome, SubsetEntry};
 use picker_core::prefix::EndpointKey;
+use picker_core::sync::PrefixSync;
 use picker_core::{pick, scan, Endpoint, Instant, Pool, Prompt, Request, Snapshot, SplitMix64, State};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -17,6 +18,7 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
 use std::time::Duration as StdDuration;
 
 use crate::config::{FailureMode, FilterConfig, HostProfile, Mode};
+use crate::ring::{ring_keys, HostRing};
 use crate::shared::{
     bearer_matches, error_body, source_allowed, validate_push, InFlightTable, IntakeError, KEY_INFLIGHT, KEY_SNAPSHOT,
     KEY_SNAPSHOT_SEQ,
@@ -197,6 +199,9 @@ struct Worker {
     /// When the slow gauges (snapshot age, degraded) were last written.
     age_reported_at: Instant,
     metrics: Option<Metrics>,
+    /// Prefix-index replication with the other workers (`prefixSync`), and the ring's keys.
+    sync: Option<PrefixSync>,
+    ring_keys: Vec<String>,
 }
 
 impl Worker {
@@ -205,8 +210,20 @@ impl Worker {
         let seed = RandomState::new().hash_one(0x5eed_u64);
         let pool = static_pool(&config);
         let metrics = if config.metrics { Metrics::define() } else { None };
+        let mut state = State::new(&config.picker);
+        let (sync, ring_keys) = match config.prefix_sync {
+            Some(p) => {
+                state.enable_outbox();
+                // The origin id only has to differ between the VMs sharing the ring.
+                let origin = RandomState::new().hash_one(0x5eed_0419_u64);
+                (Some(PrefixSync::new(origin, p)), ring_keys(p.ring))
+            }
+            None => (None, Vec::new()),
+        };
         Worker {
-            state: State::new(&config.picker),
+            state,
+            sync,
+            ring_keys,
             rng: SplitMix64::new(seed),
             pool,
             pool_seq: None,
@@ -296,6 +313,9 @@ impl RootContext for Root {
                         if self.get_shared_data(key).0.is_none() {
                             let _ = self.set_shared_data(key, Some(&[]), None);
                         }
+                    }
+                    if config.prefix_sync.is_some() {
+                        PrefixSync::init_store(&mut HostRing { ctx: self, keys: &[] });
                     }
                 }
                 if let Some(p) = config.snapshot.as_ref().and_then(|s| s.pull.as_ref()) {
@@ -574,6 +594,13 @@ impl Stream {
         req.priority = priority;
         req.subset = subset.as_deref();
         let inflight = inflight_table.for_pool(&w.pool);
+        if let Some(sync) = w.sync.as_mut() {
+            let mut ring = HostRing {
+                ctx: self,
+                keys: &w.ring_keys,
+            };
+            sync.pull(&mut ring, &mut w.state, &w.config.picker);
+        }
         let started = self.get_current_time();
         let d = pick(
             &w.config.picker,
@@ -589,6 +616,13 @@ impl Stream {
             .duration_since(started)
             .map(|t| t.as_micros() as u64)
             .unwrap_or(0);
+        if let Some(sync) = w.sync.as_mut() {
+            let mut ring = HostRing {
+                ctx: self,
+                keys: &w.ring_keys,
+            };
+            sync.push(&mut ring, &mut w.state);
+        }
         let degraded = d.mode == picker_core::pick::Mode::Degraded;
         let mode_changed = degraded != w.degraded_logged;
         let age_due = now.saturating_since(w.age_reported_at) >= AGE_GAUGE_PERIOD;

@@ -285,6 +285,45 @@ fn prefix_affinity_holds_across_workers() {
     no_traps(&mut host);
 }
 
+/// A prefix routed by worker 0 is matched by worker 1 through the shared ring (`prefixSync`),
+/// with a profile that has no consistent hashing to agree on. With the ring off, worker 1 picks
+/// among 8 equally loaded pods without knowing the prefix.
+#[test]
+fn prefix_sync_shares_the_index_between_workers() {
+    let pods: Vec<(String, u32, f32)> = (1..=8).map(|i| (format!("10.0.1.{i}:8000"), 0, 0.1)).collect();
+    let pods_ref: Vec<(&str, u32, f32)> = pods.iter().map(|(a, q, k)| (a.as_str(), *q, *k)).collect();
+    let run = |sync: bool| -> (usize, u64) {
+        let extra = format!(r#""picker":{{"profile":"gie-default"}},"prefixSync":{{"enabled":{sync}}}"#);
+        let mut host = host_with(Profile::Envoy, &base_config(&extra), 2, true);
+        assert_eq!(push(&mut host, 0, &snapshot(1, &pods_ref), TOKEN), 204);
+        let mut same = 0;
+        for g in 0..12 {
+            let system = format!("You are the assistant of tenant {g}. ").repeat(20);
+            let a = send(&mut host, 0, &[], &chat_body(MODEL, &system, "first question"));
+            host.worker(0).finish(a.stream);
+            let b = send(&mut host, 1, &[], &chat_body(MODEL, &system, "another question"));
+            host.worker(1).finish(b.stream);
+            same += (a.header("x-gateway-destination-endpoint") == b.header("x-gateway-destination-endpoint")) as usize;
+        }
+        no_traps(&mut host);
+        let head = host
+            .group
+            .get_data("wasm-epp/px/head")
+            .ok()
+            .and_then(|(b, _)| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map_or(0, u64::from_le_bytes);
+        (same, head)
+    };
+    assert_eq!(run(true), (12, 24), "every group on one pod; 24 records appended");
+    let (same, head) = run(false);
+    // 12 independent 1-in-8 draws all agreeing has probability 8^-12.
+    assert!(
+        same < 12,
+        "without sync worker 1 cannot know the prefix ({same}/12 agreed)"
+    );
+    assert_eq!(head, 0, "nothing written to the ring when off");
+}
+
 // === snapshot intake ===
 
 #[test]

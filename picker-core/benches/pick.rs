@@ -162,6 +162,52 @@ fn bench_pick(c: &mut Criterion) {
     g.finish();
 }
 
+/// Prefix sync (picker-core `sync`): a pull that applies one record of another worker, and a
+/// push of one record, for 4 KiB (64 blocks) and 220 KiB (256 blocks, the cap) prompts. A
+/// worker pays one pull per record the other workers appended since its last request.
+fn bench_sync(c: &mut Criterion) {
+    use picker_core::sync::{MemSlots, PrefixSync, SyncParams};
+    let now = Instant::from_millis(1_000);
+    let config = Config::profile(Profile::WasmEppDefault);
+    let pool = pool(64, now);
+    let mut g = c.benchmark_group("sync");
+    for (size, name) in [(4096usize, "4KiB"), (225_280, "220KiB")] {
+        let body = chat_body(size);
+        let scanned = scan(&body, Api::ChatCompletions).expect("valid body");
+        let req = Request::new(&scanned.model, scanned.prompt);
+        let hashes = prefix_hashes(&config, &req, &pool);
+        let mut store = MemSlots::default();
+        PrefixSync::init_store(&mut store);
+        // The writer appends a record per iteration; the reader applies it (index warm: the
+        // same prefix again, as in steady state).
+        let (mut wst, mut rst) = (State::new(&config), State::new(&config));
+        wst.enable_outbox();
+        let (mut writer, mut reader) = (
+            PrefixSync::new(1, SyncParams::default()),
+            PrefixSync::new(2, SyncParams::default()),
+        );
+        let ep = &pool.endpoints()[3];
+        g.bench_function(BenchmarkId::new("push+pull 1 record", name), |b| {
+            b.iter(|| {
+                wst.record_served(&config, ep, &hashes);
+                writer.push(&mut store, &mut wst);
+                reader.pull(&mut store, &mut rst, &config);
+            })
+        });
+        g.bench_function(BenchmarkId::new("push only", name), |b| {
+            b.iter(|| {
+                wst.record_served(&config, ep, &hashes);
+                writer.push(&mut store, &mut wst);
+            })
+        });
+        g.bench_function(BenchmarkId::new("local insert only", name), |b| {
+            b.iter(|| wst.record_served(&config, ep, &hashes))
+        });
+        assert!(reader.stats().applied > 0);
+    }
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(StdDuration::from_millis(500))
@@ -169,5 +215,5 @@ fn config() -> Criterion {
         .sample_size(30)
 }
 
-criterion_group! { name = benches; config = config(); targets = bench_scan, bench_pick }
+criterion_group! { name = benches; config = config(); targets = bench_scan, bench_pick, bench_sync }
 criterion_main!(benches);

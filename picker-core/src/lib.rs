@@ -25,6 +25,7 @@
 //! | [`config`] | DTO → validated [`Config`]; profiles `gie-default`, `llm-d-default`, `wasm-epp-default` |
 //! | [`pick`] | candidates, admission, filters, scorers, max-score picker, [`Decision`] |
 //! | [`chash`] | bounded-load rendezvous hashing on the prompt prefix |
+//! | [`sync`] | replicating the prefix index between proxy workers through a shared-data ring |
 //! | [`rng`], [`time`] | the injected randomness and time types |
 //!
 //! ## Contracts
@@ -52,6 +53,7 @@ pub mod prefix;
 pub mod rng;
 pub mod scan;
 pub mod snapshot;
+pub mod sync;
 pub mod time;
 
 pub use config::{Config, ConfigError, Profile};

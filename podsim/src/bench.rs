@@ -148,6 +148,8 @@ impl Plan {
         if !quick && !catalog {
             policies.push(PolicySpec::parse("gie-default@4x2").expect("known"));
             policies.push(PolicySpec::parse("wasm-epp-default@4x2").expect("known"));
+            policies.push(PolicySpec::parse("wasm-epp-default@4x1+sync").expect("known"));
+            policies.push(PolicySpec::parse("wasm-epp-default@4x2+sync").expect("known"));
             policies.push(PolicySpec::parse("wasm-epp-tuned@4x2").expect("known"));
         }
         Plan {

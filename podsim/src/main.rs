@@ -138,6 +138,10 @@ fn bench(args: &[String]) -> Result<(), String> {
                 };
                 let config = Config::from_json(&bytes).map_err(|e| e.to_string())?;
                 // `NAME@WxR=...` runs the config split over W workers × R replicas.
+                let (name, sync) = match name.strip_suffix("+sync") {
+                    Some(n) => (n, true),
+                    None => (name, false),
+                };
                 let spec = match name.split_once('@') {
                     Some((base, split)) => {
                         let (w, r) = split.split_once('x').ok_or("--picker NAME@WxR: bad split")?;
@@ -146,6 +150,7 @@ fn bench(args: &[String]) -> Result<(), String> {
                     }
                     None => PolicySpec::new(name, PolicyKind::Picker(Box::new(config))),
                 };
+                let spec = if sync { spec.synced() } else { spec };
                 extra.push(spec);
             }
             other => return Err(format!("unknown argument {other}")),

@@ -63,6 +63,9 @@ pub struct PolicySpec {
     pub workers: u32,
     /// Gateway replicas; each counts only its own in-flight requests.
     pub replicas: u32,
+    /// Workers of one replica replicate their prefix index through a shared ring
+    /// (`picker_core::sync`, the filter's `prefixSync`); replicas never share.
+    pub sync: bool,
 }
 
 impl PolicySpec {
@@ -72,6 +75,7 @@ impl PolicySpec {
             kind,
             workers: 1,
             replicas: 1,
+            sync: false,
         }
     }
 
@@ -87,9 +91,26 @@ impl PolicySpec {
         self
     }
 
+    /// Workers of each replica share their prefix index through `picker_core::sync`.
+    pub fn synced(mut self) -> Self {
+        self.sync = true;
+        self.name.push_str("+sync");
+        self
+    }
+
     /// Parses a policy name: `random`, `round-robin`, `least-request`, `oracle`, a picker-core
-    /// profile name, each optionally with a `@WxR` split suffix.
+    /// profile name, each optionally with a `@WxR` split suffix, and `+sync` after it to
+    /// replicate the prefix index between the workers of a replica.
     pub fn parse(s: &str) -> Option<PolicySpec> {
+        let (s, sync) = match s.strip_suffix("+sync") {
+            Some(rest) => (rest, true),
+            None => (s, false),
+        };
+        let spec = Self::parse_split(s)?;
+        Some(if sync { spec.synced() } else { spec })
+    }
+
+    fn parse_split(s: &str) -> Option<PolicySpec> {
         let (base, split) = match s.split_once('@') {
             Some((b, t)) => {
                 let (w, r) = t.split_once('x')?;
@@ -159,6 +180,12 @@ mod tests {
             assert!(PolicySpec::parse(name).is_some(), "{name}");
         }
         assert!(PolicySpec::parse("random@x").is_none());
+        let p = PolicySpec::parse("wasm-epp-default@4x1+sync").unwrap();
+        assert_eq!(
+            (p.name.as_str(), p.workers, p.sync),
+            ("wasm-epp-default@4x1+sync", 4, true)
+        );
+        assert!(!PolicySpec::parse("wasm-epp-default@4x1").unwrap().sync);
         assert_eq!(PolicySpec::standard().len(), 8);
     }
 }

@@ -16,6 +16,7 @@ use std::collections::BinaryHeap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use picker_core::snapshot::LoraState;
+use picker_core::sync::{MemSlots, PrefixSync, SyncParams};
 use picker_core::{pick, Endpoint, InFlight, Instant, Pool, Prompt, Request, Rng, Snapshot, SplitMix64, State};
 
 use crate::calib::{micros, Micros, ServerParams};
@@ -109,6 +110,9 @@ struct Gateway {
     workers: u32,
     /// One picker state per (replica, worker).
     states: Vec<State>,
+    /// With `sync`: each (replica, worker)'s end of its replica's ring, and one ring per replica.
+    syncs: Vec<PrefixSync>,
+    rings: Vec<MemSlots>,
     /// Exact in-flight counts per replica per server.
     inflight: Vec<Vec<InFlight>>,
     rr_next: usize,
@@ -123,14 +127,27 @@ pub fn run(cfg: &SimConfig, trace: &Trace, policy: &PolicySpec) -> RunResult {
     let mut servers: Vec<Server> = (0..n).map(|_| Server::new(cfg.params.clone())).collect();
     let replicas = policy.replicas.max(1) as usize;
     let workers = policy.workers.max(1);
-    let states = match &policy.kind {
+    let mut states: Vec<State> = match &policy.kind {
         PolicyKind::Picker(c) => (0..replicas * workers as usize).map(|_| State::new(c)).collect(),
         _ => Vec::new(),
+    };
+    let (syncs, rings) = if policy.sync && !states.is_empty() {
+        states.iter_mut().for_each(State::enable_outbox);
+        let mut rings = vec![MemSlots::default(); replicas];
+        rings.iter_mut().for_each(PrefixSync::init_store);
+        let syncs = (0..states.len() as u64)
+            .map(|i| PrefixSync::new(i + 1, SyncParams::default()))
+            .collect();
+        (syncs, rings)
+    } else {
+        (Vec::new(), Vec::new())
     };
     let mut gw = Gateway {
         kind: policy.kind.clone(),
         workers,
         states,
+        syncs,
+        rings,
         inflight: vec![vec![InFlight::default(); n]; replicas],
         rr_next: 0,
         rng: SplitMix64::new(cfg.seed ^ 0x5EED_0001),
@@ -464,7 +481,12 @@ fn route(
             let model = adapter.map_or(&trace.model, |a| &trace.adapters[a as usize]);
             let mut req = Request::new(model, Prompt::from_parts(&p.head, &p.tail));
             req.priority = priority;
-            let state = &mut gw.states[replica * gw.workers as usize + worker];
+            let slot = replica * gw.workers as usize + worker;
+            let state = &mut gw.states[slot];
+            // As the filter: apply the other workers' insertions, pick, publish ours.
+            if let Some(sync) = gw.syncs.get_mut(slot) {
+                sync.pull(&mut gw.rings[replica], state, config);
+            }
             let d = pick(
                 config,
                 &req,
@@ -474,6 +496,9 @@ fn route(
                 Instant::from_millis(now / 1000),
                 &mut gw.rng,
             );
+            if let Some(sync) = gw.syncs.get_mut(slot) {
+                sync.push(&mut gw.rings[replica], state);
+            }
             d.primary()
         }
     }
@@ -590,6 +615,21 @@ mod tests {
         // With 8 independent prefix indexes, a group is learned up to 8 times: hit rate drops.
         let hit = |r: &RunResult| r.hit_tokens as f64 / r.query_tokens as f64;
         assert!(hit(&split) < hit(&one), "split {} one {}", hit(&split), hit(&one));
+    }
+
+    #[test]
+    fn synced_workers_route_like_one_view() {
+        // Workers that replicate their prefix index through the ring make the decisions one
+        // worker would (same entries, same gateway RNG); unsynced ones do not.
+        let cfg = tiny_cluster();
+        let trace = tiny_trace(8.0);
+        let servers = |name: &str| -> Vec<Option<u32>> {
+            let r = run(&cfg, &trace, &PolicySpec::parse(name).unwrap());
+            r.records.iter().map(|x| x.server).collect()
+        };
+        let one = servers("gie-default");
+        assert_eq!(servers("gie-default@4x1+sync"), one);
+        assert_ne!(servers("gie-default@4x1"), one);
     }
 
     #[test]
