@@ -153,6 +153,22 @@
 //!
 //! ## Findings (2026-11-28; regenerate before trusting them)
 //!
+//! Fourth round, prefix sync (`POLICY@WxR+sync`, the filter's `prefixSync`): the workers of a
+//! replica replicate their prefix-index insertions through a shared ring (`picker_core::sync`,
+//! the same code the filter runs over shared data); before each pick a worker applies the
+//! records the others appended. Shared-prefix, cap 800, seeds 20260817 and 1–3, 10–60 QPS:
+//! 2, 4 and 8 workers × 1 replica give exactly one view's table at all 24 points (same index
+//! entries in the same order, and the gateway RNG is shared, so the same decisions). With the
+//! catch-up cap at 32 records instead of 64, 8 workers missed records after idle spells and
+//! drifted (default seed, 40 QPS: 0.61 vs 0.40 s; seed 1, 60 QPS: 0.55 vs 2.92 s — at 3–6×
+//! over capacity single decisions swing p90 both ways);
+//! replicating only prompts that were not already full hits (to save work) lost up to 1 point
+//! of hit rate and doubled p90 at some rates, because the index evicts by recency. Unsynced,
+//! 4 workers reach 1.4–15 s from 30 QPS. Replicas still learn alone: 1 worker × 2 replicas is
+//! 1.6–14× one view's p90 from 30 QPS with up to 2 % less throughput, 4 × 2 synced 0.97–6.3×.
+//! The simulation is sequential; in a proxy, two workers can route the same new prefix in the
+//! microseconds between one's pick and its push, which podsim does not model.
+//!
 //! Third round (the current default): the consistent-hash key covers the first half of the
 //! prompt (at most 256 blocks), so users sharing a system prompt shorter than 256 blocks still
 //! agree across workers, and the in-flight scorer scores proportionally below a spread of 8
