@@ -160,7 +160,7 @@
 //! 2, 4 and 8 workers × 1 replica give exactly one view's table at all 24 points (same index
 //! entries in the same order, and the gateway RNG is shared, so the same decisions). With the
 //! catch-up cap at 32 records instead of 64, 8 workers missed records after idle spells and
-//! drifted (default seed, 40 QPS: 0.61 vs 0.40 s; seed 1, 60 QPS: 0.55 vs 2.92 s — at 3–6×
+//! drifted (default seed, 30 QPS: 0.23 vs 0.34 s; seed 1, 60 QPS: 0.66 vs 2.92 s — at 3–6×
 //! over capacity single decisions swing p90 both ways);
 //! replicating only prompts that were not already full hits (to save work) lost up to 1 point
 //! of hit rate and doubled p90 at some rates, because the index evicts by recency. Unsynced,
