@@ -11,7 +11,7 @@
 //!   "destinationHeader": "x-gateway-destination-endpoint",
 //!   "modelHeader": "x-gateway-model-name",
 //!   "snapshot": {"path": "/.well-known/wasm-epp/snapshot", "token": "s3cret-token-of-16+",
-//!                "allowedSources": ["127.0.0.1", "::1"], "maxBytes": 1048576},
+//!                "allowedSources": ["127.0.0.1", "::1", "10.0.0.0/8"], "maxBytes": 1048576},
 //!   "endpoints": ["10.0.0.1:8000", "10.0.0.2:8000"],
 //!   "models": {"allow": ["meta-llama/Llama-3.1-8B-Instruct"], "priorities": {"batch-model": -1},
 //!              "rewrites": [{"model": "llama", "targets": [{"model": "meta-llama/Llama-3.1-8B-Instruct", "weight": 90},
@@ -26,9 +26,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use picker_core::sync::SyncParams;
+
+use crate::shared::SourceNet;
 use picker_core::{Api, Config as PickerConfig, ConfigError};
 use serde::Deserialize;
 
@@ -117,6 +119,8 @@ pub enum FailureMode {
 pub struct SnapshotDto {
     pub path: Option<String>,
     pub token: String,
+    /// Addresses or CIDR ranges that may push (default loopback `127.0.0.1`, `::1`); a central
+    /// collector needs its pod range, e.g. `10.0.0.0/8`.
     pub allowed_sources: Option<Vec<String>>,
     pub max_bytes: Option<usize>,
     /// Pull mode: fetch the snapshot from the collector on a root-context tick instead of (or as
@@ -171,7 +175,7 @@ pub struct HeadersOnlyDto {
 pub struct SnapshotIntake {
     pub path: String,
     pub token: String,
-    pub allowed_sources: Vec<IpAddr>,
+    pub allowed_sources: Vec<SourceNet>,
     pub max_bytes: usize,
     pub pull: Option<Pull>,
 }
@@ -338,10 +342,10 @@ impl TryFrom<FilterConfigDto> for FilterConfig {
                     .unwrap_or_else(|| vec!["127.0.0.1".into(), "::1".into()]);
                 let mut allowed_sources = Vec::new();
                 for src in sources {
-                    allowed_sources
-                        .push(src.parse::<IpAddr>().map_err(|_| {
-                            invalid("snapshot.allowedSources", format!("{src:?} is not an IP address"))
-                        })?);
+                    allowed_sources.push(
+                        src.parse::<SourceNet>()
+                            .map_err(|e| invalid("snapshot.allowedSources", e))?,
+                    );
                 }
                 let max_bytes = s.max_bytes.unwrap_or(DEFAULT_SNAPSHOT_MAX_BYTES);
                 if !(64..=16 * 1024 * 1024).contains(&max_bytes) {
@@ -605,6 +609,13 @@ mod tests {
             err(r#"{"destinationHeader":"bad header"}"#),
             FilterConfigError::Invalid {
                 field: "destinationHeader",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(r#"{"snapshot":{"token":"0123456789abcdef","allowedSources":["10.0.0.1/8"]}}"#),
+            FilterConfigError::Invalid {
+                field: "snapshot.allowedSources",
                 ..
             }
         ));

@@ -156,19 +156,70 @@ pub fn bearer_matches(header: Option<&str>, token: &str) -> bool {
     diff == 0
 }
 
+/// An allowed source network: an address and a prefix length (`10.0.0.0/8`, `fd00::/8`; a bare
+/// address is a /32 or /128). IPv4-mapped IPv6 addresses match as IPv4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl std::str::FromStr for SourceNet {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr = a
+            .parse::<IpAddr>()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR range"))?
+            .to_canonical();
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            None => max,
+            Some(p) => match p.parse::<u8>() {
+                Ok(n) if n <= max => n,
+                _ => return Err(format!("{s:?}: prefix length must be 0..={max}")),
+            },
+        };
+        if SourceNet::mask(addr, prefix) != addr {
+            return Err(format!("{s:?}: address has bits set past the /{prefix} prefix"));
+        }
+        Ok(SourceNet { addr, prefix })
+    }
+}
+
+impl SourceNet {
+    fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
+        match ip {
+            IpAddr::V4(v) => {
+                let m = u32::MAX.checked_shl(32 - prefix as u32).unwrap_or(0);
+                IpAddr::V4((u32::from(v) & m).into())
+            }
+            IpAddr::V6(v) => {
+                let m = u128::MAX.checked_shl(128 - prefix as u32).unwrap_or(0);
+                IpAddr::V6((u128::from(v) & m).into())
+            }
+        }
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        ip.is_ipv4() == self.addr.is_ipv4() && SourceNet::mask(ip, self.prefix) == self.addr
+    }
+}
+
 /// Parses the `source.address` property (`ip:port`, or a bare IP) and checks it against the list.
-pub fn source_allowed(source: Option<&str>, allowed: &[IpAddr]) -> bool {
+pub fn source_allowed(source: Option<&str>, allowed: &[SourceNet]) -> bool {
     let Some(s) = source else { return false };
     let ip = s
         .parse::<std::net::SocketAddr>()
         .map(|a| a.ip())
         .or_else(|_| s.parse::<IpAddr>())
         .ok();
-    ip.is_some_and(|ip| {
-        allowed
-            .iter()
-            .any(|a| *a == ip || a.to_canonical() == ip.to_canonical())
-    })
+    ip.is_some_and(|ip| allowed.iter().any(|n| n.contains(ip)))
 }
 
 /// Validates a pushed body against the stored snapshot bytes; returns the decoded snapshot.
@@ -245,6 +296,24 @@ mod tests {
         assert!(!bearer_matches(Some("Bearer 0123456789abcdef0"), "0123456789abcdef"));
         assert!(!bearer_matches(Some("0123456789abcdef"), "0123456789abcdef"));
         assert!(!bearer_matches(None, "0123456789abcdef"));
+    }
+
+    #[test]
+    fn source_ranges() {
+        let n = |s: &str| s.parse::<SourceNet>();
+        let allowed = [n("10.0.0.0/8").unwrap(), n("fd00::/8").unwrap()];
+        assert!(source_allowed(Some("10.200.3.4:5000"), &allowed));
+        assert!(source_allowed(Some("[::ffff:10.1.2.3]:1"), &allowed));
+        assert!(source_allowed(Some("[fd12::7]:80"), &allowed));
+        assert!(!source_allowed(Some("11.0.0.1:5000"), &allowed));
+        assert!(!source_allowed(Some("[fe80::1]:80"), &allowed));
+        assert!(n("0.0.0.0/0").unwrap().contains("203.0.113.9".parse().unwrap()));
+        assert!(!n("0.0.0.0/0").unwrap().contains("2001:db8::1".parse().unwrap()));
+        assert!(n("10.0.0.1/8").unwrap_err().contains("bits set"));
+        assert!(n("10.0.0.0/33").unwrap_err().contains("0..=32"));
+        assert!(n("::/129").unwrap_err().contains("0..=128"));
+        assert!(n("pod-a").unwrap_err().contains("not an IP"));
+        assert!(n("10.0.0.0/x").is_err());
     }
 
     #[test]
