@@ -18,7 +18,7 @@ use picker_core::time::Instant as PInstant;
 use tokio::sync::mpsc;
 
 use crate::engine::{self, Engine, PodMetrics};
-use crate::http::{Conn, HttpError};
+use crate::http::{HttpError, ScrapeConn};
 use crate::metrics::Metrics;
 
 /// One discovered scrape target.
@@ -114,7 +114,7 @@ impl ScrapeError {
 
 struct Done {
     addr: SocketAddr,
-    conn: Conn,
+    conn: ScrapeConn,
     result: Result<PodMetrics, ScrapeError>,
     latency: Duration,
     finished: Instant,
@@ -125,16 +125,16 @@ struct Done {
 struct Pod {
     engine: Engine,
     discovered_ready: bool,
-    conn: Option<Conn>,
+    conn: Option<ScrapeConn>,
     in_flight: bool,
     fails: u32,
     last: Option<PodMetrics>,
     scraped_at_ms: u64,
 }
 
-impl std::fmt::Debug for Conn {
+impl std::fmt::Debug for ScrapeConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Conn({})", self.addr())
+        write!(f, "ScrapeConn({})", self.addr())
     }
 }
 
@@ -192,7 +192,7 @@ impl Collector {
             let pod = self.pods.entry(t.addr).or_insert_with(|| Pod {
                 engine: t.engine,
                 discovered_ready: t.ready,
-                conn: Some(Conn::new(t.addr)),
+                conn: Some(ScrapeConn::new(t.addr, &self.cfg.metrics_path)),
                 in_flight: false,
                 fails: 0,
                 last: None,
@@ -257,19 +257,17 @@ impl Collector {
             let Some(mut conn) = pod.conn.take() else { continue };
             pod.in_flight = true;
             report.started += 1;
-            let (tx, engine, cfg) = (self.tx.clone(), pod.engine, self.cfg.clone());
+            let (tx, engine, timeout, max_bytes) = (self.tx.clone(), pod.engine, self.cfg.timeout, self.cfg.max_bytes);
             let addr = *addr;
             let jitter = Duration::from_micros(fastrand::u64(0..=jitter_max.as_micros() as u64));
             tokio::spawn(async move {
                 tokio::time::sleep(jitter).await;
                 let t0 = Instant::now();
-                let result = match tokio::time::timeout(cfg.timeout, scrape(&mut conn, engine, &cfg)).await {
+                // A request cut off by the timeout leaves the connection marked in flight: the
+                // next request starts on a new one.
+                let result = match tokio::time::timeout(timeout, scrape(&mut conn, engine, max_bytes)).await {
                     Ok(r) => r,
-                    Err(_) => {
-                        // The request future was dropped mid-flight: start the next one afresh.
-                        conn = Conn::new(addr);
-                        Err(ScrapeError::Http(HttpError::Timeout))
-                    }
+                    Err(_) => Err(ScrapeError::Http(HttpError::Timeout)),
                 };
                 let finished = Instant::now();
                 let _ = tx.send(Done {
@@ -282,23 +280,26 @@ impl Collector {
                 });
             });
         }
-        let deadline = tokio::time::Instant::from_std(start + wait);
+        // One timer for the whole wait (a `timeout_at` per result would register one per pod).
+        let deadline = tokio::time::sleep_until(tokio::time::Instant::from_std(start + wait));
+        tokio::pin!(deadline);
         let mut pending = report.started;
         while pending > 0 {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some(d)) => {
-                    let (r, finished) = (d.round, d.finished);
-                    let ok = self.apply(d);
-                    if r == round {
-                        pending -= 1;
-                        report.completed += 1;
-                        if !ok {
-                            report.failed += 1;
-                        }
-                        report.last_scrape = Some(report.last_scrape.map_or(finished, |l| l.max(finished)));
-                    }
+            let done = tokio::select! {
+                biased;
+                d = self.rx.recv() => d,
+                _ = &mut deadline => None,
+            };
+            let Some(d) = done else { break };
+            let (r, finished) = (d.round, d.finished);
+            let ok = self.apply(d);
+            if r == round {
+                pending -= 1;
+                report.completed += 1;
+                if !ok {
+                    report.failed += 1;
                 }
-                Ok(None) | Err(_) => break,
+                report.last_scrape = Some(report.last_scrape.map_or(finished, |l| l.max(finished)));
             }
         }
         report.duration = start.elapsed();
@@ -340,10 +341,10 @@ impl Collector {
     }
 }
 
-async fn scrape(conn: &mut Conn, engine: Engine, cfg: &ScrapeConfig) -> Result<PodMetrics, ScrapeError> {
-    let resp = conn.get(&cfg.metrics_path, cfg.max_bytes).await?;
-    if !resp.status.is_success() {
-        return Err(ScrapeError::Status(resp.status.as_u16()));
+async fn scrape(conn: &mut ScrapeConn, engine: Engine, max_bytes: usize) -> Result<PodMetrics, ScrapeError> {
+    let resp = conn.get(max_bytes).await?;
+    if !resp.is_success() {
+        return Err(ScrapeError::Status(resp.status));
     }
-    Ok(engine::extract(engine, &resp.body)?)
+    Ok(engine::extract(engine, resp.body)?)
 }

@@ -171,34 +171,69 @@ fn adapter_list(s: Option<std::borrow::Cow<'_, str>>) -> Vec<String> {
     out
 }
 
-/// Parses `text` as `engine`'s exposition and extracts the load fields.
+/// How an extractor runs the parser: [`prom::parse_families`] with its family list (the
+/// scrape path), or [`prom::parse`] over every line (tests compare the two).
+type Parse = for<'a> fn(&'a [u8], &[&str], &mut dyn FnMut(&Sample<'a, '_>)) -> Result<(), ParseError>;
+
+fn parse_listed<'a>(
+    text: &'a [u8],
+    families: &[&str],
+    visit: &mut dyn FnMut(&Sample<'a, '_>),
+) -> Result<(), ParseError> {
+    prom::parse_families(text, families, visit)
+}
+
+/// Parses `text` as `engine`'s exposition and extracts the load fields. Only the families the
+/// mapping reads are parsed; other sample lines are checked up to their name ([`prom`]).
 pub fn extract(engine: Engine, text: &[u8]) -> Result<PodMetrics, ExtractError> {
+    extract_with(engine, text, parse_listed)
+}
+
+fn extract_with(engine: Engine, text: &[u8], parse: Parse) -> Result<PodMetrics, ExtractError> {
     match engine {
-        Engine::Vllm => extract_vllm(text),
-        Engine::Sglang => extract_sglang(text),
-        Engine::TrtllmServe => extract_trtllm_serve(text),
-        Engine::TritonTensorrtLlm => extract_triton(text),
+        Engine::Vllm => extract_vllm(text, parse),
+        Engine::Sglang => extract_sglang(text, parse),
+        Engine::TrtllmServe => extract_trtllm_serve(text, parse),
+        Engine::TritonTensorrtLlm => extract_triton(text, parse),
     }
 }
 
-fn extract_vllm(text: &[u8]) -> Result<PodMetrics, ExtractError> {
+// === vLLM ===
+
+const VLLM_WAITING: &str = "vllm:num_requests_waiting";
+const VLLM_RUNNING: &str = "vllm:num_requests_running";
+const VLLM_KV: &str = "vllm:kv_cache_usage_perc";
+const VLLM_KV_OLD: &str = "vllm:gpu_cache_usage_perc";
+const VLLM_CACHE_CONFIG: &str = "vllm:cache_config_info";
+const VLLM_LORA: &str = "vllm:lora_requests_info";
+/// Every family `extract_vllm` reads; the parser skips all others.
+const VLLM_FAMILIES: &[&str] = &[
+    VLLM_WAITING,
+    VLLM_RUNNING,
+    VLLM_KV,
+    VLLM_KV_OLD,
+    VLLM_CACHE_CONFIG,
+    VLLM_LORA,
+];
+
+fn extract_vllm(text: &[u8], parse: Parse) -> Result<PodMetrics, ExtractError> {
     let (mut waiting, mut running) = (Count::default(), Count::default());
     let (mut kv, mut kv_old) = (Fraction::default(), Fraction::default());
     let mut out = PodMetrics::default();
     // Newest `vllm:lora_requests_info` series: its value is the last-updated timestamp.
     let mut lora: Option<(f64, LoraState)> = None;
-    prom::parse(text, |s| match s.name {
-        "vllm:num_requests_waiting" => {
+    parse(text, VLLM_FAMILIES, &mut |s| match s.name {
+        VLLM_WAITING => {
             waiting.add(s.value);
             add_model(&mut out.models, s);
         }
-        "vllm:num_requests_running" => {
+        VLLM_RUNNING => {
             running.add(s.value);
             add_model(&mut out.models, s);
         }
-        "vllm:kv_cache_usage_perc" => kv.add(s.value),
-        "vllm:gpu_cache_usage_perc" => kv_old.add(s.value),
-        "vllm:cache_config_info" => {
+        VLLM_KV => kv.add(s.value),
+        VLLM_KV_OLD => kv_old.add(s.value),
+        VLLM_CACHE_CONFIG => {
             if let Some(v) = s.label("block_size").and_then(|v| positive_u32(&v)) {
                 out.block_size = Some(v);
             }
@@ -206,7 +241,7 @@ fn extract_vllm(text: &[u8]) -> Result<PodMetrics, ExtractError> {
                 out.gpu_blocks = Some(v);
             }
         }
-        "vllm:lora_requests_info" if s.value.is_finite() && lora.as_ref().is_none_or(|(t, _)| s.value > *t) => {
+        VLLM_LORA if s.value.is_finite() && lora.as_ref().is_none_or(|(t, _)| s.value > *t) => {
             let max = s
                 .label("max_lora")
                 .and_then(|v| prom::parse_float(&v))
@@ -221,14 +256,12 @@ fn extract_vllm(text: &[u8]) -> Result<PodMetrics, ExtractError> {
         }
         _ => {}
     })?;
-    out.waiting = waiting.get("vllm:num_requests_waiting")?;
-    out.running = running.get("vllm:num_requests_running")?;
+    out.waiting = waiting.get(VLLM_WAITING)?;
+    out.running = running.get(VLLM_RUNNING)?;
     out.kv_usage = if kv.seen {
-        kv.get("vllm:kv_cache_usage_perc")?
+        kv.get(VLLM_KV)?
     } else {
-        kv_old
-            .get("vllm:gpu_cache_usage_perc")
-            .map_err(|_| ExtractError::Missing("vllm:kv_cache_usage_perc"))?
+        kv_old.get(VLLM_KV_OLD).map_err(|_| ExtractError::Missing(VLLM_KV))?
     };
     // A pod with LoRA enabled serves any adapter it can load, so it lists no models (= all).
     out.lora = lora.map(|(_, l)| l).filter(|l| l.max > 0);
@@ -238,20 +271,29 @@ fn extract_vllm(text: &[u8]) -> Result<PodMetrics, ExtractError> {
     Ok(out)
 }
 
-fn extract_sglang(text: &[u8]) -> Result<PodMetrics, ExtractError> {
+// === SGLang ===
+
+const SGLANG_WAITING: &str = "sglang:num_queue_reqs";
+const SGLANG_RUNNING: &str = "sglang:num_running_reqs";
+const SGLANG_KV: &str = "sglang:token_usage";
+const SGLANG_CACHE_CONFIG: &str = "sglang:cache_config_info";
+/// Every family `extract_sglang` reads.
+const SGLANG_FAMILIES: &[&str] = &[SGLANG_WAITING, SGLANG_RUNNING, SGLANG_KV, SGLANG_CACHE_CONFIG];
+
+fn extract_sglang(text: &[u8], parse: Parse) -> Result<PodMetrics, ExtractError> {
     let (mut waiting, mut running, mut kv) = (Count::default(), Count::default(), Fraction::default());
     let mut out = PodMetrics::default();
-    prom::parse(text, |s| match s.name {
-        "sglang:num_queue_reqs" => {
+    parse(text, SGLANG_FAMILIES, &mut |s| match s.name {
+        SGLANG_WAITING => {
             waiting.add(s.value);
             add_model(&mut out.models, s);
         }
-        "sglang:num_running_reqs" => {
+        SGLANG_RUNNING => {
             running.add(s.value);
             add_model(&mut out.models, s);
         }
-        "sglang:token_usage" => kv.add(s.value),
-        "sglang:cache_config_info" => {
+        SGLANG_KV => kv.add(s.value),
+        SGLANG_CACHE_CONFIG => {
             if let Some(v) = s.label("page_size").and_then(|v| positive_u32(&v)) {
                 out.block_size = Some(v);
             }
@@ -261,45 +303,68 @@ fn extract_sglang(text: &[u8]) -> Result<PodMetrics, ExtractError> {
         }
         _ => {}
     })?;
-    out.waiting = waiting.get("sglang:num_queue_reqs")?;
-    out.running = running.get("sglang:num_running_reqs")?;
-    out.kv_usage = kv.get("sglang:token_usage")?;
+    out.waiting = waiting.get(SGLANG_WAITING)?;
+    out.running = running.get(SGLANG_RUNNING)?;
+    out.kv_usage = kv.get(SGLANG_KV)?;
     Ok(out)
 }
 
-fn extract_trtllm_serve(text: &[u8]) -> Result<PodMetrics, ExtractError> {
+// === trtllm-serve ===
+
+const TRTLLM_WAITING: &str = "trtllm_num_requests_waiting";
+const TRTLLM_RUNNING: &str = "trtllm_num_requests_running";
+const TRTLLM_KV: &str = "trtllm_kv_cache_utilization";
+const TRTLLM_BLOCK_SIZE: &str = "trtllm_kv_cache_tokens_per_block";
+const TRTLLM_BLOCKS: &str = "trtllm_kv_cache_max_blocks";
+/// Every family `extract_trtllm_serve` reads.
+const TRTLLM_FAMILIES: &[&str] = &[
+    TRTLLM_WAITING,
+    TRTLLM_RUNNING,
+    TRTLLM_KV,
+    TRTLLM_BLOCK_SIZE,
+    TRTLLM_BLOCKS,
+];
+
+fn extract_trtllm_serve(text: &[u8], parse: Parse) -> Result<PodMetrics, ExtractError> {
     let (mut waiting, mut running, mut kv) = (Count::default(), Count::default(), Fraction::default());
     let mut out = PodMetrics::default();
-    prom::parse(text, |s| match s.name {
-        "trtllm_num_requests_waiting" => {
+    parse(text, TRTLLM_FAMILIES, &mut |s| match s.name {
+        TRTLLM_WAITING => {
             waiting.add(s.value);
             add_model(&mut out.models, s);
         }
-        "trtllm_num_requests_running" => {
+        TRTLLM_RUNNING => {
             running.add(s.value);
             add_model(&mut out.models, s);
         }
-        "trtllm_kv_cache_utilization" => kv.add(s.value),
-        "trtllm_kv_cache_tokens_per_block" => out.block_size = positive_u32_value(s.value).or(out.block_size),
-        "trtllm_kv_cache_max_blocks" => out.gpu_blocks = positive_u32_value(s.value).or(out.gpu_blocks),
+        TRTLLM_KV => kv.add(s.value),
+        TRTLLM_BLOCK_SIZE => out.block_size = positive_u32_value(s.value).or(out.block_size),
+        TRTLLM_BLOCKS => out.gpu_blocks = positive_u32_value(s.value).or(out.gpu_blocks),
         _ => {}
     })?;
-    out.waiting = waiting.get("trtllm_num_requests_waiting")?;
-    out.running = running.get("trtllm_num_requests_running")?;
-    out.kv_usage = kv.get("trtllm_kv_cache_utilization")?;
+    out.waiting = waiting.get(TRTLLM_WAITING)?;
+    out.running = running.get(TRTLLM_RUNNING)?;
+    out.kv_usage = kv.get(TRTLLM_KV)?;
     Ok(out)
 }
 
-fn extract_triton(text: &[u8]) -> Result<PodMetrics, ExtractError> {
+// === Triton TensorRT-LLM ===
+
+const TRITON_REQUESTS: &str = "nv_trt_llm_request_metrics";
+const TRITON_KV_BLOCKS: &str = "nv_trt_llm_kv_cache_block_metrics";
+/// Every family `extract_triton` reads.
+const TRITON_FAMILIES: &[&str] = &[TRITON_REQUESTS, TRITON_KV_BLOCKS];
+
+fn extract_triton(text: &[u8], parse: Parse) -> Result<PodMetrics, ExtractError> {
     let (mut waiting, mut running, mut kv) = (Count::default(), Count::default(), Fraction::default());
     let mut out = PodMetrics::default();
-    prom::parse(text, |s| match s.name {
-        "nv_trt_llm_request_metrics" => match s.label("request_type").as_deref() {
+    parse(text, TRITON_FAMILIES, &mut |s| match s.name {
+        TRITON_REQUESTS => match s.label("request_type").as_deref() {
             Some("waiting") => waiting.add(s.value),
             Some("scheduled") => running.add(s.value),
             _ => {}
         },
-        "nv_trt_llm_kv_cache_block_metrics" => match s.label("kv_cache_block_type").as_deref() {
+        TRITON_KV_BLOCKS => match s.label("kv_cache_block_type").as_deref() {
             Some("fraction") => kv.add(s.value),
             Some("tokens_per") => out.block_size = positive_u32_value(s.value).or(out.block_size),
             Some("max") => out.gpu_blocks = positive_u32_value(s.value).or(out.gpu_blocks),
@@ -313,4 +378,108 @@ fn extract_triton(text: &[u8]) -> Result<PodMetrics, ExtractError> {
     out.running = running.get("nv_trt_llm_request_metrics{request_type=\"scheduled\"}")?;
     out.kv_usage = kv.get("nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type=\"fraction\"}")?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The captured fixtures, plus the inline vLLM V1 shapes (LoRA series, ranks) and trtllm-serve.
+    const DOCS: [&[u8]; 5] = [
+        include_bytes!("../tests/fixtures/vllm-v0-aibrix-runtime-doc.txt"),
+        include_bytes!("../tests/fixtures/sglang-production-metrics-doc.txt"),
+        include_bytes!("../tests/fixtures/triton-tensorrt-llm-readme.txt"),
+        b"# TYPE vllm:num_requests_waiting gauge\n\
+vllm:num_requests_waiting{engine=\"0\",model_name=\"m\"} 2.0\n\
+vllm:num_requests_waiting{engine=\"1\",model_name=\"m\"} 3.0\n\
+vllm:e2e_request_latency_seconds_bucket{engine=\"0\",le=\"0.3\",model_name=\"m\"} 7.0\n\
+vllm:num_requests_running{engine=\"0\",model_name=\"m\"} 4.0\n\
+vllm:kv_cache_usage_perc{engine=\"0\",model_name=\"m\"} 0.25\n\
+vllm:lora_requests_info{max_lora=\"2\",running_lora_adapters=\"a,b\",waiting_lora_adapters=\"\"} 1.7e9\n\
+vllm:lora_requests_info{max_lora=\"2\",running_lora_adapters=\"c\",waiting_lora_adapters=\"d\"} 1.8e9\n\
+vllm:cache_config_info{block_size=\"16\",num_gpu_blocks=\"19208\"} 1.0\n",
+        b"trtllm_num_requests_waiting{model_name=\"m\"} 1\ntrtllm_num_requests_running{model_name=\"m\"} 2\n\
+trtllm_kv_cache_utilization 0.5\ntrtllm_kv_cache_tokens_per_block 32\ntrtllm_kv_cache_max_blocks 1000\n\
+trtllm_request_latency_seconds_count 12\n",
+    ];
+
+    /// The parser as it was before the family skip: every sample line parsed and visited.
+    fn parse_all<'a>(text: &'a [u8], _: &[&str], visit: &mut dyn FnMut(&Sample<'a, '_>)) -> Result<(), ParseError> {
+        prom::parse(text, visit)
+    }
+
+    #[test]
+    fn skipping_unread_families_changes_no_result() {
+        for doc in DOCS {
+            for e in Engine::ALL {
+                assert_eq!(extract(e, doc), extract_with(e, doc, parse_all), "{e}");
+            }
+        }
+        // The documents exercise every family the mappings read (a family missing from a
+        // `*_FAMILIES` list would be skipped, and these results would differ).
+        let vllm = extract(Engine::Vllm, DOCS[3]).unwrap();
+        assert_eq!((vllm.waiting, vllm.running, vllm.kv_usage), (5, 4, 0.25));
+        assert_eq!((vllm.block_size, vllm.gpu_blocks), (Some(16), Some(19208)));
+        let lora = vllm.lora.unwrap();
+        assert_eq!(
+            (lora.running, lora.waiting, lora.max),
+            (vec!["c".to_string()], vec!["d".to_string()], 2)
+        );
+        let trt = extract(Engine::TrtllmServe, DOCS[4]).unwrap();
+        assert_eq!(
+            (trt.waiting, trt.running, trt.block_size, trt.gpu_blocks),
+            (1, 2, Some(32), Some(1000))
+        );
+    }
+
+    #[test]
+    fn a_skipped_family_never_changes_the_result_and_a_read_one_still_parses() {
+        let doc = DOCS[3];
+        let want = extract(Engine::Vllm, doc).unwrap();
+        // Any text after the name of a family the mapping does not read is ignored…
+        for junk in ["{le=\"0.3\"} 1", "{oops", " not a number", "{a=\"1\",a=\"1\"} x y z"] {
+            let mut more = doc.to_vec();
+            more.extend_from_slice(format!("vllm:time_to_first_token_seconds_bucket{junk}\n").as_bytes());
+            assert_eq!(extract(Engine::Vllm, &more), Ok(want.clone()), "{junk}");
+        }
+        // …while the same junk in a family it reads still fails the scrape.
+        for read in VLLM_FAMILIES {
+            let mut more = doc.to_vec();
+            more.extend_from_slice(format!("{read}{{oops\n").as_bytes());
+            assert!(
+                matches!(extract(Engine::Vllm, &more), Err(ExtractError::Parse(_))),
+                "{read}"
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, .. ProptestConfig::default() })]
+
+        /// Mutated documents: wherever the full parse succeeds, skipping gives the same result.
+        #[test]
+        fn skipping_matches_the_full_parse_on_mutated_documents(
+            which in 0..DOCS.len(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..8),
+        ) {
+            let mut bytes = DOCS[which].to_vec();
+            for (at, byte, op) in edits {
+                if bytes.is_empty() { break; }
+                let i = at.index(bytes.len());
+                match op {
+                    0 => bytes[i] = byte,
+                    1 => { bytes.remove(i); }
+                    _ => bytes.insert(i, byte),
+                }
+            }
+            for e in Engine::ALL {
+                let full = extract_with(e, &bytes, parse_all);
+                if !matches!(full, Err(ExtractError::Parse(_))) {
+                    prop_assert_eq!(extract(e, &bytes), full);
+                }
+            }
+        }
+    }
 }

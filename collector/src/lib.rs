@@ -96,9 +96,12 @@
 //!
 //! ## Contracts
 //!
-//! Nothing fed by network bytes can panic: the Prometheus parser ([`prom`]) is hand-written
-//! and property-tested over arbitrary and mutated input; bodies are capped while read;
-//! garbage makes that pod's scrape fail. Kubernetes discovery is a lean list + watch client
+//! Nothing fed by network bytes can panic: the Prometheus parser ([`prom`]) and the scrape
+//! client's response framing ([`http::ScrapeConn`]) are hand-written and property-tested over
+//! arbitrary and mutated input; bodies are capped while read; garbage makes that pod's scrape
+//! fail. A scrape parses only the metric families in the table above; other sample lines are
+//! checked only up to their name ([`prom::parse_families`]), so garbage after the name of a
+//! family the mapping does not read does not fail it. Kubernetes discovery is a lean list + watch client
 //! ([`k8s`]) rather than kube-rs, to keep the build within CI's two cores.
 
 #![forbid(unsafe_code)]
@@ -171,7 +174,7 @@ async fn start_discovery(cfg: &Config) -> Result<(watch::Receiver<Vec<Target>>, 
     }
 }
 
-fn publish(snap: &picker_core::snapshot::Snapshot, last_scrape: Instant) -> Option<Arc<Published>> {
+fn publish(snap: picker_core::snapshot::Snapshot, last_scrape: Instant) -> Option<Arc<Published>> {
     let encoded = match snap.encode() {
         Ok(b) => b,
         Err(e) => {
@@ -179,12 +182,11 @@ fn publish(snap: &picker_core::snapshot::Snapshot, last_scrape: Instant) -> Opti
             return None;
         }
     };
-    let json = serde_json::to_string(snap).unwrap_or_else(|_| "{}".into());
     Some(Arc::new(Published {
         sequence: snap.sequence,
         encoded: encoded.into(),
-        json: json.into(),
         ready: snap.endpoints.iter().filter(|e| e.ready).count(),
+        snapshot: snap,
         last_scrape,
     }))
 }
@@ -292,7 +294,7 @@ pub async fn run(
         }
         let report = collector.round(wait).await;
         let snap = collector.snapshot(sequence.next(), unix_ms());
-        if let Some(p) = publish(&snap, report.last_scrape.unwrap_or_else(Instant::now)) {
+        if let Some(p) = publish(snap, report.last_scrape.unwrap_or_else(Instant::now)) {
             latest_tx.send_replace(Some(p));
         }
         if let Some(h) = &opts.on_round {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Request;
+use picker_core::snapshot::Snapshot;
 use tokio::sync::{mpsc, watch};
 
 use crate::collector::Sequence;
@@ -31,7 +32,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 pub struct Published {
     pub sequence: u64,
     pub encoded: Bytes,
-    pub json: Arc<str>,
+    /// The snapshot itself; JSON is rendered from it only when `/snapshot?format=json` asks.
+    pub snapshot: Snapshot,
     pub ready: usize,
     /// When the last scrape of the round that produced it finished.
     pub last_scrape: Instant,

@@ -48,7 +48,8 @@ pub fn handle(state: &ServerState, req: &Request<Incoming>) -> Response<Full<Byt
                 .query()
                 .is_some_and(|q| q.split('&').any(|kv| kv == "format=json"));
             if json {
-                reply(StatusCode::OK, "application/json", Bytes::from(p.json.to_string()))
+                let json = serde_json::to_string(&p.snapshot).unwrap_or_else(|_| "{}".into());
+                reply(StatusCode::OK, "application/json", json)
             } else {
                 reply(StatusCode::OK, "application/octet-stream", p.encoded.clone())
             }

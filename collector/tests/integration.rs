@@ -245,6 +245,46 @@ async fn wrong_token_is_counted_as_401() {
 }
 
 #[tokio::test]
+async fn listener_serves_the_snapshot_as_binary_and_json() {
+    let pod = stub(fixed(200, VLLM)).await;
+    let listen = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let c = config(
+        &[
+            "--static",
+            &pod.to_string(),
+            "--listen",
+            &listen.to_string(),
+            "--interval",
+            "20ms",
+        ],
+        None,
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(collector::run(c, Default::default(), async move {
+        let _ = stop_rx.await;
+    }));
+    let mut binary = collector::http::ScrapeConn::new(listen, "/snapshot");
+    let mut json = collector::http::ScrapeConn::new(listen, "/snapshot?format=json");
+    let mut tries = 0;
+    let snap = loop {
+        tries += 1;
+        match binary.get(1 << 20).await {
+            Ok(r) if r.status == 200 => break Snapshot::decode(r.body).unwrap(),
+            _ if tries < 100 => tokio::time::sleep(Duration::from_millis(20)).await,
+            r => panic!("no snapshot: {r:?}"),
+        }
+    };
+    assert_eq!((snap.endpoints[0].addr, snap.endpoints[0].waiting), (pod, 2));
+    let r = json.get(1 << 20).await.unwrap();
+    assert_eq!(r.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(r.body).unwrap();
+    assert_eq!(v["endpoints"][0]["addr"], pod.to_string());
+    assert_eq!(v["endpoints"][0]["kvUsage"], 0.5);
+    let _ = stop_tx.send(());
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn once_json_and_exit_status() {
     let pod = stub(fixed(200, VLLM)).await;
     let c = config(&["--static", &pod.to_string(), "--once", "--format", "json"], None);

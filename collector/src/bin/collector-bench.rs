@@ -13,7 +13,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::Response;
@@ -44,7 +44,10 @@ async fn stub_gateway(port: u16) {
     loop {
         let Ok((s, _)) = l.accept().await else { continue };
         tokio::spawn(async move {
-            let svc = service_fn(|_req| async {
+            // The body is read, as the filter does: hyper closes a connection whose request
+            // body was left unread, which would make every push open a new one.
+            let svc = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                let _ = req.into_body().collect().await;
                 let mut r = Response::new(Full::new(Bytes::new()));
                 *r.status_mut() = hyper::StatusCode::NO_CONTENT;
                 Ok::<_, Infallible>(r)
