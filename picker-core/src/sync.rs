@@ -297,6 +297,10 @@ impl PrefixSync {
                         Ok(()) => self.stats.appended += 1,
                         Err(_) => self.stats.dropped += 1,
                     }
+                    // Caught up when it claimed: skip re-reading its own record next pull.
+                    if self.next == Some(head) {
+                        self.next = Some(head + 1);
+                    }
                     return;
                 }
                 Err(StoreError::CasMismatch) => continue,
