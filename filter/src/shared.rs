@@ -1,7 +1,9 @@
 //! Pure helpers for the state the filter keeps in proxy shared data, and for snapshot intake.
 //! No hostcalls here, so everything is unit- and property-tested natively.
 
-use std::net::IpAddr;
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
 
 use picker_core::prefix::EndpointKey;
 use picker_core::{InFlight, Pool, Snapshot};
@@ -95,6 +97,144 @@ impl InFlightTable {
     pub fn total_requests(&self) -> u64 {
         self.entries.iter().map(|e| e.1 as u64).sum()
     }
+}
+
+// The request path works on the encoded bytes directly (below): one lookup per pool endpoint and
+// one in-place update per acquire or release, with no decode into a `Vec` and no re-encode.
+// Each function gives exactly what `InFlightTable` gives for the same bytes (property-tested).
+
+type InFlightRecord = [u8; 16];
+
+/// The 16-byte records of an encoded table, or none if the bytes are malformed (as `decode`).
+fn inflight_records(bytes: &[u8]) -> &[InFlightRecord] {
+    let (records, rest) = bytes.as_chunks::<16>();
+    if !rest.is_empty() || records.len() > MAX_INFLIGHT_ENTRIES {
+        return &[];
+    }
+    records
+}
+
+fn record_key(r: &InFlightRecord) -> EndpointKey {
+    let mut k = [0u8; 8];
+    k.copy_from_slice(&r[..8]);
+    u64::from_le_bytes(k)
+}
+
+fn record_counts(r: &InFlightRecord) -> (u32, u32) {
+    let (mut q, mut t) = ([0u8; 4], [0u8; 4]);
+    q.copy_from_slice(&r[8..12]);
+    t.copy_from_slice(&r[12..16]);
+    (u32::from_le_bytes(q), u32::from_le_bytes(t))
+}
+
+fn set_record_counts(r: &mut InFlightRecord, requests: u32, tokens: u32) {
+    r[8..12].copy_from_slice(&requests.to_le_bytes());
+    r[12..16].copy_from_slice(&tokens.to_le_bytes());
+}
+
+/// `InFlightTable::decode(bytes).get(key)`, read straight from the encoded bytes.
+pub fn inflight_get(bytes: &[u8], key: EndpointKey) -> InFlight {
+    let records = inflight_records(bytes);
+    match records.binary_search_by_key(&key, record_key) {
+        Ok(i) => {
+            let (requests, tokens) = record_counts(&records[i]);
+            InFlight {
+                requests,
+                tokens: tokens as u64,
+            }
+        }
+        Err(_) => InFlight::default(),
+    }
+}
+
+/// `InFlightTable::decode(bytes).for_pool(pool)`, into a buffer the caller reuses.
+pub fn inflight_for_pool(bytes: &[u8], pool: &Pool, out: &mut Vec<InFlight>) {
+    out.clear();
+    out.extend(pool.keys().iter().map(|k| inflight_get(bytes, *k)));
+}
+
+/// `InFlightTable::apply` on the encoded bytes, in place: the result is byte for byte
+/// `decode(bytes)` + `apply` + `encode`.
+pub fn inflight_apply(bytes: &mut Vec<u8>, key: EndpointKey, tokens: u32, add: bool) {
+    if inflight_records(bytes).is_empty() {
+        bytes.clear();
+    }
+    let found = inflight_records(bytes).binary_search_by_key(&key, record_key);
+    match found {
+        Ok(i) => {
+            let r = &mut bytes.as_chunks_mut::<16>().0[i];
+            let (requests, toks) = record_counts(r);
+            if add {
+                set_record_counts(r, requests.saturating_add(1), toks.saturating_add(tokens));
+            } else if requests.saturating_sub(1) == 0 {
+                bytes.drain(i * 16..(i + 1) * 16);
+            } else {
+                set_record_counts(r, requests - 1, toks.saturating_sub(tokens));
+            }
+        }
+        Err(i) if add && bytes.len() / 16 < MAX_INFLIGHT_ENTRIES => {
+            let mut r = [0u8; 16];
+            r[..8].copy_from_slice(&key.to_le_bytes());
+            set_record_counts(&mut r, 1, tokens);
+            bytes.splice(i * 16..i * 16, r);
+        }
+        Err(_) => {}
+    }
+}
+
+// === routing header ===
+
+/// Appends `addr` as `addr.to_string()` would. IPv4 (every address a snapshot or a static list
+/// holds today) is written digit by digit: this runs for every address of the routing list of
+/// every request, and `core::fmt` costs several times more in the module.
+pub fn push_addr(out: &mut String, addr: &SocketAddr) {
+    fn push_decimal(out: &mut String, mut n: u16) {
+        let mut digits = [0u8; 5];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for d in &digits[i..] {
+            out.push(char::from(*d));
+        }
+    }
+    match addr {
+        SocketAddr::V4(a) => {
+            for (i, octet) in a.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_decimal(out, u16::from(octet));
+            }
+            out.push(':');
+            push_decimal(out, a.port());
+        }
+        SocketAddr::V6(_) => {
+            let _ = write!(out, "{addr}");
+        }
+    }
+}
+
+// === request headers ===
+
+/// The first value of header `name` in a header map as the host returns it (names compared
+/// case-insensitively, as Envoy's lower-case header names make them), like
+/// `proxy_get_header_map_value`. Non-UTF-8 bytes become U+FFFD instead of failing.
+pub fn header_value<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<Cow<'a, str>> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| String::from_utf8_lossy(v))
+}
+
+/// Whether header `name` is present (case-insensitive).
+pub fn has_header(headers: &[(String, Vec<u8>)], name: &str) -> bool {
+    headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name))
 }
 
 // === snapshot intake ===
@@ -289,6 +429,78 @@ mod tests {
     }
 
     #[test]
+    fn inflight_in_place_update_and_pool_view() {
+        let mut bytes = Vec::new();
+        inflight_apply(&mut bytes, 7, 100, true);
+        inflight_apply(&mut bytes, 3, 10, true);
+        inflight_apply(&mut bytes, 7, 50, true);
+        let mut want = InFlightTable::default();
+        want.apply(7, 100, true);
+        want.apply(3, 10, true);
+        want.apply(7, 50, true);
+        assert_eq!(bytes, want.encode());
+        assert_eq!(
+            inflight_get(&bytes, 7),
+            InFlight {
+                requests: 2,
+                tokens: 150
+            }
+        );
+        assert_eq!(inflight_get(&bytes, 4), InFlight::default());
+
+        let a = Endpoint::new("10.0.0.1:8000".parse().unwrap(), Instant::ZERO);
+        let b = Endpoint::new("10.0.0.2:8000".parse().unwrap(), Instant::ZERO);
+        let (ka, kb) = (a.key(), b.key());
+        let pool = Pool::new(Snapshot {
+            sequence: 1,
+            generated_at: Instant::ZERO,
+            endpoints: vec![a, b],
+        });
+        // The buffer is reused: old contents go.
+        let mut out = vec![InFlight { requests: 9, tokens: 9 }; 5];
+        inflight_for_pool(&bytes, &pool, &mut out);
+        assert_eq!(out, vec![InFlight::default(); 2]);
+        inflight_apply(&mut bytes, kb, 40, true);
+        inflight_for_pool(&bytes, &pool, &mut out);
+        assert_eq!(out, InFlightTable::decode(&bytes).for_pool(&pool));
+        assert_eq!(
+            out,
+            vec![
+                InFlight::default(),
+                InFlight {
+                    requests: 1,
+                    tokens: 40
+                }
+            ]
+        );
+        assert_ne!(ka, kb);
+
+        // Releases drop entries at zero and never underflow; malformed bytes read as empty.
+        for (k, t) in [(7, 100), (7, 50), (3, 10), (kb, 40), (9, 5)] {
+            inflight_apply(&mut bytes, k, t, false);
+        }
+        assert!(bytes.is_empty());
+        let mut junk = b"garbage".to_vec();
+        assert_eq!(inflight_get(&junk, 7), InFlight::default());
+        inflight_apply(&mut junk, 7, 1, false);
+        assert!(junk.is_empty());
+    }
+
+    #[test]
+    fn header_lookup_is_case_insensitive_first_value_and_lossy() {
+        let hs = vec![
+            ("x-a".to_string(), b"1".to_vec()),
+            ("X-B".to_string(), vec![0xff, b'k']),
+            ("x-a".to_string(), b"2".to_vec()),
+        ];
+        assert_eq!(header_value(&hs, "x-a").as_deref(), Some("1"));
+        assert_eq!(header_value(&hs, "x-b").as_deref(), Some("\u{fffd}k"));
+        assert!(has_header(&hs, "X-A") && has_header(&hs, "x-b"));
+        assert_eq!(header_value(&hs, "x-c"), None);
+        assert!(!has_header(&hs, "x-c"));
+    }
+
+    #[test]
     fn bearer_compare() {
         assert!(bearer_matches(Some("Bearer 0123456789abcdef"), "0123456789abcdef"));
         assert!(!bearer_matches(Some("Bearer 0123456789abcdeF"), "0123456789abcdef"));
@@ -359,7 +571,32 @@ mod tests {
         assert_eq!(v["error"]["message"], "model \"x\" not served");
     }
 
+    #[test]
+    fn addresses_format_like_display() {
+        for a in [
+            "0.0.0.0:0",
+            "10.1.0.1:8000",
+            "255.255.255.255:65535",
+            "[::1]:80",
+            "[fe80::1%2]:8000",
+        ] {
+            let addr: SocketAddr = a.parse().unwrap();
+            let mut s = String::from("x,");
+            push_addr(&mut s, &addr);
+            assert_eq!(s, format!("x,{addr}"));
+        }
+    }
+
     proptest! {
+        #[test]
+        fn push_addr_is_display(ip in any::<[u8; 4]>(), port in any::<u16>(), v6 in any::<[u16; 8]>()) {
+            for addr in [SocketAddr::from((ip, port)), SocketAddr::from((v6, port))] {
+                let mut s = String::new();
+                push_addr(&mut s, &addr);
+                prop_assert_eq!(s, addr.to_string());
+            }
+        }
+
         #[test]
         fn inflight_decode_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
             let t = InFlightTable::decode(&bytes);
@@ -378,6 +615,44 @@ mod tests {
                 t.apply(*k, *tok, false);
             }
             prop_assert_eq!(t, InFlightTable::default());
+        }
+
+        /// The in-place functions agree with decode / apply / encode on any bytes: well-formed
+        /// tables (sorted or not), wrong lengths, and tables at the entry cap.
+        #[test]
+        fn inflight_in_place_matches_decode_apply_encode(
+            table in prop::collection::vec((0u64..12, 0u32..4, any::<u32>()), 0..20),
+            sorted in any::<bool>(),
+            junk in prop::collection::vec(any::<u8>(), 0..40),
+            malformed in any::<bool>(),
+            full in any::<bool>(),
+            ops in prop::collection::vec((0u64..14, any::<u32>(), any::<bool>()), 1..30),
+        ) {
+            let mut entries = table;
+            if sorted {
+                entries.sort_by_key(|e| e.0);
+                entries.dedup_by_key(|e| e.0);
+            }
+            if full {
+                entries = (0..MAX_INFLIGHT_ENTRIES as u64).map(|k| (k * 2, 1, 7)).collect();
+            }
+            let mut bytes: Vec<u8> = entries
+                .iter()
+                .flat_map(|(k, r, t)| [&k.to_le_bytes()[..], &r.to_le_bytes(), &t.to_le_bytes()].concat())
+                .collect();
+            if malformed {
+                bytes = junk;
+            }
+            for (key, tokens, add) in ops {
+                let table = InFlightTable::decode(&bytes);
+                for probe in 0..14 {
+                    prop_assert_eq!(inflight_get(&bytes, probe), table.get(probe));
+                }
+                let mut want = table.clone();
+                want.apply(key, tokens, add);
+                inflight_apply(&mut bytes, key, tokens, add);
+                prop_assert_eq!(&bytes, &want.encode());
+            }
         }
 
         #[test]

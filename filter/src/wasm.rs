@@ -1,5 +1,6 @@
 //! proxy-wasm glue: root and HTTP contexts. Translates only; decisions come from picker-core.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -11,7 +12,7 @@ use log::{debug, error, info, warn};
 use picker_core::pick::{parse_subset, Outcome, SubsetEntry};
 use picker_core::prefix::EndpointKey;
 use picker_core::sync::PrefixSync;
-use picker_core::{pick, scan, Endpoint, Instant, Pool, Prompt, Request, Snapshot, SplitMix64, State};
+use picker_core::{pick, scan, Endpoint, InFlight, Instant, Pool, Prompt, Request, Snapshot, SplitMix64, State};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
@@ -20,8 +21,8 @@ use std::time::Duration as StdDuration;
 use crate::config::{FailureMode, FilterConfig, HostProfile, Mode};
 use crate::ring::{ring_keys, HostRing};
 use crate::shared::{
-    bearer_matches, error_body, source_allowed, validate_push, InFlightTable, IntakeError, KEY_INFLIGHT, KEY_SNAPSHOT,
-    KEY_SNAPSHOT_SEQ,
+    bearer_matches, error_body, has_header, header_value, inflight_apply, inflight_for_pool, push_addr, source_allowed,
+    validate_push, IntakeError, KEY_INFLIGHT, KEY_SNAPSHOT, KEY_SNAPSHOT_SEQ,
 };
 
 proxy_wasm::main! {{
@@ -202,6 +203,8 @@ struct Worker {
     /// Prefix-index replication with the other workers (`prefixSync`), and the ring's keys.
     sync: Option<PrefixSync>,
     ring_keys: Vec<String>,
+    /// Per-request scratch, reused: the in-flight counts aligned with the pool.
+    inflight: Vec<InFlight>,
 }
 
 impl Worker {
@@ -231,6 +234,7 @@ impl Worker {
             degraded_logged: false,
             age_reported_at: Instant::ZERO,
             metrics,
+            inflight: Vec::new(),
         }
     }
 }
@@ -373,6 +377,8 @@ impl RootContext for Root {
             kind: Kind::Passthrough,
             acquired: None,
             primary: None,
+            objective: None,
+            steering: None,
         }))
     }
 
@@ -393,6 +399,10 @@ struct Stream {
     /// In-flight entry taken at the pick: (endpoint key, tokens); released in `on_done`.
     acquired: Option<(EndpointKey, u32)>,
     primary: Option<SocketAddr>,
+    /// Read with the other request headers in the headers callback (one hostcall for the map)
+    /// and used at the pick: the InferenceObjective header and, in test mode, the steering one.
+    objective: Option<String>,
+    steering: Option<String>,
 }
 
 impl Context for Stream {
@@ -402,16 +412,20 @@ impl Context for Stream {
     }
 }
 
-impl Stream {
-    fn now(&self) -> Instant {
-        let ms = self
-            .get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        Instant::from_millis(ms)
+/// Removes request header `name` from the host map, and from `headers`, the local copy of it,
+/// if the copy has it: an absent header costs no hostcall.
+fn remove_header(ctx: &dyn HttpContext, headers: &mut Vec<(String, Vec<u8>)>, name: &str) {
+    if has_header(headers, name) {
+        ctx.set_http_request_header(name, None);
+        headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
     }
+}
 
+fn instant(t: std::time::SystemTime) -> Instant {
+    Instant::from_millis(t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0))
+}
+
+impl Stream {
     fn reply(&self, status: u32, message: &str, extra: &[(&str, &str)]) {
         if matches!(self.kind, Kind::Inference(_)) {
             self.count(|m| m.error(status));
@@ -455,13 +469,21 @@ impl Stream {
         }
     }
 
-    /// Read-modify-write of the shared in-flight table with CAS.
-    fn update_inflight(&self, key: EndpointKey, tokens: u32, add: bool) {
+    /// Read-modify-write of the shared in-flight table with CAS, updating the encoded bytes in
+    /// place. `read` is a read this request already made (bytes and cas): the first attempt
+    /// writes on it and pays no second read; a CAS mismatch (another worker wrote in between)
+    /// rereads, as every later attempt does.
+    fn update_inflight(&self, key: EndpointKey, tokens: u32, add: bool, mut read: Option<(Vec<u8>, Option<u32>)>) {
         for _ in 0..CAS_RETRIES {
-            let (bytes, cas) = self.get_shared_data(KEY_INFLIGHT);
-            let mut table = InFlightTable::decode(bytes.as_deref().unwrap_or_default());
-            table.apply(key, tokens, add);
-            match self.set_shared_data(KEY_INFLIGHT, Some(&table.encode()), cas) {
+            let (mut bytes, cas) = match read.take() {
+                Some(r) => r,
+                None => {
+                    let (b, cas) = self.get_shared_data(KEY_INFLIGHT);
+                    (b.unwrap_or_default(), cas)
+                }
+            };
+            inflight_apply(&mut bytes, key, tokens, add);
+            match self.set_shared_data(KEY_INFLIGHT, Some(&bytes), cas) {
                 Ok(()) => return,
                 Err(Status::CasMismatch) => continue,
                 Err(s) => {
@@ -476,22 +498,24 @@ impl Stream {
     fn release(&mut self) {
         if let Some((key, tokens)) = self.acquired.take() {
             if self.envoy() {
-                self.update_inflight(key, tokens, false);
+                self.update_inflight(key, tokens, false, None);
             }
         }
     }
 
-    fn strip_client_routing_headers(&self) {
-        let (test_mode, model_header) = {
-            let w = self.worker.borrow();
-            (w.config.test_mode, w.config.model_header.clone())
-        };
-        for h in ROUTING_HEADERS {
-            self.set_http_request_header(h, None);
-        }
-        self.set_http_request_header(&model_header, None);
-        if !test_mode {
-            self.set_http_request_header(TEST_STEERING_HEADER, None);
+    /// Removes every client-set routing header. `headers` is the request's header map, read
+    /// once: only names present cost a remove hostcall (a remove drops every occurrence), and
+    /// the local copy drops them too, so later lookups see what the host map holds.
+    fn strip_client_routing_headers(&self, headers: &mut Vec<(String, Vec<u8>)>) {
+        let w = self.worker.borrow();
+        let steering = (!w.config.test_mode).then_some(TEST_STEERING_HEADER);
+        let names = ROUTING_HEADERS
+            .iter()
+            .copied()
+            .chain([w.config.model_header.as_str()])
+            .chain(steering);
+        for name in names {
+            remove_header(self, headers, name);
         }
     }
 
@@ -521,22 +545,18 @@ impl Stream {
     /// Returns false after sending a local reply.
     /// Returns the target model (after any rewrite) when routed, `None` after a local reply.
     fn route(&mut self, model: &str, cache_salt: Option<&str>, prompt: Prompt<'_>) -> Option<String> {
-        let now = self.now();
         let envoy = self.envoy();
         if envoy {
             self.refresh_pool();
         }
-        let objective = OBJECTIVE_HEADERS.iter().find_map(|h| self.get_http_request_header(h));
-        // The steering header is stripped outside test mode; don't pay a hostcall to read it.
-        let steering = if self.worker.borrow().config.test_mode {
-            self.get_http_request_header(TEST_STEERING_HEADER)
+        let objective = self.objective.take();
+        let steering = self.steering.take();
+        // One read of the in-flight table (bytes and cas) serves the pick and the acquire.
+        let inflight_read = if envoy {
+            let (bytes, cas) = self.get_shared_data(KEY_INFLIGHT);
+            Some((bytes.unwrap_or_default(), cas))
         } else {
             None
-        };
-        let inflight_table = if envoy {
-            InFlightTable::decode(self.get_shared_data(KEY_INFLIGHT).0.as_deref().unwrap_or_default())
-        } else {
-            InFlightTable::default()
         };
 
         let mut guard = self.worker.borrow_mut();
@@ -593,7 +613,8 @@ impl Stream {
         req.cache_salt = cache_salt;
         req.priority = priority;
         req.subset = subset.as_deref();
-        let inflight = inflight_table.for_pool(&w.pool);
+        let inflight_bytes = inflight_read.as_ref().map_or(&[][..], |r| r.0.as_slice());
+        inflight_for_pool(inflight_bytes, &w.pool, &mut w.inflight);
         if let Some(sync) = w.sync.as_mut() {
             let mut ring = HostRing {
                 ctx: self,
@@ -601,12 +622,14 @@ impl Stream {
             };
             sync.pull(&mut ring, &mut w.state, &w.config.picker);
         }
+        // One clock read is both the pick's `now` and the start of the decision timing.
         let started = self.get_current_time();
+        let now = instant(started);
         let d = pick(
             &w.config.picker,
             &req,
             &w.pool,
-            &inflight,
+            &w.inflight,
             &mut w.state,
             now,
             &mut w.rng,
@@ -653,13 +676,16 @@ impl Stream {
         w.degraded_logged = degraded;
         match d.outcome {
             Outcome::Route(list) => {
-                let addrs: Vec<SocketAddr> = list
-                    .iter()
-                    .filter_map(|&i| w.pool.endpoints().get(i).map(|e| e.addr))
-                    .collect();
-                let value = addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
-                let dest = w.config.destination_header.clone();
-                let model_header = w.config.model_header.clone();
+                // The ordered list `a,b,c`, written without intermediate strings.
+                let mut value = String::with_capacity(24 * list.len());
+                let mut primary = None;
+                for addr in list.iter().filter_map(|&i| w.pool.endpoints().get(i).map(|e| e.addr)) {
+                    if primary.is_some() {
+                        value.push(',');
+                    }
+                    push_addr(&mut value, &addr);
+                    primary.get_or_insert(addr);
+                }
                 let filter_state = w.config.original_dst_filter_state;
                 let primary_key = list.first().map(|&i| w.pool.key(i));
                 debug!(
@@ -667,19 +693,21 @@ impl Stream {
                     d.best_prefix_match,
                     d.hashes.len()
                 );
+                self.set_http_request_header(&w.config.destination_header, Some(&value));
+                self.set_http_request_header(&w.config.model_header, Some(&target));
                 drop(guard);
-                self.set_http_request_header(&dest, Some(&value));
-                self.set_http_request_header(&model_header, Some(&target));
-                self.primary = addrs.first().copied();
-                if let (true, Some(first)) = (filter_state, self.primary) {
-                    let args = filter_state_args(ORIGINAL_DST_KEY, &first.to_string());
+                self.primary = primary;
+                if filter_state && primary.is_some() {
+                    // The list's first entry is the primary's `ip:port`, already formatted.
+                    let first = value.split(',').next().unwrap_or_default();
+                    let args = filter_state_args(ORIGINAL_DST_KEY, first);
                     if let Err(s) = self.call_foreign_function("set_envoy_filter_state", Some(&args)) {
                         warn!("wasm-epp: set_envoy_filter_state failed: {s:?} (needs Envoy >= 1.26)");
                     }
                 }
                 if let (Some(key), true) = (primary_key, envoy) {
                     let tokens = (prompt.len() / 4).min(u32::MAX as usize) as u32;
-                    self.update_inflight(key, tokens, true);
+                    self.update_inflight(key, tokens, true, inflight_read);
                     self.acquired = Some((key, tokens));
                 }
                 Some(target)
@@ -694,7 +722,7 @@ impl Stream {
         }
     }
 
-    fn on_headers_gcp(&mut self) -> Action {
+    fn on_headers_gcp(&mut self, headers: &mut Vec<(String, Vec<u8>)>) -> Action {
         // GCP: headers-only, no shared data / metrics / properties (proxywasm.md §6.5).
         let (hint, affinity, model_header) = {
             let w = self.worker.borrow();
@@ -704,11 +732,11 @@ impl Stream {
                 w.config.model_header.clone(),
             )
         };
-        if let Some(model) = self.get_http_request_header(&hint) {
+        if let Some(model) = header_value(headers, &hint) {
             self.set_http_request_header(&model_header, Some(&model));
         }
-        self.set_http_request_header(AFFINITY_OUT_HEADER, None);
-        if let Some(value) = affinity.and_then(|a| self.get_http_request_header(&a)) {
+        remove_header(self, headers, AFFINITY_OUT_HEADER);
+        if let Some(value) = affinity.and_then(|a| header_value(headers, &a)) {
             let h = picker_core::prefix::hash_prompt("", None, Prompt::from_bytes(value.as_bytes()), 1, 64);
             if let Some(k) = h.as_slice().last() {
                 self.set_http_request_header(AFFINITY_OUT_HEADER, Some(&format!("{k:016x}")));
@@ -720,12 +748,15 @@ impl Stream {
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        self.strip_client_routing_headers();
+        // One hostcall for the whole map instead of one per header read or removed (bytes:
+        // the SDK's string getters panic on a non-UTF-8 value, which Envoy can deliver).
+        let mut headers = self.get_http_request_headers_bytes();
+        self.strip_client_routing_headers(&mut headers);
         if !self.envoy() {
-            return self.on_headers_gcp();
+            return self.on_headers_gcp(&mut headers);
         }
-        let path = self.get_http_request_header(":path").unwrap_or_default();
-        let method = self.get_http_request_header(":method").unwrap_or_default();
+        let path = header_value(&headers, ":path").unwrap_or_default();
+        let method = header_value(&headers, ":method").unwrap_or_default();
         let (intake_path, mode, api, max_body) = {
             let w = self.worker.borrow();
             let c = &w.config;
@@ -754,7 +785,7 @@ impl HttpContext for Stream {
                 Some(IntakeError::MethodNotAllowed)
             } else if !source_allowed(source.as_deref(), &allowed) {
                 Some(IntakeError::Forbidden)
-            } else if !bearer_matches(self.get_http_request_header("authorization").as_deref(), &token) {
+            } else if !bearer_matches(header_value(&headers, "authorization").as_deref(), &token) {
                 Some(IntakeError::Unauthorized)
             } else if end_of_stream {
                 Some(IntakeError::Invalid(picker_core::snapshot::DecodeError::Truncated {
@@ -772,6 +803,15 @@ impl HttpContext for Stream {
             return Action::Continue;
         };
         self.kind = Kind::Inference(api);
+        // Taken now for the pick, from the map as it stands after stripping: the values a read
+        // at pick time would get (the headers wait, paused, until then).
+        self.objective = OBJECTIVE_HEADERS
+            .iter()
+            .find_map(|h| header_value(&headers, h))
+            .map(Cow::into_owned);
+        if self.worker.borrow().config.test_mode {
+            self.steering = header_value(&headers, TEST_STEERING_HEADER).map(Cow::into_owned);
+        }
         if mode == Mode::HeadersOnly {
             let (hint, affinity) = {
                 let w = self.worker.borrow();
@@ -780,7 +820,7 @@ impl HttpContext for Stream {
                     w.config.headers_only_affinity.clone(),
                 )
             };
-            let Some(model) = self.get_http_request_header(&hint) else {
+            let Some(model) = header_value(&headers, &hint) else {
                 self.reply(
                     400,
                     &format!("headers-only mode needs the model in the {hint} header"),
@@ -788,9 +828,7 @@ impl HttpContext for Stream {
                 );
                 return Action::Pause;
             };
-            let affinity_value = affinity
-                .and_then(|a| self.get_http_request_header(&a))
-                .unwrap_or_default();
+            let affinity_value = affinity.and_then(|a| header_value(&headers, &a)).unwrap_or_default();
             return if self
                 .route(&model, None, Prompt::from_bytes(affinity_value.as_bytes()))
                 .is_some()
@@ -804,8 +842,7 @@ impl HttpContext for Stream {
             self.reply(400, "an inference request needs a JSON body", &[]);
             return Action::Pause;
         }
-        let too_big = self
-            .get_http_request_header("content-length")
+        let too_big = header_value(&headers, "content-length")
             .and_then(|v| v.trim().parse::<usize>().ok())
             .is_some_and(|n| n > max_body);
         if too_big {

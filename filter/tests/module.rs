@@ -228,6 +228,54 @@ fn client_cannot_choose_the_pod() {
     assert!(up.iter().all(|(k, _)| k != "x-gateway-destination-endpoint"));
 }
 
+/// The filter reads the header map once and removes only the routing headers it holds: every
+/// occurrence, in any letter case, of each of them must still be gone.
+#[test]
+fn spoofed_routing_headers_are_stripped_in_any_case_and_repetition() {
+    let mut host = host("");
+    push(&mut host, 0, &snapshot(1, &PODS), TOKEN);
+    let spoofed = [
+        ("X-Gateway-Destination-Endpoint", "6.6.6.6:1"),
+        ("x-gateway-destination-endpoint", "7.7.7.7:1"),
+        ("x-gateway-destination-endpoint-served", "6.6.6.6:1"),
+        ("X-GATEWAY-DESTINATION-ENDPOINT-SUBSET", "6.6.6.6:1"),
+        ("X-Gateway-Model-Name", "evil"),
+        ("x-gateway-model-name", "evil2"),
+        ("test-epp-endpoint-selection", "6.6.6.6:1"),
+    ];
+    let count = |up: &[(String, String)], name: &str| up.iter().filter(|(k, _)| k == name).count();
+    let sent = send(&mut host, 0, &spoofed, &chat_body(MODEL, "s", "q"));
+    let up = sent.upstream.clone().expect("forwarded");
+    assert_eq!(count(&up, "x-gateway-destination-endpoint"), 1, "{up:?}");
+    let dest = sent.header("x-gateway-destination-endpoint").unwrap();
+    assert!(PODS.iter().any(|p| p.0 == dest), "{dest}");
+    assert_eq!(count(&up, "x-gateway-model-name"), 1, "{up:?}");
+    assert_eq!(sent.header("x-gateway-model-name"), Some(MODEL));
+    for gone in [
+        "x-gateway-destination-endpoint-served",
+        "x-gateway-destination-endpoint-subset",
+        "test-epp-endpoint-selection",
+    ] {
+        assert_eq!(count(&up, gone), 0, "{gone} in {up:?}");
+    }
+    host.worker(0).finish(sent.stream);
+
+    // A pass-through request (not an inference path) is stripped the same way.
+    let w = host.worker(0);
+    let s = w.new_stream();
+    let mut headers = h(&[(":method", "GET"), (":path", "/v1/models")]);
+    headers.extend(h(&spoofed));
+    w.request_headers(s, headers, true);
+    let up = w.upstream(s).and_then(|u| u.headers.clone()).unwrap();
+    assert!(
+        up.iter()
+            .all(|(k, _)| !k.starts_with("x-gateway-") && k != "test-epp-endpoint-selection"),
+        "{up:?}"
+    );
+    w.finish(s);
+    no_traps(&mut host);
+}
+
 #[test]
 fn static_endpoints_serve_until_the_first_snapshot() {
     let mut host = host("");

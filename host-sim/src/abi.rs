@@ -186,23 +186,35 @@ pub type Headers = Vec<(String, String)>;
 /// Serialize pairs in the v0.2.1 wire format: `u32` count, then `(u32 key_len, u32 value_len)` per
 /// pair, then each key and value followed by a NUL byte (spec "Header maps"; little-endian).
 pub fn serialize_map(pairs: &[(String, String)]) -> Vec<u8> {
-    let mut size = 4;
-    for (k, v) in pairs {
-        size += 8 + k.len() + v.len() + 2;
-    }
-    let mut out = Vec::with_capacity(size);
-    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
-    for (k, v) in pairs {
-        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-    }
-    for (k, v) in pairs {
-        out.extend_from_slice(k.as_bytes());
-        out.push(0);
-        out.extend_from_slice(v.as_bytes());
-        out.push(0);
-    }
+    let mut out = vec![0; serialized_len(pairs)];
+    serialize_map_into(pairs, &mut out);
     out
+}
+
+/// Size of [`serialize_map`]'s output.
+pub fn serialized_len(pairs: &[(String, String)]) -> usize {
+    pairs.iter().map(|(k, v)| 8 + k.len() + v.len() + 2).sum::<usize>() + 4
+}
+
+/// [`serialize_map`] into `out`, which must be [`serialized_len`] bytes long (the host writes
+/// straight into the guest's allocation).
+pub fn serialize_map_into(pairs: &[(String, String)], out: &mut [u8]) {
+    let mut at = 0;
+    let mut put = |b: &[u8]| {
+        out[at..at + b.len()].copy_from_slice(b);
+        at += b.len();
+    };
+    put(&(pairs.len() as u32).to_le_bytes());
+    for (k, v) in pairs {
+        put(&(k.len() as u32).to_le_bytes());
+        put(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        put(k.as_bytes());
+        put(&[0]);
+        put(v.as_bytes());
+        put(&[0]);
+    }
 }
 
 /// cpp-host caps deserialized maps at 1 MiB and 1024 pairs (`include/proxy-wasm/limits.h`, §7.3).
@@ -256,7 +268,10 @@ mod tests {
     fn map_round_trip() {
         let m = vec![(":path".to_string(), "/x".to_string()), ("a".into(), "".into())];
         let b = serialize_map(&m);
+        assert_eq!(b.len(), serialized_len(&m));
+        assert_eq!(b.len(), 4 + 2 * 8 + (5 + 2 + 2) + (1 + 2));
         assert_eq!(deserialize_map(&b).unwrap(), m);
+        assert_eq!(serialize_map(&[]), 0u32.to_le_bytes());
     }
 
     #[test]

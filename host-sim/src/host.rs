@@ -5,12 +5,14 @@
 //! happened while the host called back into the guest allocator.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use wasmtime::{Caller, Linker, Memory, ResourceLimiter, TypedFunc};
 
 use crate::abi::{
-    deserialize_map, serialize_map, BufferType, Headers, LogLevel, MapType, MetricType, Status, StreamType,
+    deserialize_map, serialize_map_into, serialized_len, BufferType, Headers, LogLevel, MapType, MetricType, Status,
+    StreamType,
 };
 use crate::options::{CallResponse, HostOptions, Profile};
 use crate::shared::VmGroup;
@@ -118,6 +120,31 @@ pub struct StreamIo {
     pub done_called: bool,
 }
 
+/// Stream contexts by context id. Almost every hostcall looks up the effective context, so the
+/// map hashes the host-assigned `u32` id with one multiply instead of SipHash (Envoy holds a
+/// pointer to the context; no untrusted input chooses these keys).
+pub type Streams = HashMap<u32, StreamIo, BuildHasherDefault<ContextIdHasher>>;
+
+/// Fibonacci hashing of a context id (see [`Streams`]).
+#[derive(Default)]
+pub struct ContextIdHasher(u64);
+
+impl Hasher for ContextIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        self.0 = (u64::from(id) ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// Memory cap per VM (wasmtime `ResourceLimiter`).
 #[derive(Debug)]
 pub struct MemLimiter {
@@ -145,11 +172,13 @@ pub struct HostState {
     pub group: VmGroup,
     pub worker: usize,
     pub memory: Option<Memory>,
-    pub alloc: Option<TypedFunc<i32, i32>>,
+    /// The guest allocator. An `Arc` because cloning a `TypedFunc` clones its registered type
+    /// (several atomic reference counts), and every value copied out to the guest calls it.
+    pub alloc: Option<Arc<TypedFunc<i32, i32>>>,
     pub effective: u32,
     pub phase: Phase,
     pub root_context: u32,
-    pub streams: HashMap<u32, StreamIo>,
+    pub streams: Streams,
     pub tick_period_ms: u32,
     pub logs: Vec<LogLine>,
     pub errors: Vec<HostcallError>,
@@ -177,7 +206,7 @@ impl HostState {
             effective: 0,
             phase: Phase::Idle,
             root_context: 0,
-            streams: HashMap::new(),
+            streams: Streams::default(),
             tick_period_ms: 0,
             logs: Vec::new(),
             errors: Vec::new(),
@@ -260,7 +289,49 @@ fn read(c: &mut C<'_>, ptr: i32, len: i32) -> Result<Vec<u8>, Status> {
 }
 
 fn read_str(c: &mut C<'_>, ptr: i32, len: i32) -> Result<String, Status> {
-    Ok(String::from_utf8_lossy(&read(c, ptr, len)?).into_owned())
+    // One allocation for valid UTF-8 (`from_utf8_lossy(..).into_owned()` would copy again).
+    Ok(String::from_utf8(read(c, ptr, len)?).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+}
+
+/// `ptr..ptr + len` of guest memory, bounds-checked.
+fn slice_at(data: &[u8], ptr: i32, len: i32) -> Result<&[u8], Status> {
+    let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
+    if len == 0 {
+        return Ok(&[]);
+    }
+    let end = ptr.checked_add(len).ok_or(Status::InvalidMemoryAccess)?;
+    data.get(ptr..end).ok_or(Status::InvalidMemoryAccess)
+}
+
+/// Guest bytes borrowed in place (no copy) together with the host state: for keys and values
+/// that the host only compares or copies into its own structures.
+fn guest<'a>(c: &'a mut C<'_>, ptr: i32, len: i32) -> Result<(&'a [u8], &'a mut HostState), Status> {
+    let m = mem(c)?;
+    let (data, st) = m.data_and_store_mut(c);
+    Ok((slice_at(data, ptr, len)?, st))
+}
+
+/// Two guest ranges borrowed in place, with the host state.
+fn guest2<'a>(
+    c: &'a mut C<'_>,
+    (p1, l1): (i32, i32),
+    (p2, l2): (i32, i32),
+) -> Result<(&'a [u8], &'a [u8], &'a mut HostState), Status> {
+    let m = mem(c)?;
+    let (data, st) = m.data_and_store_mut(c);
+    let data: &'a [u8] = data;
+    Ok((slice_at(data, p1, l1)?, slice_at(data, p2, l2)?, st))
+}
+
+/// A shared-data key or queue name as the host map stores it (lossy only for invalid UTF-8).
+fn key_str(b: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(b)
+}
+
+/// Header-name match as Envoy does it: the stored names are lower-case (`LowerCaseString`) and
+/// a looked-up name is lower-cased before the compare.
+fn name_eq(stored: &str, key: &[u8]) -> bool {
+    stored.len() == key.len() && stored.bytes().zip(key).all(|(s, k)| s == k.to_ascii_lowercase())
 }
 
 fn write_bytes(c: &mut C<'_>, ptr: i32, data: &[u8]) -> Result<(), Status> {
@@ -273,20 +344,59 @@ fn write_u32(c: &mut C<'_>, ptr: i32, v: u32) -> Result<(), Status> {
     write_bytes(c, ptr, &v.to_le_bytes())
 }
 
+/// `proxy_on_memory_allocate(len)` in the guest; a null result is `InvalidMemoryAccess`.
+fn guest_alloc(c: &mut C<'_>, len: usize) -> Result<i32, HcErr> {
+    let alloc = c.data().alloc.clone().ok_or(Status::InternalFailure)?;
+    let p = alloc.call(&mut *c, len as i32).map_err(HcErr::Trap)?;
+    if p == 0 {
+        return Err(Status::InvalidMemoryAccess.into());
+    }
+    Ok(p)
+}
+
+/// The `len` bytes of guest memory at `p` (just allocated by the guest).
+fn guest_dst(data: &mut [u8], p: i32, len: usize) -> Result<&mut [u8], Status> {
+    let start = p as u32 as usize;
+    let end = start.checked_add(len).ok_or(Status::InvalidMemoryAccess)?;
+    data.get_mut(start..end).ok_or(Status::InvalidMemoryAccess)
+}
+
 /// Copy `data` into guest memory allocated with `proxy_on_memory_allocate` and write the
 /// pointer and size (cpp-host `copyToPointerSize`: empty data writes a null pointer).
 fn copy_out(c: &mut C<'_>, data: &[u8], ptr_ptr: i32, size_ptr: i32) -> Hc {
     let mut p: i32 = 0;
     if !data.is_empty() {
-        let alloc = c.data().alloc.clone().ok_or(Status::InternalFailure)?;
-        p = alloc.call(&mut *c, data.len() as i32).map_err(HcErr::Trap)?;
-        if p == 0 {
-            return Err(Status::InvalidMemoryAccess.into());
-        }
+        p = guest_alloc(c, data.len())?;
         write_bytes(c, p, data)?;
     }
     write_u32(c, ptr_ptr, p as u32)?;
     write_u32(c, size_ptr, data.len() as u32)?;
+    Ok(())
+}
+
+/// [`copy_out`] of bytes that live in the host state (a header value, a body), copied straight
+/// from there into the guest's allocation, as cpp-host copies from Envoy's own buffers: no
+/// intermediate host copy. `src` is asked twice (to size the allocation, then to copy), so it
+/// must give the same bytes both times; the guest allocator runs in between and cannot change
+/// host state without a hostcall, which the SDK allocator never makes.
+fn copy_out_from<F>(c: &mut C<'_>, ptr_ptr: i32, size_ptr: i32, src: F) -> Hc
+where
+    F: for<'s> Fn(&'s HostState) -> Result<&'s [u8], Status>,
+{
+    let len = src(c.data())?.len();
+    let mut p: i32 = 0;
+    if len > 0 {
+        p = guest_alloc(c, len)?;
+        let m = mem(c)?;
+        let (data, st) = m.data_and_store_mut(&mut *c);
+        let bytes = src(st)?;
+        if bytes.len() != len {
+            return Err(Status::InternalFailure.into());
+        }
+        guest_dst(data, p, len)?.copy_from_slice(bytes);
+    }
+    write_u32(c, ptr_ptr, p as u32)?;
+    write_u32(c, size_ptr, len as u32)?;
     Ok(())
 }
 
@@ -450,14 +560,16 @@ fn map_type(v: i32) -> Result<MapType, Status> {
 
 // === buffers ===
 
-fn buffer_get(st: &HostState, t: BufferType) -> Result<Vec<u8>, Status> {
+/// The buffer the guest asks for, borrowed: Envoy hands out a pointer to its own buffer and
+/// copies only the requested range into the VM.
+fn buffer_ref(st: &HostState, t: BufferType) -> Result<&[u8], Status> {
     let gcp = st.opts.profile == Profile::Gcp;
     match t {
         // Spec v0.2.1 "Buffers": VM configuration only in on_vm_start, plugin configuration
         // only in on_configure; elsewhere there is no buffer (NotFound).
         BufferType::VmConfiguration if gcp => Err(Status::Unimplemented),
-        BufferType::VmConfiguration if st.phase == Phase::VmStart => Ok(st.opts.vm_config.clone()),
-        BufferType::PluginConfiguration if st.phase == Phase::Configure => Ok(st.opts.plugin_config.clone()),
+        BufferType::VmConfiguration if st.phase == Phase::VmStart => Ok(&st.opts.vm_config),
+        BufferType::PluginConfiguration if st.phase == Phase::Configure => Ok(&st.opts.plugin_config),
         BufferType::VmConfiguration | BufferType::PluginConfiguration => Err(Status::NotFound),
         BufferType::HttpRequestBody => {
             let s = st.streams.get(&st.effective).ok_or(Status::NotFound)?;
@@ -465,7 +577,7 @@ fn buffer_get(st: &HostState, t: BufferType) -> Result<Vec<u8>, Status> {
                 return Err(Status::NotFound);
             }
             if s.req_body_live {
-                Ok(s.req_body.clone())
+                Ok(&s.req_body)
             } else {
                 Err(Status::NotFound)
             }
@@ -476,7 +588,7 @@ fn buffer_get(st: &HostState, t: BufferType) -> Result<Vec<u8>, Status> {
                 return Err(Status::NotFound);
             }
             if s.resp_body_live {
-                Ok(s.resp_body.clone())
+                Ok(&s.resp_body)
             } else {
                 Err(Status::NotFound)
             }
@@ -484,7 +596,7 @@ fn buffer_get(st: &HostState, t: BufferType) -> Result<Vec<u8>, Status> {
         BufferType::HttpCallResponseBody if !gcp => st
             .call_response
             .as_ref()
-            .map(|r| r.body.clone())
+            .map(|r| r.body.as_slice())
             .ok_or(Status::NotFound),
         _ if gcp => Err(Status::Unimplemented),
         _ => Err(Status::NotFound),
@@ -673,22 +785,24 @@ pub fn define_imports(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     // --- buffers ---
     hostcall!(l, "proxy_get_buffer_status", |c, t, len_ptr, flags_ptr| {
         let t = BufferType::from_raw(t).ok_or(Status::BadArgument)?;
-        let b = buffer_get(c.data(), t)?;
-        write_u32(c, len_ptr, b.len() as u32)?;
+        let len = buffer_ref(c.data(), t)?.len();
+        write_u32(c, len_ptr, len as u32)?;
         write_u32(c, flags_ptr, 0)?;
         Ok(())
     });
     hostcall!(l, "proxy_get_buffer_bytes", |c, t, start, max, ptr_ptr, size_ptr| {
         let t = BufferType::from_raw(t).ok_or(Status::BadArgument)?;
-        let b = buffer_get(c.data(), t)?;
+        let len = buffer_ref(c.data(), t)?.len();
         // cpp-host get_buffer_bytes: overflow → BadArgument, clamp to the buffer, and an
         // empty range returns Ok without writing (the SDK then yields None).
         let (start, max) = (start as u32 as usize, max as u32 as usize);
-        let end = start.checked_add(max).ok_or(Status::BadArgument)?.min(b.len());
+        let end = start.checked_add(max).ok_or(Status::BadArgument)?.min(len);
         if start >= end {
             return Ok(());
         }
-        copy_out(c, &b[start..end], ptr_ptr, size_ptr)
+        copy_out_from(c, ptr_ptr, size_ptr, |st| {
+            buffer_ref(st, t)?.get(start..end).ok_or(Status::InternalFailure)
+        })
     });
     hostcall!(l, "proxy_set_buffer_bytes", |c, t, start, size, ptr, len| {
         let t = BufferType::from_raw(t).ok_or(Status::BadArgument)?;
@@ -726,8 +840,20 @@ pub fn define_imports(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     hostcall!(l, "proxy_get_header_map_pairs", |c, t, ptr_ptr, size_ptr| {
         let t = map_type(t)?;
         map_access(c.data(), t, false)?;
-        let data = serialize_map(map_ref(c.data(), t).ok_or(Status::BadArgument)?);
-        copy_out(c, &data, ptr_ptr, size_ptr)
+        // Serialized straight into the guest's allocation (cpp-host sizes, allocates, then
+        // writes the pairs into the VM).
+        let len = serialized_len(map_ref(c.data(), t).ok_or(Status::BadArgument)?);
+        let p = guest_alloc(c, len)?;
+        let m = mem(c)?;
+        let (data, st) = m.data_and_store_mut(&mut *c);
+        let pairs = map_ref(st, t).ok_or(Status::BadArgument)?;
+        if serialized_len(pairs) != len {
+            return Err(Status::InternalFailure.into());
+        }
+        serialize_map_into(pairs, guest_dst(data, p, len)?);
+        write_u32(c, ptr_ptr, p as u32)?;
+        write_u32(c, size_ptr, len as u32)?;
+        Ok(())
     });
     hostcall!(l, "proxy_set_header_map_pairs", |c, t, ptr, len| {
         let t = map_type(t)?;
@@ -739,22 +865,26 @@ pub fn define_imports(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     hostcall!(l, "proxy_get_header_map_size", |c, t, ret| {
         let t = map_type(t)?;
         map_access(c.data(), t, false)?;
-        let n = serialize_map(map_ref(c.data(), t).ok_or(Status::BadArgument)?).len();
+        let n = serialized_len(map_ref(c.data(), t).ok_or(Status::BadArgument)?);
         write_u32(c, ret, n as u32)?;
         Ok(())
     });
     hostcall!(l, "proxy_get_header_map_value", |c, t, kp, kl, ptr_ptr, size_ptr| {
         let t = map_type(t)?;
-        let key = read_str(c, kp, kl)?.to_ascii_lowercase();
-        map_access(c.data(), t, false)?;
+        let (key, st) = guest(c, kp, kl)?;
+        map_access(st, t, false)?;
         // Only the first value of a repeated header (Envoy context.cc; §7.3).
-        let v = map_ref(c.data(), t)
+        let i = map_ref(st, t)
             .ok_or(Status::BadArgument)?
             .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v.clone())
+            .position(|(k, _)| name_eq(k, key))
             .ok_or(Status::NotFound)?;
-        copy_out(c, v.as_bytes(), ptr_ptr, size_ptr)
+        copy_out_from(c, ptr_ptr, size_ptr, |st| {
+            map_ref(st, t)
+                .and_then(|m| m.get(i))
+                .map(|(_, v)| v.as_bytes())
+                .ok_or(Status::InternalFailure)
+        })
     });
     hostcall!(l, "proxy_add_header_map_value", |c, t, kp, kl, vp, vl| {
         let t = map_type(t)?;
@@ -765,16 +895,17 @@ pub fn define_imports(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     });
     hostcall!(l, "proxy_replace_header_map_value", |c, t, kp, kl, vp, vl| {
         let t = map_type(t)?;
-        let key = read_str(c, kp, kl)?.to_ascii_lowercase();
-        let val = read_str(c, vp, vl)?;
-        let m = map_mut(c.data_mut(), t, "replace_header_map_value")?;
+        let (key, val, st) = guest2(c, (kp, kl), (vp, vl))?;
+        let val = String::from_utf8_lossy(val);
+        let m = map_mut(st, t, "replace_header_map_value")?;
         // Envoy setCopy: replaces the first occurrence and drops the rest, or appends.
-        match m.iter().position(|(k, _)| *k == key) {
+        match m.iter().position(|(k, _)| name_eq(k, key)) {
             Some(i) => {
-                m[i].1 = val;
+                m[i].1.clear();
+                m[i].1.push_str(&val);
                 let mut seen = false;
                 m.retain(|(k, _)| {
-                    if *k != key {
+                    if !name_eq(k, key) {
                         return true;
                     }
                     let keep = !seen;
@@ -782,14 +913,14 @@ pub fn define_imports(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     keep
                 });
             }
-            None => m.push((key, val)),
+            None => m.push((String::from_utf8_lossy(key).to_ascii_lowercase(), val.into_owned())),
         }
         Ok(())
     });
     hostcall!(l, "proxy_remove_header_map_value", |c, t, kp, kl| {
         let t = map_type(t)?;
-        let key = read_str(c, kp, kl)?.to_ascii_lowercase();
-        map_mut(c.data_mut(), t, "remove_header_map_value")?.retain(|(k, _)| *k != key);
+        let (key, st) = guest(c, kp, kl)?;
+        map_mut(st, t, "remove_header_map_value")?.retain(|(k, _)| !name_eq(k, key));
         Ok(())
     });
 
@@ -931,16 +1062,16 @@ pub fn define_imports(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
 
     // --- shared data & queues ---
     hostcall!(l, "proxy_get_shared_data", |c, kp, kl, ptr_ptr, size_ptr, cas_ptr| {
-        let key = read_str(c, kp, kl)?;
-        let (v, cas) = c.data().group.get_data(&key)?;
+        let (key, st) = guest(c, kp, kl)?;
+        // A copy taken under the lock, as cpp-host's SharedData::get returns one.
+        let (v, cas) = st.group.get_data(&key_str(key))?;
         copy_out(c, &v, ptr_ptr, size_ptr)?;
         write_u32(c, cas_ptr, cas)?;
         Ok(())
     });
     hostcall!(l, "proxy_set_shared_data", |c, kp, kl, vp, vl, cas| {
-        let key = read_str(c, kp, kl)?;
-        let v = read(c, vp, vl)?;
-        c.data().group.set_data(&key, &v, cas as u32)?;
+        let (key, v, st) = guest2(c, (kp, kl), (vp, vl))?;
+        st.group.set_data(&key_str(key), v, cas as u32)?;
         Ok(())
     });
     hostcall!(l, "proxy_register_shared_queue", |c, np, nl, ret| {

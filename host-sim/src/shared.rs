@@ -100,7 +100,17 @@ impl VmGroup {
         if d.cas == 0 {
             d.cas = 1;
         }
-        d.map.insert(key.to_string(), (value.to_vec(), next));
+        match d.map.get_mut(key) {
+            // Overwrite in place: the common update of an existing key allocates nothing.
+            Some(e) => {
+                e.0.clear();
+                e.0.extend_from_slice(value);
+                e.1 = next;
+            }
+            None => {
+                d.map.insert(key.to_string(), (value.to_vec(), next));
+            }
+        }
         Ok(())
     }
 

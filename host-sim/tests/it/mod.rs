@@ -1,5 +1,6 @@
 mod dsl;
 mod examples;
 mod guest_errors;
+mod header_maps;
 mod probe;
 mod serve;
