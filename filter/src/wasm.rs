@@ -512,7 +512,7 @@ impl Stream {
         let names = ROUTING_HEADERS
             .iter()
             .copied()
-            .chain([w.config.model_header.as_str()])
+            .chain([w.config.model_header.as_str(), w.config.destination_header.as_str()])
             .chain(steering);
         for name in names {
             remove_header(self, headers, name);

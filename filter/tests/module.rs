@@ -277,6 +277,20 @@ fn spoofed_routing_headers_are_stripped_in_any_case_and_repetition() {
 }
 
 #[test]
+fn a_custom_destination_header_is_stripped_too() {
+    // FailOpen with no endpoints forwards without a pick: a client's value of the configured
+    // destination header must not survive to the router.
+    let config =
+        format!(r#"{{"snapshot":{{"token":"{TOKEN}"}},"destinationHeader":"x-pod","failureMode":"FailOpen"}}"#);
+    let mut host = host_with(Profile::Envoy, &config, 1, true);
+    let sent = send(&mut host, 0, &[("x-pod", "10.6.6.6:80")], &chat_body(MODEL, "s", "q"));
+    assert_eq!(sent.status, None, "forwarded");
+    assert_eq!(sent.header("x-pod"), None);
+    host.worker(0).finish(sent.stream);
+    no_traps(&mut host);
+}
+
+#[test]
 fn static_endpoints_serve_until_the_first_snapshot() {
     let mut host = host("");
     let sent = send(&mut host, 0, &[], &chat_body(MODEL, "s", "q"));
