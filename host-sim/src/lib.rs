@@ -124,7 +124,9 @@
 //!   `testdata/gateway.example.yaml`.
 //!
 //! `HOST_SIM_CACHE=dir` keeps compiled modules between runs; `HOST_SIM_OPT=none` makes
-//! cranelift skip optimisations (faster start in debug builds, slower guest code).
+//! cranelift skip optimisations (faster start in debug builds, slower guest code);
+//! `HOST_SIM_PROFILE=perfmap` writes `/tmp/perf-<pid>.map` so `perf report` names guest
+//! functions (profile an unstripped module).
 //!
 //! ## Test modules and tests
 //! `bash host-sim/build-test-modules.sh` builds our own modules in `testdata/modules` (a

@@ -67,7 +67,8 @@ fn cli_bench_prints_per_request_cost_and_memory() {
             .lines()
             .find(|l| l.starts_with(name))
             .unwrap_or_else(|| panic!("{stdout}"));
-        assert!(line.contains(": 20 requests: filter CPU p50 "), "{line}");
+        assert!(line.contains(": 20 requests: filter time in callbacks p50 "), "{line}");
+        assert!(line.contains("; filter CPU p50 "), "{line}");
         assert!(line.contains("VM memory "), "{line}");
     }
     assert!(stdout.contains("proxy_on_request_headers"), "{stdout}");
