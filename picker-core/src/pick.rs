@@ -423,11 +423,11 @@ pub fn pick_hashed(
             matched[i] = n;
         }
     }
+    // Most pods hold none of the prompt: 0 / n is exactly +0.0, so skip the division.
     let prefix_score = |i: usize| -> f64 {
-        if total_blocks == 0 {
-            0.0
-        } else {
-            matched[i] as f64 / total_blocks as f64
+        match matched[i] {
+            0 => 0.0,
+            m => m as f64 / total_blocks as f64,
         }
     };
     let load = |i: usize| inflight.get(i).copied().unwrap_or_default();
@@ -517,49 +517,62 @@ pub fn pick_hashed(
         None
     };
 
-    let scored: Vec<Scored> = cands
+    // Column by column: one pass per scorer over the candidates, so the scorer's kind is
+    // decided once per pass rather than once per (candidate, scorer), and the divisions of one
+    // pass are independent of each other. The arithmetic per candidate is unchanged:
+    // `total = Σ weight × clamp(score)` in scorer order.
+    let mut scored: Vec<Scored> = cands
         .iter()
-        .map(|&i| {
-            let ep = &snapshot.endpoints[i];
-            let mut scores = [0f32; MAX_SCORERS];
-            let mut total = 0.0;
-            for (slot, &(kind, weight)) in scorers.iter().enumerate().take(MAX_SCORERS) {
-                let s = match kind {
-                    ScorerKind::Queue => min_max_score(ep.waiting as u64, queue_range),
-                    ScorerKind::KvCache => 1.0 - ep.kv_usage as f64,
-                    ScorerKind::Prefix => prefix_score(i),
-                    ScorerKind::Lora => lora_score(ep, req.model),
-                    ScorerKind::RunningRequests => min_max_score(ep.running as u64, running_range),
-                    ScorerKind::TokenLoad => {
-                        1.0 - (load(i).tokens as f64 / config.token_load_threshold() as f64).min(1.0)
-                    }
-                    ScorerKind::InFlight => {
-                        // Min-max over a range of at least INFLIGHT_RANGE_FLOOR requests: one
-                        // request more than an idle pod costs 1/8 of the weight, not all of it,
-                        // so a lone in-flight request cannot outvote prefix and hash affinity.
-                        let (lo, hi) = inflight_range;
-                        let v = load(i).requests as u64;
-                        (hi - v) as f64 / (hi - lo).max(INFLIGHT_RANGE_FLOOR) as f64
-                    }
-                    ScorerKind::ConsistentHash => {
+        .map(|&i| Scored {
+            index: i,
+            scores: [0.0; MAX_SCORERS],
+            total: 0.0,
+        })
+        .collect();
+    let eps = &snapshot.endpoints;
+    for (slot, &(kind, weight)) in scorers.iter().enumerate().take(MAX_SCORERS) {
+        match kind {
+            ScorerKind::Queue => add_column(&mut scored, slot, weight, |i| {
+                min_max_score(eps[i].waiting as u64, queue_range)
+            }),
+            ScorerKind::KvCache => add_column(&mut scored, slot, weight, |i| 1.0 - eps[i].kv_usage as f64),
+            ScorerKind::Prefix => add_column(&mut scored, slot, weight, prefix_score),
+            ScorerKind::Lora => add_column(&mut scored, slot, weight, |i| lora_score(&eps[i], req.model)),
+            ScorerKind::RunningRequests => add_column(&mut scored, slot, weight, |i| {
+                min_max_score(eps[i].running as u64, running_range)
+            }),
+            ScorerKind::TokenLoad => {
+                let threshold = config.token_load_threshold() as f64;
+                add_column(&mut scored, slot, weight, |i| {
+                    1.0 - (load(i).tokens as f64 / threshold).min(1.0)
+                })
+            }
+            ScorerKind::InFlight => {
+                // Min-max over a range of at least INFLIGHT_RANGE_FLOOR requests: one request
+                // more than an idle pod costs 1/8 of the weight, not all of it, so a lone
+                // in-flight request cannot outvote prefix and hash affinity.
+                let (lo, hi) = inflight_range;
+                let range = (hi - lo).max(INFLIGHT_RANGE_FLOOR) as f64;
+                add_column(&mut scored, slot, weight, |i| {
+                    (hi - load(i).requests as u64) as f64 / range
+                })
+            }
+            ScorerKind::ConsistentHash => {
+                add_column(
+                    &mut scored,
+                    slot,
+                    weight,
+                    |i| {
                         if ch_choice == Some(i) {
                             1.0
                         } else {
                             0.0
                         }
-                    }
-                };
-                let s = if s.is_finite() { s.clamp(0.0, 1.0) } else { 0.0 };
-                scores[slot] = s as f32;
-                total += weight * s;
+                    },
+                )
             }
-            Scored {
-                index: i,
-                scores,
-                total,
-            }
-        })
-        .collect();
+        }
+    }
 
     let picked = max_score(&scored, config.max_endpoints() as usize, rng);
 
@@ -577,6 +590,17 @@ pub fn pick_hashed(
         drops,
         hashes,
         best_prefix_match,
+    }
+}
+
+/// Adds one scorer's column: `scores[slot] = clamp(score(index))`, `total += weight × it`.
+#[inline]
+fn add_column(scored: &mut [Scored], slot: usize, weight: f64, score: impl Fn(usize) -> f64) {
+    for c in scored {
+        let s = score(c.index);
+        let s = if s.is_finite() { s.clamp(0.0, 1.0) } else { 0.0 };
+        c.scores[slot] = s as f32;
+        c.total += weight * s;
     }
 }
 
