@@ -45,6 +45,8 @@ pub struct BenchReport {
     pub clock_overhead_ns: u64,
     /// The same for the monotonic clock of the time-in-callbacks figure.
     pub wall_clock_overhead_ns: u64,
+    /// Wasm operators executed per request (p50), with `HOST_SIM_FUEL=1`; else 0.
+    pub fuel_p50: u64,
 }
 
 fn pct(v: &mut [u64], p: f64) -> f64 {
@@ -84,6 +86,7 @@ pub fn bench_file(
         runner.host.workers[wi].clear_invocations();
         let mut cpu = Vec::with_capacity(iterations);
         let mut inside = Vec::with_capacity(iterations);
+        let mut fuel = Vec::with_capacity(iterations);
         let mut wall = Vec::with_capacity(iterations);
         let mut per: BTreeMap<&'static str, (Vec<u64>, Vec<u64>)> = BTreeMap::new();
         let mut over = 0;
@@ -95,11 +98,12 @@ pub fn bench_file(
             let w = &mut runner.host.workers[wi];
             let inv = w.invocations();
             w.clear_invocations();
-            let (mut total, mut total_inside) = (0, 0);
+            let (mut total, mut total_inside, mut total_fuel) = (0, 0, 0);
             invocations += inv.len();
             for i in &inv {
                 total += i.cpu_ns;
                 total_inside += i.wall_ns;
+                total_fuel += i.fuel;
                 let e = per.entry(i.callback).or_default();
                 e.0.push(i.wall_ns);
                 e.1.push(i.cpu_ns);
@@ -109,6 +113,7 @@ pub fn bench_file(
             }
             cpu.push(total);
             inside.push(total_inside);
+            fuel.push(total_fuel);
         }
         let vm_memory_bytes = runner.host.workers[wi].vm().map(|v| v.memory_bytes()).unwrap_or(0);
         // After the steady-state figure: memory never shrinks.
@@ -137,6 +142,10 @@ pub fn bench_file(
             callbacks_per_request: invocations as f64 / iterations.max(1) as f64,
             clock_overhead_ns: crate::vm::cpu_clock_overhead_ns(),
             wall_clock_overhead_ns: crate::vm::wall_clock_overhead_ns(),
+            fuel_p50: {
+                fuel.sort_unstable();
+                fuel.get(fuel.len() / 2).copied().unwrap_or(0)
+            },
         });
     }
     Ok(out)
@@ -170,6 +179,13 @@ impl std::fmt::Display for BenchReport {
         )?;
         for (k, [t50, t99, c50, c99]) in &self.per_callback {
             writeln!(f, "    {k:<32} {t50:>10.1} {t99:>10.1}  {c50:>10.1} {c99:>10.1}")?;
+        }
+        if self.fuel_p50 > 0 {
+            writeln!(
+                f,
+                "    wasm operators per request (HOST_SIM_FUEL=1; timings of this run are not comparable): p50 {}",
+                self.fuel_p50
+            )?;
         }
         let per_request = self.callbacks_per_request * self.clock_overhead_ns as f64 / 1000.0;
         writeln!(

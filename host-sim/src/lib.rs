@@ -126,7 +126,8 @@
 //! `HOST_SIM_CACHE=dir` keeps compiled modules between runs; `HOST_SIM_OPT=none` makes
 //! cranelift skip optimisations (faster start in debug builds, slower guest code);
 //! `HOST_SIM_PROFILE=perfmap` writes `/tmp/perf-<pid>.map` so `perf report` names guest
-//! functions (profile an unstripped module).
+//! functions (profile an unstripped module); `HOST_SIM_FUEL=1` makes `bench` also print the
+//! wasm operators executed per request (wasmtime fuel), a noise-free figure for A/B runs.
 //!
 //! ## Test modules and tests
 //! `bash host-sim/build-test-modules.sh` builds our own modules in `testdata/modules` (a

@@ -26,7 +26,17 @@ fn make_engine() -> Result<Engine, Error> {
     if std::env::var("HOST_SIM_PROFILE").as_deref() == Ok("perfmap") {
         cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
     }
+    // HOST_SIM_FUEL=1 counts the wasm operators each callback executes (wasmtime fuel: about
+    // one unit per operator): a deterministic measure of guest work for A/B comparisons on a
+    // noisy machine. It slows the guest, so timing figures of such a run mean nothing.
+    if fuel_metering() {
+        cfg.consume_fuel(true);
+    }
     Engine::new(&cfg).map_err(|e| Error::Load(format!("{e:#}")))
+}
+
+fn fuel_metering() -> bool {
+    std::env::var_os("HOST_SIM_FUEL").is_some_and(|v| v == "1")
 }
 
 /// FNV-1a, for content-addressed cache file names (not security relevant).
@@ -83,7 +93,8 @@ impl Plugin {
             source: e,
         })?;
         let opt = std::env::var("HOST_SIM_OPT").unwrap_or_default();
-        let name = format!("{:016x}-{}-{opt}", fnv64(&bytes), bytes.len());
+        let fuel = if fuel_metering() { "-fuel" } else { "" };
+        let name = format!("{:016x}-{}-{opt}{fuel}", fnv64(&bytes), bytes.len());
         let file = cache_dir.join(format!("{name}.cwasm"));
         if file.exists() {
             let engine = make_engine()?;
@@ -153,6 +164,8 @@ pub struct Invocation {
     /// so it carries almost none of the CPU clock's overhead. It also counts any time the
     /// thread was descheduled during the call, so it is never below the guest's real work.
     pub wall_ns: u64,
+    /// Wasm operators executed (fuel used), when `HOST_SIM_FUEL=1`; else 0.
+    pub fuel: u64,
 }
 
 /// A guest trap (panic with `panic=abort`, `unreachable`, out of memory, …).
@@ -219,6 +232,8 @@ impl Vm {
     pub fn start(plugin: &Plugin, opts: Arc<HostOptions>, group: VmGroup, worker: usize) -> Result<Vm, Error> {
         let mut store = Store::new(&plugin.engine, HostState::new(opts.clone(), group, worker));
         store.limiter(|s| &mut s.limiter);
+        // An error here only means fuel metering is off (the default).
+        let _ = store.set_fuel(u64::MAX);
         let instance = plugin
             .linker
             .instantiate(&mut store, &plugin.module)
@@ -324,17 +339,23 @@ impl Vm {
         }
         // The monotonic window is innermost: its reads are cheap (vDSO), while the thread-CPU
         // reads are syscalls whose cost lands partly inside whichever window encloses them.
+        let fuel0 = self.store.get_fuel().ok();
         let c0 = thread_cpu_ns();
         let w0 = Instant::now();
         let r = f(&mut self.store);
         let wall_ns = w0.elapsed().as_nanos() as u64;
         let cpu_ns = thread_cpu_ns().saturating_sub(c0);
+        let fuel = match (fuel0, self.store.get_fuel().ok()) {
+            (Some(a), Some(b)) => a.saturating_sub(b),
+            _ => 0,
+        };
         if self.record_invocations {
             self.invocations.push(Invocation {
                 callback,
                 context_id: context,
                 cpu_ns,
                 wall_ns,
+                fuel,
             });
         }
         self.store.data_mut().phase = Phase::Idle;
