@@ -605,28 +605,23 @@ fn add_column(scored: &mut [Scored], slot: usize, weight: f64, score: impl Fn(us
 }
 
 /// GIE `max-score-picker`: shuffle, then a stable sort by score descending, so ties break
-/// uniformly at random; keep the top `n`. For `n == 1` the same distribution comes from one
-/// pass with reservoir sampling over the tied maxima (no shuffle, no sort).
+/// uniformly at random; keep the top `n`. For `n == 1` the same distribution comes from two
+/// passes without a shuffle or sort: find the best total, then take the k-th of the candidates
+/// tied at it with one uniform draw (none when there is no tie).
 fn max_score(scored: &[Scored], n: usize, rng: &mut impl Rng) -> Vec<usize> {
     if n == 1 {
-        let mut best: Option<usize> = None;
-        let mut ties = 0u64;
-        for (o, s) in scored.iter().enumerate() {
-            match best.map(|b| s.total.total_cmp(&scored[b].total)) {
-                None | Some(core::cmp::Ordering::Greater) => {
-                    best = Some(o);
-                    ties = 1;
-                }
-                Some(core::cmp::Ordering::Equal) => {
-                    ties += 1;
-                    if rng.below(ties) == 0 {
-                        best = Some(o);
-                    }
-                }
-                Some(core::cmp::Ordering::Less) => {}
-            }
-        }
-        return best.map(|b| alloc::vec![scored[b].index]).unwrap_or_default();
+        let Some(best) = scored.iter().map(|s| s.total).max_by(f64::total_cmp) else {
+            return Vec::new();
+        };
+        let is_best = |s: &&Scored| s.total.total_cmp(&best).is_eq();
+        let ties = scored.iter().filter(is_best).count();
+        let k = if ties > 1 { rng.below(ties as u64) as usize } else { 0 };
+        return scored
+            .iter()
+            .filter(is_best)
+            .nth(k)
+            .map(|s| alloc::vec![s.index])
+            .unwrap_or_default();
     }
     let mut order: Vec<usize> = (0..scored.len()).collect();
     shuffle(&mut order, rng);
