@@ -55,6 +55,7 @@ pub mod scan;
 pub mod snapshot;
 pub mod sync;
 pub mod time;
+pub mod xxh;
 
 pub use config::{Config, ConfigError, Profile};
 pub use pick::{pick, pick_hashed, prefix_hashes, Decision, InFlight, Outcome, Rejection, Request, State};

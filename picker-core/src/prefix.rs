@@ -23,6 +23,8 @@ use alloc::vec::Vec;
 use hashbrown::HashMap;
 use xxhash_rust::xxh64::xxh64;
 
+use crate::xxh::{xxh64_chained, xxh64_concat};
+
 use crate::scan::Prompt;
 
 /// GIE's default block size in tokens (`defaultBlockSizeTokens`).
@@ -112,38 +114,31 @@ pub fn hash_prompt_into(
     out.hashes.reserve(limit.div_ceil(block_bytes));
 
     let mut prev = seed_hash(model, cache_salt);
-    // One scratch buffer of block + 8 bytes; blocks are copied in because a block may straddle
-    // the two prompt segments and the chained hash needs the previous hash appended anyway.
-    let mut buf: Vec<u8> = Vec::with_capacity(block_bytes + 8);
+    // Each block is hashed where it lies (`xxh64_chained` reads it in place and appends the
+    // previous hash in registers); only a block straddling the two segments has two parts.
     let [a, b] = *prompt.parts();
     let mut consumed = 0;
     while consumed < limit {
-        let take = block_bytes.min(limit - consumed);
-        buf.clear();
-        let mut need = take;
-        let mut pos = consumed;
-        while need > 0 {
-            let (seg, off) = if pos < a.len() { (a, pos) } else { (b, pos - a.len()) };
-            let n = need.min(seg.len() - off);
-            buf.extend_from_slice(&seg[off..off + n]);
-            need -= n;
-            pos += n;
-        }
-        buf.extend_from_slice(&prev.to_le_bytes());
-        prev = xxh64(&buf, 0);
+        let end = consumed + block_bytes.min(limit - consumed);
+        let parts: [&[u8]; 2] = if end <= a.len() {
+            [a.get(consumed..end).unwrap_or_default(), &[]]
+        } else if consumed >= a.len() {
+            [b.get(consumed - a.len()..end - a.len()).unwrap_or_default(), &[]]
+        } else {
+            [
+                a.get(consumed..).unwrap_or_default(),
+                b.get(..end - a.len()).unwrap_or_default(),
+            ]
+        };
+        prev = xxh64_chained(parts, prev);
         out.hashes.push(prev);
-        consumed += take;
+        consumed = end;
     }
 }
 
 fn seed_hash(model: &str, cache_salt: Option<&str>) -> u64 {
     match cache_salt {
-        Some(salt) if !salt.is_empty() => {
-            let mut s = Vec::with_capacity(model.len() + salt.len());
-            s.extend_from_slice(model.as_bytes());
-            s.extend_from_slice(salt.as_bytes());
-            xxh64(&s, 0)
-        }
+        Some(salt) if !salt.is_empty() => xxh64_concat(&[model.as_bytes(), salt.as_bytes()], 0),
         _ => xxh64(model.as_bytes(), 0),
     }
 }

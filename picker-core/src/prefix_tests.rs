@@ -214,13 +214,22 @@ proptest! {
     }
 
     /// Hashing is a pure function of (model, salt, bytes), regardless of how the bytes are
-    /// split between the two prompt segments.
+    /// split between the two prompt segments, and equals the GIE chain built by copying each
+    /// block and the previous hash together (`reference_chain`), for any block size and cap.
     #[test]
-    fn segment_split_does_not_change_hashes(bytes in prop::collection::vec(any::<u8>(), 0..700), split in any::<prop::sample::Index>()) {
+    fn segment_split_does_not_change_hashes(
+        bytes in prop::collection::vec(any::<u8>(), 0..700),
+        split in any::<prop::sample::Index>(),
+        block in 1usize..130,
+        max_blocks in 1usize..20,
+        salt in prop::option::of("[a-z]{0,12}"),
+    ) {
         let at = split.index(bytes.len() + 1);
-        let whole = hash_prompt("m", None, Prompt::from_bytes(&bytes), 64, 8);
-        let parts = hash_prompt("m", None, Prompt::from_parts(&bytes[..at], &bytes[at..]), 64, 8);
+        let salt = salt.as_deref();
+        let whole = hash_prompt("m", salt, Prompt::from_bytes(&bytes), block, max_blocks);
+        let parts = hash_prompt("m", salt, Prompt::from_parts(&bytes[..at], &bytes[at..]), block, max_blocks);
         prop_assert_eq!(whole.as_slice(), parts.as_slice());
-        prop_assert_eq!(whole.as_slice(), &reference_chain("m", "", &bytes, 64, 8)[..]);
+        let reference = reference_chain("m", salt.unwrap_or(""), &bytes, block, max_blocks);
+        prop_assert_eq!(whole.as_slice(), &reference[..]);
     }
 }
