@@ -47,6 +47,42 @@ pub struct BenchReport {
     pub wall_clock_overhead_ns: u64,
     /// Wasm operators executed per request (p50), with `HOST_SIM_FUEL=1`; else 0.
     pub fuel_p50: u64,
+    /// The machine's own jitter at this scale: a native arithmetic loop calibrated to the
+    /// case's p50 time in callbacks, timed `iterations` times with the same clock, (p50, p99)
+    /// µs. Whatever it adds above its p50 at p99 is the host, not the filter.
+    pub floor_us: (f64, f64),
+}
+
+/// Runs of `spin(n)` for the noise floor: a dependent multiply chain the compiler cannot fold.
+fn spin(n: u64) -> u64 {
+    let mut x = std::hint::black_box(1u64);
+    for _ in 0..n {
+        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    }
+    std::hint::black_box(x)
+}
+
+/// p50 and p99 (µs) of `iterations` timed native loops each lasting about `target_ns`.
+fn noise_floor(target_ns: f64, iterations: usize) -> (f64, f64) {
+    // Calibrate: the least time of a few long runs gives the loop's speed.
+    let probe = 100_000u64;
+    let best = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            spin(probe);
+            t.elapsed().as_nanos() as f64
+        })
+        .fold(f64::INFINITY, f64::min)
+        .max(1.0);
+    let n = ((target_ns / best) * probe as f64).max(1.0) as u64;
+    let mut v: Vec<u64> = (0..iterations)
+        .map(|_| {
+            let t = Instant::now();
+            spin(n);
+            t.elapsed().as_nanos() as u64
+        })
+        .collect();
+    (pct(&mut v, 0.50), pct(&mut v, 0.99))
 }
 
 fn pct(v: &mut [u64], p: f64) -> f64 {
@@ -115,6 +151,8 @@ pub fn bench_file(
             inside.push(total_inside);
             fuel.push(total_fuel);
         }
+        let guest_time_us_p50 = pct(&mut inside, 0.50);
+        let floor_us = noise_floor(guest_time_us_p50 * 1000.0, iterations);
         let vm_memory_bytes = runner.host.workers[wi].vm().map(|v| v.memory_bytes()).unwrap_or(0);
         // After the steady-state figure: memory never shrinks.
         let memory_per_stream_bytes = runner.memory_per_stream(case, streams)?;
@@ -123,7 +161,7 @@ pub fn bench_file(
             iterations,
             guest_cpu_us_p50: pct(&mut cpu, 0.50),
             guest_cpu_us_p99: pct(&mut cpu, 0.99),
-            guest_time_us_p50: pct(&mut inside, 0.50),
+            guest_time_us_p50,
             guest_time_us_p99: pct(&mut inside, 0.99),
             request_wall_us_p50: pct(&mut wall, 0.50),
             request_wall_us_p99: pct(&mut wall, 0.99),
@@ -146,6 +184,7 @@ pub fn bench_file(
                 fuel.sort_unstable();
                 fuel.get(fuel.len() / 2).copied().unwrap_or(0)
             },
+            floor_us,
         });
     }
     Ok(out)
@@ -180,6 +219,11 @@ impl std::fmt::Display for BenchReport {
         for (k, [t50, t99, c50, c99]) in &self.per_callback {
             writeln!(f, "    {k:<32} {t50:>10.1} {t99:>10.1}  {c50:>10.1} {c99:>10.1}")?;
         }
+        writeln!(
+            f,
+            "    machine noise floor: a native loop as long as the p50 above, timed {} times the same way: p50 {:.1} µs p99 {:.1} µs",
+            self.iterations, self.floor_us.0, self.floor_us.1
+        )?;
         if self.fuel_p50 > 0 {
             writeln!(
                 f,
