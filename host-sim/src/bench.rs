@@ -47,6 +47,8 @@ pub struct BenchReport {
     pub wall_clock_overhead_ns: u64,
     /// Wasm operators executed per request (p50), with `HOST_SIM_FUEL=1`; else 0.
     pub fuel_p50: u64,
+    /// The same per callback name.
+    pub fuel_per_callback: BTreeMap<&'static str, u64>,
     /// The machine's own jitter at this scale: a native arithmetic loop calibrated to the
     /// case's p50 time in callbacks, timed `iterations` times with the same clock, (p50, p99)
     /// µs. Whatever it adds above its p50 at p99 is the host, not the filter.
@@ -125,6 +127,7 @@ pub fn bench_file(
         let mut fuel = Vec::with_capacity(iterations);
         let mut wall = Vec::with_capacity(iterations);
         let mut per: BTreeMap<&'static str, (Vec<u64>, Vec<u64>)> = BTreeMap::new();
+        let mut fuel_per: BTreeMap<&'static str, Vec<u64>> = BTreeMap::new();
         let mut over = 0;
         let mut invocations = 0;
         for _ in 0..iterations {
@@ -143,6 +146,7 @@ pub fn bench_file(
                 let e = per.entry(i.callback).or_default();
                 e.0.push(i.wall_ns);
                 e.1.push(i.cpu_ns);
+                fuel_per.entry(i.callback).or_default().push(i.fuel);
                 if budget.is_some_and(|b| i.cpu_ns > b) {
                     over += 1;
                 }
@@ -185,6 +189,13 @@ pub fn bench_file(
                 fuel.get(fuel.len() / 2).copied().unwrap_or(0)
             },
             floor_us,
+            fuel_per_callback: fuel_per
+                .into_iter()
+                .map(|(k, mut v)| {
+                    v.sort_unstable();
+                    (k, v.get(v.len() / 2).copied().unwrap_or(0))
+                })
+                .collect(),
         });
     }
     Ok(out)
@@ -230,6 +241,9 @@ impl std::fmt::Display for BenchReport {
                 "    wasm operators per request (HOST_SIM_FUEL=1; timings of this run are not comparable): p50 {}",
                 self.fuel_p50
             )?;
+            for (k, v) in &self.fuel_per_callback {
+                writeln!(f, "      {k:<32} p50 {v}")?;
+            }
         }
         let per_request = self.callbacks_per_request * self.clock_overhead_ns as f64 / 1000.0;
         writeln!(
