@@ -499,9 +499,6 @@ pub fn pick_hashed(
             (hi - v) as f64 / (hi - lo) as f64
         }
     };
-    let queue_range = min_max(&mut cands.iter().map(|&i| snapshot.endpoints[i].waiting as u64));
-    let running_range = min_max(&mut cands.iter().map(|&i| snapshot.endpoints[i].running as u64));
-    let inflight_range = min_max(&mut cands.iter().map(|&i| load(i).requests as u64));
     let ch_choice = if scorers.iter().any(|s| s.0 == ScorerKind::ConsistentHash) {
         hashes
             .affinity_key(config.consistent_hash().prefix_blocks as usize)
@@ -532,15 +529,21 @@ pub fn pick_hashed(
     let eps = &snapshot.endpoints;
     for (slot, &(kind, weight)) in scorers.iter().enumerate().take(MAX_SCORERS) {
         match kind {
-            ScorerKind::Queue => add_column(&mut scored, slot, weight, |i| {
-                min_max_score(eps[i].waiting as u64, queue_range)
-            }),
+            ScorerKind::Queue => {
+                let range = min_max(&mut cands.iter().map(|&i| eps[i].waiting as u64));
+                add_column(&mut scored, slot, weight, |i| {
+                    min_max_score(eps[i].waiting as u64, range)
+                })
+            }
             ScorerKind::KvCache => add_column(&mut scored, slot, weight, |i| 1.0 - eps[i].kv_usage as f64),
             ScorerKind::Prefix => add_column(&mut scored, slot, weight, prefix_score),
             ScorerKind::Lora => add_column(&mut scored, slot, weight, |i| lora_score(&eps[i], req.model)),
-            ScorerKind::RunningRequests => add_column(&mut scored, slot, weight, |i| {
-                min_max_score(eps[i].running as u64, running_range)
-            }),
+            ScorerKind::RunningRequests => {
+                let range = min_max(&mut cands.iter().map(|&i| eps[i].running as u64));
+                add_column(&mut scored, slot, weight, |i| {
+                    min_max_score(eps[i].running as u64, range)
+                })
+            }
             ScorerKind::TokenLoad => {
                 let threshold = config.token_load_threshold() as f64;
                 add_column(&mut scored, slot, weight, |i| {
@@ -551,7 +554,7 @@ pub fn pick_hashed(
                 // Min-max over a range of at least INFLIGHT_RANGE_FLOOR requests: one request
                 // more than an idle pod costs 1/8 of the weight, not all of it, so a lone
                 // in-flight request cannot outvote prefix and hash affinity.
-                let (lo, hi) = inflight_range;
+                let (lo, hi) = min_max(&mut cands.iter().map(|&i| load(i).requests as u64));
                 let range = (hi - lo).max(INFLIGHT_RANGE_FLOOR) as f64;
                 add_column(&mut scored, slot, weight, |i| {
                     (hi - load(i).requests as u64) as f64 / range

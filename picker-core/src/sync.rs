@@ -98,8 +98,12 @@ impl Record {
         out.extend_from_slice(&self.served.endpoint.to_le_bytes());
         out.extend_from_slice(&self.served.capacity.to_le_bytes());
         out.extend_from_slice(&(n as u16).to_le_bytes());
-        for h in &self.served.hashes[..n] {
-            out.extend_from_slice(&h.to_le_bytes());
+        // One resize, then a plain 8-byte store per hash (no capacity check per hash).
+        let start = out.len();
+        out.resize(start + 8 * n, 0);
+        let (words, _) = out[start..].as_chunks_mut::<8>();
+        for (w, h) in words.iter_mut().zip(&self.served.hashes[..n]) {
+            *w = h.to_le_bytes();
         }
     }
 
