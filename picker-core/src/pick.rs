@@ -608,20 +608,30 @@ fn add_column(scored: &mut [Scored], slot: usize, weight: f64, score: impl Fn(us
 }
 
 /// GIE `max-score-picker`: shuffle, then a stable sort by score descending, so ties break
-/// uniformly at random; keep the top `n`. For `n == 1` the same distribution comes from two
-/// passes without a shuffle or sort: find the best total, then take the k-th of the candidates
-/// tied at it with one uniform draw (none when there is no tie).
+/// uniformly at random; keep the top `n`. For `n == 1` the same distribution comes without a
+/// shuffle or sort: one pass finds the best total and counts the candidates tied at it, one
+/// uniform draw (none without a tie) picks the k-th of them.
 fn max_score(scored: &[Scored], n: usize, rng: &mut impl Rng) -> Vec<usize> {
     if n == 1 {
-        let Some(best) = scored.iter().map(|s| s.total).max_by(f64::total_cmp) else {
+        // One pass for the best total and how many candidates tie at it.
+        let mut best: Option<(f64, usize)> = None;
+        for s in scored {
+            best = match best {
+                Some((b, ties)) => match s.total.total_cmp(&b) {
+                    core::cmp::Ordering::Greater => Some((s.total, 1)),
+                    core::cmp::Ordering::Equal => Some((b, ties + 1)),
+                    core::cmp::Ordering::Less => Some((b, ties)),
+                },
+                None => Some((s.total, 1)),
+            };
+        }
+        let Some((best, ties)) = best else {
             return Vec::new();
         };
-        let is_best = |s: &&Scored| s.total.total_cmp(&best).is_eq();
-        let ties = scored.iter().filter(is_best).count();
         let k = if ties > 1 { rng.below(ties as u64) as usize } else { 0 };
         return scored
             .iter()
-            .filter(is_best)
+            .filter(|s| s.total.total_cmp(&best).is_eq())
             .nth(k)
             .map(|s| alloc::vec![s.index])
             .unwrap_or_default();

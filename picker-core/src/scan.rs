@@ -351,10 +351,33 @@ fn unescape(s: &[u8], out: &mut Vec<u8>) -> Result<(), ()> {
 fn hex4(h: &[u8]) -> Option<u32> {
     let mut v = 0u32;
     for &d in h {
-        v = (v << 4) | (d as char).to_digit(16)?;
+        match HEX_VALUE[d as usize] {
+            NOT_HEX => return None,
+            x => v = (v << 4) | x as u32,
+        }
     }
     Some(v)
 }
+
+/// `HEX_VALUE[b]` is the value of hex digit `b` (either case), else [`NOT_HEX`]: one load per
+/// digit on the `\uXXXX` path, which prompts from ASCII-escaping encoders (Python's `json`
+/// default) take every few words.
+const NOT_HEX: u8 = 0xFF;
+const HEX_VALUE: [u8; 256] = {
+    let mut t = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
 /// A top-level key, decoded into a small stack buffer when it could be one we look for.
 enum KeyName {

@@ -321,3 +321,19 @@ proptest! {
         prop_assert_eq!(serde_ok, ours_valid, "{:?} -> {:?}", String::from_utf8_lossy(&bytes).to_string(), ours);
     }
 }
+
+#[test]
+fn hex4_agrees_with_to_digit_on_every_byte() {
+    for b in 0..=255u8 {
+        let want = (b as char).to_digit(16);
+        assert_eq!(hex4(&[b]), want, "byte {b:#04x}");
+        assert_eq!(
+            hex4(&[b'1', b, b'f', b'A']),
+            want.map(|d| 0x1000 | d << 8 | 0xFA),
+            "byte {b:#04x}"
+        );
+    }
+    assert_eq!(hex4(b"00e9"), Some(0xE9));
+    assert_eq!(hex4(b"D83D"), Some(0xD83D));
+    assert_eq!(hex4(b"12g4"), None);
+}
