@@ -905,12 +905,13 @@ impl HttpContext for Stream {
         if !matches!(self.kind, Kind::Inference(_)) || !self.envoy() {
             return Action::Continue;
         }
-        let served = self
-            .get_property(vec!["upstream", "address"])
-            .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|s| s.parse::<SocketAddr>().ok())
-            .or(self.primary);
+        // Only conformance test mode reports the served endpoint; otherwise no property read.
         if self.worker.borrow().config.test_mode {
+            let served = self
+                .get_property(vec!["upstream", "address"])
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|s| s.parse::<SocketAddr>().ok())
+                .or(self.primary);
             if let Some(a) = served {
                 self.set_http_response_header(TEST_SERVED_HEADER, Some(&a.to_string()));
             }
