@@ -182,6 +182,10 @@ pub struct HostState {
     pub tick_period_ms: u32,
     pub logs: Vec<LogLine>,
     pub errors: Vec<HostcallError>,
+    /// Keep only the most recent [`HISTORY_CAP`]..2×[`HISTORY_CAP`] log lines and hostcall
+    /// errors (the `serve` gateway, which runs for as long as it is left running); tests and
+    /// benches keep everything.
+    pub bounded_history: bool,
     pub next_call_token: u32,
     pub calls: Vec<PendingCall>,
     /// The response being delivered by `on_http_call_response`.
@@ -210,6 +214,7 @@ impl HostState {
             tick_period_ms: 0,
             logs: Vec::new(),
             errors: Vec::new(),
+            bounded_history: false,
             next_call_token: 0,
             calls: Vec::new(),
             call_response: None,
@@ -423,6 +428,17 @@ const GCP_ALLOWED: &[&str] = &[
     "proxy_set_effective_context",
 ];
 
+/// History kept per VM when [`HostState::bounded_history`] is on (at most twice this).
+pub const HISTORY_CAP: usize = 4096;
+
+/// Drops the oldest entries once `v` holds twice `cap`, keeping the newest `cap` (amortised
+/// O(1) per push).
+pub fn keep_recent<T>(v: &mut Vec<T>, cap: usize) {
+    if v.len() > cap.saturating_mul(2) {
+        v.drain(..v.len() - cap);
+    }
+}
+
 fn finish(c: &mut C<'_>, call: &'static str, r: Hc) -> wasmtime::Result<i32> {
     match r {
         Ok(()) => Ok(0),
@@ -437,6 +453,9 @@ fn finish(c: &mut C<'_>, call: &'static str, r: Hc) -> wasmtime::Result<i32> {
                     phase,
                     context_id,
                 });
+                if st.bounded_history {
+                    keep_recent(&mut st.errors, HISTORY_CAP);
+                }
             }
             Ok(s as u32 as i32)
         }
@@ -749,6 +768,9 @@ pub fn define_imports(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             context_id,
             message: msg,
         });
+        if st.bounded_history {
+            keep_recent(&mut st.logs, HISTORY_CAP);
+        }
         Ok(())
     });
     hostcall!(l, "proxy_get_log_level", |c, ret| {
@@ -1247,6 +1269,9 @@ fn wasi_fd_write(c: &mut C<'_>, fd: i32, iovs: i32, n: i32, nwritten: i32) -> Re
             context_id,
             message: msg,
         });
+        if st.bounded_history {
+            keep_recent(&mut st.logs, HISTORY_CAP);
+        }
     }
     Ok(ERRNO_SUCCESS)
 }
@@ -1327,6 +1352,19 @@ mod tests {
         b.extend_from_slice(&[0x18, 1]);
         assert_eq!(decode_filter_state_args(&b), Some(("a".into(), b"1.2.3.4:80".to_vec())));
         assert_eq!(decode_filter_state_args(&[0x0a, 5, b'a']), None);
+    }
+
+    #[test]
+    fn keep_recent_bounds_and_keeps_the_newest() {
+        let mut v = Vec::new();
+        for i in 0..10_000u32 {
+            v.push(i);
+            keep_recent(&mut v, 100);
+            assert!(v.len() <= 200);
+        }
+        assert_eq!(v.last(), Some(&9_999));
+        assert!(v.len() >= 100);
+        assert!(v.windows(2).all(|w| w[1] == w[0] + 1), "a contiguous newest run");
     }
 
     #[test]

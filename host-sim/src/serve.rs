@@ -209,9 +209,8 @@ fn worker_loop(
     tx: smpsc::Sender<WCmd>,
     shared: Arc<std::sync::OnceLock<Arc<Shared>>>,
 ) {
-    if let Some(vm) = w.vm_mut() {
-        vm.record_invocations = false;
-    }
+    // A gateway runs until stopped: bounded histories, not every log line and sample.
+    w.bound_history();
     let mut tracks: HashMap<StreamId, (mpsc::UnboundedSender<Ev>, Track)> = HashMap::new();
     let mut dispatched: HashSet<u32> = HashSet::new();
     loop {

@@ -48,6 +48,8 @@ struct Inner {
     metrics: Vec<Metric>,
     /// Pending `on_queue_ready(context, token)` per worker: the dispatcher posts of §4.4.
     ready: HashMap<usize, Vec<(u32, u32)>>,
+    /// When set, each histogram keeps only its most recent samples (see `bound_histograms`).
+    sample_cap: Option<usize>,
 }
 
 /// The namespace of one `vm_id`. Cheap to clone (an `Arc`).
@@ -213,14 +215,26 @@ impl VmGroup {
     /// `record` on a counter *adds*, on a gauge sets, on a histogram records a sample.
     pub fn record_metric(&self, id: u32, value: u64) -> Result<(), Status> {
         let mut g = self.lock();
+        let sample_cap = g.sample_cap;
         let m = metric_mut(&mut g.metrics, id)?;
         let v = i64::try_from(value).unwrap_or(i64::MAX);
         match m.kind {
             MetricType::Counter => m.value = m.value.saturating_add(v),
             MetricType::Gauge => m.value = v,
-            MetricType::Histogram => m.samples.push(value),
+            MetricType::Histogram => {
+                m.samples.push(value);
+                if let Some(cap) = sample_cap {
+                    crate::host::keep_recent(&mut m.samples, cap);
+                }
+            }
         }
         Ok(())
+    }
+
+    /// From now on each histogram keeps only its `cap`..2×`cap` most recent samples (the
+    /// `serve` gateway; tests keep every sample).
+    pub fn bound_histograms(&self, cap: usize) {
+        self.lock().sample_cap = Some(cap);
     }
 
     /// Histograms cannot be read back (`BadArgument`).
@@ -266,6 +280,19 @@ fn metric_mut(metrics: &mut [Metric], id: u32) -> Result<&mut Metric, Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bounded_histograms_keep_the_newest_samples() {
+        let g = VmGroup::new("vm");
+        let id = g.define_metric(MetricType::Histogram, "h");
+        g.bound_histograms(50);
+        for v in 0..1_000u64 {
+            g.record_metric(id, v).unwrap();
+        }
+        let samples = g.metric("h").unwrap().samples;
+        assert!((50..=100).contains(&samples.len()), "{}", samples.len());
+        assert_eq!(samples.last(), Some(&999));
+    }
 
     #[test]
     fn cas_semantics_match_cpp_host() {

@@ -127,9 +127,24 @@ pub struct Worker {
     retired_logs: Vec<LogLine>,
     retired_errors: Vec<crate::host::HostcallError>,
     retired_invocations: Vec<crate::vm::Invocation>,
+    /// Long-running use (`serve`): see [`Worker::bound_history`].
+    bounded_history: bool,
 }
 
 impl Worker {
+    /// For a worker that runs until stopped (the `serve` gateway): no per-invocation history,
+    /// and log lines, hostcall errors and histogram samples kept to the most recent
+    /// [`crate::host::HISTORY_CAP`]..2× that, also across VM reloads. Tests and benches keep
+    /// everything (the default).
+    pub fn bound_history(&mut self) {
+        self.bounded_history = true;
+        self.group.bound_histograms(crate::host::HISTORY_CAP);
+        if let Some(vm) = self.vm.as_mut() {
+            vm.record_invocations = false;
+            vm.store.data_mut().bounded_history = true;
+        }
+    }
+
     pub fn start(plugin: Plugin, opts: Arc<HostOptions>, group: VmGroup, index: usize) -> Result<Worker, Error> {
         let vm = Vm::start(&plugin, opts.clone(), group.clone(), index)?;
         let mut w = Worker {
@@ -144,6 +159,7 @@ impl Worker {
             tick: TickState::default(),
             traps: Vec::new(),
             reloads: 0,
+            bounded_history: false,
             retired_logs: Vec::new(),
             retired_errors: Vec::new(),
             retired_invocations: Vec::new(),
@@ -227,10 +243,17 @@ impl Worker {
                         self.retired_logs.extend(old.state().logs.iter().cloned());
                         self.retired_errors.extend(old.state().errors.iter().cloned());
                         self.retired_invocations.extend(old.invocations.iter().cloned());
+                        if self.bounded_history {
+                            crate::host::keep_recent(&mut self.retired_logs, crate::host::HISTORY_CAP);
+                            crate::host::keep_recent(&mut self.retired_errors, crate::host::HISTORY_CAP);
+                        }
                     }
                     match Vm::start(&self.plugin, self.opts.clone(), self.group.clone(), self.index) {
                         Ok(vm) => {
                             self.vm = Some(vm);
+                            if self.bounded_history {
+                                self.bound_history();
+                            }
                             self.failed = None;
                             self.reloads += 1;
                             self.rearm_tick();
