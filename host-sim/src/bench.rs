@@ -55,6 +55,12 @@ pub struct BenchReport {
     pub floor_us: (f64, f64),
 }
 
+/// The middle value (0 for none); for counts, where `pct`'s µs conversion does not apply.
+fn median(v: &mut [u64]) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
 /// Runs of `spin(n)` for the noise floor: a dependent multiply chain the compiler cannot fold.
 fn spin(n: u64) -> u64 {
     let mut x = std::hint::black_box(1u64);
@@ -184,18 +190,9 @@ pub fn bench_file(
             callbacks_per_request: invocations as f64 / iterations.max(1) as f64,
             clock_overhead_ns: crate::vm::cpu_clock_overhead_ns(),
             wall_clock_overhead_ns: crate::vm::wall_clock_overhead_ns(),
-            fuel_p50: {
-                fuel.sort_unstable();
-                fuel.get(fuel.len() / 2).copied().unwrap_or(0)
-            },
+            fuel_p50: median(&mut fuel),
             floor_us,
-            fuel_per_callback: fuel_per
-                .into_iter()
-                .map(|(k, mut v)| {
-                    v.sort_unstable();
-                    (k, v.get(v.len() / 2).copied().unwrap_or(0))
-                })
-                .collect(),
+            fuel_per_callback: fuel_per.into_iter().map(|(k, mut v)| (k, median(&mut v))).collect(),
         });
     }
     Ok(out)

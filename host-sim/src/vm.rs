@@ -193,21 +193,21 @@ pub struct Vm {
 /// What one invocation's CPU figure includes of the clock reads themselves: the least of many
 /// back-to-back read pairs (a syscall on Linux; ~0.6 µs each in a KVM guest).
 pub fn cpu_clock_overhead_ns() -> u64 {
-    (0..1000)
-        .map(|_| {
-            let a = thread_cpu_ns();
-            thread_cpu_ns().saturating_sub(a)
-        })
-        .min()
-        .unwrap_or(0)
+    least_read_pair_ns(thread_cpu_ns)
 }
 
 /// The same for the monotonic clock that measures [`Invocation::wall_ns`].
 pub fn wall_clock_overhead_ns() -> u64 {
+    let t0 = Instant::now();
+    least_read_pair_ns(|| t0.elapsed().as_nanos() as u64)
+}
+
+/// The least difference between two back-to-back readings of `read` (ns) over 1000 tries.
+fn least_read_pair_ns(read: impl Fn() -> u64) -> u64 {
     (0..1000)
         .map(|_| {
-            let a = Instant::now();
-            a.elapsed().as_nanos() as u64
+            let a = read();
+            read().saturating_sub(a)
         })
         .min()
         .unwrap_or(0)
