@@ -180,7 +180,7 @@ impl Plan {
         let horizon = self.horizon_s * 1_000_000;
         let bt = ServerParams::default().block_tokens;
         let seed = self.seed ^ (qps * 1000.0) as u64;
-        let min_step = (ServerParams::default().step_fixed_s * 1e6) as u64;
+        let min_step = (ServerParams::default().min_step_s() * 1e6) as u64;
         match self.workload {
             WorkloadKind::SharedPrefix | WorkloadKind::B2bSaas => SharedPrefix::LLMD.trace(qps, horizon, bt, seed),
             WorkloadKind::CodeGen => ConversationReplay::CODE_GENERATION.trace(qps as u32, horizon, bt, min_step, seed),

@@ -306,6 +306,7 @@
 
 pub mod bench;
 pub mod calib;
+pub mod engine;
 pub mod kv;
 pub mod policy;
 pub mod report;
