@@ -99,6 +99,8 @@ pub struct Plan {
     pub policies: Vec<PolicySpec>,
     /// See [`SimConfig::max_concurrency`].
     pub max_concurrency: Option<u32>,
+    /// The simulated server (from `--engine`; the embedded default profile otherwise).
+    pub params: ServerParams,
 }
 
 impl Plan {
@@ -164,6 +166,7 @@ impl Plan {
             // b2b-saas: the client cap of the README's shared-prefix table (a load generator with
             // a fixed sender pool, as inference-perf's); `--max-concurrency` overrides it.
             max_concurrency: (workload == WorkloadKind::B2bSaas).then_some(800),
+            params: ServerParams::default(),
         }
     }
 
@@ -171,6 +174,7 @@ impl Plan {
         SimConfig {
             servers: self.servers,
             max_concurrency: self.max_concurrency,
+            params: self.params.clone(),
             ..SimConfig::llmd_cluster(self.horizon_s, self.warmup_s, self.seed)
         }
     }
@@ -178,9 +182,9 @@ impl Plan {
     /// The trace for one rate (the same for every policy).
     pub fn trace(&self, qps: f64) -> Trace {
         let horizon = self.horizon_s * 1_000_000;
-        let bt = ServerParams::default().block_tokens;
+        let bt = self.params.block_tokens;
         let seed = self.seed ^ (qps * 1000.0) as u64;
-        let min_step = (ServerParams::default().min_step_s() * 1e6) as u64;
+        let min_step = (self.params.min_step_s() * 1e6) as u64;
         match self.workload {
             WorkloadKind::SharedPrefix | WorkloadKind::B2bSaas => SharedPrefix::LLMD.trace(qps, horizon, bt, seed),
             WorkloadKind::CodeGen => ConversationReplay::CODE_GENERATION.trace(qps as u32, horizon, bt, min_step, seed),

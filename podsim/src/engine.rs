@@ -44,8 +44,14 @@ pub const DEFAULT_PROFILE: &str = include_str!("../engines/qwen3-32b-h100-tp2.js
 /// Profiles shipped with podsim: `(file name, contents)`.
 pub const SHIPPED: [(&str, &str); 3] = [
     ("qwen3-32b-h100-tp2.json", DEFAULT_PROFILE),
-    ("qwen3-32b-h200-tp2.json", include_str!("../engines/qwen3-32b-h200-tp2.json")),
-    ("qwen3-30b-a3b-h100-tp1.json", include_str!("../engines/qwen3-30b-a3b-h100-tp1.json")),
+    (
+        "qwen3-32b-h200-tp2.json",
+        include_str!("../engines/qwen3-32b-h200-tp2.json"),
+    ),
+    (
+        "qwen3-30b-a3b-h100-tp1.json",
+        include_str!("../engines/qwen3-30b-a3b-h100-tp1.json"),
+    ),
 ];
 
 /// A parsed engine profile (values only; sources stay in the file).
@@ -226,7 +232,8 @@ impl EngineProfile {
     /// Every parameter of the model (embedding, lm_head unless tied, all experts, norms).
     pub fn total_params(&self) -> f64 {
         let mlp = if self.is_moe() {
-            self.experts * self.mlp_params(self.moe_intermediate) + self.hidden * self.experts // router
+            self.experts * self.mlp_params(self.moe_intermediate) + self.hidden * self.experts
+        // router
         } else {
             self.mlp_params(self.intermediate)
         };
@@ -258,9 +265,8 @@ impl EngineProfile {
 
     /// `num_gpu_blocks` of one server.
     pub fn kv_blocks(&self) -> u32 {
-        let free = self.hbm_bytes * self.gpu_memory_utilization
-            - self.weight_bytes_per_gpu()
-            - self.activation_reserve_bytes;
+        let free =
+            self.hbm_bytes * self.gpu_memory_utilization - self.weight_bytes_per_gpu() - self.activation_reserve_bytes;
         let per_block = self.block_size as f64 * self.kv_bytes_per_token_per_gpu();
         if free <= 0.0 {
             0
@@ -402,7 +408,9 @@ mod tests {
     #[test]
     fn missing_source_or_note_is_rejected() {
         let bad = DEFAULT_PROFILE.replacen("\"source\": \"ibid. hidden_size\",", "", 1);
-        assert!(EngineProfile::parse(&bad).unwrap_err().contains("hidden_size has no source"));
+        assert!(EngineProfile::parse(&bad)
+            .unwrap_err()
+            .contains("hidden_size has no source"));
         let bad = DEFAULT_PROFILE.replacen("\"value\": 64,", "\"value\": \"64\",", 1);
         assert!(EngineProfile::parse(&bad).is_err());
     }

@@ -1,7 +1,12 @@
 //! `podsim` CLI. See the crate documentation (`src/lib.rs`) for what is simulated.
 //!
 //! ```text
-//! podsim bench --workload shared-prefix|sharegpt|bursts|multi-lora|code-gen|reasoning|b2b-saas [--quick]
+//! podsim validate [--engine FILE] [workload and ladder flags]
+//! podsim ladder   [--engine FILE] [--policies a,b] [workload and ladder flags]
+//!   workload: --servers N --groups N --prompts-per-group N --system-tokens N --question-tokens N
+//!             --output-tokens N; ladder: --ladder llm-d|RATExSECS,… [--ladder-warmup RATExSECS,…|none]
+//!             [--drain harness|none] [--seed N]
+//! podsim bench [--engine FILE] --workload shared-prefix|sharegpt|bursts|multi-lora|code-gen|reasoning|b2b-saas [--quick]
 //!              [--qps 3,10,60 | --concurrency 10,60] [--horizon S]
 //!              [--warmup S] [--policies a,b@4x2] [--picker NAME=JSON|@file] [--seed N] [--max-concurrency N]
 //!              [--threads N] [--out DIR]
@@ -12,11 +17,18 @@ use std::process::ExitCode;
 
 use picker_core::Config;
 use podsim::bench::{run_plan, Plan, WorkloadKind};
+use podsim::engine::EngineProfile;
+use podsim::ladder::{self, Drain, Ladder};
 use podsim::policy::{PolicyKind, PolicySpec};
 use podsim::report;
+use podsim::validate;
+use podsim::workload::SharedPrefix;
 
 fn usage() -> &'static str {
-    "usage: podsim serve [--pods N] [--base-port P] [--speed X] [--model M]\n       podsim bench --workload shared-prefix|sharegpt|bursts|multi-lora|code-gen|reasoning|b2b-saas [--quick] \
+    "usage: podsim validate [--engine FILE] [WORKLOAD/LADDER FLAGS]\n       podsim ladder [--engine FILE] [--policies a,b] [WORKLOAD/LADDER FLAGS]\n         \
+WORKLOAD/LADDER FLAGS: [--servers N] [--groups N] [--prompts-per-group N] [--system-tokens N] [--question-tokens N] \
+[--output-tokens N] [--ladder llm-d|RATExSECS,...] [--ladder-warmup RATExSECS,...|none] [--drain harness|none] [--seed N]\n       \
+podsim serve [--engine FILE] [--pods N] [--base-port P] [--speed X] [--model M]\n       podsim bench [--engine FILE] --workload shared-prefix|sharegpt|bursts|multi-lora|code-gen|reasoning|b2b-saas [--quick] \
 [--qps 3,10,60 | --concurrency 10,60] [--horizon SECS] \
 [--warmup SECS] [--policies NAME[@WxR],...] [--picker NAME=JSON|NAME=@FILE]... [--seed N] [--max-concurrency N] [--threads N] [--out DIR]"
 }
@@ -26,6 +38,14 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("serve") => match serve(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("podsim: {e}\n{}", usage());
+                ExitCode::from(2)
+            }
+        },
+        Some(cmd @ ("validate" | "ladder")) => match ladder_cmd(cmd == "validate", &args[1..]) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
             Err(e) => {
                 eprintln!("podsim: {e}\n{}", usage());
                 ExitCode::from(2)
@@ -51,6 +71,7 @@ fn serve(args: &[String]) -> Result<(), String> {
     let mut base_port = 8000u16;
     let mut speed = 1.0f64;
     let mut model = podsim::workload::MODEL.to_string();
+    let mut params = podsim::calib::ServerParams::default();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = || it.next().cloned().ok_or_else(|| format!("{a} needs a value"));
@@ -59,6 +80,7 @@ fn serve(args: &[String]) -> Result<(), String> {
             "--base-port" => base_port = val()?.parse().map_err(|e| format!("--base-port: {e}"))?,
             "--speed" => speed = val()?.parse().map_err(|e| format!("--speed: {e}"))?,
             "--model" => model = val()?,
+            "--engine" => params = EngineProfile::load(&val()?)?.server_params(),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -70,11 +92,7 @@ fn serve(args: &[String]) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(async move {
-        let config = podsim::serve::PodConfig {
-            model,
-            params: podsim::calib::ServerParams::default(),
-            speed,
-        };
+        let config = podsim::serve::PodConfig { model, params, speed };
         let addrs = podsim::serve::start(pods, base_port, config)
             .await
             .map_err(|e| e.to_string())?;
@@ -98,6 +116,7 @@ fn bench(args: &[String]) -> Result<(), String> {
     let mut max_concurrency = None;
     let mut threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut out_dir = String::from("target/podsim-bench");
+    let mut engine: Option<EngineProfile> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = || it.next().cloned().ok_or_else(|| format!("{a} needs a value"));
@@ -121,6 +140,7 @@ fn bench(args: &[String]) -> Result<(), String> {
             "--seed" => seed = Some(val()?.parse::<u64>().map_err(|e| format!("--seed: {e}"))?),
             "--threads" => threads = val()?.parse::<usize>().map_err(|e| format!("--threads: {e}"))?,
             "--out" => out_dir = val()?,
+            "--engine" => engine = Some(EngineProfile::load(&val()?)?),
             "--policies" => {
                 policies = Some(
                     val()?
@@ -180,6 +200,8 @@ fn bench(args: &[String]) -> Result<(), String> {
         plan.policies = p;
     }
     plan.policies.extend(extra);
+    let engine = engine.unwrap_or_else(EngineProfile::default_profile);
+    plan.params = engine.server_params();
 
     eprintln!(
         "podsim bench: {} — {} rates × {} policies, {} s per run ({} s warm-up), {} servers, {} threads",
@@ -210,12 +232,13 @@ fn bench(args: &[String]) -> Result<(), String> {
     };
     let rows = run_plan(&plan, threads, &progress);
     let title = format!(
-        "podsim {} ({}{} s per rate, {} s warm-up, {} servers Qwen3-32B TP2 H100, {}, seed {})",
+        "podsim {} ({}{} s per rate, {} s warm-up, {} servers {}, {}, seed {})",
         workload.name(),
         if quick { "quick, " } else { "" },
         plan.horizon_s,
         plan.warmup_s,
         plan.servers,
+        engine.label(),
         match (workload.closed_loop(), plan.max_concurrency) {
             (true, _) => "closed loop".to_string(),
             (false, Some(c)) => format!("client concurrency cap {c}"),
@@ -239,4 +262,120 @@ fn bench(args: &[String]) -> Result<(), String> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `podsim validate` (the published llm-d setup, both arms, compared; `Ok(false)` when outside
+/// tolerance) and `podsim ladder` (any ladder and policies, per-stage table only).
+fn ladder_cmd(validate_mode: bool, args: &[String]) -> Result<bool, String> {
+    let mut engine = EngineProfile::default_profile();
+    let mut servers = 8usize;
+    let mut shape = SharedPrefix::LLMD;
+    let mut ladder_spec = String::from("llm-d");
+    let mut warmup: Option<String> = None;
+    let mut drain = Drain::Harness;
+    let mut seed = 20_260_817u64;
+    let mut policies: Option<Vec<PolicySpec>> = None;
+    let mut it = args.iter();
+    let int = |a: &str, v: String| -> Result<u32, String> { v.parse::<u32>().map_err(|e| format!("{a}: {e}")) };
+    while let Some(a) = it.next() {
+        let mut val = || it.next().cloned().ok_or_else(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--engine" => engine = EngineProfile::load(&val()?)?,
+            "--servers" => servers = int(a, val()?)? as usize,
+            "--groups" => shape.groups = int(a, val()?)?,
+            "--prompts-per-group" => shape.users_per_group = int(a, val()?)?,
+            "--system-tokens" => shape.system_tokens = int(a, val()?)?,
+            "--question-tokens" => shape.question_tokens = int(a, val()?)?,
+            "--output-tokens" => shape.output_tokens = int(a, val()?)?,
+            "--ladder" => ladder_spec = val()?,
+            "--ladder-warmup" => warmup = Some(val()?),
+            "--drain" => drain = Drain::parse(&val()?).ok_or("--drain wants harness or none")?,
+            "--seed" => seed = val()?.parse().map_err(|e| format!("--seed: {e}"))?,
+            "--policies" if !validate_mode => {
+                policies = Some(
+                    val()?
+                        .split(',')
+                        .map(|n| PolicySpec::parse(n.trim()).ok_or(format!("unknown policy {n}")))
+                        .collect::<Result<_, _>>()?,
+                )
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if servers == 0 || shape.groups == 0 || shape.users_per_group == 0 || shape.output_tokens == 0 {
+        return Err("--servers, --groups, --prompts-per-group and --output-tokens must be > 0".into());
+    }
+    let ladder = Ladder::parse(&ladder_spec, warmup.as_deref())?;
+    let params = engine.server_params();
+    let policies = match policies {
+        Some(p) => p,
+        None if validate_mode => {
+            let mut p = vec![PolicySpec::parse(validate::RR).expect("known")];
+            match PolicySpec::parse(validate::LLMD) {
+                Some(l) => p.push(l),
+                None => eprintln!(
+                    "podsim validate: picker-core has no `{}` profile yet: the llm-d arm is not run",
+                    validate::LLMD
+                ),
+            }
+            p
+        }
+        None => vec![PolicySpec::parse("round-robin").expect("known")],
+    };
+    let trace = ladder::shared_prefix_trace(&shape, &ladder, drain, params.block_tokens, seed);
+    let cfg = ladder::sim_config(servers, params, seed);
+    eprintln!(
+        "podsim {}: {} requests in {} stages ({} warm-up), {} servers of {}, {} policies, drain {:?}",
+        if validate_mode { "validate" } else { "ladder" },
+        trace.arrivals.len(),
+        ladder.stages.len() + ladder.warmup.len(),
+        ladder.warmup.len(),
+        servers,
+        engine.label(),
+        policies.len(),
+        drain
+    );
+    #[allow(clippy::disallowed_methods)] // wall time for the progress report only
+    let started = std::time::Instant::now();
+    let results = ladder::run_policies(&cfg, &trace, &policies);
+    #[allow(clippy::disallowed_methods)]
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "## podsim {}: {} ({} groups × {} prompts, {} + {} tokens in, {} out), {} servers of {}, seed {}\n",
+        if validate_mode { "validate" } else { "ladder" },
+        ladder_spec,
+        shape.groups,
+        shape.users_per_group,
+        shape.system_tokens,
+        shape.question_tokens,
+        shape.output_tokens,
+        servers,
+        engine.label(),
+        seed
+    );
+    let mut ok = true;
+    for (policy, r) in policies.iter().zip(&results) {
+        let reports = ladder::stage_reports(&trace, r);
+        if validate_mode {
+            let published = validate::published(&policy.name)?;
+            let arm = validate::compare(&policy.name, &published, &reports)?;
+            ok &= arm.checks.iter().all(|c| c.pass);
+            print!("{}", validate::markdown(&arm));
+        } else {
+            print!("{}", ladder::markdown(&policy.name, &reports));
+        }
+        let hit = r.hit_tokens as f64 / r.query_tokens.max(1) as f64;
+        println!(
+            "{}: prefix hit rate {:.1} %, {} preemptions, simulated {:.0} s\n",
+            policy.name,
+            hit * 100.0,
+            r.preemptions,
+            r.end as f64 / 1e6
+        );
+    }
+    eprintln!("ran in {elapsed:.1} s of real time");
+    if validate_mode {
+        println!("validate: {}", if ok { "PASS" } else { "FAIL" });
+    }
+    Ok(ok)
 }

@@ -20,6 +20,7 @@ use picker_core::sync::{MemSlots, PrefixSync, SyncParams};
 use picker_core::{pick, Endpoint, InFlight, Instant, Pool, Prompt, Request, Rng, Snapshot, SplitMix64, State};
 
 use crate::calib::{micros, Micros, ServerParams};
+use crate::ladder::{Drain, Staging, LEAD};
 use crate::policy::{PolicyKind, PolicySpec, ORACLE_WEIGHTS};
 use crate::server::{EngineEvent, SeqSpec, Server};
 use crate::workload::{Trace, BYTES_PER_TOKEN, UNTIMED};
@@ -186,9 +187,20 @@ pub fn run(cfg: &SimConfig, trace: &Trace, policy: &PolicySpec) -> RunResult {
     let mut client_queue: std::collections::VecDeque<usize> = std::collections::VecDeque::new();
     let mut outstanding: u32 = 0;
     let cap = cfg.max_concurrency.unwrap_or(u32::MAX);
+    // A drained ladder (inference-perf): a stage's arrivals are offsets from its timer start, and
+    // the next stage starts only after every request of this one has ended.
+    let mut gate = trace
+        .staging
+        .as_ref()
+        .filter(|s| s.drain == Drain::Harness)
+        .map(StageGate::new);
 
     loop {
-        let next_arrival = trace.arrivals.get(cursor).map(|a| a.at).filter(|&t| t != UNTIMED);
+        let next_arrival = match &gate {
+            Some(g) if cursor >= g.released => None,
+            Some(g) => Some(g.start + trace.arrivals[cursor].at),
+            None => trace.arrivals.get(cursor).map(|a| a.at).filter(|&t| t != UNTIMED),
+        };
         let next_step = heap.peek().map(|Reverse((t, _, _))| *t);
         let (t, is_arrival) = match (next_arrival, next_step) {
             (Some(a), Some(s)) if a < s => (a, true),
@@ -205,6 +217,9 @@ pub fn run(cfg: &SimConfig, trace: &Trace, policy: &PolicySpec) -> RunResult {
         now = t;
 
         if is_arrival {
+            if gate.is_some() {
+                records[cursor].arrival = t;
+            }
             client_queue.push_back(cursor);
             cursor += 1;
         } else {
@@ -241,6 +256,9 @@ pub fn run(cfg: &SimConfig, trace: &Trace, policy: &PolicySpec) -> RunResult {
                         f.requests -= 1;
                         f.tokens -= tokens;
                         release(id, now, &mut records, &mut client_queue);
+                        if let Some(g) = &mut gate {
+                            g.ended(id, now);
+                        }
                     }
                 }
             }
@@ -277,6 +295,9 @@ pub fn run(cfg: &SimConfig, trace: &Trace, policy: &PolicySpec) -> RunResult {
             let Some(s) = choice else {
                 records[idx].shed = true;
                 release(idx, now, &mut records, &mut client_queue);
+                if let Some(g) = &mut gate {
+                    g.ended(idx, now);
+                }
                 continue;
             };
             let tokens = (prompt.len() / BYTES_PER_TOKEN) as u64;
@@ -401,6 +422,50 @@ impl Scraper {
             self.dirty = false;
         }
         &self.pool
+    }
+}
+
+/// Releases a drained ladder's stages one at a time (see [`crate::ladder`]).
+struct StageGate<'a> {
+    staging: &'a Staging,
+    /// Requests of each stage that have not ended yet.
+    left: Vec<usize>,
+    stage: usize,
+    /// The current stage's timer start.
+    start: Micros,
+    /// Arrivals before this index are released.
+    released: usize,
+}
+
+impl<'a> StageGate<'a> {
+    fn new(staging: &'a Staging) -> Self {
+        let mut g = StageGate {
+            staging,
+            left: staging.spans.iter().map(|s| s.len).collect(),
+            stage: 0,
+            start: LEAD,
+            released: staging.spans.first().map_or(0, |s| s.first + s.len),
+        };
+        g.skip_empty(LEAD);
+        g
+    }
+
+    fn skip_empty(&mut self, now: Micros) {
+        while self.stage + 1 < self.left.len() && self.left[self.stage] == 0 {
+            self.stage += 1;
+            self.start = Staging::next_start(self.start, now.max(self.start));
+            let s = self.staging.spans[self.stage];
+            self.released = s.first + s.len;
+        }
+    }
+
+    /// Request `id` finished, failed or was shed at `now`.
+    fn ended(&mut self, id: usize, now: Micros) {
+        let k = self.staging.stage_of(id);
+        self.left[k] -= 1;
+        if k == self.stage {
+            self.skip_empty(now);
+        }
     }
 }
 

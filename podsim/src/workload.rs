@@ -121,6 +121,8 @@ pub struct Trace {
     /// soon as request `i` finishes, is shed or fails, if that is before the horizon (the client
     /// slot that sent `i` sends `j` next). Empty for open-loop workloads.
     pub next: Vec<Option<u32>>,
+    /// A load ladder run as inference-perf runs it (see [`crate::ladder`]); `None` otherwise.
+    pub staging: Option<crate::ladder::Staging>,
 }
 
 /// `Arrival::at` of a request that is sent when its predecessor in a closed-loop chain ends.
@@ -205,6 +207,7 @@ impl SharedPrefix {
             prompts,
             arrivals,
             next: Vec::new(),
+            staging: None,
         }
     }
 }
@@ -274,6 +277,7 @@ impl ShareGptLike {
             prompts,
             arrivals,
             next: Vec::new(),
+            staging: None,
         }
     }
 }
@@ -354,6 +358,7 @@ impl Bursts {
             prompts,
             arrivals,
             next: Vec::new(),
+            staging: None,
         }
     }
 }
@@ -425,6 +430,7 @@ impl MultiLora {
             prompts,
             arrivals,
             next: Vec::new(),
+            staging: None,
         }
     }
 }
@@ -645,6 +651,7 @@ impl ConversationReplay {
             prompts,
             arrivals,
             next,
+            staging: None,
         }
     }
 }
