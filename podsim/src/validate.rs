@@ -80,6 +80,17 @@ pub fn published(arm: &str) -> Result<Vec<PublishedStage>, String> {
         .collect()
 }
 
+/// The published summary row of `arm`: (achieved requests/s at rate 60, NTPOT p50 at rate 60
+/// in ms/token). Informational: not part of the tolerance.
+pub fn published_summary(arm: &str) -> Option<(f64, f64)> {
+    let root: Value = serde_json::from_str(PUBLISHED).ok()?;
+    let rps = root
+        .pointer(&format!("/summary/requests_per_s_at_60/{arm}"))?
+        .as_f64()?;
+    let ntpot = root.pointer(&format!("/summary/ntpot_p50_ms_at_60/{arm}"))?.as_f64()?;
+    Some((rps, ntpot))
+}
+
 /// One check and whether it passed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Check {
@@ -236,6 +247,14 @@ pub fn markdown(r: &ArmResult) -> String {
             if c.pass { "PASS" } else { "FAIL" },
             c.name,
             c.detail
+        ));
+    }
+    if let (Some((rps, ntpot)), Some((_, last))) = (published_summary(&r.arm), r.rows.last()) {
+        s.push_str(&format!(
+            "- not checked, at rate {}: achieved rate {:.2} req/s (published {rps}), NTPOT p50 {} ms/token (published {ntpot})\n",
+            last.rate,
+            last.achieved_rate,
+            last.ntpot_p50.map_or("—".to_string(), |x| format!("{:.1}", x * 1e3)),
         ));
     }
     if !r.outliers.is_empty() {
