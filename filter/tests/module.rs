@@ -164,9 +164,16 @@ fn no_traps(host: &mut Host) {
     }
 }
 
+/// Requests in flight over every live worker VM, as a pick at the host's current time reads
+/// them (sections of VMs dead for longer than the default time-to-live do not count).
 fn inflight_total(host: &Host) -> u64 {
-    match host.group.get_data("wasm-epp/inflight") {
-        Ok((bytes, _)) => wasm_epp::shared::InFlightTable::decode(&bytes).total_requests(),
+    inflight_total_ttl(host, wasm_epp::config::DEFAULT_INFLIGHT_TTL_MS)
+}
+
+fn inflight_total_ttl(host: &Host, ttl_ms: u64) -> u64 {
+    let now_ms = host.opts.clock.now_ns() / 1_000_000;
+    match host.group.get_data(wasm_epp::inflight::KEY_INFLIGHT) {
+        Ok((bytes, _)) => wasm_epp::inflight::total_requests(&bytes, now_ms, ttl_ms),
         Err(_) => 0,
     }
 }
@@ -846,3 +853,6 @@ fn pull_mode_fetches_the_snapshot_on_a_tick() {
     assert_eq!(after.header("x-gateway-destination-endpoint"), Some("10.0.0.3:8000"));
     no_traps(&mut host);
 }
+
+#[path = "module/hardening.rs"]
+mod hardening;
