@@ -85,6 +85,15 @@ impl Local {
         }
     }
 
+    /// Removes `tokens` from `key` but keeps its requests: the prefill of one request is done
+    /// (its first response chunk arrived), its decode goes on.
+    pub fn release_tokens(&mut self, key: EndpointKey, tokens: u32) {
+        if let Ok(i) = self.entries.binary_search_by_key(&key, |e| e.key) {
+            let e = &mut self.entries[i];
+            e.tokens = e.tokens.saturating_sub(tokens);
+        }
+    }
+
     pub fn entries(&self) -> &[Entry] {
         &self.entries
     }
@@ -243,15 +252,19 @@ pub fn for_pool(bytes: &[u8], pool: &Pool, now_ms: u64, ttl_ms: u64, out: &mut V
     }
 }
 
-/// Requests in flight over every live VM (for tests and metrics).
-pub fn total_requests(bytes: &[u8], now_ms: u64, ttl_ms: u64) -> u64 {
-    view(bytes).map_or(0, |v| {
+/// Requests and tokens in flight over every live VM (for tests and metrics).
+pub fn totals(bytes: &[u8], now_ms: u64, ttl_ms: u64) -> (u64, u64) {
+    view(bytes).map_or((0, 0), |v| {
         v.sections()
             .filter(|s| !s.expired(now_ms, ttl_ms))
             .flat_map(|s| s.entries())
-            .map(|e| e.requests as u64)
-            .sum()
+            .fold((0, 0), |(r, t), e| (r + e.requests as u64, t + e.tokens as u64))
     })
+}
+
+/// Requests in flight over every live VM (for tests and metrics).
+pub fn total_requests(bytes: &[u8], now_ms: u64, ttl_ms: u64) -> u64 {
+    totals(bytes, now_ms, ttl_ms).0
 }
 
 /// Whether a write from `owner` would change anything: its section differs from `local` (or is

@@ -78,6 +78,29 @@ fn local_counts_add_and_release_to_empty() {
 }
 
 #[test]
+fn tokens_leave_at_the_first_chunk_and_requests_at_the_end() {
+    let mut l = Local::default();
+    l.apply(7, 300, true);
+    l.apply(7, 200, true);
+    l.release_tokens(7, 300);
+    assert_eq!(
+        l.entries(),
+        &[Entry {
+            key: 7,
+            requests: 2,
+            tokens: 200
+        }]
+    );
+    // The request's own release then takes the tokens it has left (none).
+    l.apply(7, 0, false);
+    l.release_tokens(7, 200);
+    l.apply(7, 0, false);
+    assert!(l.is_empty());
+    l.release_tokens(9, 5);
+    assert!(l.is_empty());
+}
+
+#[test]
 fn two_vms_sum_and_a_dead_one_expires() {
     let p = pool(3);
     let (k0, k1) = (p.key(0), p.key(1));

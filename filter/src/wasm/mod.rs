@@ -155,6 +155,13 @@ impl Worker {
         self.publish_inflight(read);
     }
 
+    /// The prefill of one request on `key` is done: its `tokens` leave the counts, its request
+    /// stays until the stream ends.
+    fn prefill_done(&mut self, key: EndpointKey, tokens: u32) {
+        self.local.release_tokens(key, tokens);
+        self.publish_inflight(None);
+    }
+
     /// Writes this VM's section of the shared in-flight table (dropping expired sections of
     /// dead VMs), with CAS retries.
     fn publish_inflight(&self, mut read: Option<(Vec<u8>, u32)>) {

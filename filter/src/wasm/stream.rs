@@ -127,7 +127,9 @@ pub(super) struct Stream {
     phase: Phase,
     /// An inference request (its response headers are reported in test mode).
     inference: bool,
-    /// In-flight entry taken at the pick: (endpoint key, tokens); released in `on_done`.
+    /// In-flight entry taken at the pick: (endpoint key, tokens still counted). The tokens
+    /// (the primary's uncached prompt tokens) leave at the first response body chunk, the
+    /// request in `on_done`.
     acquired: Option<(EndpointKey, u32)>,
     primary: Option<SocketAddr>,
     /// Read with the other request headers in the headers callback and used at the pick: the
@@ -189,6 +191,17 @@ impl Stream {
     fn release(&mut self) {
         if let Some((key, tokens)) = self.acquired.take() {
             self.worker.borrow_mut().account(key, tokens, false, None);
+        }
+    }
+
+    /// The first response body chunk: prefill is over, so the request's uncached tokens stop
+    /// counting (llm-d's in-flight producer does the same at the first streamed chunk).
+    fn prefill_done(&mut self) {
+        if let Some((key, tokens)) = self.acquired.as_mut() {
+            if *tokens > 0 {
+                let t = core::mem::take(tokens);
+                self.worker.borrow_mut().prefill_done(*key, t);
+            }
         }
     }
 
@@ -418,6 +431,7 @@ impl Stream {
             _ => None,
         };
         let model_header = w.config.model_header.clone();
+        let counts_tokens = w.config.picker.reads_inflight_tokens();
         if w.pool.endpoints().is_empty() && w.config.failure_mode == FailureMode::FailOpen {
             // No snapshot yet and no static endpoints: GIE's FailOpen lets the cluster pick.
             drop(guard);
@@ -502,7 +516,12 @@ impl Stream {
                 self.primary = primary;
                 let routed = self.write_routing(map, Some(&value), &model_header, model_value, &target);
                 if let (Routed::Forward(_), Some(key), true) = (&routed, primary_key, envoy) {
-                    let tokens = (prompt.len() / 4).min(u32::MAX as usize) as u32;
+                    // Tokens are counted only when a configured scorer or filter reads them.
+                    let tokens = if counts_tokens {
+                        d.uncached_tokens.min(u32::MAX as u64) as u32
+                    } else {
+                        0
+                    };
                     self.worker.borrow_mut().account(key, tokens, true, inflight_read);
                     self.acquired = Some((key, tokens));
                 }
@@ -672,6 +691,11 @@ impl HttpContext for Stream {
             Phase::Answered => Action::Pause,
             Phase::Start | Phase::Forwarded => Action::Continue,
         }
+    }
+
+    fn on_http_response_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        self.prefill_done();
+        Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
