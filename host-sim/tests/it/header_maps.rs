@@ -1,69 +1,91 @@
-//! Header-map and buffer hostcalls as Envoy answers them, driven by hand-written WAT: names match
-//! whatever their letter case, a lookup sees the first of repeated values, replace leaves one
-//! occurrence in place, remove drops all, the serialized map has the size `get_header_map_size`
-//! announced, and a body read is clamped to the buffer.
+//! Header-map and buffer hostcalls as Envoy answers them, driven by hand-written WAT so that no
+//! SDK wrapper hides a status or a pointer: each module below checks what one hostcall returns and
+//! traps (`$check`) when it differs, and the Rust side checks what the host forwarded. The rules
+//! and their public sources are listed in host-sim's crate docs ("Envoy profile: what is
+//! modelled").
 
-use host_sim::{Host, HostOptions, Plugin, Profile};
+use host_sim::{Forwarded, Headers, Host, HostOptions, Plugin, Profile};
 
-const WAT: &str = r#"
-(module
+/// Imports, memory, a bump allocator and `$check` (traps when its argument is 0), shared by every
+/// module below. Modules put their data below 4096 and use 16..48 as out-parameter slots.
+const PRELUDE: &str = r#"
   (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_replace_header_map_value" (func $rep (param i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_remove_header_map_value" (func $rm (param i32 i32 i32) (result i32)))
   (import "env" "proxy_get_header_map_pairs" (func $pairs (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_header_map_pairs" (func $set_pairs (param i32 i32 i32) (result i32)))
   (import "env" "proxy_get_header_map_size" (func $size (param i32 i32) (result i32)))
   (import "env" "proxy_get_buffer_status" (func $bstat (param i32 i32 i32) (result i32)))
   (import "env" "proxy_get_buffer_bytes" (func $bget (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_buffer_bytes" (func $bset (param i32 i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
-  (data (i32.const 100) "X-Dup")
-  (data (i32.const 110) "z")
-  (data (i32.const 120) "X-Other")
-  (data (i32.const 130) "x-missing")
-  (global $next (mut i32) (i32.const 1024))
+  (global $next (mut i32) (i32.const 8192))
   (func (export "proxy_abi_version_0_2_1"))
   (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
     (local $p i32)
     (local.set $p (global.get $next))
     (global.set $next (i32.add (global.get $next) (local.get $n)))
     (local.get $p))
-  (func (export "proxy_on_context_create") (param i32 i32))
-  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
-  (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
   (func $check (param i32) (if (i32.eqz (local.get 0)) (then unreachable)))
-  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
-    ;; the first of two x-dup values, looked up as "X-Dup"
-    (call $check (i32.eqz (call $get (i32.const 0) (i32.const 100) (i32.const 5) (i32.const 16) (i32.const 20))))
-    (call $check (i32.eq (i32.load (i32.const 20)) (i32.const 1)))
-    (call $check (i32.eq (i32.load8_u (i32.load (i32.const 16))) (i32.const 97)))
-    ;; a missing name: NotFound
-    (call $check (i32.eq (call $get (i32.const 0) (i32.const 130) (i32.const 9) (i32.const 16) (i32.const 20)) (i32.const 1)))
-    ;; replace "X-Dup" with "z"; remove "X-Other" (both occurrences)
-    (call $check (i32.eqz (call $rep (i32.const 0) (i32.const 100) (i32.const 5) (i32.const 110) (i32.const 1))))
-    (call $check (i32.eqz (call $rm (i32.const 0) (i32.const 120) (i32.const 7))))
-    ;; the serialized map: as long as announced, and 2 pairs (:path, x-dup)
-    (call $check (i32.eqz (call $size (i32.const 0) (i32.const 24))))
-    (call $check (i32.eqz (call $pairs (i32.const 0) (i32.const 16) (i32.const 20))))
-    (call $check (i32.eq (i32.load (i32.const 20)) (i32.load (i32.const 24))))
-    (call $check (i32.eq (i32.load (i32.load (i32.const 16))) (i32.const 2)))
-    (i32.const 0))
-  (func (export "proxy_on_request_body") (param i32 i32 i32) (result i32)
-    ;; "hello world": status says 11 bytes; bytes 6.. with a max past the end are "world"
-    (call $check (i32.eqz (call $bstat (i32.const 0) (i32.const 20) (i32.const 24))))
-    (call $check (i32.eq (i32.load (i32.const 20)) (i32.const 11)))
-    (call $check (i32.eqz (call $bget (i32.const 0) (i32.const 6) (i32.const 100) (i32.const 16) (i32.const 20))))
-    (call $check (i32.eq (i32.load (i32.const 20)) (i32.const 5)))
-    (call $check (i32.eq (i32.load8_u (i32.load (i32.const 16))) (i32.const 119)))
-    (call $check (i32.eq (i32.load8_u (i32.add (i32.load (i32.const 16)) (i32.const 4))) (i32.const 100)))
-    (i32.const 0))
-)
 "#;
+
+fn plugin(body: &str) -> Plugin {
+    Plugin::from_bytes(format!("(module {PRELUDE} {body})").as_bytes()).unwrap()
+}
+
+fn hs(pairs: &[(&str, &str)]) -> Headers {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// Runs one request with `headers` (and `body`, if any) through the module and returns the host
+/// and what it forwarded upstream; panics if a check in the module trapped.
+fn forwarded(module: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> (Host, Forwarded) {
+    let mut host = Host::new(&plugin(module), HostOptions::new(Profile::Envoy), 1).unwrap();
+    let w = host.worker(0);
+    let s = w.new_stream();
+    w.request_headers(s, hs(headers), body.is_none());
+    if let Some(b) = body {
+        w.request_body(s, b, true);
+    }
+    assert!(w.failed().is_none(), "a check in the module failed: {:?}", w.failed());
+    let up = w.upstream(s).cloned().expect("the request went upstream");
+    (host, up)
+}
 
 #[test]
 fn header_maps_and_body_reads_follow_envoy() {
-    let plugin = Plugin::from_bytes(WAT.as_bytes()).unwrap();
-    let mut host = Host::new(&plugin, HostOptions::new(Profile::Envoy), 1).unwrap();
-    let w = host.worker(0);
-    let s = w.new_stream();
+    let module = r#"
+      (data (i32.const 100) "X-Dup")
+      (data (i32.const 110) "z")
+      (data (i32.const 120) "X-Other")
+      (data (i32.const 130) "x-missing")
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+        ;; the first of two x-dup values, looked up as "X-Dup"
+        (call $check (i32.eqz (call $get (i32.const 0) (i32.const 100) (i32.const 5) (i32.const 16) (i32.const 20))))
+        (call $check (i32.eq (i32.load (i32.const 20)) (i32.const 1)))
+        (call $check (i32.eq (i32.load8_u (i32.load (i32.const 16))) (i32.const 97)))
+        ;; a missing name: NotFound
+        (call $check (i32.eq (call $get (i32.const 0) (i32.const 130) (i32.const 9) (i32.const 16) (i32.const 20)) (i32.const 1)))
+        ;; replace "X-Dup" with "z"; remove "X-Other" (both occurrences)
+        (call $check (i32.eqz (call $rep (i32.const 0) (i32.const 100) (i32.const 5) (i32.const 110) (i32.const 1))))
+        (call $check (i32.eqz (call $rm (i32.const 0) (i32.const 120) (i32.const 7))))
+        ;; the serialized map: as long as announced, and 2 pairs (:path, x-dup)
+        (call $check (i32.eqz (call $size (i32.const 0) (i32.const 24))))
+        (call $check (i32.eqz (call $pairs (i32.const 0) (i32.const 16) (i32.const 20))))
+        (call $check (i32.eq (i32.load (i32.const 20)) (i32.load (i32.const 24))))
+        (call $check (i32.eq (i32.load (i32.load (i32.const 16))) (i32.const 2)))
+        (i32.const 0))
+      (func (export "proxy_on_request_body") (param i32 i32 i32) (result i32)
+        ;; "hello world": status says 11 bytes; bytes 6.. with a max past the end are "world"
+        (call $check (i32.eqz (call $bstat (i32.const 0) (i32.const 20) (i32.const 24))))
+        (call $check (i32.eq (i32.load (i32.const 20)) (i32.const 11)))
+        (call $check (i32.eqz (call $bget (i32.const 0) (i32.const 6) (i32.const 100) (i32.const 16) (i32.const 20))))
+        (call $check (i32.eq (i32.load (i32.const 20)) (i32.const 5)))
+        (call $check (i32.eq (i32.load8_u (i32.load (i32.const 16))) (i32.const 119)))
+        (call $check (i32.eq (i32.load8_u (i32.add (i32.load (i32.const 16)) (i32.const 4))) (i32.const 100)))
+        (i32.const 0))
+    "#;
     let headers = [
         (":path", "/"),
         ("x-dup", "a"),
@@ -71,25 +93,11 @@ fn header_maps_and_body_reads_follow_envoy() {
         ("X-Dup", "b"),
         ("X-Other", "2"),
     ];
-    w.request_headers(
-        s,
-        headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        false,
-    );
-    w.request_body(s, b"hello world", true);
-    assert!(w.failed().is_none(), "a check in the module failed: {:?}", w.failed());
-    let up = w.upstream(s).unwrap();
-    assert_eq!(
-        up.headers.as_deref(),
-        Some(
-            &[
-                (":path".to_string(), "/".to_string()),
-                ("x-dup".to_string(), "z".to_string())
-            ][..]
-        )
-    );
+    let (mut host, up) = forwarded(module, &headers, Some(b"hello world"));
+    assert_eq!(up.headers, Some(hs(&[(":path", "/"), ("x-dup", "z")])));
     assert_eq!(up.body, b"hello world");
-    assert!(w
+    assert!(host
+        .worker(0)
         .hostcall_errors()
         .iter()
         .all(|e| e.call == "proxy_get_header_map_value"));
