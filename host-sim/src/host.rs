@@ -577,6 +577,43 @@ fn map_type(v: i32) -> Result<MapType, Status> {
     MapType::from_raw(v).ok_or(Status::BadArgument)
 }
 
+// Envoy's wasm `Context` (envoyproxy/envoy `source/extensions/common/wasm/context.cc`) turns each
+// header-map hostcall into one `HeaderMapImpl` call (`source/common/http/header_map_impl.cc`) on
+// `LowerCaseString(key)`. The functions below are those calls on host-sim's ordered `Headers`,
+// whose names are already lower-case.
+
+/// Where `HeaderMapImpl::HeaderList::insert` puts a new entry (`header_map_impl.h`): the list
+/// keeps pseudo-headers in front, so a `:` name goes after the last pseudo-header and any other
+/// name at the end.
+fn insert_at(m: &Headers, key: &str) -> usize {
+    if key.starts_with(':') {
+        m.iter().position(|(k, _)| !k.starts_with(':')).unwrap_or(m.len())
+    } else {
+        m.len()
+    }
+}
+
+/// `HeaderMapImpl::addCopy(LowerCaseString(key), value)`.
+fn add_copy(m: &mut Headers, key: &[u8], value: &str) {
+    let key = String::from_utf8_lossy(key).to_ascii_lowercase();
+    m.insert(insert_at(m, &key), (key, value.to_string()));
+}
+
+/// `HeaderMapImpl::remove(LowerCaseString(key))`: every entry of that name.
+fn remove_all(m: &mut Headers, key: &[u8]) {
+    m.retain(|(k, _)| !name_eq(k, key));
+}
+
+/// `HeaderMapImpl::setCopy`, which replaceHeaderMapValue calls: `remove(key)` then
+/// `addCopy(key, value)` since Envoy 1.19 (envoyproxy/envoy#16209 removed the runtime guard
+/// `http_set_copy_replace_all_headers` and the older "overwrite the first occurrence, keep the
+/// rest" path). So every occurrence goes, and the one new entry lands where a new header would,
+/// not where the first old one was.
+fn set_copy(m: &mut Headers, key: &[u8], value: &str) {
+    remove_all(m, key);
+    add_copy(m, key, value);
+}
+
 // === buffers ===
 
 /// The buffer the guest asks for, borrowed: Envoy hands out a pointer to its own buffer and
@@ -919,30 +956,13 @@ pub fn define_imports(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         let t = map_type(t)?;
         let (key, val, st) = guest2(c, (kp, kl), (vp, vl))?;
         let val = String::from_utf8_lossy(val);
-        let m = map_mut(st, t, "replace_header_map_value")?;
-        // Envoy setCopy: replaces the first occurrence and drops the rest, or appends.
-        match m.iter().position(|(k, _)| name_eq(k, key)) {
-            Some(i) => {
-                m[i].1.clear();
-                m[i].1.push_str(&val);
-                let mut seen = false;
-                m.retain(|(k, _)| {
-                    if !name_eq(k, key) {
-                        return true;
-                    }
-                    let keep = !seen;
-                    seen = true;
-                    keep
-                });
-            }
-            None => m.push((String::from_utf8_lossy(key).to_ascii_lowercase(), val.into_owned())),
-        }
+        set_copy(map_mut(st, t, "replace_header_map_value")?, key, &val);
         Ok(())
     });
     hostcall!(l, "proxy_remove_header_map_value", |c, t, kp, kl| {
         let t = map_type(t)?;
         let (key, st) = guest(c, kp, kl)?;
-        map_mut(st, t, "remove_header_map_value")?.retain(|(k, _)| !name_eq(k, key));
+        remove_all(map_mut(st, t, "remove_header_map_value")?, key);
         Ok(())
     });
 

@@ -102,3 +102,30 @@ fn header_maps_and_body_reads_follow_envoy() {
         .iter()
         .all(|e| e.call == "proxy_get_header_map_value"));
 }
+
+/// Envoy `replaceHeaderMapValue` calls `HeaderMapImpl::setCopy`, which since Envoy 1.19 is
+/// `remove(key)` then `addCopy(key, value)`: every occurrence goes and one entry is added where a
+/// new header goes (the end of the map, or the end of the pseudo-header block for `:` names).
+#[test]
+fn replace_removes_every_occurrence_and_adds_one_at_the_end() {
+    let module = r#"
+      (data (i32.const 100) "X-Dup")
+      (data (i32.const 110) "z")
+      (data (i32.const 120) ":path")
+      (data (i32.const 130) "/new")
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+        (call $check (i32.eqz (call $rep (i32.const 0) (i32.const 100) (i32.const 5) (i32.const 110) (i32.const 1))))
+        (call $check (i32.eqz (call $rep (i32.const 0) (i32.const 120) (i32.const 5) (i32.const 130) (i32.const 4))))
+        (i32.const 0))
+    "#;
+    let headers = [
+        (":path", "/"),
+        (":method", "GET"),
+        ("x-dup", "a"),
+        ("x-other", "1"),
+        ("X-Dup", "b"),
+    ];
+    let (_, up) = forwarded(module, &headers, None);
+    let want = [(":method", "GET"), (":path", "/new"), ("x-other", "1"), ("x-dup", "z")];
+    assert_eq!(up.headers, Some(hs(&want)));
+}
