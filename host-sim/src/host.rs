@@ -593,9 +593,112 @@ fn insert_at(m: &Headers, key: &str) -> usize {
     }
 }
 
-/// `HeaderMapImpl::addCopy(LowerCaseString(key), value)`.
-fn add_copy(m: &mut Headers, key: &[u8], value: &str) {
+/// Envoy's default O(1) ("inline") headers: the `INLINE_*_HEADERS` lists of envoyproxy/envoy
+/// `envoy/http/header_map.h` (commit e05a2af4b8e1), with the names of
+/// `source/common/http/headers.h` and the default `x-envoy` prefix. A header map holds at most
+/// one entry of each; extensions can register more (`RegisterCustomInlineHeader`), which depends
+/// on the Envoy build and is not modelled.
+const INLINE_REQUEST: &[&str] = &[
+    // INLINE_REQ_STRING_HEADERS
+    "x-client-trace-id",
+    "x-envoy-downstream-service-cluster",
+    "x-envoy-downstream-service-node",
+    "x-envoy-external-address",
+    "x-envoy-force-trace",
+    "x-envoy-hedge-on-per-try-timeout",
+    "x-envoy-internal",
+    "x-envoy-ip-tags",
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retriable-header-names",
+    "x-envoy-original-path",
+    "x-envoy-original-url",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "expect",
+    "x-forwarded-client-cert",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "grpc-timeout",
+    ":authority",
+    ":method",
+    ":path",
+    ":protocol",
+    ":scheme",
+    "te",
+    "user-agent",
+    // INLINE_REQ_NUMERIC_HEADERS
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-max-retries",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-stream-duration-ms",
+];
+/// `INLINE_RESP_HEADERS` (string and numeric).
+const INLINE_RESPONSE: &[&str] = &[
+    "date",
+    "x-envoy-degraded",
+    "x-envoy-immediate-health-check-fail",
+    "x-envoy-ratelimited",
+    "x-envoy-upstream-canary",
+    "x-envoy-upstream-healthchecked-cluster",
+    "location",
+    "server",
+    "x-envoy-upstream-service-time",
+    ":status",
+];
+/// `INLINE_REQ_RESP_HEADERS`: inline in request and response header maps.
+const INLINE_REQUEST_RESPONSE: &[&str] = &[
+    "connection",
+    "content-type",
+    "x-envoy-decorator-operation",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-status",
+    "x-request-id",
+    "transfer-encoding",
+    "upgrade",
+    "via",
+    "content-length",
+    "x-envoy-attempt-count",
+];
+/// `INLINE_RESP_HEADERS_TRAILERS`: inline in response headers and response trailers.
+const INLINE_RESPONSE_TRAILERS: &[&str] = &["grpc-message", "grpc-status"];
+
+/// Whether `key` (lower-case) is an inline header of map `t`: request headers register
+/// REQ + REQ_RESP, response headers RESP + REQ_RESP + RESP_HEADERS_TRAILERS, response trailers
+/// RESP_HEADERS_TRAILERS, request trailers none (the `StaticLookupTable` constructors in
+/// `header_map_impl.cc`). The http-call response maps are Envoy response maps.
+fn is_inline(t: MapType, key: &str) -> bool {
+    let lists: &[&[&str]] = match t {
+        MapType::HttpRequestHeaders => &[INLINE_REQUEST, INLINE_REQUEST_RESPONSE],
+        MapType::HttpResponseHeaders | MapType::HttpCallResponseHeaders => {
+            &[INLINE_RESPONSE, INLINE_REQUEST_RESPONSE, INLINE_RESPONSE_TRAILERS]
+        }
+        MapType::HttpResponseTrailers | MapType::HttpCallResponseTrailers => &[INLINE_RESPONSE_TRAILERS],
+        _ => &[],
+    };
+    lists.iter().any(|l| l.contains(&key))
+}
+
+/// `HeaderMapImpl::addCopy(LowerCaseString(key), value)` (via `insertByKey`): an inline header
+/// that is already present gets the value appended by `appendToHeader` (nothing for an empty
+/// value, a `,` between two non-empty ones); any other add inserts a new entry.
+fn add_copy(m: &mut Headers, t: MapType, key: &[u8], value: &str) {
     let key = String::from_utf8_lossy(key).to_ascii_lowercase();
+    if is_inline(t, &key) {
+        if let Some((_, v)) = m.iter_mut().find(|(k, _)| *k == key) {
+            if !value.is_empty() {
+                if !v.is_empty() {
+                    v.push(',');
+                }
+                v.push_str(value);
+            }
+            return;
+        }
+    }
     m.insert(insert_at(m, &key), (key, value.to_string()));
 }
 
@@ -609,9 +712,9 @@ fn remove_all(m: &mut Headers, key: &[u8]) {
 /// `http_set_copy_replace_all_headers` and the older "overwrite the first occurrence, keep the
 /// rest" path). So every occurrence goes, and the one new entry lands where a new header would,
 /// not where the first old one was.
-fn set_copy(m: &mut Headers, key: &[u8], value: &str) {
+fn set_copy(m: &mut Headers, t: MapType, key: &[u8], value: &str) {
     remove_all(m, key);
-    add_copy(m, key, value);
+    add_copy(m, t, key, value);
 }
 
 // === buffers ===
@@ -947,16 +1050,16 @@ pub fn define_imports(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     });
     hostcall!(l, "proxy_add_header_map_value", |c, t, kp, kl, vp, vl| {
         let t = map_type(t)?;
-        let key = read_str(c, kp, kl)?.to_ascii_lowercase();
-        let val = read_str(c, vp, vl)?;
-        map_mut(c.data_mut(), t, "add_header_map_value")?.push((key, val));
+        let (key, val, st) = guest2(c, (kp, kl), (vp, vl))?;
+        let val = String::from_utf8_lossy(val);
+        add_copy(map_mut(st, t, "add_header_map_value")?, t, key, &val);
         Ok(())
     });
     hostcall!(l, "proxy_replace_header_map_value", |c, t, kp, kl, vp, vl| {
         let t = map_type(t)?;
         let (key, val, st) = guest2(c, (kp, kl), (vp, vl))?;
         let val = String::from_utf8_lossy(val);
-        set_copy(map_mut(st, t, "replace_header_map_value")?, key, &val);
+        set_copy(map_mut(st, t, "replace_header_map_value")?, t, key, &val);
         Ok(())
     });
     hostcall!(l, "proxy_remove_header_map_value", |c, t, kp, kl| {

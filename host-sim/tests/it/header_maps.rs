@@ -129,3 +129,49 @@ fn replace_removes_every_occurrence_and_adds_one_at_the_end() {
     let want = [(":method", "GET"), (":path", "/new"), ("x-other", "1"), ("x-dup", "z")];
     assert_eq!(up.headers, Some(hs(&want)));
 }
+
+/// Envoy `addHeaderMapValue` is `HeaderMapImpl::addCopy`: a new entry for most names (a second
+/// `x-dup`, an empty `x-empty`), placed like any new header (`:method` joins the pseudo-headers in
+/// front); but for Envoy's O(1) "inline" headers (`x-forwarded-for`, `content-type`, ...) the value
+/// is appended to the one existing entry with a comma, and an empty value changes nothing.
+#[test]
+fn add_appends_an_entry_or_joins_an_inline_header_with_a_comma() {
+    let module = r#"
+      (data (i32.const 100) "x-dup")
+      (data (i32.const 110) "c")
+      (data (i32.const 120) ":method")
+      (data (i32.const 130) "GET")
+      (data (i32.const 140) "X-Forwarded-For")
+      (data (i32.const 160) "b")
+      (data (i32.const 170) "content-type")
+      (data (i32.const 190) "x-empty")
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+        (call $check (i32.eqz (call $add (i32.const 0) (i32.const 100) (i32.const 5) (i32.const 110) (i32.const 1))))
+        (call $check (i32.eqz (call $add (i32.const 0) (i32.const 120) (i32.const 7) (i32.const 130) (i32.const 3))))
+        (call $check (i32.eqz (call $add (i32.const 0) (i32.const 140) (i32.const 15) (i32.const 160) (i32.const 1))))
+        (call $check (i32.eqz (call $add (i32.const 0) (i32.const 170) (i32.const 12) (i32.const 110) (i32.const 0))))
+        (call $check (i32.eqz (call $add (i32.const 0) (i32.const 190) (i32.const 7) (i32.const 110) (i32.const 0))))
+        ;; the joined value is what a lookup sees: "a,b"
+        (call $check (i32.eqz (call $get (i32.const 0) (i32.const 140) (i32.const 15) (i32.const 16) (i32.const 20))))
+        (call $check (i32.eq (i32.load (i32.const 20)) (i32.const 3)))
+        (call $check (i32.eq (i32.load8_u (i32.add (i32.load (i32.const 16)) (i32.const 1))) (i32.const 44)))
+        (i32.const 0))
+    "#;
+    let headers = [
+        (":path", "/"),
+        ("x-forwarded-for", "a"),
+        ("content-type", "text/plain"),
+        ("x-dup", "a"),
+    ];
+    let (_, up) = forwarded(module, &headers, None);
+    let want = [
+        (":path", "/"),
+        (":method", "GET"),
+        ("x-forwarded-for", "a,b"),
+        ("content-type", "text/plain"),
+        ("x-dup", "a"),
+        ("x-dup", "c"),
+        ("x-empty", ""),
+    ];
+    assert_eq!(up.headers, Some(hs(&want)));
+}
