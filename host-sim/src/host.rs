@@ -683,11 +683,30 @@ fn is_inline(t: MapType, key: &str) -> bool {
     lists.iter().any(|l| l.contains(&key))
 }
 
+/// The name Envoy files `key` under in map `t`: the request-header lookup table maps the HTTP/1
+/// name `host` onto the `:authority` slot (`HostLegacy` in the
+/// `StaticLookupTable<RequestHeaderMap>` constructor, `header_map_impl.cc`), so a guest's `host`
+/// reads, adds to, replaces and removes `:authority`. Response maps have no such alias.
+fn filed_name(t: MapType, key: &[u8]) -> &[u8] {
+    if t == MapType::HttpRequestHeaders && key.eq_ignore_ascii_case(b"host") {
+        b":authority"
+    } else {
+        key
+    }
+}
+
+/// `HeaderMapImpl::get(LowerCaseString(key))[0]`, the only value getHeaderMapValue returns: the
+/// first entry of that name.
+fn first_of(m: &Headers, t: MapType, key: &[u8]) -> Option<usize> {
+    let key = filed_name(t, key);
+    m.iter().position(|(k, _)| name_eq(k, key))
+}
+
 /// `HeaderMapImpl::addCopy(LowerCaseString(key), value)` (via `insertByKey`): an inline header
 /// that is already present gets the value appended by `appendToHeader` (nothing for an empty
 /// value, a `,` between two non-empty ones); any other add inserts a new entry.
 fn add_copy(m: &mut Headers, t: MapType, key: &[u8], value: &str) {
-    let key = String::from_utf8_lossy(key).to_ascii_lowercase();
+    let key = String::from_utf8_lossy(filed_name(t, key)).to_ascii_lowercase();
     if is_inline(t, &key) {
         if let Some((_, v)) = m.iter_mut().find(|(k, _)| *k == key) {
             if !value.is_empty() {
@@ -703,7 +722,8 @@ fn add_copy(m: &mut Headers, t: MapType, key: &[u8], value: &str) {
 }
 
 /// `HeaderMapImpl::remove(LowerCaseString(key))`: every entry of that name.
-fn remove_all(m: &mut Headers, key: &[u8]) {
+fn remove_all(m: &mut Headers, t: MapType, key: &[u8]) {
+    let key = filed_name(t, key);
     m.retain(|(k, _)| !name_eq(k, key));
 }
 
@@ -713,7 +733,7 @@ fn remove_all(m: &mut Headers, key: &[u8]) {
 /// rest" path). So every occurrence goes, and the one new entry lands where a new header would,
 /// not where the first old one was.
 fn set_copy(m: &mut Headers, t: MapType, key: &[u8], value: &str) {
-    remove_all(m, key);
+    remove_all(m, t, key);
     add_copy(m, t, key, value);
 }
 
@@ -1035,12 +1055,7 @@ pub fn define_imports(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         let t = map_type(t)?;
         let (key, st) = guest(c, kp, kl)?;
         map_access(st, t, false)?;
-        // Only the first value of a repeated header (Envoy context.cc; §7.3).
-        let i = map_ref(st, t)
-            .ok_or(Status::BadArgument)?
-            .iter()
-            .position(|(k, _)| name_eq(k, key))
-            .ok_or(Status::NotFound)?;
+        let i = first_of(map_ref(st, t).ok_or(Status::BadArgument)?, t, key).ok_or(Status::NotFound)?;
         copy_out_from(c, ptr_ptr, size_ptr, |st| {
             map_ref(st, t)
                 .and_then(|m| m.get(i))
@@ -1065,7 +1080,7 @@ pub fn define_imports(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     hostcall!(l, "proxy_remove_header_map_value", |c, t, kp, kl| {
         let t = map_type(t)?;
         let (key, st) = guest(c, kp, kl)?;
-        remove_all(map_mut(st, t, "remove_header_map_value")?, key);
+        remove_all(map_mut(st, t, "remove_header_map_value")?, t, key);
         Ok(())
     });
 

@@ -175,3 +175,33 @@ fn add_appends_an_entry_or_joins_an_inline_header_with_a_comma() {
     ];
     assert_eq!(up.headers, Some(hs(&want)));
 }
+
+/// In request headers Envoy files the HTTP/1 name `host` under `:authority` (the `HostLegacy`
+/// entry of the request map's static lookup table), so every hostcall on `host` acts on
+/// `:authority`.
+#[test]
+fn host_is_authority_in_request_headers() {
+    let module = r#"
+      (data (i32.const 100) "Host")
+      (data (i32.const 110) "host")
+      (data (i32.const 120) "HOST")
+      (data (i32.const 130) "c")
+      (data (i32.const 140) "d")
+      (data (i32.const 150) "e")
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+        (call $check (i32.eqz (call $get (i32.const 0) (i32.const 100) (i32.const 4) (i32.const 16) (i32.const 20))))
+        (call $check (i32.eq (i32.load (i32.const 20)) (i32.const 11)))
+        (call $check (i32.eqz (call $rm (i32.const 0) (i32.const 110) (i32.const 4))))
+        (call $check (i32.eq (call $get (i32.const 0) (i32.const 110) (i32.const 4) (i32.const 16) (i32.const 20)) (i32.const 1)))
+        (call $check (i32.eqz (call $add (i32.const 0) (i32.const 110) (i32.const 4) (i32.const 130) (i32.const 1))))
+        (call $check (i32.eqz (call $rep (i32.const 0) (i32.const 120) (i32.const 4) (i32.const 140) (i32.const 1))))
+        (call $check (i32.eqz (call $add (i32.const 0) (i32.const 110) (i32.const 4) (i32.const 150) (i32.const 1))))
+        (i32.const 0))
+    "#;
+    let headers = [(":authority", "example.com"), (":path", "/"), ("x-a", "1")];
+    let (_, up) = forwarded(module, &headers, None);
+    assert_eq!(
+        up.headers,
+        Some(hs(&[(":path", "/"), (":authority", "d,e"), ("x-a", "1")]))
+    );
+}
