@@ -727,6 +727,16 @@ fn remove_all(m: &mut Headers, t: MapType, key: &[u8]) {
     m.retain(|(k, _)| !name_eq(k, key));
 }
 
+/// Envoy `setHeaderMapPairs`: `remove` every name in the map, then `addCopy` each pair in order,
+/// so the pairs are stored by the add rules (lower-case names, pseudo-headers in front, inline
+/// headers joined, `host` as `:authority`), not copied as given.
+fn set_pairs(m: &mut Headers, t: MapType, pairs: &Headers) {
+    m.clear();
+    for (k, v) in pairs {
+        add_copy(m, t, k.as_bytes(), v);
+    }
+}
+
 /// `HeaderMapImpl::setCopy`, which replaceHeaderMapValue calls: `remove(key)` then
 /// `addCopy(key, value)` since Envoy 1.19 (envoyproxy/envoy#16209 removed the runtime guard
 /// `http_set_copy_replace_all_headers` and the older "overwrite the first occurrence, keep the
@@ -1041,7 +1051,7 @@ pub fn define_imports(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         let t = map_type(t)?;
         let pairs = deserialize_map(&read(c, ptr, len)?)?;
         let m = map_mut(c.data_mut(), t, "set_header_map_pairs")?;
-        *m = lower(pairs);
+        set_pairs(m, t, &pairs);
         Ok(())
     });
     hostcall!(l, "proxy_get_header_map_size", |c, t, ret| {

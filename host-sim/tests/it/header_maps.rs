@@ -205,3 +205,41 @@ fn host_is_authority_in_request_headers() {
         Some(hs(&[(":path", "/"), (":authority", "d,e"), ("x-a", "1")]))
     );
 }
+
+/// `bytes` as the string of a WAT data segment.
+fn wat_bytes(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("\\{b:02x}")).collect()
+}
+
+/// Envoy `setHeaderMapPairs` removes every existing name, then `addCopy`s each pair in order, so
+/// the new map follows the add rules: lower-case names, pseudo-headers in front, inline headers
+/// joined, `host` filed as `:authority`.
+#[test]
+fn set_pairs_rebuilds_the_map_with_envoy_add_rules() {
+    let pairs = hs(&[
+        ("x-a", "1"),
+        (":path", "/p"),
+        ("X-Forwarded-For", "a"),
+        ("x-forwarded-for", "b"),
+        ("Host", "h"),
+    ]);
+    let buf = host_sim::abi::serialize_map(&pairs);
+    let module = format!(
+        r#"
+      (data (i32.const 100) "{}")
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+        (call $check (i32.eqz (call $set_pairs (i32.const 0) (i32.const 100) (i32.const {}))))
+        (i32.const 0))
+    "#,
+        wat_bytes(&buf),
+        buf.len()
+    );
+    let (_, up) = forwarded(&module, &[(":path", "/"), ("x-old", "1")], None);
+    let want = [
+        (":path", "/p"),
+        (":authority", "h"),
+        ("x-a", "1"),
+        ("x-forwarded-for", "a,b"),
+    ];
+    assert_eq!(up.headers, Some(hs(&want)));
+}
