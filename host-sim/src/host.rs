@@ -11,8 +11,8 @@ use std::sync::Arc;
 use wasmtime::{Caller, Linker, Memory, ResourceLimiter, TypedFunc};
 
 use crate::abi::{
-    deserialize_map, serialize_map_into, serialized_len, BufferType, Headers, LogLevel, MapType, MetricType, Status,
-    StreamType,
+    deserialize_map, serialize_map_into, serialized_len, to_pairs_or_empty, BufferType, Headers, LogLevel, MapType,
+    MetricType, Status, StreamType,
 };
 use crate::options::{CallResponse, HostOptions, Profile};
 use crate::shared::VmGroup;
@@ -1049,7 +1049,7 @@ pub fn define_imports(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     });
     hostcall!(l, "proxy_set_header_map_pairs", |c, t, ptr, len| {
         let t = map_type(t)?;
-        let pairs = deserialize_map(&read(c, ptr, len)?)?;
+        let pairs = to_pairs_or_empty(&read(c, ptr, len)?);
         let m = map_mut(c.data_mut(), t, "set_header_map_pairs")?;
         set_pairs(m, t, &pairs);
         Ok(())

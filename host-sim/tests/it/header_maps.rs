@@ -243,3 +243,43 @@ fn set_pairs_rebuilds_the_map_with_envoy_add_rules() {
     ];
     assert_eq!(up.headers, Some(hs(&want)));
 }
+
+/// cpp-host parses the guest's buffer with `PairsUtil::toPairs`, which answers "no pairs" for
+/// anything malformed (short, a missing NUL terminator, bytes left over); Envoy then clears the
+/// map and the call returns Ok.
+#[test]
+fn malformed_pairs_clear_the_map_and_return_ok() {
+    let good = host_sim::abi::serialize_map(&hs(&[("x-a", "1")]));
+    let mut trailing = good.clone();
+    trailing.push(0);
+    let mut no_nul = good.clone();
+    let key_end = 4 + 8 + 3; // count, one (key, value) length pair, "x-a"
+    no_nul[key_end] = b'!';
+    let module = format!(
+        r#"
+      (data (i32.const 100) "{good}")
+      (data (i32.const 200) "{trailing}")
+      (data (i32.const 300) "{no_nul}")
+      (data (i32.const 400) "x-a")
+      (func $set_then_clear (param $bad i32) (param $len i32)
+        (call $check (i32.eqz (call $set_pairs (i32.const 0) (i32.const 100) (i32.const {n}))))
+        (call $check (i32.eqz (call $get (i32.const 0) (i32.const 400) (i32.const 3) (i32.const 16) (i32.const 20))))
+        (call $check (i32.eqz (call $set_pairs (i32.const 0) (local.get $bad) (local.get $len))))
+        (call $check (i32.eq (call $get (i32.const 0) (i32.const 400) (i32.const 3) (i32.const 16) (i32.const 20)) (i32.const 1))))
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+        (call $set_then_clear (i32.const 200) (i32.const {t}))
+        (call $set_then_clear (i32.const 300) (i32.const {n}))
+        ;; truncated: the good buffer without its last byte
+        (call $set_then_clear (i32.const 100) (i32.const {short}))
+        (i32.const 0))
+    "#,
+        good = wat_bytes(&good),
+        trailing = wat_bytes(&trailing),
+        no_nul = wat_bytes(&no_nul),
+        n = good.len(),
+        t = trailing.len(),
+        short = good.len() - 1,
+    );
+    let (_, up) = forwarded(&module, &[(":path", "/")], None);
+    assert_eq!(up.headers, Some(vec![]));
+}
