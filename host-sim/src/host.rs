@@ -1032,9 +1032,17 @@ pub fn define_imports(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     hostcall!(l, "proxy_get_header_map_pairs", |c, t, ptr_ptr, size_ptr| {
         let t = map_type(t)?;
         map_access(c.data(), t, false)?;
+        let pairs = map_ref(c.data(), t).ok_or(Status::BadArgument)?;
+        // cpp-host get_header_map_pairs: no pairs is `copyToPointerSize("")`, a null pointer and
+        // size 0 with nothing allocated (not a serialized zero count).
+        if pairs.is_empty() {
+            write_u32(c, ptr_ptr, 0)?;
+            write_u32(c, size_ptr, 0)?;
+            return Ok(());
+        }
         // Serialized straight into the guest's allocation (cpp-host sizes, allocates, then
         // writes the pairs into the VM).
-        let len = serialized_len(map_ref(c.data(), t).ok_or(Status::BadArgument)?);
+        let len = serialized_len(pairs);
         let p = guest_alloc(c, len)?;
         let m = mem(c)?;
         let (data, st) = m.data_and_store_mut(&mut *c);

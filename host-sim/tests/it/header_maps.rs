@@ -283,3 +283,23 @@ fn malformed_pairs_clear_the_map_and_return_ok() {
     let (_, up) = forwarded(&module, &[(":path", "/")], None);
     assert_eq!(up.headers, Some(vec![]));
 }
+
+/// cpp-host `get_header_map_pairs` answers an empty map with `copyToPointerSize("")`: a null
+/// pointer and size 0, nothing allocated, not a serialized zero count.
+#[test]
+fn empty_map_pairs_are_a_null_pointer_and_zero_size() {
+    let module = r#"
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+        ;; an empty buffer is no pairs: the map is cleared
+        (call $check (i32.eqz (call $set_pairs (i32.const 0) (i32.const 0) (i32.const 0))))
+        (i32.store (i32.const 16) (i32.const 0x7777))
+        (i32.store (i32.const 20) (i32.const 0x7777))
+        (call $check (i32.eqz (call $pairs (i32.const 0) (i32.const 16) (i32.const 20))))
+        (call $check (i32.eqz (i32.load (i32.const 16))))
+        (call $check (i32.eqz (i32.load (i32.const 20))))
+        (call $check (i32.eq (global.get $next) (i32.const 8192)))
+        (i32.const 0))
+    "#;
+    let (_, up) = forwarded(module, &[(":path", "/")], None);
+    assert_eq!(up.headers, Some(vec![]));
+}
