@@ -1064,8 +1064,12 @@ pub fn define_imports(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     });
     hostcall!(l, "proxy_get_header_map_size", |c, t, ret| {
         let t = map_type(t)?;
-        map_access(c.data(), t, false)?;
-        let n = serialized_len(map_ref(c.data(), t).ok_or(Status::BadArgument)?);
+        // Envoy getHeaderMapSize takes the map with `getMap`, the accessor of the writing calls
+        // (no http-call response maps, no access-log copies), and answers
+        // `HeaderMap::byteSize()`: names plus values, not the serialized size.
+        map_access(c.data(), t, true)?;
+        let m = map_ref(c.data(), t).ok_or(Status::BadArgument)?;
+        let n: usize = m.iter().map(|(k, v)| k.len() + v.len()).sum();
         write_u32(c, ret, n as u32)?;
         Ok(())
     });
