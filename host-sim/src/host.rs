@@ -986,10 +986,13 @@ pub fn define_imports(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         let t = BufferType::from_raw(t).ok_or(Status::BadArgument)?;
         let len = buffer_ref(c.data(), t)?.len();
         // cpp-host get_buffer_bytes: overflow → BadArgument, clamp to the buffer, and an
-        // empty range returns Ok without writing (the SDK then yields None).
+        // empty range writes a null pointer and size 0 and returns Ok (the SDK then yields
+        // None).
         let (start, max) = (start as u32 as usize, max as u32 as usize);
         let end = start.checked_add(max).ok_or(Status::BadArgument)?.min(len);
         if start >= end {
+            write_u32(c, ptr_ptr, 0)?;
+            write_u32(c, size_ptr, 0)?;
             return Ok(());
         }
         copy_out_from(c, ptr_ptr, size_ptr, |st| {

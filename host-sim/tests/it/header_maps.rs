@@ -365,3 +365,25 @@ fn header_map_size_of_an_http_call_response_is_bad_argument() {
         )]
     );
 }
+
+/// cpp-host `get_buffer_bytes` clamps the range to the buffer and, when nothing is left (start
+/// at or past the end, or length 0), writes a null pointer and size 0 and returns Ok.
+#[test]
+fn empty_body_range_writes_a_null_pointer_and_zero_size() {
+    let module = r#"
+      (func $empty (param $start i32) (param $len i32)
+        (i32.store (i32.const 16) (i32.const 0x7777))
+        (i32.store (i32.const 20) (i32.const 0x7777))
+        (call $check (i32.eqz (call $bget (i32.const 0) (local.get $start) (local.get $len) (i32.const 16) (i32.const 20))))
+        (call $check (i32.eqz (i32.load (i32.const 16))))
+        (call $check (i32.eqz (i32.load (i32.const 20)))))
+      (func (export "proxy_on_request_body") (param i32 i32 i32) (result i32)
+        ;; "hello world" is 11 bytes
+        (call $empty (i32.const 11) (i32.const 5))
+        (call $empty (i32.const 100) (i32.const 5))
+        (call $empty (i32.const 3) (i32.const 0))
+        (i32.const 0))
+    "#;
+    let (_, up) = forwarded(module, &[(":path", "/")], Some(b"hello world"));
+    assert_eq!(up.body, b"hello world");
+}
