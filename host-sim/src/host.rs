@@ -1001,20 +1001,26 @@ pub fn define_imports(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     });
     hostcall!(l, "proxy_set_buffer_bytes", |c, t, start, size, ptr, len| {
         let t = BufferType::from_raw(t).ok_or(Status::BadArgument)?;
-        let data = read(c, ptr, len)?;
-        let st = c.data_mut();
+        let st = c.data();
         let gcp = st.opts.profile == Profile::Gcp;
-        let phase = st.phase;
-        let s = st.stream().ok_or(Status::NotFound)?;
-        let buf = match t {
-            BufferType::HttpRequestBody if s.req_body_live && (!gcp || phase == Phase::RequestBody) => &mut s.req_body,
-            BufferType::HttpResponseBody if s.resp_body_live && (!gcp || phase == Phase::ResponseBody) => {
-                &mut s.resp_body
-            }
-            _ if gcp && !matches!(t, BufferType::HttpRequestBody | BufferType::HttpResponseBody) => {
-                return Err(Status::Unimplemented.into())
-            }
-            _ => return Err(Status::NotFound.into()),
+        let is_body = matches!(t, BufferType::HttpRequestBody | BufferType::HttpResponseBody);
+        if gcp && !is_body {
+            return Err(Status::Unimplemented.into());
+        }
+        // cpp-host set_buffer_bytes looks the buffer up before it reads the guest's bytes: no
+        // buffer is NotFound whatever the pointer. A buffer that is there but is not an Envoy
+        // body (a configuration, an http-call response body: `BufferBase` over a string)
+        // refuses writes in `BufferBase::copyFrom` with BadArgument.
+        buffer_ref(st, t)?;
+        if !is_body {
+            return Err(Status::BadArgument.into());
+        }
+        let data = read(c, ptr, len)?;
+        let s = c.data_mut().stream().ok_or(Status::NotFound)?;
+        let buf = if t == BufferType::HttpRequestBody {
+            &mut s.req_body
+        } else {
+            &mut s.resp_body
         };
         // Envoy Buffer::copyFrom: start 0 drains `size` bytes then prepends; start >= len
         // appends; anything else is BadArgument (§1.3 "rewrite body").

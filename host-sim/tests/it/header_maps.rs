@@ -387,3 +387,27 @@ fn empty_body_range_writes_a_null_pointer_and_zero_size() {
     let (_, up) = forwarded(module, &[(":path", "/")], Some(b"hello world"));
     assert_eq!(up.body, b"hello world");
 }
+
+/// cpp-host `set_buffer_bytes` asks the host for the buffer before it reads the guest's bytes
+/// (no buffer: NotFound, whatever the pointer), and Envoy refuses writes to a buffer that is not
+/// an Envoy body (`BufferBase::copyFrom`: the VM and plugin configurations are strings):
+/// BadArgument.
+#[test]
+fn set_buffer_bytes_refuses_configurations_and_checks_the_buffer_first() {
+    let module = r#"
+      (data (i32.const 100) "x")
+      (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+        (call $check (i32.eq (call $bset (i32.const 6) (i32.const 0) (i32.const 0) (i32.const 100) (i32.const 1)) (i32.const 2)))
+        (i32.const 1))
+      (func (export "proxy_on_configure") (param i32 i32) (result i32)
+        (call $check (i32.eq (call $bset (i32.const 7) (i32.const 0) (i32.const 0) (i32.const 100) (i32.const 1)) (i32.const 2)))
+        ;; no request body in on_configure, and a range outside memory: NotFound
+        (call $check (i32.eq (call $bset (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0xffff0000) (i32.const 0x1000)) (i32.const 1)))
+        (i32.const 1))
+    "#;
+    let mut opts = HostOptions::new(Profile::Envoy);
+    opts.vm_config = b"vm".to_vec();
+    opts.plugin_config = b"plugin".to_vec();
+    let host = Host::new(&plugin(module), opts, 1);
+    assert!(host.is_ok(), "a check in the module failed: {:?}", host.err());
+}
