@@ -20,7 +20,8 @@
 //!   "headersOnly": {"modelHeader": "x-model", "affinityHeader": "x-session-id"},
 //!   "testMode": false,
 //!   "failureMode": "FailClose",
-//!   "prefixSync": {"enabled": true, "ringSlots": 256, "maxCatchUp": 64}
+//!   "prefixSync": {"enabled": true, "ringSlots": 256, "maxCatchUp": 64},
+//!   "inflightTtlMs": 10000
 //! }
 //! ```
 
@@ -91,6 +92,10 @@ pub struct FilterConfigDto {
     /// by one worker is recognised by the others (picker-core `sync`). Envoy only; on by
     /// default there.
     pub prefix_sync: Option<PrefixSyncDto>,
+    /// How long the in-flight counts of a worker VM outlive its last heartbeat (ms). A VM that
+    /// dies mid-stream (trap, reload) never releases its requests; its counts leave the shared
+    /// table this long after its last write. Live VMs refresh theirs every quarter of it.
+    pub inflight_ttl_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -220,6 +225,8 @@ pub struct FilterConfig {
     pub failure_mode: FailureMode,
     /// Prefix-index replication between workers; `None` when off (always on GCP).
     pub prefix_sync: Option<SyncParams>,
+    /// See [`FilterConfigDto::inflight_ttl_ms`].
+    pub inflight_ttl_ms: u64,
 }
 
 #[derive(Debug, PartialEq)]
@@ -257,6 +264,10 @@ pub const DEFAULT_SNAPSHOT_MAX_BYTES: usize = 1024 * 1024;
 pub const DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
 /// BBR's model header (epp.md §4.5).
 pub const MODEL_HEADER: &str = "x-gateway-model-name";
+/// Default [`FilterConfig::inflight_ttl_ms`]: a phantom request from a dead VM lasts at most
+/// 10 s, and a live VM writes a heartbeat every 2.5 s (a few shared-data writes a second over
+/// all workers).
+pub const DEFAULT_INFLIGHT_TTL_MS: u64 = 10_000;
 /// Shortest accepted bearer token: 128 bits of base64/hex-ish text.
 pub const MIN_TOKEN_LEN: usize = 16;
 
@@ -408,6 +419,14 @@ impl TryFrom<FilterConfigDto> for FilterConfig {
                     "weights are 0..=1,000,000 and models non-empty (GIE)",
                 ));
             }
+            for t in &r.targets {
+                if let Err(e) = crate::headers::FieldValue::new(&t.model) {
+                    return Err(invalid(
+                        "models.rewrites[].targets[].model",
+                        format!("{:?} is written into the model header and is {e}", t.model),
+                    ));
+                }
+            }
             rewrites.push(Rewrite {
                 model: r.model,
                 targets: r.targets.into_iter().map(|t| (t.model, t.weight)).collect(),
@@ -455,7 +474,15 @@ impl TryFrom<FilterConfigDto> for FilterConfig {
                 Some(SyncParams { ring, max_catch_up })
             }
         };
+        let inflight_ttl_ms = d.inflight_ttl_ms.unwrap_or(DEFAULT_INFLIGHT_TTL_MS);
+        if !(1_000..=600_000).contains(&inflight_ttl_ms) {
+            return Err(invalid(
+                "inflightTtlMs",
+                format!("{inflight_ttl_ms} is not in 1000..=600000"),
+            ));
+        }
         Ok(FilterConfig {
+            inflight_ttl_ms,
             prefix_sync,
             host,
             mode: d.mode.unwrap_or(Mode::Body),
@@ -589,6 +616,20 @@ mod tests {
         assert!(matches!(
             err(r#"{"hostProfile":"gcp","snapshot":{"token":"0123456789abcdef"}}"#),
             FilterConfigError::Invalid { field: "snapshot", .. }
+        ));
+        assert!(matches!(
+            err(r#"{"inflightTtlMs":999}"#),
+            FilterConfigError::Invalid {
+                field: "inflightTtlMs",
+                ..
+            }
+        ));
+        assert!(matches!(
+            err(r#"{"models":{"rewrites":[{"model":"a","targets":[{"model":"b\r\nx: 1","weight":1}]}]}}"#),
+            FilterConfigError::Invalid {
+                field: "models.rewrites[].targets[].model",
+                ..
+            }
         ));
         assert!(matches!(
             err(r#"{"endpoints":["pod-a"]}"#),

@@ -18,12 +18,21 @@
 //!    it as `x-conformance-test-served-endpoint`.
 //! 4. Done: release the in-flight count taken at the pick (also after resets and local replies).
 //!
+//! A body that ends with trailers is decided in the trailers callback. In headers-only mode
+//! (`mode: headersOnly`) the pick happens in the headers callback and the headers go on; any
+//! body then passes through untouched. Each stream is a state machine (`wasm::stream`) whose
+//! states carry the right to write the request header map, so a write can only happen where
+//! the host still holds the map.
+//!
 //! ## Shared data (Envoy / Istio only)
 //!
 //! * `wasm-epp/snapshot`: the encoded load snapshot, written only by a validated push whose
 //!   sequence is newer (CAS); `wasm-epp/snapshot-seq`: its sequence, read per request so a worker
 //!   decodes the snapshot only when it changed.
-//! * `wasm-epp/inflight`: per-endpoint in-flight requests and tokens of all workers (CAS loop).
+//! * `wasm-epp/inflight`: per-endpoint in-flight requests and tokens of all workers, one section
+//!   per worker VM stamped with its last write, plus their sum ([`inflight`]). A VM that dies
+//!   mid-stream leaves the table within `inflightTtlMs`: live VMs refresh their section on a
+//!   timer, and sections past the time-to-live are ignored by readers and dropped by writers.
 //!
 //! * `wasm-epp/px/head`, `wasm-epp/px/<i>` (`prefixSync`, on by default): a ring of the prefix
 //!   index insertions of all workers (picker-core `sync`). Each worker applies the others'
@@ -50,11 +59,23 @@
 //!
 //! ## Panics
 //!
-//! The module never calls `unwrap`/`expect` on host or request data; the SDK itself panics on an
-//! unexpected hostcall status, so unsupported hostcalls are never made (GCP profile), and request
-//! headers are only written while the host still allows it.
+//! The module never calls `unwrap`/`expect` on host or request data. The SDK's hostcall wrappers
+//! panic on any status they do not expect, so the module imports the hostcalls it makes itself
+//! (`wasm::abi`) and treats every status as a value; only callback dispatch, logging, the clock,
+//! the plugin configuration and `dispatch_http_call` go through the SDK. Unsupported hostcalls
+//! are never made (GCP profile), and request headers are only written while the host still
+//! holds them.
+//!
+//! ## Header values
+//!
+//! Every value written into a header is a [`headers::FieldValue`]: a valid RFC 9110 field value
+//! of at most 1 KiB. A model name that is not one (CR, LF, NUL, other control bytes, leading or
+//! trailing whitespace) is refused with 400 by the scanner; rewrite targets are checked at
+//! configure time.
 
 pub mod config;
+pub mod headers;
+pub mod inflight;
 pub mod shared;
 
 #[cfg(target_family = "wasm")]

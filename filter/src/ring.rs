@@ -6,8 +6,8 @@
 //! what one shared index would.
 
 use picker_core::sync::{Slot, SlotStore, StoreError};
-use proxy_wasm::traits::Context;
-use proxy_wasm::types::Status;
+
+use crate::wasm::abi::{self, HostError};
 
 /// The ring head: le64 next sequence.
 pub const KEY_RING_HEAD: &str = "wasm-epp/px/head";
@@ -20,7 +20,6 @@ pub fn ring_keys(n: u32) -> Vec<String> {
 
 /// [`SlotStore`] over the host's shared data.
 pub struct HostRing<'a> {
-    pub ctx: &'a dyn Context,
     pub keys: &'a [String],
 }
 
@@ -36,7 +35,11 @@ impl HostRing<'_> {
 impl SlotStore for HostRing<'_> {
     fn get(&mut self, slot: Slot) -> (Option<Vec<u8>>, Option<u32>) {
         match self.key(slot) {
-            Some(k) => self.ctx.get_shared_data(k),
+            Some(k) => match abi::shared_data(k) {
+                Ok(Some((v, cas))) => (Some(v), Some(cas)),
+                // A failed read looks like an empty slot: sync is best effort.
+                Ok(None) | Err(_) => (None, None),
+            },
             None => (None, None),
         }
     }
@@ -45,9 +48,9 @@ impl SlotStore for HostRing<'_> {
         let Some(k) = self.key(slot) else {
             return Err(StoreError::Failed);
         };
-        match self.ctx.set_shared_data(k, Some(value), cas) {
+        match abi::set_shared_data(k, value, cas.unwrap_or(0)) {
             Ok(()) => Ok(()),
-            Err(Status::CasMismatch) => Err(StoreError::CasMismatch),
+            Err(HostError::CasMismatch) => Err(StoreError::CasMismatch),
             Err(_) => Err(StoreError::Failed),
         }
     }

@@ -164,9 +164,16 @@ fn no_traps(host: &mut Host) {
     }
 }
 
+/// Requests in flight over every live worker VM, as a pick at the host's current time reads
+/// them (sections of VMs dead for longer than the default time-to-live do not count).
 fn inflight_total(host: &Host) -> u64 {
-    match host.group.get_data("wasm-epp/inflight") {
-        Ok((bytes, _)) => wasm_epp::shared::InFlightTable::decode(&bytes).total_requests(),
+    inflight_total_ttl(host, wasm_epp::config::DEFAULT_INFLIGHT_TTL_MS)
+}
+
+fn inflight_total_ttl(host: &Host, ttl_ms: u64) -> u64 {
+    let now_ms = host.opts.clock.now_ns() / 1_000_000;
+    match host.group.get_data(wasm_epp::inflight::KEY_INFLIGHT) {
+        Ok((bytes, _)) => wasm_epp::inflight::total_requests(&bytes, now_ms, ttl_ms),
         Err(_) => 0,
     }
 }
@@ -844,5 +851,52 @@ fn pull_mode_fetches_the_snapshot_on_a_tick() {
     assert_eq!(Snapshot::decode(&stored).unwrap().sequence, 3);
     let after = send(&mut host, 0, &[], &chat_body(MODEL, "s", "q"));
     assert_eq!(after.header("x-gateway-destination-endpoint"), Some("10.0.0.3:8000"));
+    no_traps(&mut host);
+}
+
+#[path = "module/hardening.rs"]
+mod hardening;
+
+/// llm-d's in-flight accounting, for the profile that reads it: the primary's uncached prompt
+/// tokens count from the pick to the first response body chunk, the request until the end.
+#[test]
+fn llmd_profile_counts_uncached_tokens_until_the_first_chunk() {
+    let mut host = host(r#""picker":{"profile":"llm-d-optimized-baseline"}"#);
+    push(&mut host, 0, &snapshot(1, &PODS), TOKEN);
+    let totals = |host: &Host| {
+        let (bytes, _) = host.group.get_data(wasm_epp::inflight::KEY_INFLIGHT).unwrap();
+        let now_ms = host.opts.clock.now_ns() / 1_000_000;
+        wasm_epp::inflight::totals(&bytes, now_ms, wasm_epp::config::DEFAULT_INFLIGHT_TTL_MS)
+    };
+    let system = "s".repeat(2000);
+    let body = chat_body(MODEL, &system, "q");
+    let sent = send(&mut host, 0, &[], &body);
+    assert_eq!(sent.status, None);
+    let (requests, tokens) = totals(&host);
+    assert_eq!(requests, 1);
+    // A cold pod: every hashed block of 64 four-byte tokens, the last one partial.
+    let scanned = picker_core::scan(&body, picker_core::Api::ChatCompletions).unwrap();
+    let prompt_tokens = scanned.prompt.len().div_ceil(4) as u64;
+    assert_eq!(tokens, prompt_tokens.div_ceil(64) * 64, "prompt {prompt_tokens} tokens");
+    let w = host.worker(0);
+    w.response_headers(sent.stream, h(&[(":status", "200")]), false);
+    assert_eq!(totals(&host).1, tokens, "headers alone do not end prefill");
+    let w = host.worker(0);
+    w.response_body(sent.stream, b"data: {}\n\n", false);
+    assert_eq!(
+        totals(&host),
+        (1, 0),
+        "first chunk: prefill done, request still in flight"
+    );
+    let w = host.worker(0);
+    w.response_body(sent.stream, b"data: [DONE]\n\n", true);
+    w.finish(sent.stream);
+    assert_eq!(totals(&host), (0, 0));
+    // Our profile reads no token counts: none are kept.
+    let mut ours = host_with(Profile::Envoy, &base_config(""), 1, true);
+    push(&mut ours, 0, &snapshot(1, &PODS), TOKEN);
+    let sent = send(&mut ours, 0, &[], &body);
+    assert_eq!(totals(&ours), (1, 0));
+    ours.worker(0).finish(sent.stream);
     no_traps(&mut host);
 }

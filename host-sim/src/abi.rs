@@ -260,6 +260,49 @@ pub fn deserialize_map(bytes: &[u8]) -> Result<Headers, Status> {
     Ok(out)
 }
 
+/// The pairs proxy-wasm-cpp-host hands to the host for `proxy_set_header_map_pairs`:
+/// `PairsUtil::toPairs` (`src/pairs_util.cc`, proxy-wasm/proxy-wasm-cpp-host commit 52a02917b301)
+/// answers an empty list, not an error, for anything it cannot read in full: under 4 bytes, over
+/// [`MAX_MAP_BYTES`] or [`MAX_MAP_PAIRS`], a length past the end, a key or value not followed by
+/// a NUL, or bytes left over. The caller then applies the empty list (Envoy clears the map).
+pub fn to_pairs_or_empty(bytes: &[u8]) -> Headers {
+    to_pairs(bytes).unwrap_or_default()
+}
+
+fn to_pairs(bytes: &[u8]) -> Option<Headers> {
+    if bytes.len() > MAX_MAP_BYTES {
+        return None;
+    }
+    let rd = |at: usize| -> Option<usize> {
+        let b = bytes.get(at..at.checked_add(4)?)?;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let n = rd(0)?;
+    if n > MAX_MAP_PAIRS {
+        return None;
+    }
+    let mut at = 4 + n * 8;
+    if at > bytes.len() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut field = |len: usize| -> Option<String> {
+            let end = at.checked_add(len)?;
+            let s = bytes.get(at..end)?;
+            if *bytes.get(end)? != 0 {
+                return None;
+            }
+            at = end + 1;
+            Some(String::from_utf8_lossy(s).into_owned())
+        };
+        let k = field(rd(4 + i * 8)?)?;
+        let v = field(rd(8 + i * 8)?)?;
+        out.push((k, v));
+    }
+    (at == bytes.len()).then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,5 +325,17 @@ mod tests {
         assert_eq!(deserialize_map(&[1, 0, 0]), Err(Status::BadArgument));
         // count says 2000 pairs: over the cpp-host cap
         assert_eq!(deserialize_map(&2000u32.to_le_bytes()), Err(Status::BadArgument));
+    }
+
+    #[test]
+    fn cpp_host_pairs_are_all_or_nothing() {
+        let m = vec![("key".to_string(), "value".to_string()), ("".into(), "".into())];
+        let b = serialize_map(&m);
+        assert_eq!(to_pairs_or_empty(&b), m);
+        assert_eq!(to_pairs_or_empty(&b[..b.len() - 1]), vec![]);
+        assert_eq!(to_pairs_or_empty(&[b.as_slice(), &[0]].concat()), vec![]);
+        assert_eq!(to_pairs_or_empty(&2000u32.to_le_bytes()), vec![]);
+        assert_eq!(to_pairs_or_empty(&[]), vec![]);
+        assert_eq!(to_pairs_or_empty(&0u32.to_le_bytes()), vec![]);
     }
 }

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use wasmtime::{Caller, Linker, Memory, ResourceLimiter, TypedFunc};
 
 use crate::abi::{
-    deserialize_map, serialize_map_into, serialized_len, BufferType, Headers, LogLevel, MapType, MetricType, Status,
-    StreamType,
+    deserialize_map, serialize_map_into, serialized_len, to_pairs_or_empty, BufferType, Headers, LogLevel, MapType,
+    MetricType, Status, StreamType,
 };
 use crate::options::{CallResponse, HostOptions, Profile};
 use crate::shared::VmGroup;
@@ -577,6 +577,176 @@ fn map_type(v: i32) -> Result<MapType, Status> {
     MapType::from_raw(v).ok_or(Status::BadArgument)
 }
 
+// Envoy's wasm `Context` (envoyproxy/envoy `source/extensions/common/wasm/context.cc`) turns each
+// header-map hostcall into one `HeaderMapImpl` call (`source/common/http/header_map_impl.cc`) on
+// `LowerCaseString(key)`. The functions below are those calls on host-sim's ordered `Headers`,
+// whose names are already lower-case.
+
+/// Where `HeaderMapImpl::HeaderList::insert` puts a new entry (`header_map_impl.h`): the list
+/// keeps pseudo-headers in front, so a `:` name goes after the last pseudo-header and any other
+/// name at the end.
+fn insert_at(m: &Headers, key: &str) -> usize {
+    if key.starts_with(':') {
+        m.iter().position(|(k, _)| !k.starts_with(':')).unwrap_or(m.len())
+    } else {
+        m.len()
+    }
+}
+
+/// Envoy's default O(1) ("inline") headers: the `INLINE_*_HEADERS` lists of envoyproxy/envoy
+/// `envoy/http/header_map.h` (commit e05a2af4b8e1), with the names of
+/// `source/common/http/headers.h` and the default `x-envoy` prefix. A header map holds at most
+/// one entry of each; extensions can register more (`RegisterCustomInlineHeader`), which depends
+/// on the Envoy build and is not modelled.
+const INLINE_REQUEST: &[&str] = &[
+    // INLINE_REQ_STRING_HEADERS
+    "x-client-trace-id",
+    "x-envoy-downstream-service-cluster",
+    "x-envoy-downstream-service-node",
+    "x-envoy-external-address",
+    "x-envoy-force-trace",
+    "x-envoy-hedge-on-per-try-timeout",
+    "x-envoy-internal",
+    "x-envoy-ip-tags",
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retriable-header-names",
+    "x-envoy-original-path",
+    "x-envoy-original-url",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "expect",
+    "x-forwarded-client-cert",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "grpc-timeout",
+    ":authority",
+    ":method",
+    ":path",
+    ":protocol",
+    ":scheme",
+    "te",
+    "user-agent",
+    // INLINE_REQ_NUMERIC_HEADERS
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-max-retries",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-stream-duration-ms",
+];
+/// `INLINE_RESP_HEADERS` (string and numeric).
+const INLINE_RESPONSE: &[&str] = &[
+    "date",
+    "x-envoy-degraded",
+    "x-envoy-immediate-health-check-fail",
+    "x-envoy-ratelimited",
+    "x-envoy-upstream-canary",
+    "x-envoy-upstream-healthchecked-cluster",
+    "location",
+    "server",
+    "x-envoy-upstream-service-time",
+    ":status",
+];
+/// `INLINE_REQ_RESP_HEADERS`: inline in request and response header maps.
+const INLINE_REQUEST_RESPONSE: &[&str] = &[
+    "connection",
+    "content-type",
+    "x-envoy-decorator-operation",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-status",
+    "x-request-id",
+    "transfer-encoding",
+    "upgrade",
+    "via",
+    "content-length",
+    "x-envoy-attempt-count",
+];
+/// `INLINE_RESP_HEADERS_TRAILERS`: inline in response headers and response trailers.
+const INLINE_RESPONSE_TRAILERS: &[&str] = &["grpc-message", "grpc-status"];
+
+/// Whether `key` (lower-case) is an inline header of map `t`: request headers register
+/// REQ + REQ_RESP, response headers RESP + REQ_RESP + RESP_HEADERS_TRAILERS, response trailers
+/// RESP_HEADERS_TRAILERS, request trailers none (the `StaticLookupTable` constructors in
+/// `header_map_impl.cc`). The http-call response maps are Envoy response maps.
+fn is_inline(t: MapType, key: &str) -> bool {
+    let lists: &[&[&str]] = match t {
+        MapType::HttpRequestHeaders => &[INLINE_REQUEST, INLINE_REQUEST_RESPONSE],
+        MapType::HttpResponseHeaders | MapType::HttpCallResponseHeaders => {
+            &[INLINE_RESPONSE, INLINE_REQUEST_RESPONSE, INLINE_RESPONSE_TRAILERS]
+        }
+        MapType::HttpResponseTrailers | MapType::HttpCallResponseTrailers => &[INLINE_RESPONSE_TRAILERS],
+        _ => &[],
+    };
+    lists.iter().any(|l| l.contains(&key))
+}
+
+/// The name Envoy files `key` under in map `t`: the request-header lookup table maps the HTTP/1
+/// name `host` onto the `:authority` slot (`HostLegacy` in the
+/// `StaticLookupTable<RequestHeaderMap>` constructor, `header_map_impl.cc`), so a guest's `host`
+/// reads, adds to, replaces and removes `:authority`. Response maps have no such alias.
+fn filed_name(t: MapType, key: &[u8]) -> &[u8] {
+    if t == MapType::HttpRequestHeaders && key.eq_ignore_ascii_case(b"host") {
+        b":authority"
+    } else {
+        key
+    }
+}
+
+/// `HeaderMapImpl::get(LowerCaseString(key))[0]`, the only value getHeaderMapValue returns: the
+/// first entry of that name.
+fn first_of(m: &Headers, t: MapType, key: &[u8]) -> Option<usize> {
+    let key = filed_name(t, key);
+    m.iter().position(|(k, _)| name_eq(k, key))
+}
+
+/// `HeaderMapImpl::addCopy(LowerCaseString(key), value)` (via `insertByKey`): an inline header
+/// that is already present gets the value appended by `appendToHeader` (nothing for an empty
+/// value, a `,` between two non-empty ones); any other add inserts a new entry.
+fn add_copy(m: &mut Headers, t: MapType, key: &[u8], value: &str) {
+    let key = String::from_utf8_lossy(filed_name(t, key)).to_ascii_lowercase();
+    if is_inline(t, &key) {
+        if let Some((_, v)) = m.iter_mut().find(|(k, _)| *k == key) {
+            if !value.is_empty() {
+                if !v.is_empty() {
+                    v.push(',');
+                }
+                v.push_str(value);
+            }
+            return;
+        }
+    }
+    m.insert(insert_at(m, &key), (key, value.to_string()));
+}
+
+/// `HeaderMapImpl::remove(LowerCaseString(key))`: every entry of that name.
+fn remove_all(m: &mut Headers, t: MapType, key: &[u8]) {
+    let key = filed_name(t, key);
+    m.retain(|(k, _)| !name_eq(k, key));
+}
+
+/// Envoy `setHeaderMapPairs`: `remove` every name in the map, then `addCopy` each pair in order,
+/// so the pairs are stored by the add rules (lower-case names, pseudo-headers in front, inline
+/// headers joined, `host` as `:authority`), not copied as given.
+fn set_pairs(m: &mut Headers, t: MapType, pairs: &Headers) {
+    m.clear();
+    for (k, v) in pairs {
+        add_copy(m, t, k.as_bytes(), v);
+    }
+}
+
+/// `HeaderMapImpl::setCopy`, which replaceHeaderMapValue calls: `remove(key)` then
+/// `addCopy(key, value)` since Envoy 1.19 (envoyproxy/envoy#16209 removed the runtime guard
+/// `http_set_copy_replace_all_headers` and the older "overwrite the first occurrence, keep the
+/// rest" path). So every occurrence goes, and the one new entry lands where a new header would,
+/// not where the first old one was.
+fn set_copy(m: &mut Headers, t: MapType, key: &[u8], value: &str) {
+    remove_all(m, t, key);
+    add_copy(m, t, key, value);
+}
+
 // === buffers ===
 
 /// The buffer the guest asks for, borrowed: Envoy hands out a pointer to its own buffer and
@@ -816,10 +986,13 @@ pub fn define_imports(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         let t = BufferType::from_raw(t).ok_or(Status::BadArgument)?;
         let len = buffer_ref(c.data(), t)?.len();
         // cpp-host get_buffer_bytes: overflow → BadArgument, clamp to the buffer, and an
-        // empty range returns Ok without writing (the SDK then yields None).
+        // empty range writes a null pointer and size 0 and returns Ok (the SDK then yields
+        // None).
         let (start, max) = (start as u32 as usize, max as u32 as usize);
         let end = start.checked_add(max).ok_or(Status::BadArgument)?.min(len);
         if start >= end {
+            write_u32(c, ptr_ptr, 0)?;
+            write_u32(c, size_ptr, 0)?;
             return Ok(());
         }
         copy_out_from(c, ptr_ptr, size_ptr, |st| {
@@ -828,20 +1001,26 @@ pub fn define_imports(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     });
     hostcall!(l, "proxy_set_buffer_bytes", |c, t, start, size, ptr, len| {
         let t = BufferType::from_raw(t).ok_or(Status::BadArgument)?;
-        let data = read(c, ptr, len)?;
-        let st = c.data_mut();
+        let st = c.data();
         let gcp = st.opts.profile == Profile::Gcp;
-        let phase = st.phase;
-        let s = st.stream().ok_or(Status::NotFound)?;
-        let buf = match t {
-            BufferType::HttpRequestBody if s.req_body_live && (!gcp || phase == Phase::RequestBody) => &mut s.req_body,
-            BufferType::HttpResponseBody if s.resp_body_live && (!gcp || phase == Phase::ResponseBody) => {
-                &mut s.resp_body
-            }
-            _ if gcp && !matches!(t, BufferType::HttpRequestBody | BufferType::HttpResponseBody) => {
-                return Err(Status::Unimplemented.into())
-            }
-            _ => return Err(Status::NotFound.into()),
+        let is_body = matches!(t, BufferType::HttpRequestBody | BufferType::HttpResponseBody);
+        if gcp && !is_body {
+            return Err(Status::Unimplemented.into());
+        }
+        // cpp-host set_buffer_bytes looks the buffer up before it reads the guest's bytes: no
+        // buffer is NotFound whatever the pointer. A buffer that is there but is not an Envoy
+        // body (a configuration, an http-call response body: `BufferBase` over a string)
+        // refuses writes in `BufferBase::copyFrom` with BadArgument.
+        buffer_ref(st, t)?;
+        if !is_body {
+            return Err(Status::BadArgument.into());
+        }
+        let data = read(c, ptr, len)?;
+        let s = c.data_mut().stream().ok_or(Status::NotFound)?;
+        let buf = if t == BufferType::HttpRequestBody {
+            &mut s.req_body
+        } else {
+            &mut s.resp_body
         };
         // Envoy Buffer::copyFrom: start 0 drains `size` bytes then prepends; start >= len
         // appends; anything else is BadArgument (§1.3 "rewrite body").
@@ -862,9 +1041,17 @@ pub fn define_imports(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     hostcall!(l, "proxy_get_header_map_pairs", |c, t, ptr_ptr, size_ptr| {
         let t = map_type(t)?;
         map_access(c.data(), t, false)?;
+        let pairs = map_ref(c.data(), t).ok_or(Status::BadArgument)?;
+        // cpp-host get_header_map_pairs: no pairs is `copyToPointerSize("")`, a null pointer and
+        // size 0 with nothing allocated (not a serialized zero count).
+        if pairs.is_empty() {
+            write_u32(c, ptr_ptr, 0)?;
+            write_u32(c, size_ptr, 0)?;
+            return Ok(());
+        }
         // Serialized straight into the guest's allocation (cpp-host sizes, allocates, then
         // writes the pairs into the VM).
-        let len = serialized_len(map_ref(c.data(), t).ok_or(Status::BadArgument)?);
+        let len = serialized_len(pairs);
         let p = guest_alloc(c, len)?;
         let m = mem(c)?;
         let (data, st) = m.data_and_store_mut(&mut *c);
@@ -879,15 +1066,19 @@ pub fn define_imports(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     });
     hostcall!(l, "proxy_set_header_map_pairs", |c, t, ptr, len| {
         let t = map_type(t)?;
-        let pairs = deserialize_map(&read(c, ptr, len)?)?;
+        let pairs = to_pairs_or_empty(&read(c, ptr, len)?);
         let m = map_mut(c.data_mut(), t, "set_header_map_pairs")?;
-        *m = lower(pairs);
+        set_pairs(m, t, &pairs);
         Ok(())
     });
     hostcall!(l, "proxy_get_header_map_size", |c, t, ret| {
         let t = map_type(t)?;
-        map_access(c.data(), t, false)?;
-        let n = serialized_len(map_ref(c.data(), t).ok_or(Status::BadArgument)?);
+        // Envoy getHeaderMapSize takes the map with `getMap`, the accessor of the writing calls
+        // (no http-call response maps, no access-log copies), and answers
+        // `HeaderMap::byteSize()`: names plus values, not the serialized size.
+        map_access(c.data(), t, true)?;
+        let m = map_ref(c.data(), t).ok_or(Status::BadArgument)?;
+        let n: usize = m.iter().map(|(k, v)| k.len() + v.len()).sum();
         write_u32(c, ret, n as u32)?;
         Ok(())
     });
@@ -895,12 +1086,7 @@ pub fn define_imports(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         let t = map_type(t)?;
         let (key, st) = guest(c, kp, kl)?;
         map_access(st, t, false)?;
-        // Only the first value of a repeated header (Envoy context.cc; §7.3).
-        let i = map_ref(st, t)
-            .ok_or(Status::BadArgument)?
-            .iter()
-            .position(|(k, _)| name_eq(k, key))
-            .ok_or(Status::NotFound)?;
+        let i = first_of(map_ref(st, t).ok_or(Status::BadArgument)?, t, key).ok_or(Status::NotFound)?;
         copy_out_from(c, ptr_ptr, size_ptr, |st| {
             map_ref(st, t)
                 .and_then(|m| m.get(i))
@@ -910,39 +1096,22 @@ pub fn define_imports(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     });
     hostcall!(l, "proxy_add_header_map_value", |c, t, kp, kl, vp, vl| {
         let t = map_type(t)?;
-        let key = read_str(c, kp, kl)?.to_ascii_lowercase();
-        let val = read_str(c, vp, vl)?;
-        map_mut(c.data_mut(), t, "add_header_map_value")?.push((key, val));
+        let (key, val, st) = guest2(c, (kp, kl), (vp, vl))?;
+        let val = String::from_utf8_lossy(val);
+        add_copy(map_mut(st, t, "add_header_map_value")?, t, key, &val);
         Ok(())
     });
     hostcall!(l, "proxy_replace_header_map_value", |c, t, kp, kl, vp, vl| {
         let t = map_type(t)?;
         let (key, val, st) = guest2(c, (kp, kl), (vp, vl))?;
         let val = String::from_utf8_lossy(val);
-        let m = map_mut(st, t, "replace_header_map_value")?;
-        // Envoy setCopy: replaces the first occurrence and drops the rest, or appends.
-        match m.iter().position(|(k, _)| name_eq(k, key)) {
-            Some(i) => {
-                m[i].1.clear();
-                m[i].1.push_str(&val);
-                let mut seen = false;
-                m.retain(|(k, _)| {
-                    if !name_eq(k, key) {
-                        return true;
-                    }
-                    let keep = !seen;
-                    seen = true;
-                    keep
-                });
-            }
-            None => m.push((String::from_utf8_lossy(key).to_ascii_lowercase(), val.into_owned())),
-        }
+        set_copy(map_mut(st, t, "replace_header_map_value")?, t, key, &val);
         Ok(())
     });
     hostcall!(l, "proxy_remove_header_map_value", |c, t, kp, kl| {
         let t = map_type(t)?;
         let (key, st) = guest(c, kp, kl)?;
-        map_mut(st, t, "remove_header_map_value")?.retain(|(k, _)| !name_eq(k, key));
+        remove_all(map_mut(st, t, "remove_header_map_value")?, t, key);
         Ok(())
     });
 

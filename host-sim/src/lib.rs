@@ -4,7 +4,8 @@
 //! `proxy-wasm` 0.2.5) into wasmtime and drives it the way Envoy (and, in a second profile, GCP
 //! Service Extensions) would. No Envoy, Istio or GCP binary runs on our machines, so this is the
 //! host every filter test runs against: where it is kinder than Envoy, our tests lie. Each
-//! modelled rule cites `shared/reference/proxywasm.md` (§ numbers below refer to it).
+//! modelled rule cites `shared/reference/proxywasm.md` (§ numbers below refer to it), except the
+//! header-map and buffer rules, which cite Envoy's and proxy-wasm-cpp-host's public sources.
 //!
 //! ## Layout
 //! - [`abi`]: status/map/buffer constants and the header-map wire format.
@@ -80,7 +81,35 @@
 //! - Pause in a body callback → `StopIterationAndBuffer`: the next callback sees the whole
 //!   buffered body (`body_size` grows) (§1.3); over `buffer_limit` (default 1 MiB, §4.10) the
 //!   request gets a 413 (response: 500) before the VM is called.
-//! - `set_buffer_bytes`: start 0 replaces/prepends, start >= len appends, else BadArgument.
+//! - Header-map and buffer hostcalls do what Envoy's wasm `Context` does with them
+//!   (envoyproxy/envoy `source/extensions/common/wasm/context.cc` at b40935ac07f7), through
+//!   `HeaderMapImpl` (`source/common/http/header_map_impl.cc` and `.h`, as of v1.19.0) and the
+//!   ABI glue of proxy-wasm/proxy-wasm-cpp-host (`src/exports.cc`, `src/pairs_util.cc` at
+//!   52a02917b301):
+//!   - Names are lower-cased (`LowerCaseString`). `get` returns the first value of a repeated
+//!     header, NotFound if there is none (`getHeaderMapValue`: `get(key)[0]`); `remove` drops
+//!     every occurrence (`HeaderMapImpl::remove`).
+//!   - `add` is `addCopy` (via `insertByKey`): a new entry, except for Envoy's default O(1)
+//!     headers (`INLINE_*_HEADERS` in `envoy/http/header_map.h` at e05a2af4b8e1:
+//!     `x-forwarded-for`, `content-type`, `content-length`, `:path`, ...), whose value is appended
+//!     to the existing entry after a `,`, an empty value changing nothing (`appendToHeader`). A
+//!     new entry goes at the end, a pseudo-header after the last pseudo-header
+//!     (`HeaderList::insert`).
+//!   - `replace` is `setCopy`, which since Envoy 1.19 (envoyproxy/envoy#16209) is `remove` then
+//!     `addCopy`: every occurrence goes and one entry is added where a new header goes.
+//!   - In request headers `host` is `:authority` for every call (`HostLegacy` in the request
+//!     map's `StaticLookupTable`).
+//!   - `set_header_map_pairs` empties the map and `addCopy`s each pair (`setHeaderMapPairs`); a
+//!     buffer `PairsUtil::toPairs` cannot read in full is no pairs: the map is emptied, Ok.
+//!   - `get_header_map_pairs` of an empty map writes a null pointer and size 0
+//!     (`copyToPointerSize("")`). `get_header_map_size` is `byteSize()` (names plus values, not
+//!     the serialized size) of the map `getMap` gives, so BadArgument for http-call responses.
+//!   - `get_buffer_status` flags are 0. `get_buffer_bytes` clamps start and length to the
+//!     buffer; an empty range writes a null pointer and size 0.
+//!   - `set_buffer_bytes` looks the buffer up first (none: NotFound, whatever the pointer). On a
+//!     body (`Buffer::copyFrom`): start 0 drains `size` bytes then prepends, start >= len
+//!     appends, else BadArgument. Configurations and http-call response bodies are read-only
+//!     strings (`BufferBase::copyFrom`): BadArgument.
 //! - `send_local_response` takes effect after the callback returns; the reply (with
 //!   `content-length`, `content-type: text/plain`) runs through the plugin's own response
 //!   callbacks (Envoy `Context::encodeHeaders` is skipped only after `failStream`; the SDK's
@@ -146,7 +175,10 @@
 //! Envoy's exact local-reply headers beyond content-length/content-type; watermark flow
 //! control; per-route buffer limits; Envoy's CEL property set beyond the list above;
 //! `on_done` returning false keeps the context until `proxy_done` only approximately;
-//! the 1 ms GCP budget is reported, never enforced (our CPUs differ from GCP's).
+//! the 1 ms GCP budget is reported, never enforced (our CPUs differ from GCP's); header maps a
+//! test passes in are taken as given (Envoy's codecs would already have joined repeated O(1)
+//! headers, filed `host` as `:authority` and put pseudo-headers first); O(1) headers that Envoy
+//! extensions register (`RegisterCustomInlineHeader`) join like any other name here.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod abi;

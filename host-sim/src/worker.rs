@@ -84,6 +84,9 @@ struct Dir {
 #[derive(Debug, Default)]
 struct StreamDriver {
     ctx: Option<u32>,
+    /// The VM generation (`Worker::reloads`) the context belongs to: a context dies with its
+    /// VM, so a stream opened before a reload never reaches the new VM.
+    vm_gen: u32,
     /// The filter is skipped (fail-open after a trap).
     bypass: bool,
     req: Dir,
@@ -220,6 +223,22 @@ impl Worker {
         }
     }
 
+    /// Fault injection: the VM dies now, as on a runtime error the module did not cause
+    /// (Envoy fails the VM for any `RuntimeError`, §4.2). Its open streams get no further
+    /// callback, not even `on_done`; the failure policy applies to them and to new streams
+    /// (`FailReload`: the next stream starts a fresh VM). Shared data outlives the VM, as in
+    /// Envoy, so this is how tests check that shared state heals after a VM dies mid-stream.
+    pub fn kill_vm(&mut self, reason: &str) {
+        let t = TrapInfo {
+            callback: "injected",
+            message: reason.to_string(),
+        };
+        if let Some(vm) = self.vm.as_mut() {
+            vm.trap = Some(t.clone());
+        }
+        self.mark_failed(t);
+    }
+
     fn mark_failed(&mut self, t: TrapInfo) {
         self.traps.push(t.clone());
         self.failed = Some(t);
@@ -271,7 +290,10 @@ impl Worker {
         if self.failed.is_none() && !d.bypass {
             if let Some(vm) = self.vm.as_mut() {
                 match vm.create_http_context() {
-                    Ok(ctx) => d.ctx = Some(ctx),
+                    Ok(ctx) => {
+                        d.ctx = Some(ctx);
+                        d.vm_gen = self.reloads;
+                    }
                     Err(t) => {
                         self.traps.push(t.clone());
                         self.failed = Some(t);
@@ -294,11 +316,12 @@ impl Worker {
     fn live(&mut self, id: StreamId) -> Option<u32> {
         let failed = self.failed.is_some();
         let policy = self.opts.failure_policy;
+        let generation = self.reloads;
         let d = self.drv(id);
         if d.bypass || d.ended {
             return None;
         }
-        if failed || d.ctx.is_none() {
+        if failed || d.ctx.is_none() || d.vm_gen != generation {
             // The VM failed under this stream (or before it): apply the policy.
             match policy {
                 FailurePolicy::FailOpen => {
@@ -499,7 +522,11 @@ impl Worker {
         });
         let d = self.drv(id);
         d.req.trailers_in = tr;
-        if action == Action::Continue && !d.req.headers_paused && !d.req.stop_all {
+        // Continue from trailers resumes everything held, headers paused by StopIteration
+        // included (Envoy `source/common/http/filter_manager.cc`,
+        // `ActiveStreamFilterBase::commonHandleAfterTrailersCallback`: Continue while
+        // `StopSingleIteration` calls `commonContinue()`).
+        if action == Action::Continue && !d.req.stop_all {
             self.forward_held(id, ctx, true);
         }
         self.after_vm_call(id, ctx);
@@ -632,7 +659,11 @@ impl Worker {
         });
         let d = self.drv(id);
         d.resp.trailers_in = tr;
-        if action == Action::Continue && !d.resp.headers_paused && !d.resp.stop_all {
+        // Continue from trailers resumes everything held, headers paused by StopIteration
+        // included (Envoy `source/common/http/filter_manager.cc`,
+        // `ActiveStreamFilterBase::commonHandleAfterTrailersCallback`: Continue while
+        // `StopSingleIteration` calls `commonContinue()`).
+        if action == Action::Continue && !d.resp.stop_all {
             self.forward_held(id, ctx, false);
         }
         self.after_vm_call(id, ctx);
@@ -1036,9 +1067,11 @@ impl Worker {
             return;
         }
         d.finished = true;
-        let ctx = d.ctx;
+        let (ctx, vm_gen) = (d.ctx, d.vm_gen);
         let Some(ctx) = ctx else { return };
-        if self.vm.as_ref().map(|v| v.trap.is_some()).unwrap_or(true) {
+        // A context that died with its VM (trap, kill, reload) gets no on_done: this is the
+        // case a module's shared state must survive.
+        if vm_gen != self.reloads || self.vm.as_ref().map(|v| v.trap.is_some()).unwrap_or(true) {
             return;
         }
         let gcp = self.opts.profile == Profile::Gcp;

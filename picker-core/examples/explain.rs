@@ -10,7 +10,9 @@ use std::process::ExitCode;
 
 use picker_core::config::ScorerKind;
 use picker_core::pick::Outcome;
-use picker_core::{pick, Api, Config, Endpoint, Instant, Pool, Profile, Request, Snapshot, SplitMix64, State};
+use picker_core::{
+    pick, Api, Config, Endpoint, InFlight, Instant, Pool, Profile, Request, Snapshot, SplitMix64, State,
+};
 
 const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
 
@@ -43,7 +45,7 @@ fn sample_pool(now: Instant) -> Pool {
 /// Two chat requests of the same tenant: same long system prompt, different questions
 /// (OpenAI `POST /v1/chat/completions` shape).
 fn sample_bodies() -> Vec<String> {
-    let system = "You are a support assistant for ACME Corp. ".repeat(40);
+    let system = "You are a support assistant for ACME Corp. ".repeat(100);
     ["How do I reset my password?", "Where can I download my invoices?"]
         .iter()
         .map(|q| {
@@ -71,12 +73,15 @@ fn explain(profile: Profile, pool: &Pool, bodies: &[String], api: Api, now: Inst
     let config = Config::profile(profile);
     let mut state = State::new(&config);
     let mut rng = SplitMix64::new(42);
+    // In-flight counts as the proxy keeps them: each routed request adds one request, and its
+    // uncached prompt tokens while its prefill runs (none of these requests has answered yet).
+    let mut inflight = vec![InFlight::default(); pool.endpoints().len()];
     println!("## profile `{}`\n", profile.name());
     for (n, body) in bodies.iter().enumerate() {
         let scanned = picker_core::scan(body.as_bytes(), api).map_err(|e| format!("request {}: {e}", n + 1))?;
         let mut req = Request::new(&scanned.model, scanned.prompt);
         req.cache_salt = scanned.cache_salt.as_deref();
-        let d = pick(&config, &req, pool, &[], &mut state, now, &mut rng);
+        let d = pick(&config, &req, pool, &inflight, &mut state, now, &mut rng);
         println!(
             "request {}: model `{}`, stream {:?}, {} prompt bytes, {} prefix blocks, pool saturation {:.2}, mode {:?}",
             n + 1,
@@ -92,8 +97,11 @@ fn explain(profile: Profile, pool: &Pool, bodies: &[String], api: Api, now: Inst
             .iter()
             .map(|(k, w)| format!("{}×{w}", scorer_name(*k)))
             .collect();
-        println!("\n| endpoint | waiting | kv | {} | total | |", header.join(" | "));
-        println!("|---|---|---|{}---|---|", "---|".repeat(header.len()));
+        println!(
+            "\n| endpoint | waiting | kv | in flight (req / tok) | {} | total | |",
+            header.join(" | ")
+        );
+        println!("|---|---|---|---|{}---|---|", "---|".repeat(header.len()));
         let picked = match &d.outcome {
             Outcome::Route(list) => list.clone(),
             Outcome::Reject(_) => vec![],
@@ -106,17 +114,50 @@ fn explain(profile: Profile, pool: &Pool, bodies: &[String], api: Api, now: Inst
             } else {
                 ""
             };
+            let load = inflight[s.index];
             println!(
-                "| {} | {} | {:.2} | {} | {:.3} | {mark} |",
+                "| {} | {} | {:.2} | {} / {} | {} | {:.3} | {mark} |",
                 e.addr,
                 e.waiting,
                 e.kv_usage,
+                load.requests,
+                load.tokens,
                 cols.join(" | "),
                 s.total
             );
         }
         for (i, why) in &d.drops {
             println!("| {} | — | — | dropped: {why:?} |", pool.endpoints()[*i].addr);
+        }
+        if let Some(g) = d.affinity {
+            let gate = match g.ttft_ms {
+                Some((sticky, other)) => format!(
+                    "; TTFT gate: best sticky {sticky:.0} ms − best other {other:.0} ms = {:.0} ms vs {:.0} ms allowed",
+                    sticky - other,
+                    config.affinity().max_ttft_penalty_ms
+                ),
+                None => String::new(),
+            };
+            println!(
+                "\naffinity filter: {} sticky (prefix score ≥ {}){gate}{}",
+                g.sticky,
+                config.affinity().threshold,
+                if g.explored {
+                    " — exploration: kept all"
+                } else if g.kept_all {
+                    " — kept all"
+                } else {
+                    " — kept the sticky pods only"
+                }
+            );
+        }
+        if let Some(p) = d.primary() {
+            println!(
+                "the pick must prefill {} uncached prompt tokens (counted in flight until its first response chunk)",
+                d.uncached_tokens
+            );
+            inflight[p].requests += 1;
+            inflight[p].tokens += d.uncached_tokens;
         }
         match &d.outcome {
             Outcome::Route(list) => {
@@ -131,15 +172,17 @@ fn explain(profile: Profile, pool: &Pool, bodies: &[String], api: Api, now: Inst
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
-    let mut profiles = vec![Profile::GieDefault, Profile::LlmdDefault, Profile::WasmEppDefault];
+    let mut profiles = vec![
+        Profile::GieDefault,
+        Profile::LlmdOptimizedBaseline,
+        Profile::WasmEppDefault,
+    ];
     let mut bodies = sample_bodies();
     let mut api = Api::ChatCompletions;
     while let Some(a) = args.next() {
         let val = args.next();
         let result = match (a.as_str(), val) {
-            ("--profile", Some(p)) => serde_json::from_value::<Profile>(serde_json::Value::String(p.clone()))
-                .map(|p| profiles = vec![p])
-                .map_err(|_| format!("unknown profile {p:?} (gie-default, llm-d-default, wasm-epp-default)")),
+            ("--profile", Some(p)) => Profile::from_name(&p).map(|p| profiles = vec![p]),
             ("--body", Some(f)) => std::fs::read_to_string(&f)
                 .map(|b| bodies = vec![b])
                 .map_err(|e| format!("{f}: {e}")),
@@ -159,7 +202,7 @@ fn main() -> ExitCode {
     let pool = sample_pool(now);
     println!("# wasm-epp picker: sample decisions\n");
     println!(
-        "Pool: {} pods of `{MODEL}` (one not ready). Two requests share a 1,720-byte system prompt;",
+        "Pool: {} pods of `{MODEL}` (one not ready). Two requests share a 4,300-byte system prompt;",
         pool.endpoints().len()
     );
     println!("the second one shows prefix affinity from the first pick.\n");

@@ -12,9 +12,10 @@
 //!   "saturation": {"queueDepthThreshold": 5, "kvCacheUtilThreshold": 0.8,
 //!                  "metricsStalenessThresholdMs": 200, "headroom": 0.0},
 //!   "prefix": {"blockSizeTokens": 16, "charsPerToken": 4, "maxPrefixBlocksToMatch": 256,
-//!              "autoTune": true, "lruCapacityPerServer": 31250, "maxIndexEntries": 32768,
-//!              "insertOrder": "gie"},
-//!   "affinity": {"threshold": 0.8, "valveTokens": 286720, "explorationProbability": 0.01},
+//!              "autoTune": true, "lruCapacityPerServer": 31250, "maxIndexEntries": 0,
+//!              "insertOrder": "gie", "minBlockSizeTokens": 0, "maxPrefixTokensToMatch": 0},
+//!   "affinity": {"threshold": 0.8, "maxTTFTPenaltyMs": 18000, "peakPrefillThroughput": 15928,
+//!                "explorationProbability": 0},
 //!   "tokenLoad": {"thresholdTokens": 4194304},
 //!   "consistentHash": {"epsilon": 0.5, "prefixBlocks": 256, "minBound": 8},
 //!   "degradeAfterMs": 5000
@@ -39,20 +40,38 @@ use crate::time::Duration;
 pub const MAX_SCORERS: usize = 8;
 /// Most endpoints the picker may return as an ordered fallback list.
 pub const MAX_FALLBACK: u32 = 16;
+/// `wasm-epp-default`'s prefix-index budget per worker VM: 49,152 entries of at most
+/// [`crate::PrefixIndex::ENTRY_BYTES`] bytes, ≈ 2 MiB (32,768 entries fitted before the index
+/// was made compact).
+pub const WASM_EPP_MAX_INDEX_ENTRIES: u32 = 49_152;
 
 /// A named starting point for the configuration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Profile {
-    /// GIE's default scheduling profile, reproduced exactly (epp.md §3.2): queue-scorer 2,
+    /// GIE's default scheduling profile, reproduced exactly: queue-scorer 2,
     /// kv-cache-utilization-scorer 2, prefix-cache-scorer 3, max-score picker with one endpoint,
-    /// utilization saturation detector 5 / 0.8 / 200 ms for admission.
+    /// utilization saturation detector 5 / 0.8 / 200 ms for admission, and GIE's approximate
+    /// prefix index: one LRU per pod of `num_gpu_blocks` entries (31,250 when unknown), no
+    /// global cap (kubernetes-sigs/gateway-api-inference-extension @1748e82,
+    /// `pkg/epp/config/loader/defaults.go`, `.../approximateprefix/plugin.go` `makeserver`).
+    /// llm-d-router's built-in and Helm-chart default is this same blend.
     #[serde(rename = "gie-default")]
     GieDefault,
-    /// llm-d-router's current default (DESIGN.md; calibration.md §5.1): prefix-cache-affinity
-    /// filter (threshold 0.8, exploration 1%, saturation valve τ = 35 × 8192 = 286,720 in-flight
-    /// tokens) + token-load-scorer, max-score picker.
-    #[serde(rename = "llm-d-default")]
-    LlmdDefault,
+    /// The llm-d optimized-baseline guide's router configuration (llm-d/llm-d
+    /// `guides/optimized-baseline/router/optimized-baseline.values.yaml` @0a3b0c9):
+    /// `prefix-cache-affinity-filter` (threshold 0.8; exploration 0; a *relative* TTFT gate that
+    /// keeps every pod when the best sticky pod's in-flight uncached tokens lead the best
+    /// non-sticky pod's by more than `maxTTFTPenaltyMs` 18,000 × `peakPrefillThroughput` 15,928
+    /// tok/s) and `token-load-scorer` (threshold 4,194,304 tokens, plus this request's uncached
+    /// tokens on each pod), max-score picker; llm-d's approximate hashing (4-byte tokens, blocks
+    /// of at least 64 tokens, at most 131,072 tokens), no index cap (llm-d/llm-d-router @ebab687,
+    /// `pkg/epp/framework/plugins/scheduling/filter/prefixcacheaffinity/plugin.go`,
+    /// `.../scorer/tokenload/token_load.go`, `.../dataproducer/approximateprefix/plugin.go`,
+    /// `types.go`). In-flight tokens mean *uncached prompt tokens, released at the first
+    /// streamed chunk* (`.../dataproducer/inflightload/producer.go`); see
+    /// [`crate::Decision::uncached_tokens`].
+    #[serde(rename = "llm-d-optimized-baseline")]
+    LlmdOptimizedBaseline,
     /// Ours: GIE's signals plus exact proxy-side in-flight counts and bounded-load consistent
     /// hashing on the prompt prefix, so that every worker and replica sends a new prefix to the
     /// same pod without sharing state. Weights tuned with podsim: prefix 6, KV 2, in-flight 4,
@@ -62,12 +81,39 @@ pub enum Profile {
 }
 
 impl Profile {
+    /// Every profile, in the order tables list them.
+    pub const ALL: [Profile; 3] = [
+        Profile::GieDefault,
+        Profile::LlmdOptimizedBaseline,
+        Profile::WasmEppDefault,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Profile::GieDefault => "gie-default",
-            Profile::LlmdDefault => "llm-d-default",
+            Profile::LlmdOptimizedBaseline => "llm-d-optimized-baseline",
             Profile::WasmEppDefault => "wasm-epp-default",
         }
+    }
+
+    /// The profile of a name; the error says what a retired name became.
+    pub fn from_name(name: &str) -> Result<Profile, String> {
+        match Profile::ALL.iter().find(|p| p.name() == name) {
+            Some(p) => Ok(*p),
+            None if name == "llm-d-default" => Err(String::from(
+                "profile \"llm-d-default\" was renamed \"llm-d-optimized-baseline\" (the llm-d optimized-baseline guide's configuration); llm-d-router's built-in default is the \"gie-default\" blend",
+            )),
+            None => Err(format!(
+                "unknown profile {name:?} (gie-default, llm-d-optimized-baseline, wasm-epp-default)"
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Profile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Profile, D::Error> {
+        let name = String::deserialize(d)?;
+        Profile::from_name(&name).map_err(serde::de::Error::custom)
     }
 }
 
@@ -108,7 +154,8 @@ pub enum FilterKind {
     #[serde(rename = "utilization-filter")]
     Utilization,
     /// llm-d `prefix-cache-affinity-filter`: keep pods whose prefix score ≥ threshold unless none
-    /// do, the exploration draw skips it, or every sticky pod's in-flight tokens reach the valve.
+    /// do, the exploration draw skips it, or the TTFT gate opens (the best sticky pod's estimated
+    /// TTFT exceeds the best non-sticky pod's by more than `maxTTFTPenaltyMs`).
     #[serde(rename = "prefix-cache-affinity-filter")]
     PrefixAffinity,
 }
@@ -176,10 +223,17 @@ pub struct PrefixDto {
     pub auto_tune: Option<bool>,
     /// Per-endpoint LRU capacity when the pod reports no `num_gpu_blocks` (31,250).
     pub lru_capacity_per_server: Option<u32>,
-    /// Hard cap on index entries per picker state (32,768 ≈ 2 MiB).
+    /// Cap on index entries per picker state, shared equally by the pods (0: no cap, each pod
+    /// keeps its own LRU capacity, as GIE and llm-d do). A memory budget for the proxy:
+    /// `wasm-epp-default` sets 49,152 (≈ 2 MiB); the baselines set none.
     pub max_index_entries: Option<u32>,
     /// `gie` (first block least recent) or `headMostRecent`.
     pub insert_order: Option<InsertOrder>,
+    /// Floor on the block size in tokens, whatever the pods report (llm-d 64, GIE none = 0).
+    pub min_block_size_tokens: Option<u32>,
+    /// Cap on hashed prompt tokens; when > 0 it sets the block cap to this / block size,
+    /// overriding `maxPrefixBlocksToMatch` (llm-d 131,072; GIE none = 0).
+    pub max_prefix_tokens_to_match: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -187,9 +241,14 @@ pub struct PrefixDto {
 pub struct AffinityDto {
     /// Prefix score a pod needs to be sticky (0.8).
     pub threshold: Option<f64>,
-    /// In-flight tokens at which a sticky pod stops being preferred (286,720 = 35 × 8192).
-    pub valve_tokens: Option<u64>,
-    /// Probability of skipping the filter to explore (0.01).
+    /// The TTFT gate (llm-d `maxTTFTPenaltyMs`, 18,000): stickiness breaks when the best sticky
+    /// pod's estimated TTFT exceeds the best non-sticky pod's by more than this; 0 never breaks.
+    #[serde(rename = "maxTTFTPenaltyMs")]
+    pub max_ttft_penalty_ms: Option<f64>,
+    /// Prefill throughput (tokens/s) that turns in-flight tokens into an estimated TTFT (llm-d
+    /// `peakPrefillThroughput`, 15,928, calibrated for Qwen3-32B on 2×H100).
+    pub peak_prefill_throughput: Option<f64>,
+    /// Probability of skipping the filter to explore (llm-d default 0).
     pub exploration_probability: Option<f64>,
 }
 
@@ -259,14 +318,20 @@ pub struct PrefixParams {
     pub max_blocks: u32,
     pub auto_tune: bool,
     pub lru_capacity: u32,
-    pub max_index_entries: u32,
+    /// `None`: no global cap.
+    pub max_index_entries: Option<u32>,
     pub insert_order: InsertOrder,
+    /// 0: no floor.
+    pub min_block_size_tokens: u32,
+    /// 0: `max_blocks` applies.
+    pub max_prefix_tokens: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Affinity {
     pub threshold: f64,
-    pub valve_tokens: u64,
+    pub max_ttft_penalty_ms: f64,
+    pub peak_prefill_throughput: f64,
     pub exploration: f64,
 }
 
@@ -306,7 +371,7 @@ impl Config {
                 &[],
                 InsertOrder::Gie,
             ),
-            Profile::LlmdDefault => (
+            Profile::LlmdOptimizedBaseline => (
                 &[(ScorerKind::TokenLoad, 1.0)],
                 &[FilterKind::PrefixAffinity],
                 InsertOrder::Gie,
@@ -349,19 +414,33 @@ impl Config {
                 max_blocks: DEFAULT_MAX_BLOCKS,
                 auto_tune: true,
                 lru_capacity: DEFAULT_LRU_CAPACITY,
-                max_index_entries: 32_768,
+                // The baselines keep GIE's and llm-d's unbounded index (one LRU per pod); ours
+                // runs inside the proxy with a memory budget (`PrefixIndex::ENTRY_BYTES` each).
+                max_index_entries: match p {
+                    Profile::WasmEppDefault => Some(WASM_EPP_MAX_INDEX_ENTRIES),
+                    _ => None,
+                },
                 insert_order,
+                // llm-d `minBlockSizeTokens` 64 and `defaultMaxPrefixTokens` 131,072
+                // (approximateprefix/plugin.go, types.go @ebab687).
+                min_block_size_tokens: match p {
+                    Profile::LlmdOptimizedBaseline => 64,
+                    _ => 0,
+                },
+                max_prefix_tokens: match p {
+                    Profile::LlmdOptimizedBaseline => 131_072,
+                    _ => 0,
+                },
             },
+            // llm-d `prefixcacheaffinity.DefaultConfig` @ebab687.
             affinity: Affinity {
                 threshold: 0.8,
-                valve_tokens: 35 * 8192,
-                exploration: 0.01,
+                max_ttft_penalty_ms: 18_000.0,
+                peak_prefill_throughput: 15_928.0,
+                exploration: 0.0,
             },
-            token_load_threshold: match p {
-                // The sticky-until-saturated configuration uses τ for both the valve and the scorer.
-                Profile::LlmdDefault => 35 * 8192,
-                _ => 4_194_304,
-            },
+            // llm-d `tokenQueueThresholdDefault` (token_load.go @ebab687).
+            token_load_threshold: 4_194_304,
             chash: ConsistentHash {
                 epsilon: 0.5,
                 // The whole matched window (`maxPrefixBlocksToMatch`), not the first few blocks:
@@ -412,13 +491,36 @@ impl Config {
         self.degrade_after
     }
 
-    /// Bytes per prefix block for a pool whose first candidate reports `block_size` tokens.
-    pub fn block_bytes(&self, reported_block_size: Option<u32>) -> usize {
+    /// Whether a configured scorer or filter reads in-flight *tokens* (token-load, or the
+    /// affinity filter's TTFT gate); callers that keep counts need to track tokens only then.
+    pub fn reads_inflight_tokens(&self) -> bool {
+        self.scorers.iter().any(|s| s.kind == ScorerKind::TokenLoad)
+            || (self.filters.contains(&FilterKind::PrefixAffinity) && self.affinity.max_ttft_penalty_ms > 0.0)
+    }
+
+    /// Tokens per prefix block for a pool whose first candidate reports `block_size` tokens
+    /// (autoTune), never below `minBlockSizeTokens`.
+    pub fn block_tokens(&self, reported_block_size: Option<u32>) -> u32 {
         let tokens = match reported_block_size {
             Some(b) if self.prefix.auto_tune && b > 0 => b,
             _ => self.prefix.block_size_tokens,
         };
-        (tokens as usize).saturating_mul(self.prefix.chars_per_token as usize)
+        tokens.max(self.prefix.min_block_size_tokens)
+    }
+
+    /// Bytes per prefix block for a pool whose first candidate reports `block_size` tokens.
+    pub fn block_bytes(&self, reported_block_size: Option<u32>) -> usize {
+        (self.block_tokens(reported_block_size) as usize).saturating_mul(self.prefix.chars_per_token as usize)
+    }
+
+    /// Most blocks hashed for blocks of `block_tokens` tokens: `maxPrefixTokensToMatch /
+    /// block_tokens` when that cap is set, else `maxPrefixBlocksToMatch`.
+    pub fn max_blocks(&self, block_tokens: u32) -> u32 {
+        if self.prefix.max_prefix_tokens > 0 && block_tokens > 0 {
+            self.prefix.max_prefix_tokens / block_tokens
+        } else {
+            self.prefix.max_blocks
+        }
     }
 }
 
@@ -542,24 +644,54 @@ impl TryFrom<ConfigDto> for Config {
                 c.prefix.lru_capacity = v;
             }
             if let Some(v) = p.max_index_entries {
-                if !(1..=1 << 22).contains(&v) {
-                    return Err(invalid("prefix.maxIndexEntries", format!("{v} is not in 1..=4194304")));
+                if v > 1 << 24 {
+                    return Err(invalid(
+                        "prefix.maxIndexEntries",
+                        format!("{v} is not in 0..=16777216 (0: no cap)"),
+                    ));
                 }
-                c.prefix.max_index_entries = v;
+                c.prefix.max_index_entries = (v > 0).then_some(v);
             }
             if let Some(v) = p.insert_order {
                 c.prefix.insert_order = v;
+            }
+            if let Some(v) = p.min_block_size_tokens {
+                if v > 4096 {
+                    return Err(invalid("prefix.minBlockSizeTokens", format!("{v} is not in 0..=4096")));
+                }
+                c.prefix.min_block_size_tokens = v;
+            }
+            if let Some(v) = p.max_prefix_tokens_to_match {
+                if v > 1 << 22 {
+                    return Err(invalid(
+                        "prefix.maxPrefixTokensToMatch",
+                        format!("{v} is not in 0..=4194304 (0: maxPrefixBlocksToMatch applies)"),
+                    ));
+                }
+                c.prefix.max_prefix_tokens = v;
             }
         }
         if let Some(a) = d.affinity {
             if let Some(t) = a.threshold {
                 c.affinity.threshold = fraction("affinity.threshold", t, false)?;
             }
-            if let Some(v) = a.valve_tokens {
-                if v == 0 {
-                    return Err(invalid("affinity.valveTokens", "must be > 0"));
+            if let Some(v) = a.max_ttft_penalty_ms {
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(invalid(
+                        "affinity.maxTTFTPenaltyMs",
+                        format!("{v} is not a finite number >= 0"),
+                    ));
                 }
-                c.affinity.valve_tokens = v;
+                c.affinity.max_ttft_penalty_ms = v;
+            }
+            if let Some(v) = a.peak_prefill_throughput {
+                if !(v.is_finite() && v > 0.0) {
+                    return Err(invalid(
+                        "affinity.peakPrefillThroughput",
+                        format!("{v} is not a finite number > 0"),
+                    ));
+                }
+                c.affinity.peak_prefill_throughput = v;
             }
             if let Some(p) = a.exploration_probability {
                 c.affinity.exploration = fraction("affinity.explorationProbability", p, true)?;

@@ -22,7 +22,7 @@
 //! | [`scan`] | one-pass validating JSON scanner for `/v1/completions`, `/v1/chat/completions`, `/v1/responses`, `/v1/embeddings` |
 //! | [`prefix`] | GIE-compatible prefix block hashing and the bounded prefix index (per-endpoint LRU) |
 //! | [`snapshot`] | the load snapshot, its versioned binary codec, and [`Pool`] |
-//! | [`config`] | DTO → validated [`Config`]; profiles `gie-default`, `llm-d-default`, `wasm-epp-default` |
+//! | [`config`] | DTO → validated [`Config`]; profiles `gie-default`, `llm-d-optimized-baseline`, `wasm-epp-default` |
 //! | [`pick`] | candidates, admission, filters, scorers, max-score picker, [`Decision`] |
 //! | [`chash`] | bounded-load rendezvous hashing on the prompt prefix |
 //! | [`sync`] | replicating the prefix index between proxy workers through a shared-data ring |
@@ -34,8 +34,9 @@
 //!   [`Snapshot::decode`], [`pick::parse_subset`], [`Config::from_json`]) return typed errors and
 //!   are property-tested over arbitrary bytes.
 //! * Memory is bounded: the scanner allocates only the model and salt (≤ 256 bytes each); the
-//!   prefix index holds at most `prefix.maxIndexEntries` entries of
-//!   [`PrefixIndex::ENTRY_BYTES`] bytes; a snapshot holds at most 1,024 endpoints.
+//!   prefix index holds at most `prefix.maxIndexEntries` entries of at most
+//!   [`PrefixIndex::ENTRY_BYTES`] bytes when capped (our profile), and each pod's LRU capacity
+//!   otherwise (the baselines, as GIE and llm-d); a snapshot holds at most 1,024 endpoints.
 //! * `pick` returns endpoints only from the candidate set (ready, serving the model, inside the
 //!   subset), scores in [0, 1], and the same decision for the same inputs and RNG seed.
 #![no_std]

@@ -17,7 +17,7 @@
 //! * lora: 1.0 adapter running; 0.8 room to load (`running + waiting < max`); 0.6 adapter
 //!   waiting; else 0;
 //! * running-requests: min-max like queue, on running requests;
-//! * token-load: `1 − min(1, in-flight tokens / threshold)`;
+//! * token-load: `1 − min(1, (in-flight tokens + this request's uncached tokens) / threshold)`;
 //! * in-flight (ours): min-max like queue, on the proxy's exact in-flight requests;
 //! * consistent-hash (ours): 1.0 for the bounded-load rendezvous choice of the prompt's leading
 //!   blocks, 0 elsewhere (see [`crate::chash`]).
@@ -174,6 +174,21 @@ pub enum DropReason {
     NotSticky,
 }
 
+/// What the prefix-cache-affinity filter saw and did (llm-d's reasons, for logs and `explain`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AffinityGate {
+    /// Candidates whose prefix score reached the threshold.
+    pub sticky: u32,
+    /// The exploration draw skipped the filter.
+    pub explored: bool,
+    /// Best (lowest) estimated TTFT in ms of the sticky and of the non-sticky candidates, when
+    /// both kinds exist (TTFT = in-flight tokens / peak prefill throughput × 1000).
+    pub ttft_ms: Option<(f64, f64)>,
+    /// The filter kept every candidate: no sticky pod, exploration, or the TTFT gate opened
+    /// (the sticky pods' lead exceeded `maxTTFTPenaltyMs`).
+    pub kept_all: bool,
+}
+
 /// How the decision was made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -217,6 +232,14 @@ pub struct Decision {
     pub hashes: PrefixHashes,
     /// Best prefix match among candidates, in blocks.
     pub best_prefix_match: u32,
+    /// The affinity filter's verdict, when the profile has that filter and it ran.
+    pub affinity: Option<AffinityGate>,
+    /// Prompt tokens the primary endpoint must still prefill (its uncached tokens, as llm-d's
+    /// in-flight producer counts them; [`PrefixHashes::uncached_tokens`]); 0 when rejected. A
+    /// caller that keeps in-flight token counts adds this at dispatch and removes it at the
+    /// first streamed response chunk, as llm-d does: the counters then measure pending
+    /// prefill, which the token-load scorer and the affinity filter's TTFT gate read.
+    pub uncached_tokens: u64,
 }
 
 impl Decision {
@@ -343,16 +366,18 @@ pub fn pick(
 /// serves the model when autoTune is on (GIE takes the first candidate's `block_size`).
 pub fn prefix_hashes(config: &Config, req: &Request<'_>, pool: &Pool) -> PrefixHashes {
     let first = pool.endpoints().iter().find(|e| e.ready && e.serves(req.model));
-    let block_bytes = config.block_bytes(first.and_then(|e| e.block_size));
+    let block_tokens = config.block_tokens(first.and_then(|e| e.block_size));
+    let chars = config.prefix().chars_per_token.max(1) as usize;
     let mut hashes = PrefixHashes::default();
     hash_prompt_into(
         req.model,
         req.cache_salt,
         req.prompt,
-        block_bytes,
-        config.prefix().max_blocks as usize,
+        (block_tokens as usize).saturating_mul(chars),
+        config.max_blocks(block_tokens) as usize,
         &mut hashes,
     );
+    hashes.set_token_sizes(block_tokens, req.prompt.len().div_ceil(chars) as u64);
     hashes
 }
 
@@ -399,6 +424,8 @@ pub fn pick_hashed(
         drops,
         hashes,
         best_prefix_match: 0,
+        affinity: None,
+        uncached_tokens: 0,
     };
     if cands.is_empty() {
         let r = if req.subset.is_some() {
@@ -431,9 +458,11 @@ pub fn pick_hashed(
         }
     };
     let load = |i: usize| inflight.get(i).copied().unwrap_or_default();
+    let uncached = |i: usize| hashes.uncached_tokens(matched[i]);
     let best_prefix_match = cands.iter().map(|&i| matched[i]).max().unwrap_or(0);
 
     // Filters (skipped in degraded mode: they read metrics we no longer trust).
+    let mut affinity = None;
     if !degraded {
         for f in config.filters() {
             let keep: Vec<bool> = match f {
@@ -450,17 +479,52 @@ pub fn pick_hashed(
                         .collect()
                 }
                 FilterKind::PrefixAffinity => {
-                    let a = config.affinity();
-                    let sticky: Vec<bool> = cands.iter().map(|&i| prefix_score(i) >= a.threshold).collect();
-                    let explore = a.exploration > 0.0 && rng.unit_f64() < a.exploration;
-                    // Saturation valve: stickiness breaks when every sticky pod is loaded past τ.
-                    let valve = cands
-                        .iter()
-                        .zip(&sticky)
-                        .filter(|(_, s)| **s)
-                        .all(|(&i, _)| load(i).tokens >= a.valve_tokens);
-                    if explore || valve {
+                    // llm-d `prefix-cache-affinity-filter` (prefixcacheaffinity/plugin.go
+                    // `Filter` @ebab687): a no-op for one candidate; exploration skips it; with
+                    // no sticky pod it keeps all (below); the TTFT gate keeps all when the best
+                    // sticky pod's estimated TTFT exceeds the best non-sticky pod's by more than
+                    // the penalty, TTFT = in-flight tokens / peak prefill throughput.
+                    if cands.len() <= 1 {
                         continue;
+                    }
+                    let a = config.affinity();
+                    let mut verdict = AffinityGate {
+                        sticky: 0,
+                        explored: false,
+                        ttft_ms: None,
+                        kept_all: true,
+                    };
+                    if a.exploration > 0.0 && rng.unit_f64() < a.exploration {
+                        verdict.explored = true;
+                        affinity = Some(verdict);
+                        continue;
+                    }
+                    let sticky: Vec<bool> = cands.iter().map(|&i| prefix_score(i) >= a.threshold).collect();
+                    verdict.sticky = sticky.iter().filter(|s| **s).count() as u32;
+                    verdict.kept_all = verdict.sticky == 0;
+                    affinity = Some(verdict);
+                    if a.max_ttft_penalty_ms > 0.0 && sticky.iter().any(|s| !s) {
+                        let ttft_ms = |i: usize| load(i).tokens as f64 / a.peak_prefill_throughput * 1000.0;
+                        let best = |want: bool| {
+                            cands
+                                .iter()
+                                .zip(&sticky)
+                                .filter(|(_, s)| **s == want)
+                                .map(|(&i, _)| ttft_ms(i))
+                                .fold(f64::MAX, f64::min)
+                        };
+                        let (sticky_best, other_best) = (best(true), best(false));
+                        if sticky_best != f64::MAX {
+                            let open = sticky_best - other_best > a.max_ttft_penalty_ms;
+                            affinity = Some(AffinityGate {
+                                ttft_ms: Some((sticky_best, other_best)),
+                                kept_all: open,
+                                ..verdict
+                            });
+                            if open {
+                                continue;
+                            }
+                        }
                     }
                     sticky
                 }
@@ -545,9 +609,16 @@ pub fn pick_hashed(
                 })
             }
             ScorerKind::TokenLoad => {
+                // llm-d `token-load-scorer` (token_load.go @ebab687): in-flight tokens plus
+                // this request's uncached tokens on the pod, `1 − min(load, τ) / τ`.
                 let threshold = config.token_load_threshold() as f64;
                 add_column(&mut scored, slot, weight, |i| {
-                    1.0 - (load(i).tokens as f64 / threshold).min(1.0)
+                    let tokens = load(i).tokens.saturating_add(uncached(i)) as f64;
+                    if tokens <= 0.0 {
+                        1.0
+                    } else {
+                        1.0 - tokens.min(threshold) / threshold
+                    }
                 })
             }
             ScorerKind::InFlight => {
@@ -578,6 +649,7 @@ pub fn pick_hashed(
     }
 
     let picked = max_score(&scored, config.max_endpoints() as usize, rng);
+    let uncached_tokens = picked.first().map_or(0, |&p| uncached(p));
 
     if let Some(&primary) = picked.first() {
         // GIE records the primary pick in PreRequest; the proxy reports a different served
@@ -593,6 +665,8 @@ pub fn pick_hashed(
         drops,
         hashes,
         best_prefix_match,
+        affinity,
+        uncached_tokens,
     }
 }
 

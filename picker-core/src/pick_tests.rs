@@ -383,25 +383,139 @@ fn workers_agree_on_a_new_prefix_without_shared_state() {
     }
 }
 
+/// llm-d optimized-baseline, by hand from llm-d-router @ebab687: `prefixcacheaffinity/plugin.go`
+/// `Filter` (sticky = prefix score ≥ 0.8; gate opens when bestStickyTTFT − bestNonStickyTTFT >
+/// 18,000 ms, TTFT = in-flight tokens / 15,928 × 1000, only when a non-sticky pod exists).
 #[test]
-fn llmd_affinity_filter_and_valve() {
-    let cfg = Config::from_json(br#"{"profile":"llm-d-default","affinity":{"explorationProbability":0}}"#).unwrap();
+fn llmd_affinity_filter_and_relative_ttft_gate() {
+    let cfg = Config::profile(Profile::LlmdOptimizedBaseline);
+    assert_eq!(cfg.affinity().exploration, 0.0);
     let p = pool(vec![ep(1, 0, 0.0), ep(2, 0, 0.0), ep(3, 0, 0.0)]);
     let mut st = State::new(&cfg);
     let prompt = [b'q'; 1024];
     let req = Request::new(MODEL, Prompt::from_bytes(&prompt));
     let first = run(&cfg, &req, &p, &mut st, 1).primary().unwrap();
-    // Sticky: the affinity filter keeps only `first` even though others have less token load.
+    let others: Vec<usize> = (0..3).filter(|&i| i != first).collect();
     let mut inflight = vec![InFlight::default(); 3];
-    inflight[first].tokens = 100_000;
+    // Sticky pod 286,000 tokens ahead of idle pods: 286,000 / 15,928 × 1000 = 17,955.8 ms of
+    // TTFT lead, under 18,000: the filter keeps only the sticky pod.
+    inflight[first].tokens = 286_000;
     let d = pick(&cfg, &req, &p, &inflight, &mut st, NOW, &mut SplitMix64::new(2));
     assert_eq!(d.primary(), Some(first));
     assert_eq!(d.drops.iter().filter(|x| x.1 == DropReason::NotSticky).count(), 2);
-    // Past the valve (286,720 tokens) the stickiness breaks and token load decides.
+    // 300,000 tokens: 18,834.6 ms > 18,000: the gate opens and token load decides. (On a copy
+    // of the state: the pod picked now becomes sticky too.)
     inflight[first].tokens = 300_000;
-    let d = pick(&cfg, &req, &p, &inflight, &mut st, NOW, &mut SplitMix64::new(3));
+    let d = pick(&cfg, &req, &p, &inflight, &mut st.clone(), NOW, &mut SplitMix64::new(3));
     assert_ne!(d.primary(), Some(first));
     assert!(d.drops.is_empty());
+    // Relative, not absolute: the same 300,000 with the least loaded non-sticky pod at 20,000
+    // is a lead of 280,000 tokens = 17,579.1 ms: sticky again.
+    inflight[others[0]].tokens = 20_000;
+    inflight[others[1]].tokens = 50_000;
+    let d = pick(&cfg, &req, &p, &inflight, &mut st, NOW, &mut SplitMix64::new(4));
+    assert_eq!(d.primary(), Some(first));
+}
+
+/// llm-d `token-load-scorer` (token_load.go @ebab687) and `uncachedInputTokens`
+/// (inflightload/producer.go): score = 1 − min(τ, in-flight + uncached) / τ with τ = 4,194,304;
+/// uncached = (blocks − matched) × block tokens + the tail past the hashed blocks.
+#[test]
+fn llmd_token_load_with_uncached_lookahead_by_hand() {
+    let cfg = Config::profile(Profile::LlmdOptimizedBaseline);
+    // llm-d hashing: 4-byte tokens, blocks of at least 64 tokens (256 bytes), at most
+    // 131,072 tokens (2,048 blocks of 64).
+    assert_eq!(cfg.block_tokens(Some(16)), 64);
+    assert_eq!(cfg.block_bytes(Some(16)), 256);
+    assert_eq!(cfg.max_blocks(64), 2048);
+    assert_eq!(cfg.token_load_threshold(), 4_194_304);
+    let p = pool(vec![ep(1, 0, 0.0), ep(2, 0, 0.0)]);
+    let mut st = State::new(&cfg);
+    // 1,000 bytes = 250 tokens: blocks of 256 bytes → 4 hashes (the last one partial).
+    let prompt = [b'z'; 1000];
+    let req = Request::new(MODEL, Prompt::from_bytes(&prompt));
+    let d = run(&cfg, &req, &p, &mut st, 1);
+    assert_eq!(d.hashes.len(), 4);
+    // Cold: (4 − 0) × 64 + max(0, 250 − 256) = 256 uncached tokens.
+    assert_eq!(d.uncached_tokens, 256);
+    let warm = d.primary().unwrap();
+    let cold = 1 - warm;
+    // Now warm holds all 4 blocks: its uncached tokens are 0, the cold pod's 256.
+    let mut inflight = vec![InFlight::default(); 2];
+    // 100,000 tokens ahead is 6,278 ms of estimated TTFT: the filter keeps the warm pod...
+    inflight[warm].tokens = 100_000;
+    let d = pick(&cfg, &req, &p, &inflight, &mut st.clone(), NOW, &mut SplitMix64::new(2));
+    assert_eq!(d.primary(), Some(warm), "sticky filter keeps the warm pod");
+    assert_eq!(d.uncached_tokens, 0);
+    // ...1,048,576 ahead is 65,833 ms: the gate opens and the cold pod's lower load wins.
+    inflight[warm].tokens = 1_048_576;
+    let d = pick(&cfg, &req, &p, &inflight, &mut st.clone(), NOW, &mut SplitMix64::new(2));
+    assert_eq!(d.primary(), Some(cold));
+    // Token-load scores with the filter out of the way (scorer only).
+    let scorer_only = Config::from_json(br#"{"profile":"llm-d-optimized-baseline","filters":[]}"#).unwrap();
+    let mut st2 = st.clone();
+    let d = pick(
+        &scorer_only,
+        &req,
+        &p,
+        &inflight,
+        &mut st2,
+        NOW,
+        &mut SplitMix64::new(3),
+    );
+    let scores = scores_of(&d, ScorerKind::TokenLoad);
+    let by_index = |i: usize| scores[d.scored.iter().position(|s| s.index == i).unwrap()];
+    // warm: 1 − 1,048,576 / 4,194,304 = 0.75; cold: 1 − 256 / 4,194,304.
+    assert!((by_index(warm) - 0.75).abs() < 1e-6);
+    assert!((by_index(cold) as f64 - (1.0 - 256.0 / 4_194_304.0)).abs() < 1e-6);
+    assert_eq!(d.primary(), Some(cold));
+    assert_eq!(d.uncached_tokens, 256);
+    // Past τ the score is 0, not negative.
+    inflight[cold].tokens = 5_000_000;
+    let d = pick(
+        &scorer_only,
+        &req,
+        &p,
+        &inflight,
+        &mut st2,
+        NOW,
+        &mut SplitMix64::new(4),
+    );
+    let scores = scores_of(&d, ScorerKind::TokenLoad);
+    assert_eq!(scores[d.scored.iter().position(|s| s.index == cold).unwrap()], 0.0);
+}
+
+/// The tail past the hashing cap counts as uncached on every pod.
+#[test]
+fn uncached_tokens_include_the_tail_past_the_cap() {
+    let cfg = Config::from_json(br#"{"profile":"llm-d-optimized-baseline","prefix":{"maxPrefixTokensToMatch":128}}"#)
+        .unwrap();
+    let p = pool(vec![ep(1, 0, 0.0)]);
+    let prompt = [b'y'; 2000]; // 500 tokens; cap 128 tokens = 2 blocks of 64
+    let req = Request::new(MODEL, Prompt::from_bytes(&prompt));
+    let mut st = State::new(&cfg);
+    let d = run(&cfg, &req, &p, &mut st, 1);
+    assert_eq!(d.hashes.len(), 2);
+    assert_eq!(d.uncached_tokens, 2 * 64 + (500 - 128));
+    let d = run(&cfg, &req, &p, &mut st, 2);
+    assert_eq!(d.uncached_tokens, 500 - 128, "both blocks cached now");
+}
+
+#[test]
+fn baselines_keep_an_unbounded_index_and_ours_a_budget() {
+    assert_eq!(Config::profile(Profile::GieDefault).prefix().max_index_entries, None);
+    assert_eq!(
+        Config::profile(Profile::LlmdOptimizedBaseline)
+            .prefix()
+            .max_index_entries,
+        None
+    );
+    assert_eq!(
+        Config::profile(Profile::WasmEppDefault).prefix().max_index_entries,
+        Some(crate::config::WASM_EPP_MAX_INDEX_ENTRIES)
+    );
+    let e = Config::from_json(br#"{"profile":"llm-d-default"}"#).unwrap_err();
+    assert!(alloc::format!("{e}").contains("llm-d-optimized-baseline"), "{e}");
 }
 
 // === properties ===
@@ -439,7 +553,7 @@ fn pool_strategy() -> impl Strategy<Value = Pool> {
 fn profile_strategy() -> impl Strategy<Value = Config> {
     prop_oneof![
         Just(Config::profile(Profile::GieDefault)),
-        Just(Config::profile(Profile::LlmdDefault)),
+        Just(Config::profile(Profile::LlmdOptimizedBaseline)),
         Just(Config::profile(Profile::WasmEppDefault)),
         Just(Config::from_json(br#"{"profile":"gie-default","filters":[{"type":"utilization-filter"}],"maxEndpoints":3,"scorers":[{"type":"queue-scorer"},{"type":"lora-affinity-scorer"},{"type":"running-requests-size-scorer"},{"type":"token-load-scorer"}]}"#).unwrap()),
     ]

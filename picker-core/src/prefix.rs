@@ -14,10 +14,11 @@
 //! i blocks cached", and matching walks the hashes in order until the first miss.
 //!
 //! The index ([`PrefixIndex`]) maps block hashes to the endpoints that were sent them, with one
-//! LRU per endpoint. Memory is bounded twice: per endpoint by its capacity (the pod's
-//! `num_gpu_blocks`, else 31,250 as in GIE) and globally by `max_entries`, which caps every
-//! endpoint at `max_entries / endpoints` so the total never exceeds `max_entries` entries of
-//! [`PrefixIndex::ENTRY_BYTES`] bytes each (hash-table slot included).
+//! LRU per endpoint. Memory is bounded per endpoint by its capacity (the pod's `num_gpu_blocks`,
+//! else 31,250 as in GIE) and, when configured (our profile, for the proxy's memory budget), by
+//! a global `max_entries`, which caps every endpoint at `max_entries / endpoints` so the total
+//! never exceeds `max_entries` entries of [`PrefixIndex::ENTRY_BYTES`] bytes each (hash-table
+//! slot included). A GIE-sized index (8 pods × 19,208 blocks) is ≈ 5 MiB.
 
 use alloc::vec::Vec;
 use hashbrown::HashMap;
@@ -43,9 +44,31 @@ pub struct PrefixHashes {
     hashes: Vec<u64>,
     /// Blocks in the whole prompt, including those past the hashing cap.
     prompt_blocks: usize,
+    /// Tokens per block and estimated prompt tokens (bytes / chars per token, rounded up), for
+    /// [`PrefixHashes::uncached_tokens`]; set by `pick::prefix_hashes`.
+    block_tokens: u32,
+    prompt_tokens: u64,
 }
 
 impl PrefixHashes {
+    /// Records the block size in tokens and the prompt's estimated token count.
+    pub fn set_token_sizes(&mut self, block_tokens: u32, prompt_tokens: u64) {
+        self.block_tokens = block_tokens;
+        self.prompt_tokens = prompt_tokens;
+    }
+
+    /// The prompt tokens a pod holding the first `matched_blocks` blocks must still prefill,
+    /// as llm-d's in-flight producer computes them (`uncachedInputTokens`,
+    /// llm-d/llm-d-router @ebab687 `.../dataproducer/inflightload/producer.go`):
+    /// `(blocks − matched) × block tokens + max(0, prompt tokens − blocks × block tokens)`, the
+    /// second term being the tail past the hashing cap.
+    pub fn uncached_tokens(&self, matched_blocks: u32) -> u64 {
+        let bt = self.block_tokens as u64;
+        let blocks = self.hashes.len() as u64;
+        let indexed = blocks * bt;
+        blocks.saturating_sub(matched_blocks as u64) * bt + self.prompt_tokens.saturating_sub(indexed)
+    }
+
     pub fn as_slice(&self) -> &[u64] {
         &self.hashes
     }
@@ -105,6 +128,8 @@ pub fn hash_prompt_into(
 ) {
     out.hashes.clear();
     out.prompt_blocks = 0;
+    out.block_tokens = 0;
+    out.prompt_tokens = 0;
     let total = prompt.len();
     if block_bytes == 0 || total < block_bytes || max_blocks == 0 {
         return;
@@ -165,14 +190,26 @@ pub enum InsertOrder {
 
 const NIL: u32 = u32::MAX;
 
+/// One (hash, endpoint) entry: 24 bytes. The hash is kept as two words so the node aligns to 4.
 #[derive(Clone, Copy, Debug)]
 struct Node {
-    hash: u64,
-    ep: u32, // slot in `eps`
+    hash: [u32; 2],
     prev: u32,
-    next: u32,      // per-endpoint LRU list, most recent at head
-    same_hash: u32, // next node with the same hash (singly linked chain from `by_hash`)
+    next: u32,      // per-endpoint LRU list, most recent at head; the free list when unused
+    same_hash: u32, // next node with the same hash (chain from the head table)
+    ep: u16,        // slot in `eps`
 }
+
+impl Node {
+    fn hash(&self) -> u64 {
+        (self.hash[1] as u64) << 32 | self.hash[0] as u64
+    }
+}
+
+/// The node arena grows by an eighth of its size, at least this many nodes at a time, instead
+/// of a `Vec`'s doubling: at most max(4,096, len / 8) nodes are ever allocated beyond the
+/// entries held.
+const GROW_MIN: usize = 4096;
 
 #[derive(Clone, Debug)]
 struct EpList {
@@ -183,37 +220,52 @@ struct EpList {
     capacity: u32,
 }
 
-/// Longest-prefix index over chained block hashes with a per-endpoint LRU and a hard global
-/// bound. Sans-IO and deterministic; one instance per worker (or rebuilt from shared data).
+/// Longest-prefix index over chained block hashes with a per-endpoint LRU (GIE's indexer: one
+/// LRU of `capacity` entries per pod) and an optional global bound. Sans-IO and deterministic;
+/// one instance per worker.
+///
+/// Memory: each (hash, endpoint) entry is a 24-byte node in an arena that grows by an eighth,
+/// and each distinct hash has a 4-byte slot (the head of its node chain) in an open-addressing
+/// table kept at most half full; the table doubles, so it is at least a quarter full: at most
+/// 24 × 9/8 + 4 × 4 = 43 bytes per entry ([`PrefixIndex::ENTRY_BYTES`]), plus 4,096 nodes.
 #[derive(Clone, Debug)]
 pub struct PrefixIndex {
+    /// The arena: every node ever allocated; freed ones are on `free`.
     nodes: Vec<Node>,
     free: u32,
-    by_hash: HashMap<u64, u32, BuildIdentity>,
+    /// Open addressing, linear probing, keyed by the node's hash (already uniform: xxh64).
+    heads: Vec<u32>,
+    /// Distinct hashes in `heads`.
+    distinct: usize,
     eps: Vec<EpList>,
     ep_slot: HashMap<EndpointKey, u32, BuildIdentity>,
-    max_entries: u32,
+    max_entries: Option<u32>,
 }
 
 impl PrefixIndex {
-    /// Upper bound of bytes per entry: the node (32 bytes) plus a hash-table slot for its hash
-    /// (8-byte key + 4-byte value + control byte, at hashbrown's worst-case 1/2 load after
-    /// growth ≈ 26 bytes), rounded up.
-    pub const ENTRY_BYTES: usize = 64;
+    /// Upper bound of bytes per entry: the 24-byte node with the arena's growth slack (1/8),
+    /// plus the head-table slot of its hash at the table's lowest load after growth (4 bytes /
+    /// (1/4)).
+    pub const ENTRY_BYTES: usize = 43;
 
-    /// `max_entries` is the hard cap on (hash, endpoint) pairs held at once.
-    pub fn new(max_entries: u32) -> Self {
+    /// Most endpoints one index tracks (`u16` slots; a snapshot holds fewer).
+    pub const MAX_ENDPOINTS: usize = u16::MAX as usize;
+
+    /// `max_entries` caps (hash, endpoint) pairs held at once, shared equally by the endpoints;
+    /// `None` leaves each endpoint its own capacity only, as GIE and llm-d do.
+    pub fn new(max_entries: Option<u32>) -> Self {
         PrefixIndex {
             nodes: Vec::new(),
             free: NIL,
-            by_hash: HashMap::with_hasher(BuildIdentity),
+            heads: Vec::new(),
+            distinct: 0,
             eps: Vec::new(),
             ep_slot: HashMap::with_hasher(BuildIdentity),
-            max_entries: max_entries.max(1),
+            max_entries: max_entries.map(|m| m.max(1)),
         }
     }
 
-    pub fn max_entries(&self) -> u32 {
+    pub fn max_entries(&self) -> Option<u32> {
         self.max_entries
     }
 
@@ -226,9 +278,16 @@ impl PrefixIndex {
         self.len() == 0
     }
 
-    /// Worst-case bytes held for `max_entries` entries (the documented memory bound).
-    pub fn memory_bound_bytes(&self) -> usize {
-        self.max_entries as usize * Self::ENTRY_BYTES
+    /// Worst-case bytes held for `max_entries` entries (the documented memory bound); `None`
+    /// without a cap.
+    pub fn memory_bound_bytes(&self) -> Option<usize> {
+        self.max_entries
+            .map(|m| m as usize * Self::ENTRY_BYTES + GROW_MIN * core::mem::size_of::<Node>())
+    }
+
+    /// Bytes allocated now: the node arena and the head table (the endpoint lists aside).
+    pub fn allocated_bytes(&self) -> usize {
+        self.nodes.capacity() * core::mem::size_of::<Node>() + self.heads.capacity() * 4
     }
 
     /// Entries held for one endpoint.
@@ -236,12 +295,84 @@ impl PrefixIndex {
         self.ep_slot.get(&ep).map_or(0, |&s| self.eps[s as usize].len as usize)
     }
 
-    /// Effective capacity of an endpoint: its own capacity, capped by an equal share of the
-    /// global bound among the endpoints the index knows.
+    /// Effective capacity of an endpoint: its own capacity, capped (when there is a global
+    /// bound) by an equal share of it among the endpoints the index knows.
     fn effective_capacity(&self, own: u32) -> u32 {
-        let n = (self.eps.len() as u32).max(1);
-        // Zero when there are more endpoints than entries: the bound wins over coverage.
-        own.min(self.max_entries / n)
+        match self.max_entries {
+            // Zero when there are more endpoints than entries: the bound wins over coverage.
+            Some(m) => own.min(m / (self.eps.len() as u32).max(1)),
+            None => own,
+        }
+    }
+
+    fn node(&self, n: u32) -> &Node {
+        &self.nodes[n as usize]
+    }
+
+    fn node_mut(&mut self, n: u32) -> &mut Node {
+        &mut self.nodes[n as usize]
+    }
+
+    /// The head-table slot of `h`: where its chain head is, or the empty slot where it would go.
+    fn probe(&self, h: u64) -> usize {
+        let mask = self.heads.len() - 1;
+        let mut i = h as usize & mask;
+        loop {
+            let n = self.heads[i];
+            if n == NIL || self.node(n).hash() == h {
+                return i;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// The first node of `h`'s chain.
+    fn head(&self, h: u64) -> Option<u32> {
+        if self.heads.is_empty() {
+            return None;
+        }
+        let n = self.heads[self.probe(h)];
+        (n != NIL).then_some(n)
+    }
+
+    /// Grows the head table so one more distinct hash keeps it at most half full (linear
+    /// probing stays short: ≈ 2.5 probes for a miss at that load).
+    fn reserve_head(&mut self) {
+        if (self.distinct + 1) * 2 <= self.heads.len() {
+            return;
+        }
+        let old = core::mem::take(&mut self.heads);
+        self.heads = alloc::vec![NIL; (old.len() * 2).max(16)];
+        for n in old.into_iter().filter(|&n| n != NIL) {
+            let i = self.probe(self.node(n).hash());
+            self.heads[i] = n;
+        }
+    }
+
+    /// Removes the table slot at `i` (backward-shift deletion: no tombstones).
+    fn remove_head_slot(&mut self, mut i: usize) {
+        let mask = self.heads.len() - 1;
+        let mut j = i;
+        loop {
+            j = (j + 1) & mask;
+            let n = self.heads[j];
+            if n == NIL {
+                break;
+            }
+            let home = self.node(n).hash() as usize & mask;
+            // Move the entry at j back to i unless its home lies cyclically in (i, j].
+            let stays = if i <= j {
+                i < home && home <= j
+            } else {
+                i < home || home <= j
+            };
+            if !stays {
+                self.heads[i] = n;
+                i = j;
+            }
+        }
+        self.heads[i] = NIL;
+        self.distinct -= 1;
     }
 
     /// GIE's `matchLongestPrefix`: walk the hashes in order, stop at the first hash that no
@@ -251,8 +382,8 @@ impl PrefixIndex {
         out.clear();
         // Count per endpoint slot: O(hashes × holders), no search per node.
         let mut counts: Vec<u32> = Vec::new();
-        for h in hashes {
-            let Some(&first) = self.by_hash.get(h) else {
+        for &h in hashes {
+            let Some(first) = self.head(h) else {
                 break;
             };
             if counts.is_empty() {
@@ -260,7 +391,7 @@ impl PrefixIndex {
             }
             let mut n = first;
             while n != NIL {
-                let node = &self.nodes[n as usize];
+                let node = self.node(n);
                 if let Some(c) = counts.get_mut(node.ep as usize) {
                     *c += 1;
                 }
@@ -284,7 +415,9 @@ impl PrefixIndex {
     /// blocks become least recent and are evicted first. [`InsertOrder::HeadMostRecent`] touches
     /// them last to first, so a prompt's head (the part other requests share) outlives its tail.
     pub fn insert(&mut self, ep: EndpointKey, capacity: u32, hashes: &[u64], order: InsertOrder) {
-        let slot = self.slot_for(ep, capacity);
+        let Some(slot) = self.slot_for(ep, capacity) else {
+            return;
+        };
         let cap = self.effective_capacity(self.eps[slot as usize].capacity);
         // The pod may report fewer GPU blocks than before.
         while self.eps[slot as usize].len > cap {
@@ -314,32 +447,44 @@ impl PrefixIndex {
 
     /// Makes `h` the most recent entry of endpoint slot `slot`, adding it if absent.
     fn touch(&mut self, slot: u32, h: u64, cap: u32) {
+        if cap == 0 {
+            return;
+        }
         if let Some(n) = self.find(h, slot) {
             self.unlink_lru(n);
             self.push_front(slot, n);
-        } else {
-            let n = self.alloc(Node {
-                hash: h,
-                ep: slot,
-                prev: NIL,
-                next: NIL,
-                same_hash: NIL,
-            });
-            let head = self.by_hash.entry(h).or_insert(NIL);
-            self.nodes[n as usize].same_hash = *head;
-            *head = n;
-            self.push_front(slot, n);
-            self.eps[slot as usize].len += 1;
-            if self.eps[slot as usize].len > cap {
-                self.evict_tail(slot);
-            }
+            return;
         }
+        // Make room first, so the new node never evicts itself (and `h`'s chain is stable).
+        if self.eps[slot as usize].len >= cap {
+            self.evict_tail(slot);
+        }
+        self.reserve_head();
+        let i = self.probe(h);
+        let chain = self.heads[i];
+        let n = self.alloc(Node {
+            hash: [h as u32, (h >> 32) as u32],
+            prev: NIL,
+            next: NIL,
+            same_hash: chain,
+            ep: slot as u16,
+        });
+        if chain == NIL {
+            self.distinct += 1;
+        }
+        self.heads[i] = n;
+        self.push_front(slot, n);
+        self.eps[slot as usize].len += 1;
     }
 
-    fn slot_for(&mut self, ep: EndpointKey, capacity: u32) -> u32 {
+    /// The endpoint's slot, created if new; `None` past [`PrefixIndex::MAX_ENDPOINTS`].
+    fn slot_for(&mut self, ep: EndpointKey, capacity: u32) -> Option<u32> {
         if let Some(&s) = self.ep_slot.get(&ep) {
             self.eps[s as usize].capacity = capacity.max(1);
-            return s;
+            return Some(s);
+        }
+        if self.eps.len() >= Self::MAX_ENDPOINTS {
+            return None;
         }
         let s = self.eps.len() as u32;
         self.eps.push(EpList {
@@ -352,14 +497,15 @@ impl PrefixIndex {
         self.ep_slot.insert(ep, s);
         // A new endpoint shrinks everyone's share of the global bound; trim the others now so
         // the total stays within `max_entries`.
-        let cap_each = self.max_entries / self.eps.len() as u32;
-        for o in 0..s {
-            let cap = self.eps[o as usize].capacity.min(cap_each);
-            while self.eps[o as usize].len > cap {
-                self.evict_tail(o);
+        if self.max_entries.is_some() {
+            for o in 0..s {
+                let cap = self.effective_capacity(self.eps[o as usize].capacity);
+                while self.eps[o as usize].len > cap {
+                    self.evict_tail(o);
+                }
             }
         }
-        s
+        Some(s)
     }
 
     /// Removes an empty endpoint slot by moving the last slot into its place.
@@ -373,17 +519,17 @@ impl PrefixIndex {
             self.ep_slot.insert(moved_key, s);
             let mut n = self.eps[s as usize].head;
             while n != NIL {
-                self.nodes[n as usize].ep = s;
-                n = self.nodes[n as usize].next;
+                self.node_mut(n).ep = s as u16;
+                n = self.node(n).next;
             }
         }
     }
 
     fn find(&self, h: u64, slot: u32) -> Option<u32> {
-        let mut n = *self.by_hash.get(&h)?;
+        let mut n = self.head(h)?;
         while n != NIL {
-            let node = &self.nodes[n as usize];
-            if node.ep == slot {
+            let node = self.node(n);
+            if node.ep as u32 == slot {
                 return Some(n);
             }
             n = node.same_hash;
@@ -394,21 +540,26 @@ impl PrefixIndex {
     fn alloc(&mut self, node: Node) -> u32 {
         if self.free != NIL {
             let n = self.free;
-            self.free = self.nodes[n as usize].next;
-            self.nodes[n as usize] = node;
-            n
-        } else {
-            self.nodes.push(node);
-            self.nodes.len() as u32 - 1
+            self.free = self.node(n).next;
+            *self.node_mut(n) = node;
+            return n;
         }
+        if self.nodes.len() == self.nodes.capacity() {
+            self.nodes.reserve_exact((self.nodes.len() / 8).max(GROW_MIN));
+        }
+        self.nodes.push(node);
+        self.nodes.len() as u32 - 1
     }
 
     fn push_front(&mut self, slot: u32, n: u32) {
         let head = self.eps[slot as usize].head;
-        self.nodes[n as usize].prev = NIL;
-        self.nodes[n as usize].next = head;
+        {
+            let node = self.node_mut(n);
+            node.prev = NIL;
+            node.next = head;
+        }
         if head != NIL {
-            self.nodes[head as usize].prev = n;
+            self.node_mut(head).prev = n;
         } else {
             self.eps[slot as usize].tail = n;
         }
@@ -416,14 +567,14 @@ impl PrefixIndex {
     }
 
     fn unlink_lru(&mut self, n: u32) {
-        let Node { prev, next, ep, .. } = self.nodes[n as usize];
+        let Node { prev, next, ep, .. } = *self.node(n);
         if prev != NIL {
-            self.nodes[prev as usize].next = next;
+            self.node_mut(prev).next = next;
         } else {
             self.eps[ep as usize].head = next;
         }
         if next != NIL {
-            self.nodes[next as usize].prev = prev;
+            self.node_mut(next).prev = prev;
         } else {
             self.eps[ep as usize].tail = prev;
         }
@@ -437,28 +588,27 @@ impl PrefixIndex {
         self.unlink_lru(n);
         self.eps[slot as usize].len -= 1;
         // Unlink from the same-hash chain.
-        let h = self.nodes[n as usize].hash;
-        if let Some(head) = self.by_hash.get_mut(&h) {
-            if *head == n {
-                let next = self.nodes[n as usize].same_hash;
-                if next == NIL {
-                    self.by_hash.remove(&h);
-                } else {
-                    *head = next;
-                }
+        let h = self.node(n).hash();
+        let after = self.node(n).same_hash;
+        let i = self.probe(h);
+        if self.heads[i] == n {
+            if after == NIL {
+                self.remove_head_slot(i);
             } else {
-                let mut p = *head;
-                while p != NIL {
-                    let next = self.nodes[p as usize].same_hash;
-                    if next == n {
-                        self.nodes[p as usize].same_hash = self.nodes[n as usize].same_hash;
-                        break;
-                    }
-                    p = next;
+                self.heads[i] = after;
+            }
+        } else {
+            let mut p = self.heads[i];
+            while p != NIL {
+                let next = self.node(p).same_hash;
+                if next == n {
+                    self.node_mut(p).same_hash = after;
+                    break;
                 }
+                p = next;
             }
         }
-        self.nodes[n as usize].next = self.free;
+        self.node_mut(n).next = self.free;
         self.free = n;
     }
 }

@@ -92,6 +92,10 @@ pub enum ScanError {
     ModelNotString,
     /// `model` or `cache_salt` longer than [`MAX_NAME_LEN`] bytes.
     NameTooLong,
+    /// `model` decodes to something that cannot be an HTTP field value (a control byte such as
+    /// CR, LF or NUL, or leading / trailing whitespace), so it could not be written into the
+    /// model header without splitting or corrupting it; see [`is_field_value`].
+    ModelNotFieldValue,
     /// `stream` is present but not a boolean or null.
     StreamNotBool,
     /// `cache_salt` is present but not a string.
@@ -114,6 +118,9 @@ impl fmt::Display for ScanError {
             ScanError::NameTooLong => {
                 write!(f, "\"model\" or \"cache_salt\" is longer than {MAX_NAME_LEN} bytes")
             }
+            ScanError::ModelNotFieldValue => f.write_str(
+                "\"model\" cannot be sent as an HTTP header value: it has a control character (such as CR, LF or NUL) or leading or trailing whitespace",
+            ),
             ScanError::StreamNotBool => f.write_str("\"stream\" must be true, false or null"),
             ScanError::SaltNotString => f.write_str("\"cache_salt\" must be a string"),
         }
@@ -219,6 +226,8 @@ pub fn scan(body: &[u8], api: Api) -> Result<Scanned<'_>, ScanError> {
                             r.and_then(|s| {
                                 if s.is_empty() {
                                     Err(ScanError::ModelNotString)
+                                } else if !is_field_value(s.as_bytes()) {
+                                    Err(ScanError::ModelNotFieldValue)
                                 } else {
                                     Ok(s)
                                 }
@@ -272,6 +281,19 @@ pub fn scan(body: &[u8], api: Api) -> Result<Scanned<'_>, ScanError> {
         cache_salt,
         prompt: Prompt { parts: prompt },
     })
+}
+
+/// Whether `b` is a valid HTTP field value (RFC 9110 §5.5): visible ASCII (0x21-0x7E) and
+/// obs-text (0x80-0xFF), with spaces and tabs allowed only between them; no CR, LF, NUL or
+/// other control byte, no DEL. Empty is valid. Every value the proxy module writes into a
+/// header passes this test; a model name that fails it is refused
+/// ([`ScanError::ModelNotFieldValue`]) rather than written, because a CR LF in a header value
+/// is request smuggling over an HTTP/1 upstream.
+pub fn is_field_value(b: &[u8]) -> bool {
+    let vchar = |c: u8| (0x21..=0x7e).contains(&c) || c >= 0x80;
+    b.iter().all(|&c| vchar(c) || c == b' ' || c == b'\t')
+        && b.first().is_none_or(|&c| vchar(c))
+        && b.last().is_none_or(|&c| vchar(c))
 }
 
 /// Decodes a raw JSON string value (with quotes). `None` if the value is not a string,

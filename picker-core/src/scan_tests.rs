@@ -91,8 +91,11 @@ fn embeddings_input() {
 
 #[test]
 fn model_escapes_are_decoded_and_last_key_wins() {
-    let s = ok(r#"{"model":"a\/b\u00e9\ud83d\ude00\n","prompt":"x"}"#, Api::Completions);
-    assert_eq!(s.model, "a/bé😀\n");
+    let s = ok(
+        r#"{"model":"a\/b\u00e9\ud83d\ude00\u0020c","prompt":"x"}"#,
+        Api::Completions,
+    );
+    assert_eq!(s.model, "a/bé😀 c");
     let body = r#"{"model":"first", "model" : "second" }"#;
     let s = ok(body, Api::Completions);
     assert_eq!(s.model, "second");
@@ -119,6 +122,36 @@ fn cache_salt_and_stream_false() {
 }
 
 #[test]
+fn field_values_follow_rfc_9110() {
+    assert!(is_field_value(b""));
+    assert!(is_field_value(b"a"));
+    assert!(is_field_value(b"a b\tc"));
+    assert!(is_field_value(b"\x80\xff"));
+    for bad in [
+        &b" a"[..],
+        b"a ",
+        b"\ta",
+        b"a\t",
+        b"a\r\nb",
+        b"a\nb",
+        b"a\0",
+        b"a\x7f",
+        b"a\x01b",
+    ] {
+        assert!(!is_field_value(bad), "{bad:?}");
+    }
+    for c in 0u8..=255 {
+        let ok = (0x21..=0x7e).contains(&c) || c >= 0x80;
+        assert_eq!(
+            is_field_value(&[b'a', c, b'a']),
+            ok || c == b' ' || c == b'\t',
+            "inner {c:#x}"
+        );
+        assert_eq!(is_field_value(&[c]), ok, "alone {c:#x}");
+    }
+}
+
+#[test]
 fn typed_errors() {
     assert_eq!(err(b""), ScanError::Empty);
     assert_eq!(err(b"  \n"), ScanError::Empty);
@@ -132,6 +165,31 @@ fn typed_errors() {
     assert_eq!(err(long.as_bytes()), ScanError::NameTooLong);
     let at_limit = format!(r#"{{"model":"{}"}}"#, "x".repeat(MAX_NAME_LEN));
     assert!(scan(at_limit.as_bytes(), Api::Completions).is_ok());
+    // A model that cannot be a header value: JSON escapes for CR LF, NUL, DEL, ESC, and
+    // whitespace at either end.
+    for m in [
+        r"m\r\nx-evil: 1",
+        r"m\n",
+        r"m\u0000",
+        r"\u007fm",
+        r"m\u001b",
+        r" m",
+        r"m\t",
+        r"\tm",
+    ] {
+        let body = format!(r#"{{"model":"{m}"}}"#);
+        assert_eq!(err(body.as_bytes()), ScanError::ModelNotFieldValue, "{m}");
+    }
+    // Inner spaces and tabs, and non-ASCII (obs-text), are valid field values.
+    for (raw, m) in [
+        ("my model", "my model"),
+        (r"a\tb", "a\tb"),
+        ("modèle-7b", "modèle-7b"),
+        ("模型", "模型"),
+    ] {
+        let body = format!(r#"{{"model":"{raw}"}}"#);
+        assert_eq!(scan(body.as_bytes(), Api::Completions).unwrap().model, m);
+    }
     for bad in [
         &br#"{"model":"m""#[..],
         br#"{"model":"m",}"#,
@@ -281,6 +339,9 @@ proptest! {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         match v.get("model") {
             None => prop_assert_eq!(ours.clone().err(), Some(ScanError::MissingModel)),
+            Some(serde_json::Value::String(m)) if !m.is_empty() && m.len() <= MAX_NAME_LEN && !is_field_value(m.as_bytes()) => {
+                prop_assert_eq!(ours.clone().err(), Some(ScanError::ModelNotFieldValue));
+            }
             Some(serde_json::Value::String(m)) if !m.is_empty() && m.len() <= MAX_NAME_LEN => {
                 match v.get("stream") {
                     Some(serde_json::Value::Bool(_)) | Some(serde_json::Value::Null) | None => {

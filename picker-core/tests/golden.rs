@@ -80,7 +80,11 @@ fn render(profile: Profile) -> String {
 #[test]
 fn decisions_match_golden_file() {
     let mut all = String::from("# Golden decisions (tests/golden.rs). Review diffs of this file like code.\n\n");
-    for p in [Profile::GieDefault, Profile::LlmdDefault, Profile::WasmEppDefault] {
+    for p in [
+        Profile::GieDefault,
+        Profile::LlmdOptimizedBaseline,
+        Profile::WasmEppDefault,
+    ] {
         all.push_str(&render(p));
         all.push('\n');
     }

@@ -140,10 +140,15 @@ impl Plan {
             WorkloadKind::CodeGen | WorkloadKind::Reasoning | WorkloadKind::B2bSaas
         );
         let mut policies = if catalog {
-            ["round-robin", "gie-default", "llm-d-default", "wasm-epp-default"]
-                .iter()
-                .map(|n| PolicySpec::parse(n).expect("known policy"))
-                .collect()
+            [
+                "round-robin",
+                "gie-default",
+                "llm-d-optimized-baseline",
+                "wasm-epp-default",
+            ]
+            .iter()
+            .map(|n| PolicySpec::parse(n).expect("known policy"))
+            .collect()
         } else {
             PolicySpec::standard()
         };

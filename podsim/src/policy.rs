@@ -124,7 +124,7 @@ impl PolicySpec {
             "least-request" => PolicySpec::new(base, PolicyKind::LeastRequest),
             "oracle" => PolicySpec::new(base, PolicyKind::Oracle),
             "gie-default" => PolicySpec::profile(Profile::GieDefault),
-            "llm-d-default" => PolicySpec::profile(Profile::LlmdDefault),
+            "llm-d-optimized-baseline" => PolicySpec::profile(Profile::LlmdOptimizedBaseline),
             "wasm-epp-default" => PolicySpec::profile(Profile::WasmEppDefault),
             "wasm-epp-tuned-split" => PolicySpec::new(
                 base,
@@ -153,7 +153,7 @@ impl PolicySpec {
             "round-robin",
             "least-request",
             "gie-default",
-            "llm-d-default",
+            "llm-d-optimized-baseline",
             "wasm-epp-default",
             "wasm-epp-tuned",
             "oracle",

@@ -41,8 +41,11 @@ pub fn stored_in(group: &host_sim::VmGroup) -> Option<Snapshot> {
 
 /// Requests the module counts as in flight, summed over endpoints (0 when nothing is stored).
 pub fn inflight_total(gw: &host_sim::serve::Gateway) -> u64 {
-    match gw.group().get_data(wasm_epp::shared::KEY_INFLIGHT) {
-        Ok((bytes, _)) => wasm_epp::shared::InFlightTable::decode(&bytes).total_requests(),
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    match gw.group().get_data(wasm_epp::inflight::KEY_INFLIGHT) {
+        Ok((bytes, _)) => wasm_epp::inflight::total_requests(&bytes, now_ms, wasm_epp::config::DEFAULT_INFLIGHT_TTL_MS),
         Err(_) => 0,
     }
 }

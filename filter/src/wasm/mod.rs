@@ -1,0 +1,370 @@
+//! proxy-wasm glue: root context, per-VM worker state, HTTP streams. Translates only;
+//! decisions come from picker-core.
+//!
+//! * [`abi`]: the hostcalls, with every status returned as a value.
+//! * [`stream`]: the HTTP context, a per-stream state machine whose states carry the right to
+//!   write the request header map.
+//! * [`metrics`]: Envoy custom metrics.
+//! * here: the root context (configure, ticks, snapshot pulls) and the [`Worker`] state shared
+//!   by the root and every stream of one VM (config, picker state, pool, in-flight counts).
+
+pub(crate) mod abi;
+mod metrics;
+mod stream;
+
+use std::cell::RefCell;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::rc::Rc;
+use std::time::{Duration as StdDuration, UNIX_EPOCH};
+
+use log::{debug, error, info, warn};
+use picker_core::prefix::EndpointKey;
+use picker_core::sync::PrefixSync;
+use picker_core::{Endpoint, InFlight, Instant, Pool, Snapshot, SplitMix64, State};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{ContextType, LogLevel};
+
+use crate::config::{FilterConfig, HostProfile};
+use crate::inflight::{self, Local, KEY_INFLIGHT};
+use crate::ring::{ring_keys, HostRing};
+use crate::shared::{validate_push, IntakeError, KEY_SNAPSHOT, KEY_SNAPSHOT_SEQ};
+use abi::HostError;
+use metrics::Metrics;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+/// Snapshot-age gauge refresh period (a scrape interval is 50 ms; a 1 s gauge is plenty).
+const AGE_GAUGE_PERIOD: picker_core::Duration = picker_core::Duration::from_millis(1000);
+
+/// How many CAS retries a shared-data update gets before giving up (counts are hints).
+const CAS_RETRIES: usize = 8;
+
+/// The host's wall clock in ms (the SDK's `get_current_time`; Envoy's answers Ok always).
+fn now_ms() -> u64 {
+    proxy_wasm::hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Per-VM (per-worker) state shared by the root and every HTTP context of that VM.
+struct Worker {
+    config: FilterConfig,
+    state: State,
+    rng: SplitMix64,
+    /// The decoded snapshot this worker routes on, and its sequence.
+    pool: Pool,
+    pool_seq: Option<u64>,
+    /// Logged once per transition, not per request.
+    degraded_logged: bool,
+    /// When the slow gauges (snapshot age, degraded) were last written.
+    age_reported_at: Instant,
+    metrics: Option<Metrics>,
+    /// Prefix-index replication with the other workers (`prefixSync`), and the ring's keys.
+    sync: Option<PrefixSync>,
+    ring_keys: Vec<String>,
+    /// Per-request scratch, reused: the in-flight counts aligned with the pool.
+    inflight: Vec<InFlight>,
+    /// This VM's identity in the shared in-flight table: random per VM instance, so a VM
+    /// started after a reload never inherits the counts of the one that died.
+    owner: u64,
+    /// This VM's own in-flight requests: the truth it publishes as its section.
+    local: Local,
+}
+
+impl Worker {
+    fn new(config: FilterConfig) -> Worker {
+        // Per-VM seeds from the host's randomness (WASI random_get backs RandomState).
+        let seed = RandomState::new().hash_one(0x5eed_u64);
+        let owner = RandomState::new().hash_one(0x0411_u64);
+        let pool = static_pool(&config);
+        let metrics = if config.metrics { Metrics::define() } else { None };
+        let mut state = State::new(&config.picker);
+        let (sync, ring_keys) = match config.prefix_sync {
+            Some(p) => {
+                state.enable_outbox();
+                // The origin id only has to differ between the VMs sharing the ring.
+                let origin = RandomState::new().hash_one(0x5eed_0419_u64);
+                (Some(PrefixSync::new(origin, p)), ring_keys(p.ring))
+            }
+            None => (None, Vec::new()),
+        };
+        Worker {
+            state,
+            sync,
+            ring_keys,
+            rng: SplitMix64::new(seed),
+            pool,
+            pool_seq: None,
+            config,
+            degraded_logged: false,
+            age_reported_at: Instant::ZERO,
+            metrics,
+            inflight: Vec::new(),
+            owner,
+            local: Local::default(),
+        }
+    }
+
+    fn envoy(&self) -> bool {
+        self.config.host == HostProfile::Envoy
+    }
+
+    /// Loads the shared snapshot if its sequence moved past the one this worker holds.
+    fn refresh_pool(&mut self) {
+        let seq = match abi::shared_data(KEY_SNAPSHOT_SEQ) {
+            Ok(Some((b, _))) => match <[u8; 8]>::try_from(b.as_slice()) {
+                Ok(b) => u64::from_le_bytes(b),
+                Err(_) => return,
+            },
+            Ok(None) => return,
+            Err(e) => {
+                warn!("wasm-epp: reading the snapshot sequence failed: {e:?}");
+                return;
+            }
+        };
+        if self.pool_seq.is_some_and(|s| s >= seq) {
+            return;
+        }
+        match abi::shared_data(KEY_SNAPSHOT).map(|r| r.map(|(b, _)| Snapshot::decode(&b))) {
+            Ok(Some(Ok(snap))) => {
+                let keys: Vec<EndpointKey> = snap.endpoints.iter().map(Endpoint::key).collect();
+                self.state.index.retain_endpoints(&keys);
+                self.pool_seq = Some(snap.sequence);
+                self.pool = Pool::new(snap);
+                if let Some(m) = self.metrics.as_ref() {
+                    m.pool(&self.pool);
+                }
+            }
+            // Only validated bytes are ever stored, so this means another build's format.
+            Ok(Some(Err(e))) => warn!("wasm-epp: stored snapshot unreadable: {e}"),
+            Ok(None) => {}
+            Err(e) => warn!("wasm-epp: reading the snapshot failed: {e:?}"),
+        }
+    }
+
+    /// Acquires (`add`) or releases one request of `tokens` on `key` in this VM's own counts,
+    /// then publishes them. `read` is a read of the table this request already made (bytes,
+    /// cas): the first attempt writes on it.
+    fn account(&mut self, key: EndpointKey, tokens: u32, add: bool, read: Option<(Vec<u8>, u32)>) {
+        self.local.apply(key, tokens, add);
+        self.publish_inflight(read);
+    }
+
+    /// The prefill of one request on `key` is done: its `tokens` leave the counts, its request
+    /// stays until the stream ends.
+    fn prefill_done(&mut self, key: EndpointKey, tokens: u32) {
+        self.local.release_tokens(key, tokens);
+        self.publish_inflight(None);
+    }
+
+    /// Writes this VM's section of the shared in-flight table (dropping expired sections of
+    /// dead VMs), with CAS retries.
+    fn publish_inflight(&self, mut read: Option<(Vec<u8>, u32)>) {
+        let ttl = self.config.inflight_ttl_ms;
+        for _ in 0..CAS_RETRIES {
+            let (bytes, cas) = match read.take() {
+                Some(r) => r,
+                None => match abi::shared_data(KEY_INFLIGHT) {
+                    Ok(r) => r.unwrap_or_default(),
+                    Err(e) => {
+                        warn!("wasm-epp: reading in-flight counts failed: {e:?}");
+                        return;
+                    }
+                },
+            };
+            let out = inflight::publish(&bytes, self.owner, &self.local, now_ms(), ttl);
+            match abi::set_shared_data(KEY_INFLIGHT, &out, cas) {
+                Ok(()) => return,
+                Err(HostError::CasMismatch) => continue,
+                Err(e) => {
+                    warn!("wasm-epp: in-flight update failed: {e:?}");
+                    return;
+                }
+            }
+        }
+        warn!("wasm-epp: in-flight update gave up after {CAS_RETRIES} CAS retries");
+    }
+
+    /// The heartbeat: refreshes this VM's section, and drops sections of dead VMs, when due.
+    fn inflight_heartbeat(&self) {
+        let ttl = self.config.inflight_ttl_ms;
+        let Ok(read) = abi::shared_data(KEY_INFLIGHT) else {
+            return;
+        };
+        let read = read.unwrap_or_default();
+        if inflight::needs_write(&read.0, self.owner, &self.local, now_ms(), ttl, ttl / 4) {
+            self.publish_inflight(Some(read));
+        }
+    }
+}
+
+/// A pool from the statically configured endpoints, used until a snapshot arrives (and always on
+/// GCP). Its load fields are zero and its scrape time "now", so only in-flight counts, prefix
+/// affinity and consistent hashing inform the pick.
+fn static_pool(config: &FilterConfig) -> Pool {
+    let endpoints = config
+        .endpoints
+        .iter()
+        .map(|a| Endpoint::new(*a, Instant::ZERO))
+        .collect();
+    // generated_at 0 makes a real snapshot always preferable; degradation uses `degradeAfterMs`.
+    Pool::new(Snapshot {
+        sequence: 0,
+        generated_at: Instant::ZERO,
+        endpoints,
+    })
+}
+
+/// Validates `body` against the stored snapshot and stores it with CAS (push and pull share it).
+/// A refused snapshot changes nothing.
+fn store_snapshot(body: &[u8], max: usize) -> Result<u64, IntakeError> {
+    for _ in 0..CAS_RETRIES {
+        let (stored, cas) = match abi::shared_data(KEY_SNAPSHOT) {
+            Ok(Some((b, cas))) => (Some(b), cas),
+            Ok(None) => (None, 0),
+            Err(_) => break,
+        };
+        let snap = validate_push(body, stored.as_deref(), max)?;
+        match abi::set_shared_data(KEY_SNAPSHOT, body, cas) {
+            Ok(()) => {
+                let _ = abi::set_shared_data(KEY_SNAPSHOT_SEQ, &snap.sequence.to_le_bytes(), 0);
+                return Ok(snap.sequence);
+            }
+            Err(_) => continue,
+        }
+    }
+    Err(IntakeError::Stale { stored: 0, pushed: 0 })
+}
+
+/// What the root context's timer does; the timer runs at the shortest period of the tasks.
+#[derive(Default)]
+struct Timers {
+    period_ms: u64,
+    next_pull_ms: u64,
+    next_heartbeat_ms: u64,
+}
+
+#[derive(Default)]
+struct Root {
+    worker: Option<Rc<RefCell<Worker>>>,
+    /// A pull call is in flight; never more than one per VM.
+    pulling: bool,
+    timers: Timers,
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, _token: u32, num_headers: usize, _body_size: usize, _trailers: usize) {
+        self.pulling = false;
+        let Some(worker) = self.worker.clone() else { return };
+        if num_headers == 0 {
+            warn!("wasm-epp: snapshot pull failed (no response)");
+            return;
+        }
+        let headers = abi::map_pairs(abi::Map::HttpCallResponse).unwrap_or_default();
+        let status = crate::headers::header_value(&headers, ":status").unwrap_or_default();
+        if status != "200" {
+            warn!("wasm-epp: snapshot pull got HTTP {status}");
+            return;
+        }
+        let body = abi::buffer(abi::Buffer::HttpCallResponseBody).unwrap_or_default();
+        let max = worker.borrow().config.snapshot.as_ref().map_or(0, |s| s.max_bytes);
+        match store_snapshot(&body, max) {
+            Ok(seq) => debug!("wasm-epp: pulled snapshot {seq}"),
+            Err(IntakeError::Stale { .. }) => {}
+            Err(e) => warn!("wasm-epp: pulled snapshot refused: {}", e.message()),
+        }
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        match FilterConfig::from_json(&bytes) {
+            Ok(config) => {
+                info!("{}", config.describe());
+                if config.host == HostProfile::Envoy {
+                    // Create the shared keys once, empty: a set with cas 0 on a missing key is
+                    // unconditional, so two workers racing to create a key could overwrite each
+                    // other; with the key present every later update is a real CAS.
+                    for key in [KEY_INFLIGHT, KEY_SNAPSHOT] {
+                        if matches!(abi::shared_data(key), Ok(None)) {
+                            let _ = abi::set_shared_data(key, &[], 0);
+                        }
+                    }
+                    if config.prefix_sync.is_some() {
+                        PrefixSync::init_store(&mut HostRing { keys: &[] });
+                    }
+                    // The in-flight heartbeat (a quarter of the time-to-live) and the snapshot
+                    // pull share the one timer a root context has.
+                    let heartbeat = config.inflight_ttl_ms / 4;
+                    let pull = config.snapshot.as_ref().and_then(|s| s.pull.as_ref());
+                    if let Some(p) = pull {
+                        info!(
+                            "wasm-epp: pulling snapshots from cluster {} {} every {} ms",
+                            p.cluster, p.path, p.interval_ms
+                        );
+                    }
+                    let period = pull.map_or(heartbeat, |p| p.interval_ms.min(heartbeat));
+                    match abi::set_tick_period_ms(period as u32) {
+                        Ok(()) => self.timers.period_ms = period,
+                        Err(e) => warn!("wasm-epp: no timer ({e:?}): no snapshot pulls or in-flight heartbeats"),
+                    }
+                }
+                self.worker = Some(Rc::new(RefCell::new(Worker::new(config))));
+                true
+            }
+            Err(e) => {
+                // Returning false makes Envoy reject the configuration.
+                error!("wasm-epp: {e}");
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let Some(worker) = self.worker.clone() else { return };
+        let now = now_ms();
+        let w = worker.borrow();
+        if now >= self.timers.next_heartbeat_ms {
+            self.timers.next_heartbeat_ms = now + w.config.inflight_ttl_ms / 4;
+            w.inflight_heartbeat();
+        }
+        let Some(s) = w.config.snapshot.as_ref() else { return };
+        let Some(pull) = s.pull.as_ref() else { return };
+        if self.pulling || now < self.timers.next_pull_ms {
+            return;
+        }
+        self.timers.next_pull_ms = now + pull.interval_ms;
+        let auth = format!("Bearer {}", s.token);
+        let headers = vec![
+            (":method", "GET"),
+            (":path", pull.path.as_str()),
+            (":authority", pull.authority.as_str()),
+            ("authorization", auth.as_str()),
+        ];
+        match self.dispatch_http_call(
+            &pull.cluster,
+            headers,
+            None,
+            vec![],
+            StdDuration::from_millis(pull.interval_ms.max(1000)),
+        ) {
+            Ok(_) => self.pulling = true,
+            Err(s) => warn!("wasm-epp: snapshot pull to cluster {} failed: {s:?}", pull.cluster),
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let worker = self.worker.clone()?;
+        Some(Box::new(stream::Stream::new(worker)))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
