@@ -88,6 +88,11 @@ pub struct RunResult {
     pub hit_tokens: u64,
     pub query_tokens: u64,
     pub preemptions: u64,
+    /// Highest total of in-flight tokens the gateway counted (all replicas and servers).
+    pub max_inflight_tokens: u64,
+    /// In-flight (requests, tokens) still counted when the run ended: (0, 0) once every request
+    /// has ended.
+    pub inflight_left: (u64, u64),
     pub end: Micros,
     pub warmup: Micros,
     pub horizon: Micros,
@@ -154,8 +159,12 @@ pub fn run(cfg: &SimConfig, trace: &Trace, policy: &PolicySpec) -> RunResult {
         rng: SplitMix64::new(cfg.seed ^ 0x5EED_0001),
         topo_rng: SplitMix64::new(cfg.seed ^ 0x5EED_0002),
     };
-    // Which replica sent each request (to release its in-flight count).
+    // Which replica sent each request (to release its in-flight count), and the in-flight tokens
+    // it still holds there (its uncached prompt tokens until its first token, then 0).
     let mut sent_by: Vec<u32> = vec![0; trace.arrivals.len()];
+    let mut held: Vec<u64> = vec![0; trace.arrivals.len()];
+    let mut total_inflight_tokens = 0u64;
+    let mut max_inflight_tokens = 0u64;
     let mut records: Vec<ReqRecord> = trace
         .arrivals
         .iter()
@@ -238,6 +247,12 @@ pub fn run(cfg: &SimConfig, trace: &Trace, policy: &PolicySpec) -> RunResult {
                 match e {
                     EngineEvent::FirstToken { id, .. } => {
                         records[id].first_token = Some(now);
+                        // llm-d's in-flight producer: the pending prefill ends with the first chunk.
+                        let s = records[id].server.expect("routed") as usize;
+                        let f = &mut gw.inflight[sent_by[id] as usize][s];
+                        debug_assert!(f.tokens >= held[id]);
+                        total_inflight_tokens -= held[id];
+                        f.tokens -= std::mem::take(&mut held[id]);
                         if now >= cfg.warmup && now < cfg.horizon {
                             window_prompt_tokens += trace.prompts[trace.arrivals[id].prompt as usize].tokens as u64;
                         }
@@ -249,12 +264,13 @@ pub fn run(cfg: &SimConfig, trace: &Trace, policy: &PolicySpec) -> RunResult {
                             records[id].aborted = true;
                         }
                         outstanding -= 1;
-                        let a = trace.arrivals[id];
-                        let tokens = (trace.prompts[a.prompt as usize].len() / BYTES_PER_TOKEN) as u64;
                         let s = records[id].server.expect("routed") as usize;
                         let f = &mut gw.inflight[sent_by[id] as usize][s];
+                        debug_assert!(f.requests >= 1 && f.tokens >= held[id]);
                         f.requests -= 1;
-                        f.tokens -= tokens;
+                        // Nonzero only when the request ended without a first token (aborted).
+                        total_inflight_tokens -= held[id];
+                        f.tokens -= std::mem::take(&mut held[id]);
                         release(id, now, &mut records, &mut client_queue);
                         if let Some(g) = &mut gate {
                             g.ended(id, now);
@@ -292,7 +308,7 @@ pub fn run(cfg: &SimConfig, trace: &Trace, policy: &PolicySpec) -> RunResult {
                 &servers,
                 now,
             );
-            let Some(s) = choice else {
+            let Some((s, tokens)) = choice else {
                 records[idx].shed = true;
                 release(idx, now, &mut records, &mut client_queue);
                 if let Some(g) = &mut gate {
@@ -300,10 +316,12 @@ pub fn run(cfg: &SimConfig, trace: &Trace, policy: &PolicySpec) -> RunResult {
                 }
                 continue;
             };
-            let tokens = (prompt.len() / BYTES_PER_TOKEN) as u64;
             let f = &mut gw.inflight[replica][s];
             f.requests += 1;
             f.tokens += tokens;
+            held[idx] = tokens;
+            total_inflight_tokens += tokens;
+            max_inflight_tokens = max_inflight_tokens.max(total_inflight_tokens);
             outstanding += 1;
             sent_by[idx] = replica as u32;
             records[idx].server = Some(s as u32);
@@ -336,6 +354,12 @@ pub fn run(cfg: &SimConfig, trace: &Trace, policy: &PolicySpec) -> RunResult {
         hit_tokens,
         query_tokens,
         preemptions,
+        max_inflight_tokens,
+        inflight_left: gw
+            .inflight
+            .iter()
+            .flatten()
+            .fold((0, 0), |(r, t), f| (r + f.requests as u64, t + f.tokens)),
         end: now,
         warmup: cfg.warmup,
         horizon: cfg.horizon,
@@ -483,7 +507,10 @@ fn start(
     }
 }
 
-/// Chooses a server for one request, or `None` when the picker sheds it.
+/// Chooses a server for one request and the in-flight tokens to count for it there until its
+/// first token, or `None` when the picker sheds it. picker-core policies count the
+/// decision's `uncached_tokens` (llm-d's semantics); the others, which read no token counts,
+/// count the whole prompt (bytes / 4).
 #[allow(clippy::too_many_arguments)]
 fn route(
     gw: &mut Gateway,
@@ -496,20 +523,21 @@ fn route(
     pool: &Pool,
     servers: &[Server],
     now: Micros,
-) -> Option<usize> {
+) -> Option<(usize, u64)> {
     let n = servers.len();
+    let whole = (trace.prompts[prompt_idx].len() / BYTES_PER_TOKEN) as u64;
     let inflight = &gw.inflight[replica];
     match &gw.kind {
-        PolicyKind::Random => Some(gw.rng.below(n as u64) as usize),
+        PolicyKind::Random => Some((gw.rng.below(n as u64) as usize, whole)),
         PolicyKind::RoundRobin => {
             let s = gw.rr_next % n;
             gw.rr_next += 1;
-            Some(s)
+            Some((s, whole))
         }
         PolicyKind::LeastRequest => {
             let min = inflight.iter().map(|f| f.requests).min().unwrap_or(0);
             let ties: Vec<usize> = (0..n).filter(|&i| inflight[i].requests == min).collect();
-            Some(ties[gw.rng.below(ties.len() as u64) as usize])
+            Some((ties[gw.rng.below(ties.len() as u64) as usize], whole))
         }
         PolicyKind::Oracle => {
             let p = &trace.prompts[prompt_idx];
@@ -539,7 +567,7 @@ fn route(
                     best = (score, i);
                 }
             }
-            Some(best.1)
+            Some((best.1, whole))
         }
         PolicyKind::Picker(config) => {
             let p = &trace.prompts[prompt_idx];
@@ -564,7 +592,7 @@ fn route(
             if let Some(sync) = gw.syncs.get_mut(slot) {
                 sync.push(&mut gw.rings[replica], state);
             }
-            d.primary()
+            d.primary().map(|s| (s, d.uncached_tokens))
         }
     }
 }
@@ -609,7 +637,52 @@ mod tests {
                 .records
                 .iter()
                 .all(|r| r.first_token.unwrap() >= r.arrival && r.finish >= r.first_token));
+            assert_eq!(a.inflight_left, (0, 0), "{}", policy.name);
         }
+    }
+
+    /// llm-d's in-flight semantics: a request counts 1 until it ends and its uncached prompt
+    /// tokens until its first token; every count returns to zero.
+    #[test]
+    fn in_flight_tokens_are_released_at_the_first_token() {
+        let cfg = SimConfig {
+            servers: 1,
+            ..SimConfig::llmd_cluster(5, 0, 3)
+        };
+        let shape = SharedPrefix {
+            groups: 2,
+            users_per_group: 1,
+            system_tokens: 1000,
+            question_tokens: 1000,
+            output_tokens: 200,
+        };
+        let mut trace = shape.trace(1.0, 1, 16, 1);
+        let arrival = |at, prompt| crate::workload::Arrival {
+            at,
+            prompt,
+            output_tokens: 200,
+            priority: 0,
+            adapter: None,
+        };
+        // B arrives while A decodes (A's prefill takes ~0.15 s, its decode ~3 s).
+        trace.arrivals = vec![arrival(0, 0), arrival(1_000_000, 1)];
+        for name in ["round-robin", "llm-d-optimized-baseline", "wasm-epp-default"] {
+            let r = run(&cfg, &trace, &PolicySpec::parse(name).unwrap());
+            assert!(r.records[1].sent < r.records[0].finish.unwrap(), "{name}: overlap");
+            // One cold prompt at a time (llm-d counts whole 64-token blocks: 2,048 for 2,000).
+            let m = r.max_inflight_tokens;
+            assert!((2000..=2048).contains(&m), "{name}: {m}, not both prompts");
+            assert_eq!(r.inflight_left, (0, 0), "{name}");
+        }
+        // The same prompt again 10 ms later, while A still prefills: llm-d counts only what the
+        // pod does not hold (its index already has A's blocks), round-robin the whole prompt.
+        trace.arrivals = vec![arrival(0, 0), arrival(10_000, 0)];
+        let r = run(&cfg, &trace, &PolicySpec::parse("llm-d-optimized-baseline").unwrap());
+        assert!(r.records[1].sent < r.records[0].first_token.unwrap());
+        assert_eq!(r.max_inflight_tokens, 2048);
+        assert_eq!(r.inflight_left, (0, 0));
+        let rr = run(&cfg, &trace, &PolicySpec::parse("round-robin").unwrap());
+        assert_eq!(rr.max_inflight_tokens, 4000);
     }
 
     #[test]
