@@ -79,6 +79,7 @@ pub struct EngineProfile {
     pub link_bandwidth: f64,
     pub eff_compute: f64,
     pub eff_memory: f64,
+    pub shared_kv_read_once: bool,
     pub per_layer_s: f64,
     pub per_step_s: f64,
     pub per_seq_s: f64,
@@ -171,6 +172,7 @@ impl EngineProfile {
             link_bandwidth: positive(&root, "gpu", "link_bandwidth")?,
             eff_compute: positive(&root, "efficiency", "compute")?,
             eff_memory: positive(&root, "efficiency", "memory")?,
+            shared_kv_read_once: boolean(&root, "efficiency", "shared_kv_read_once")?,
             per_layer_s: num(&root, "overhead", "per_layer_s")?,
             per_step_s: num(&root, "overhead", "per_step_s")?,
             per_seq_s: num(&root, "overhead", "per_seq_s")?,
@@ -303,6 +305,7 @@ impl EngineProfile {
             bandwidth: self.hbm_bandwidth * self.eff_memory,
             fixed_s: self.per_step_s + self.per_layer_s * self.layers,
             per_seq_s: self.per_seq_s,
+            shared_kv_read_once: self.shared_kv_read_once,
         }
     }
 
@@ -347,6 +350,9 @@ pub struct StepModel {
     pub bandwidth: f64,
     pub fixed_s: f64,
     pub per_seq_s: f64,
+    /// Decode KV bytes are those of the distinct blocks the step references (the caller passes
+    /// them to [`StepModel::step_seconds_read`]), not each sequence's whole context.
+    pub shared_kv_read_once: bool,
 }
 
 impl StepModel {
@@ -354,6 +360,18 @@ impl StepModel {
     /// of the decoding ones (each computes one token), and prefill chunks of `n` new tokens after
     /// `s` computed ones.
     pub fn step_seconds(&self, seqs: u32, decode_ctx: u64, prefill: impl Iterator<Item = (u32, u32)>) -> f64 {
+        self.step_seconds_read(seqs, decode_ctx, decode_ctx, prefill)
+    }
+
+    /// As [`StepModel::step_seconds`], with the decode KV read from HBM given separately
+    /// (`decode_read ≤ decode_ctx` tokens when shared blocks are read once per step).
+    pub fn step_seconds_read(
+        &self,
+        seqs: u32,
+        decode_ctx: u64,
+        decode_read: u64,
+        prefill: impl Iterator<Item = (u32, u32)>,
+    ) -> f64 {
         let mut prefill_tokens = 0.0;
         let mut pairs = 0.0;
         let mut prefill_kv = 0.0;
@@ -368,6 +386,7 @@ impl StepModel {
         let decodes = seqs.saturating_sub(chunks) as f64;
         let tokens = decodes + prefill_tokens;
         let ctx = decode_ctx as f64;
+        let read = decode_read.min(decode_ctx) as f64;
         let weight_bytes = self.dense_weight_bytes
             + if self.experts > 0.0 {
                 let miss = (1.0 - self.experts_per_token / self.experts).powf(tokens);
@@ -378,7 +397,7 @@ impl StepModel {
         let linear = ((self.linear_flops_per_token * tokens + self.lm_head_flops_per_seq * seqs as f64) / self.flops)
             .max(weight_bytes / self.bandwidth);
         let attn = (self.attn_flops_per_pair * (pairs + ctx) / self.flops)
-            .max(self.kv_bytes_per_token * (ctx + prefill_kv + tokens) / self.bandwidth);
+            .max(self.kv_bytes_per_token * (read + prefill_kv + tokens) / self.bandwidth);
         linear + attn + self.allreduce_s_per_token * tokens + self.fixed_s + self.per_seq_s * seqs as f64
     }
 }
@@ -463,6 +482,23 @@ mod tests {
         // A large warm batch (the llm-d arm's regime): ~115 sequences at ~7,700 context tokens.
         let big = m.step_seconds(115, 115 * 7700, none());
         assert!((0.055..0.070).contains(&big), "{big}");
+    }
+
+    /// Reading shared blocks once per step only cuts the decode KV term, never below the weights.
+    #[test]
+    fn shared_kv_read_once_cuts_only_the_kv_read() {
+        let m = EngineProfile::default_profile().step_model();
+        let none = || std::iter::empty();
+        let full = m.step_seconds_read(100, 770_000, 770_000, none());
+        assert_eq!(full, m.step_seconds(100, 770_000, none()));
+        let shared = m.step_seconds_read(100, 770_000, 190_000, none());
+        let kv_saved = 580_000.0 * m.kv_bytes_per_token / m.bandwidth;
+        close(full - shared, kv_saved, 1e-9);
+        assert_eq!(
+            m.step_seconds_read(100, 770_000, 10_000_000, none()),
+            full,
+            "read ≤ context"
+        );
     }
 
     /// A warm request (6,000 of 7,200 prompt tokens cached) prefills ~6x faster than a cold one.

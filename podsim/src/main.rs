@@ -5,7 +5,7 @@
 //! podsim ladder   [--engine FILE] [--policies a,b] [workload and ladder flags]
 //!   workload: --servers N --groups N --prompts-per-group N --system-tokens N --question-tokens N
 //!             --output-tokens N; ladder: --ladder llm-d|RATExSECS,… [--ladder-warmup RATExSECS,…|none]
-//!             [--drain harness|none] [--seed N]
+//!             [--drain harness|none] [--seed N] [--shared-kv-read-once]
 //! podsim bench [--engine FILE] --workload shared-prefix|sharegpt|bursts|multi-lora|code-gen|reasoning|b2b-saas [--quick]
 //!              [--qps 3,10,60 | --concurrency 10,60] [--horizon S]
 //!              [--warmup S] [--policies a,b@4x2] [--picker NAME=JSON|@file] [--seed N] [--max-concurrency N]
@@ -27,7 +27,8 @@ use podsim::workload::SharedPrefix;
 fn usage() -> &'static str {
     "usage: podsim validate [--engine FILE] [WORKLOAD/LADDER FLAGS]\n       podsim ladder [--engine FILE] [--policies a,b] [WORKLOAD/LADDER FLAGS]\n         \
 WORKLOAD/LADDER FLAGS: [--servers N] [--groups N] [--prompts-per-group N] [--system-tokens N] [--question-tokens N] \
-[--output-tokens N] [--ladder llm-d|RATExSECS,...] [--ladder-warmup RATExSECS,...|none] [--drain harness|none] [--seed N]\n       \
+[--output-tokens N] [--ladder llm-d|RATExSECS,...] [--ladder-warmup RATExSECS,...|none] [--drain harness|none] [--seed N] \
+[--shared-kv-read-once]\n       \
 podsim serve [--engine FILE] [--pods N] [--base-port P] [--speed X] [--model M]\n       podsim bench [--engine FILE] --workload shared-prefix|sharegpt|bursts|multi-lora|code-gen|reasoning|b2b-saas [--quick] \
 [--qps 3,10,60 | --concurrency 10,60] [--horizon SECS] \
 [--warmup SECS] [--policies NAME[@WxR],...] [--picker NAME=JSON|NAME=@FILE]... [--seed N] [--max-concurrency N] [--threads N] [--out DIR]"
@@ -275,12 +276,14 @@ fn ladder_cmd(validate_mode: bool, args: &[String]) -> Result<bool, String> {
     let mut drain = Drain::Harness;
     let mut seed = 20_260_817u64;
     let mut policies: Option<Vec<PolicySpec>> = None;
+    let mut shared_once = false;
     let mut it = args.iter();
     let int = |a: &str, v: String| -> Result<u32, String> { v.parse::<u32>().map_err(|e| format!("{a}: {e}")) };
     while let Some(a) = it.next() {
         let mut val = || it.next().cloned().ok_or_else(|| format!("{a} needs a value"));
         match a.as_str() {
             "--engine" => engine = EngineProfile::load(&val()?)?,
+            "--shared-kv-read-once" => shared_once = true,
             "--servers" => servers = int(a, val()?)? as usize,
             "--groups" => shape.groups = int(a, val()?)?,
             "--prompts-per-group" => shape.users_per_group = int(a, val()?)?,
@@ -306,6 +309,7 @@ fn ladder_cmd(validate_mode: bool, args: &[String]) -> Result<bool, String> {
         return Err("--servers, --groups, --prompts-per-group and --output-tokens must be > 0".into());
     }
     let ladder = Ladder::parse(&ladder_spec, warmup.as_deref())?;
+    engine.shared_kv_read_once |= shared_once;
     let params = engine.server_params();
     let policies = match policies {
         Some(p) => p,
@@ -325,7 +329,7 @@ fn ladder_cmd(validate_mode: bool, args: &[String]) -> Result<bool, String> {
     let trace = ladder::shared_prefix_trace(&shape, &ladder, drain, params.block_tokens, seed);
     let cfg = ladder::sim_config(servers, params, seed);
     eprintln!(
-        "podsim {}: {} requests in {} stages ({} warm-up), {} servers of {}, {} policies, drain {:?}",
+        "podsim {}: {} requests in {} stages ({} warm-up), {} servers of {}, {} policies, drain {:?}, shared KV read once: {}",
         if validate_mode { "validate" } else { "ladder" },
         trace.arrivals.len(),
         ladder.stages.len() + ladder.warmup.len(),
@@ -333,7 +337,8 @@ fn ladder_cmd(validate_mode: bool, args: &[String]) -> Result<bool, String> {
         servers,
         engine.label(),
         policies.len(),
-        drain
+        drain,
+        engine.shared_kv_read_once
     );
     #[allow(clippy::disallowed_methods)] // wall time for the progress report only
     let started = std::time::Instant::now();
@@ -341,7 +346,7 @@ fn ladder_cmd(validate_mode: bool, args: &[String]) -> Result<bool, String> {
     #[allow(clippy::disallowed_methods)]
     let elapsed = started.elapsed().as_secs_f64();
     println!(
-        "## podsim {}: {} ({} groups × {} prompts, {} + {} tokens in, {} out), {} servers of {}, seed {}\n",
+        "## podsim {}: {} ({} groups × {} prompts, {} + {} tokens in, {} out), {} servers of {}{}, seed {}\n",
         if validate_mode { "validate" } else { "ladder" },
         ladder_spec,
         shape.groups,
@@ -351,6 +356,11 @@ fn ladder_cmd(validate_mode: bool, args: &[String]) -> Result<bool, String> {
         shape.output_tokens,
         servers,
         engine.label(),
+        if engine.shared_kv_read_once {
+            ", shared KV read once"
+        } else {
+            ""
+        },
         seed
     );
     let mut ok = true;

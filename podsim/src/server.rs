@@ -323,7 +323,15 @@ impl Server {
             .iter()
             .filter(|s| s.sched > 0 && s.computed < s.target)
             .map(|s| (s.sched, s.computed));
-        Some(self.params.step_seconds(seqs, ctx, chunks))
+        // With shared blocks read once per step, the decode read is bounded by the blocks the
+        // running sequences reference (an upper bound on the distinct blocks the decodes touch).
+        let read = if self.params.step.shared_kv_read_once {
+            let referenced = (self.kv.num_blocks() - self.kv.free_blocks()) as u64;
+            ctx.min(referenced * bt as u64)
+        } else {
+            ctx
+        };
+        Some(self.params.step.step_seconds_read(seqs, ctx, read, chunks))
     }
 
     /// Applies the step started by [`start_step`](Self::start_step). Returns the number of output
