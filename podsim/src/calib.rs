@@ -22,6 +22,8 @@ pub struct ServerParams {
     pub max_seqs: u32,
     /// Distinct LoRA adapters one batch may hold (vLLM `--max-loras`).
     pub max_loras: u32,
+    /// vLLM `gpu_memory_utilization` (reported in `vllm:cache_config_info`).
+    pub gpu_memory_utilization: f64,
     /// The roofline step-time model.
     pub step: StepModel,
     /// Name of the engine profile these came from.

@@ -317,6 +317,7 @@ impl EngineProfile {
             max_batched_tokens: self.max_num_batched_tokens,
             max_seqs: self.max_num_seqs,
             max_loras: self.max_loras,
+            gpu_memory_utilization: self.gpu_memory_utilization,
             step: self.step_model(),
             profile: self.name.clone(),
         }

@@ -250,8 +250,8 @@ impl Pod {
             t,
             "# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig\n# TYPE vllm:cache_config_info gauge\n\
              vllm:cache_config_info{{block_size=\"{}\",cache_dtype=\"auto\",enable_prefix_caching=\"True\",engine=\"0\",\
-             gpu_memory_utilization=\"0.9\",num_cpu_blocks=\"0\",num_gpu_blocks=\"{}\"}} 1.0",
-            p.block_tokens, p.gpu_blocks
+             gpu_memory_utilization=\"{}\",num_cpu_blocks=\"0\",num_gpu_blocks=\"{}\"}} 1.0",
+            p.block_tokens, p.gpu_memory_utilization, p.gpu_blocks
         );
         t
     }
