@@ -153,7 +153,11 @@
 //!   least busy finishes at 92 s). Balanced, the stage would end near 115 s (≈ 13k tok/s). The
 //!   same seeds with in-flight tokens held until the request finishes (podsim's earlier
 //!   accounting) place groups by load and give 12,126 peak (−18.8 %, median error 13.2 %).
-//!   Seeds 1–5 with the upstream semantics: peak 8,975–10,081.
+//!   Seeds 1–5 with the upstream semantics: peak 8,975–10,081. In steady overload the same
+//!   engine and policy generate more: `bench --workload shared-prefix` at 60 QPS (tokens
+//!   generated in a 60 s window of a 90 s open-loop run) gives llm-d-optimized-baseline 16,113
+//!   and round-robin 7,730 tok/s; a drained stage instead pays for its ramp, its tail and its
+//!   busiest pod.
 //! * Its servers run KV-full (7,640 preemptions over the ladder) at ≈ 74 ms per token, where
 //!   llm-d measured 43.9 ms (NTPOT p50 at rate 60).
 //! * The two arms imply different decode costs. Round-robin's measured ≈ 47 ms per token at ≈ 40
