@@ -220,7 +220,8 @@ async fn read_more<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>, limi
     limited.read_buf(buf).await.map_err(HttpError::Io)
 }
 
-/// One request and its answer on `stream`; the answer is read into `buf` (cleared first).
+/// One request and its answer on `stream`; the answer is read into `buf` (cleared first). The
+/// framing is [`Framer`]'s; this only moves bytes between it and the stream.
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     request: &[u8],
@@ -235,145 +236,261 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     };
     stream.write_all(request).await.map_err(stale)?;
     buf.clear();
-    // The head; interim (1xx) answers are skipped.
-    let head = loop {
-        match parse_head(buf).map_err(HttpError::Protocol)? {
-            Some(h) if (100..200).contains(&h.status) => {
-                if h.status == 101 {
-                    return Err(HttpError::Protocol("unexpected 101 Switching Protocols").into());
-                }
-                buf.drain(..h.len);
-                continue;
-            }
-            Some(h) => break h,
-            None => {}
-        }
-        let before = buf.len();
-        let n = match read_more(stream, buf, MAX_HEAD + 1).await {
-            Err(HttpError::Io(e)) if before == 0 => return Err(stale(e)),
-            r => r?,
+    let mut framer = Framer::new(max_bytes);
+    loop {
+        let limit = match framer.advance(buf)? {
+            Step::Done(answer) => return Ok(answer),
+            Step::Read { limit } => limit,
         };
-        if n == 0 {
-            return Err(if before == 0 {
-                Exchange::Stale
-            } else {
-                HttpError::Protocol("connection closed in the answer's head").into()
-            });
+        match read_more(stream, buf, limit).await {
+            Ok(0) => return framer.closed(buf),
+            Ok(_) => {}
+            Err(HttpError::Io(e)) if framer.nothing_read(buf) => return Err(stale(e)),
+            Err(e) => return Err(e.into()),
         }
-    };
-    let too_large = || Exchange::Failed(HttpError::TooLarge(max_bytes));
-    let start = head.len;
-    let mut keep_alive = head.keep_alive;
-    let end = match head.framing {
-        Framing::Length(n) => {
-            let n = usize::try_from(n)
-                .ok()
-                .filter(|n| *n <= max_bytes)
-                .ok_or_else(too_large)?;
-            let end = start + n;
-            while buf.len() < end {
-                if read_more(stream, buf, end).await? == 0 {
-                    return Err(HttpError::Protocol("connection closed in the body").into());
-                }
-            }
-            // Bytes past the body were never asked for: the connection is out of step.
-            keep_alive &= buf.len() == end;
-            end
-        }
-        Framing::Close => {
-            keep_alive = false;
-            while read_more(stream, buf, start + max_bytes + 1)
-                .await
-                .map_err(|e| match e {
-                    HttpError::Protocol(_) => too_large(),
-                    e => e.into(),
-                })?
-                > 0
-            {}
-            if buf.len() > start + max_bytes {
-                return Err(too_large());
-            }
-            buf.len()
-        }
-        Framing::Chunked => {
-            let end = read_chunked(stream, buf, start, max_bytes).await?;
-            keep_alive &= buf.len() == end.1;
-            end.0
-        }
-    };
-    Ok(Answer {
-        status: head.status,
-        body: start..end,
-        keep_alive,
-    })
+    }
 }
 
-/// Decodes a chunked body that starts at `buf[start..]` in place. Returns the end of the
-/// decoded body and the end of the raw bytes consumed.
-async fn read_chunked<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    buf: &mut Vec<u8>,
-    start: usize,
+/// What [`Framer::advance`] needs next.
+#[derive(Debug)]
+enum Step {
+    /// More bytes appended to the buffer, which must then hold at most `limit` bytes (`limit`
+    /// is always above the buffer's length). A read of 0 bytes goes to [`Framer::closed`].
+    Read { limit: usize },
+    /// The whole answer is in the buffer.
+    Done(Answer),
+}
+
+/// Where a chunked body is: decoded bytes are `buf[start..out]`, raw bytes not yet decoded
+/// are `buf[pos..]`.
+#[derive(Clone, Copy, Debug)]
+enum Chunk {
+    /// Reading a chunk-size line; `compacted` once the raw tail was moved down for it.
+    Size { compacted: bool },
+    /// Reading `size` bytes of chunk data and their CRLF.
+    Data { size: usize },
+    /// After the last chunk: trailer fields up to an empty line.
+    Trailer,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum State {
+    Head,
+    Length {
+        status: u16,
+        keep_alive: bool,
+        start: usize,
+        end: usize,
+    },
+    Close {
+        status: u16,
+        start: usize,
+    },
+    Chunked {
+        status: u16,
+        keep_alive: bool,
+        start: usize,
+        out: usize,
+        pos: usize,
+        at: Chunk,
+    },
+}
+
+/// The answer's framing, without I/O (sans-IO): the caller reads into the buffer whatever the
+/// stream gives, up to the limit each [`Step::Read`] names, and calls [`Framer::advance`]
+/// again (or [`Framer::closed`] when the peer closed). How the bytes are split into reads
+/// never changes the status or the body, only whether bytes past the answer were read (then
+/// the connection is not reused). Chunked bodies are decoded in place, so the buffer never
+/// holds more than the head, the decoded body and the chunk being read.
+#[derive(Debug)]
+struct Framer {
     max_bytes: usize,
-) -> Result<(usize, usize), Exchange> {
-    let too_large = || Exchange::Failed(HttpError::TooLarge(max_bytes));
-    // Decoded bytes are buf[start..out]; raw bytes not yet decoded are buf[pos..]. Before
-    // waiting for more, the raw tail moves down to `out`, so the buffer never holds more than
-    // the decoded body plus the chunk being read.
-    let compact = |buf: &mut Vec<u8>, out: usize, pos: &mut usize| {
-        let tail = buf.len() - *pos;
-        buf.copy_within(*pos.., out);
-        buf.truncate(out + tail);
-        *pos = out;
-    };
-    let (mut out, mut pos) = (start, start);
-    loop {
-        let mut compacted = false;
-        let (used, size) = loop {
-            if let Some(c) = parse_chunk_size(buf.get(pos..).unwrap_or_default()).map_err(HttpError::Protocol)? {
-                break c;
-            }
-            if !std::mem::replace(&mut compacted, true) {
-                compact(buf, out, &mut pos);
-            }
-            if read_more(stream, buf, pos + MAX_CHUNK_META + 2).await? == 0 {
-                return Err(HttpError::Protocol("connection closed in a chunked body").into());
+    state: State,
+}
+
+impl Framer {
+    fn new(max_bytes: usize) -> Self {
+        Framer {
+            max_bytes,
+            state: State::Head,
+        }
+    }
+
+    /// Whether an I/O error now means that the server had closed the connection while idle:
+    /// nothing of the answer was read yet.
+    fn nothing_read(&self, buf: &[u8]) -> bool {
+        matches!(self.state, State::Head) && buf.is_empty()
+    }
+
+    /// Parses what `buf` holds as far as it goes.
+    fn advance(&mut self, buf: &mut Vec<u8>) -> Result<Step, Exchange> {
+        let max_bytes = self.max_bytes;
+        let too_large = || Exchange::Failed(HttpError::TooLarge(max_bytes));
+        // Reads more, up to `limit`; a limit the buffer already reached is an error (no read
+        // could make progress): a body over the cap without framing, else a broken answer.
+        let read = |buf: &[u8], limit: usize, close: bool| {
+            if limit > buf.len() {
+                Ok(Step::Read { limit })
+            } else if close {
+                Err(too_large())
+            } else {
+                Err(HttpError::Protocol("answer exceeds its limit").into())
             }
         };
-        pos += used;
-        if size == 0 {
-            break;
-        }
-        let size = usize::try_from(size)
-            .ok()
-            .filter(|s| out - start + s <= max_bytes)
-            .ok_or_else(too_large)?;
-        if buf.len() < pos + size + 2 {
-            compact(buf, out, &mut pos);
-            // This chunk, its CRLF, and room for the next chunk-size line.
-            let limit = pos + size + 2 + MAX_CHUNK_META;
-            while buf.len() < pos + size + 2 {
-                if read_more(stream, buf, limit).await? == 0 {
-                    return Err(HttpError::Protocol("connection closed in a chunk").into());
+        loop {
+            match self.state {
+                State::Head => {
+                    let Some(h) = parse_head(buf).map_err(HttpError::Protocol)? else {
+                        return read(buf, MAX_HEAD + 1, false);
+                    };
+                    // Interim (1xx) answers are skipped.
+                    if (100..200).contains(&h.status) {
+                        if h.status == 101 {
+                            return Err(HttpError::Protocol("unexpected 101 Switching Protocols").into());
+                        }
+                        buf.drain(..h.len);
+                        continue;
+                    }
+                    let (status, start, keep_alive) = (h.status, h.len, h.keep_alive);
+                    self.state = match h.framing {
+                        Framing::Length(n) => {
+                            let n = usize::try_from(n)
+                                .ok()
+                                .filter(|n| *n <= max_bytes)
+                                .ok_or_else(too_large)?;
+                            State::Length {
+                                status,
+                                keep_alive,
+                                start,
+                                end: start + n,
+                            }
+                        }
+                        Framing::Close => State::Close { status, start },
+                        Framing::Chunked => State::Chunked {
+                            status,
+                            keep_alive,
+                            start,
+                            out: start,
+                            pos: start,
+                            at: Chunk::Size { compacted: false },
+                        },
+                    };
                 }
+                State::Length {
+                    status,
+                    keep_alive,
+                    start,
+                    end,
+                } => {
+                    if buf.len() < end {
+                        return read(buf, end, false);
+                    }
+                    return Ok(Step::Done(Answer {
+                        status,
+                        body: start..end,
+                        // Bytes past the body were never asked for: the connection is out of step.
+                        keep_alive: keep_alive && buf.len() == end,
+                    }));
+                }
+                State::Close { start, .. } => {
+                    return read(buf, start + max_bytes + 1, true);
+                }
+                State::Chunked {
+                    status,
+                    keep_alive,
+                    start,
+                    ref mut out,
+                    ref mut pos,
+                    ref mut at,
+                } => match *at {
+                    Chunk::Size { ref mut compacted } => {
+                        let Some((used, size)) =
+                            parse_chunk_size(buf.get(*pos..).unwrap_or_default()).map_err(HttpError::Protocol)?
+                        else {
+                            // Before waiting for more, the raw tail moves down to `out`, so the
+                            // buffer never holds more than the decoded body plus this chunk.
+                            if !std::mem::replace(compacted, true) {
+                                compact(buf, *out, pos);
+                            }
+                            return read(buf, *pos + MAX_CHUNK_META + 2, false);
+                        };
+                        *pos += used;
+                        if size == 0 {
+                            *at = Chunk::Trailer;
+                            continue;
+                        }
+                        let size = usize::try_from(size)
+                            .ok()
+                            .filter(|s| *out - start + s <= max_bytes)
+                            .ok_or_else(too_large)?;
+                        if buf.len() < *pos + size + 2 {
+                            compact(buf, *out, pos);
+                        }
+                        *at = Chunk::Data { size };
+                    }
+                    Chunk::Data { size } => {
+                        if buf.len() < *pos + size + 2 {
+                            // This chunk, its CRLF, and room for the next chunk-size line.
+                            return read(buf, *pos + size + 2 + MAX_CHUNK_META, false);
+                        }
+                        if !matches!(buf.get(*pos + size..*pos + size + 2), Some(b"\r\n")) {
+                            return Err(HttpError::Protocol("chunk not followed by CRLF").into());
+                        }
+                        buf.copy_within(*pos..*pos + size, *out);
+                        *out += size;
+                        *pos += size + 2;
+                        *at = Chunk::Size { compacted: false };
+                    }
+                    // Trailer fields, up to an empty line; they are not used.
+                    Chunk::Trailer => {
+                        let Some(used) =
+                            trailer_len(buf.get(*pos..).unwrap_or_default()).map_err(HttpError::Protocol)?
+                        else {
+                            return read(buf, *pos + MAX_CHUNK_META + 2, false);
+                        };
+                        return Ok(Step::Done(Answer {
+                            status,
+                            body: start..*out,
+                            keep_alive: keep_alive && buf.len() == *pos + used,
+                        }));
+                    }
+                },
             }
         }
-        if !matches!(buf.get(pos + size..pos + size + 2), Some(b"\r\n")) {
-            return Err(HttpError::Protocol("chunk not followed by CRLF").into());
-        }
-        buf.copy_within(pos..pos + size, out);
-        out += size;
-        pos += size + 2;
     }
-    // Trailer fields, up to an empty line; they are not used.
-    loop {
-        if let Some(used) = trailer_len(buf.get(pos..).unwrap_or_default()).map_err(HttpError::Protocol)? {
-            return Ok((out, pos + used));
-        }
-        if read_more(stream, buf, pos + MAX_CHUNK_META + 2).await? == 0 {
-            return Err(HttpError::Protocol("connection closed in the trailer").into());
-        }
+
+    /// The peer closed the connection (a read gave 0 bytes).
+    fn closed(&self, buf: &[u8]) -> Result<Answer, Exchange> {
+        let what = match self.state {
+            State::Head if buf.is_empty() => return Err(Exchange::Stale),
+            State::Head => "connection closed in the answer's head",
+            State::Length { .. } => "connection closed in the body",
+            State::Close { status, start } => {
+                if buf.len() > start + self.max_bytes {
+                    return Err(Exchange::Failed(HttpError::TooLarge(self.max_bytes)));
+                }
+                return Ok(Answer {
+                    status,
+                    body: start..buf.len(),
+                    keep_alive: false,
+                });
+            }
+            State::Chunked { at, .. } => match at {
+                Chunk::Size { .. } => "connection closed in a chunked body",
+                Chunk::Data { .. } => "connection closed in a chunk",
+                Chunk::Trailer => "connection closed in the trailer",
+            },
+        };
+        Err(HttpError::Protocol(what).into())
     }
+}
+
+/// Moves the raw bytes `buf[pos..]` down to `out` (decoded bytes end at `out`).
+fn compact(buf: &mut Vec<u8>, out: usize, pos: &mut usize) {
+    let tail = buf.len() - *pos;
+    buf.copy_within(*pos.., out);
+    buf.truncate(out + tail);
+    *pos = out;
 }
 
 /// Splits off the first line (without its `\n` and an optional `\r`); None if no `\n` yet.
