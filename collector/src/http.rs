@@ -14,8 +14,11 @@
 //!
 //! [`ScrapeConn`] parses only what framing needs: the status line, `content-length`,
 //! `transfer-encoding` and `connection` (RFC 9112 §6.3), and decodes `chunked` bodies in place.
-//! It never panics on any answer (property-tested below); a malformed answer is an
-//! [`HttpError::Protocol`] and drops the connection.
+//! It never panics on any answer (property-tested below, and fuzzed); a malformed answer is an
+//! [`HttpError::Protocol`] and drops the connection. The framing is a sans-IO state machine
+//! (`Framer`) that the socket code feeds with whatever each read returns, so the `framing`
+//! fuzz target drives the same code over in-memory bytes split into reads of its choosing
+//! ([`fuzz_logic`]).
 
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -652,6 +655,147 @@ fn trailer_len(buf: &[u8]) -> Result<Option<usize>, &'static str> {
         at += used;
         if l.is_empty() {
             return Ok(Some(at));
+        }
+    }
+}
+
+/// The framing fuzz target (`fuzz/fuzz_targets/http_framing.rs`) and the unit tests that
+/// replay its seeds: not a public API.
+#[doc(hidden)]
+pub mod fuzz_logic {
+    use super::{Framer, HttpError, Step, MAX_CHUNK_META, MAX_HEAD};
+
+    /// (status, body, keep-alive), or the error's text.
+    pub type Outcome = Result<(u16, Vec<u8>, bool), String>;
+
+    /// Most bytes the scrape buffer may hold for a body cap of `max_bytes`: the head (its
+    /// reads stop at `MAX_HEAD + 1`), the body, and one chunk-size line or trailer section on
+    /// each side of a chunk's data.
+    pub fn buffer_bound(max_bytes: usize) -> usize {
+        max_bytes.saturating_add(MAX_HEAD + 1 + 2 * (MAX_CHUNK_META + 2))
+    }
+
+    /// Feeds `answer` to the framer as a socket would, in reads of the sizes `reads` names
+    /// (cycled; 0, or an empty list, takes all the room the framer offers), the peer closing
+    /// after the last byte. Returns the outcome and the most bytes the buffer held. Panics if
+    /// the framer asks for a read that could not make progress.
+    pub fn frame(answer: &[u8], reads: &[usize], max_bytes: usize) -> (Outcome, usize) {
+        let mut buf = Vec::new();
+        let mut framer = Framer::new(max_bytes);
+        let (mut rest, mut peak, mut next) = (answer, 0, 0);
+        let r = loop {
+            let limit = match framer.advance(&mut buf) {
+                Ok(Step::Done(a)) => break Ok(a),
+                Ok(Step::Read { limit }) => limit,
+                Err(e) => break Err(e),
+            };
+            assert!(limit > buf.len(), "a read up to {limit} with {} bytes held", buf.len());
+            let room = limit - buf.len();
+            let size = reads.get(next % reads.len().max(1)).copied().unwrap_or(0);
+            next += 1;
+            let n = if size == 0 { room } else { size.min(room) }.min(rest.len());
+            if n == 0 {
+                break framer.closed(&buf);
+            }
+            buf.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            peak = peak.max(buf.len());
+        };
+        let outcome = match r {
+            Ok(a) => {
+                let body = buf
+                    .get(a.body.clone())
+                    .unwrap_or_else(|| panic!("body {:?} outside the buffer", a.body));
+                Ok((a.status, body.to_vec(), a.keep_alive))
+            }
+            Err(e) => Err(HttpError::from(e).to_string()),
+        };
+        (outcome, peak)
+    }
+
+    /// Caps the fuzz input's first byte selects: tiny, typical (`--max-scrape-bytes` defaults
+    /// to 1 MiB) and the largest `--max-scrape-bytes` accepts.
+    pub const CAPS: [usize; 10] = [0, 1, 16, 100, 1000, 4096, 65536, 1 << 20, 64 << 20, usize::MAX];
+
+    /// One fuzz input: byte 0 picks the cap ([`CAPS`], modulo), byte 1's low 3 bits give the
+    /// number of read sizes that follow (one byte each, 0 = all the room offered), bit 3 adds
+    /// chunk extensions and a trailer, bit 4 makes the rest a body to frame three ways
+    /// ([`check_body`], chunk sizes = the read sizes) instead of a whole answer
+    /// ([`check_answer`]).
+    pub fn run(input: &[u8]) {
+        let [cap, flags, rest @ ..] = input else { return };
+        let n = usize::from(flags & 7).min(rest.len());
+        let (sizes, data) = rest.split_at(n);
+        let reads: Vec<usize> = sizes.iter().map(|&b| usize::from(b)).collect();
+        let max_bytes = CAPS[usize::from(*cap) % CAPS.len()];
+        if flags & 16 == 0 {
+            let _ = check_answer(data, &reads, max_bytes);
+        } else {
+            check_body(data, &reads, flags & 8 != 0, &reads, max_bytes);
+        }
+    }
+
+    /// Checks the framing contracts on one answer read in pieces of `reads`; panics when one
+    /// fails. Returns the outcome.
+    pub fn check_answer(answer: &[u8], reads: &[usize], max_bytes: usize) -> Outcome {
+        let (outcome, peak) = frame(answer, reads, max_bytes);
+        assert!(
+            peak <= buffer_bound(max_bytes),
+            "buffer held {peak} bytes, cap {max_bytes}"
+        );
+        if let Ok((status, body, _)) = &outcome {
+            assert!(
+                body.len() <= max_bytes,
+                "a body of {} bytes over the cap {max_bytes}",
+                body.len()
+            );
+            assert!(
+                !(100..200).contains(status),
+                "an interim answer {status} returned as the answer"
+            );
+        }
+        // How the bytes were split into reads changes nothing but connection reuse, and
+        // reading less never makes a connection unusable that reading more would keep.
+        let (whole, _) = frame(answer, &[], max_bytes);
+        match (&outcome, &whole) {
+            (Ok((s, b, keep)), Ok((ws, wb, wkeep))) => {
+                assert_eq!((s, b), (ws, wb), "the split changed the answer");
+                assert!(*keep || !*wkeep, "kept alive when read whole, not when split");
+            }
+            _ => assert_eq!(outcome, whole, "the split changed the outcome"),
+        }
+        outcome
+    }
+
+    /// The three framings of `body` (content-length; chunked in pieces of `chunks` sizes,
+    /// cycled, with extensions and a trailer when `ext`; until close) each decode to exactly
+    /// `body`, or fail as too large when it is over `max_bytes`, whatever the reads.
+    pub fn check_body(body: &[u8], chunks: &[usize], ext: bool, reads: &[usize], max_bytes: usize) {
+        let mut chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        let (mut rest, mut i) = (body, 0);
+        while !rest.is_empty() {
+            let size = chunks.get(i % chunks.len().max(1)).copied().unwrap_or(rest.len());
+            i += 1;
+            let (now, later) = rest.split_at(size.clamp(1, rest.len()));
+            chunked.extend_from_slice(format!("{:x}{}\r\n", now.len(), if ext { ";a=\"b\"" } else { "" }).as_bytes());
+            chunked.extend_from_slice(now);
+            chunked.extend_from_slice(b"\r\n");
+            rest = later;
+        }
+        chunked.extend_from_slice(if ext { b"0\r\nx-t: 1\r\n\r\n" } else { b"0\r\n\r\n" });
+        let length = [
+            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes(),
+            body,
+        ]
+        .concat();
+        let close = [&b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n"[..], body].concat();
+        for (answer, keep) in [(length, true), (chunked, true), (close, false)] {
+            let outcome = check_answer(&answer, reads, max_bytes);
+            if body.len() <= max_bytes {
+                assert_eq!(outcome, Ok((200, body.to_vec(), keep)));
+            } else {
+                assert_eq!(outcome, Err(HttpError::TooLarge(max_bytes).to_string()));
+            }
         }
     }
 }

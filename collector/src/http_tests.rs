@@ -219,6 +219,39 @@ fn exchanges_with_each_framing() {
     assert_eq!(r, Err("bad response: connection closed before the answer".into()));
 }
 
+#[test]
+fn the_framing_fuzz_seeds_hold_its_contracts_and_the_socket_path_agrees() {
+    let dir = format!("{}/../fuzz/corpus/framing", env!("CARGO_MANIFEST_DIR"));
+    let mut seeds = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let input = std::fs::read(&path).unwrap();
+        fuzz_logic::run(&input);
+        seeds += 1;
+        // A whole answer (flags bit 4 clear): the async exchange over a pipe, reading what the
+        // pipe holds, gives the status, body or error the in-memory driver gives.
+        let [cap, flags, rest @ ..] = &input[..] else { continue };
+        if flags & 16 != 0 {
+            continue;
+        }
+        let (sizes, answer) = rest.split_at(usize::from(flags & 7).min(rest.len()));
+        let max_bytes = fuzz_logic::CAPS[usize::from(*cap) % fuzz_logic::CAPS.len()];
+        let pieces: Vec<usize> = sizes
+            .iter()
+            .map(|&s| if s == 0 { 4096 } else { usize::from(s) })
+            .collect();
+        let (driver, _) = fuzz_logic::frame(answer, &[], max_bytes);
+        let (socket, _) = run_exchange(
+            answer.to_vec(),
+            if pieces.is_empty() { vec![4096] } else { pieces },
+            max_bytes,
+        );
+        let strip = |o: fuzz_logic::Outcome| o.map(|(status, body, _)| (status, body));
+        assert_eq!(strip(socket), strip(driver), "{}", path.display());
+    }
+    assert!(seeds >= 20, "{seeds} seeds in {dir}");
+}
+
 /// A server on 127.0.0.1 answering every request on a connection with `answer(n)` (n counts
 /// requests over all connections); returns its address and the number of connections accepted.
 async fn server(answer: fn(usize) -> Option<&'static [u8]>) -> (SocketAddr, Arc<AtomicUsize>) {
