@@ -396,7 +396,8 @@ impl Framer {
                     }));
                 }
                 State::Close { start, .. } => {
-                    return read(buf, start + max_bytes + 1, true);
+                    // Saturating: `--max-scrape-bytes` may be as large as usize::MAX.
+                    return read(buf, start.saturating_add(max_bytes).saturating_add(1), true);
                 }
                 State::Chunked {
                     status,
@@ -469,7 +470,7 @@ impl Framer {
             State::Head => "connection closed in the answer's head",
             State::Length { .. } => "connection closed in the body",
             State::Close { status, start } => {
-                if buf.len() > start + self.max_bytes {
+                if buf.len() > start.saturating_add(self.max_bytes) {
                     return Err(Exchange::Failed(HttpError::TooLarge(self.max_bytes)));
                 }
                 return Ok(Answer {
