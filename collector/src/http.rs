@@ -614,10 +614,17 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, &'static str> {
     }))
 }
 
+/// The first `MAX_CHUNK_META + 1` bytes of `buf`: a chunk-size line or trailer section must
+/// end within them. Looking further would accept a longer one whenever it happened to arrive in
+/// the same read as what came before it, and refuse it when it arrived in smaller reads.
+fn meta_window(buf: &[u8]) -> &[u8] {
+    buf.get(..MAX_CHUNK_META + 1).unwrap_or(buf)
+}
+
 /// Parses a chunk-size line (`1*HEXDIG [ext] CRLF`): Ok(Some((line length, size))), Ok(None)
 /// until the line is complete.
 fn parse_chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, &'static str> {
-    let Some((l, used)) = line(buf) else {
+    let Some((l, used)) = line(meta_window(buf)) else {
         return if buf.len() > MAX_CHUNK_META {
             Err("chunk-size line too long")
         } else {
@@ -644,9 +651,10 @@ fn parse_chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, &'static str> {
 /// Length of the trailer section (fields up to and including an empty line), or Ok(None) if
 /// it is not complete yet.
 fn trailer_len(buf: &[u8]) -> Result<Option<usize>, &'static str> {
+    let window = meta_window(buf);
     let mut at = 0;
     loop {
-        let Some((l, used)) = line(buf.get(at..).unwrap_or_default()) else {
+        let Some((l, used)) = line(window.get(at..).unwrap_or_default()) else {
             return if buf.len() > MAX_CHUNK_META {
                 Err("trailer too long")
             } else {

@@ -87,6 +87,35 @@ fn chunk_size_lines() {
     assert_eq!(trailer_len(b"x: 1\r\n"), Ok(None));
 }
 
+#[test]
+fn chunk_metadata_over_its_cap_fails_however_it_arrives() {
+    // Found while writing the `framing` fuzz target's split invariant (a one-byte change of a
+    // seed's read sizes shows it): a chunk-size line or trailer section longer than
+    // MAX_CHUNK_META was accepted when it came in the same read as the bytes before it, and
+    // refused when it came in smaller reads.
+    let ext = format!("3;{}\r\nabc\r\n0\r\n\r\n", "e".repeat(MAX_CHUNK_META));
+    let trailer = format!("3\r\nabc\r\n0\r\nx: {}\r\n\r\n", "t".repeat(MAX_CHUNK_META));
+    for body in [ext, trailer] {
+        let answer = format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{body}");
+        for reads in [&[][..], &[1], &[100, 7]] {
+            let (r, _) = fuzz_logic::frame(answer.as_bytes(), reads, 1 << 20);
+            assert!(r.as_ref().is_err_and(|e| e.ends_with("too long")), "{reads:?}: {r:?}");
+        }
+    }
+    // Exactly at the cap: accepted in one read and byte by byte.
+    let line = format!("3;{}", "e".repeat(MAX_CHUNK_META - 3));
+    assert_eq!(
+        line.len() + 1,
+        MAX_CHUNK_META,
+        "with its CR, the line is MAX_CHUNK_META bytes"
+    );
+    let answer = format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{line}\r\nabc\r\n0\r\n\r\n");
+    for reads in [&[][..], &[1]] {
+        let (r, _) = fuzz_logic::frame(answer.as_bytes(), reads, 1 << 20);
+        assert_eq!(r, Ok((200, b"abc".to_vec(), true)), "{reads:?}");
+    }
+}
+
 /// (status, body, keep-alive), or the error's text.
 type Outcome = Result<(u16, Vec<u8>, bool), String>;
 
