@@ -100,15 +100,23 @@ wasm() {
 }
 
 # cargo-fuzz needs -Z flags; RUSTC_BOOTSTRAP=1 allows them on the stable toolchain, which is
-# the only one these machines can have. Inputs are capped at 64 KiB.
+# the only one these machines can have. Inputs are capped at 64 KiB. Each run starts from a copy
+# of the checked-in seeds; a crash fails the command (pipefail), its input is in fuzz/artifacts/.
 fuzz() {
   local target="${1:-scan}" secs="${2:-30}"
   local work
   work=$(mktemp -d)
   cp -r "fuzz/corpus/$target/." "$work/"
   log "fuzz $target for ${secs}s (new inputs go to $work; the checked-in seeds stay as they are)"
-  (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O "$target" "$work" -- \
-      -max_len=65536 -max_total_time="$secs" -print_final_stats=1 2>&1 | tail -n 15)
+  if (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O "$target" "$work" -- \
+      -max_len=65536 -max_total_time="$secs" -print_final_stats=1 >"$work.log" 2>&1); then
+    tail -n 7 "$work.log"
+  else
+    # The panic, the failing input (kept in fuzz/artifacts/) and how to reproduce it.
+    sed -n -e '/panicked at/,+4p' -e '/ERROR: /p' -e '/^Failing input:/,/^Minimize/p' "$work.log" >&2
+    echo "fuzz $target: FAILED (whole log: $work.log)" >&2
+    return 1
+  fi
 }
 
 test_all() {
@@ -134,9 +142,11 @@ test_all() {
     cargo test --quiet -p picker-core --lib --target wasm32-wasip1
   log "manifests: every document through a third-party schema tool; broken ones must fail"
   bash manifests/validate/run.sh
-  log "fuzz targets: build all, run the scanner for 30 s"
+  log "fuzz targets: build all, run the scanner for 30 s and the collector's page and framing targets for 20 s each"
   (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz build -O)
   fuzz scan 30
+  fuzz exposition 20
+  fuzz framing 20
 }
 
 case "${1:-}" in
