@@ -101,7 +101,7 @@ wasm() {
 
 # cargo-fuzz needs -Z flags; RUSTC_BOOTSTRAP=1 allows them on the stable toolchain, which is
 # the only one these machines can have. Inputs are capped at 64 KiB. Each run starts from a copy
-# of the checked-in seeds; a crash fails the command (pipefail), its input is in fuzz/artifacts/.
+# of the checked-in seeds; a crash fails the command and its input is kept in fuzz/artifacts/.
 fuzz() {
   local target="${1:-scan}" secs="${2:-30}"
   local work
