@@ -55,6 +55,9 @@ impl<'a> Inbound<'a> {
 }
 
 /// What the pipeline decided.
+// One value per request, returned and matched at once, never stored: boxing the decision would
+// only add an allocation to the request path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Routing {
     /// The model is not served by this pool (HTTP 404).
