@@ -9,8 +9,11 @@
 #   ./build.sh bench    criterion benches of the request path (scan, hash, pick)
 #   ./build.sh bench-filter   the compiled module in host-sim: 4 KiB and 220 KiB chat bodies, 64 endpoints
 #   ./build.sh bench-collector   the collector against 256 podsim pods at 50 ms: CPU, round and push latency
-#   ./build.sh fuzz [TARGET] [SECONDS]   coverage-guided fuzzing (targets: scan snapshot config subset)
-#   ./build.sh setup    only the installs
+#   ./build.sh fuzz [TARGET] [SECONDS]   coverage-guided fuzzing from the checked-in seeds (targets:
+#                       scan snapshot config subset exposition framing)
+#   ./build.sh setup    only the installs: every tool any command here runs
+#   ./build.sh check-tools   check that each of those tools answers (CI runs setup into an empty
+#                       CARGO_HOME, then this)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -20,20 +23,64 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 
+# setup installs every tool the commands run; check_tools lists the same tools and checks that
+# each answers. Keep the two lists in step.
 setup() {
-  log "toolchain targets"
+  log "toolchain components and targets"
+  rustup component add rustfmt clippy >/dev/null
   rustup target add wasm32-wasip1 wasm32-unknown-unknown >/dev/null
   if ! cargo nextest --version >/dev/null 2>&1; then
     log "installing cargo-nextest"
     cargo install --locked cargo-nextest
   fi
-  if ! command -v wasm-opt >/dev/null 2>&1; then
-    log "installing binaryen (wasm-opt)"
-    apt-get update -qq && apt-get install -y -qq binaryen >/dev/null
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    log "installing cargo-fuzz"
+    cargo install --locked cargo-fuzz
   fi
-  if ! command -v node >/dev/null 2>&1; then
-    log "installing Node.js (runs the wasm32-wasip1 test binaries)"
-    apt-get update -qq && apt-get install -y -qq nodejs >/dev/null
+  # Debian packages: wasm-opt (binaryen), Node.js (runs the wasm32-wasip1 test binaries) and npm
+  # (the manifest validators), Python with venv (the manifest validators).
+  local pkgs=()
+  command -v wasm-opt >/dev/null 2>&1 || pkgs+=(binaryen)
+  command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
+  command -v npm >/dev/null 2>&1 || pkgs+=(npm)
+  python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || pkgs+=(python3 python3-venv)
+  if [ ${#pkgs[@]} -gt 0 ]; then
+    log "installing ${pkgs[*]}"
+    apt-get update -qq && apt-get install -y -qq "${pkgs[@]}" >/dev/null
+  fi
+}
+
+# Every tool setup installs answers (prints its version); exits 1 naming those that do not.
+check_tools() {
+  local failed=()
+  tool() {
+    local name=$1 out
+    shift
+    if out=$("$@" 2>&1); then
+      printf '  %-30s %s\n' "$name" "${out%%$'\n'*}"
+    else
+      printf '  %-30s FAILED: %s\n' "$name" "${out%%$'\n'*}"
+      failed+=("$name")
+    fi
+  }
+  target() {
+    local installed
+    installed=$(rustup target list --installed) && grep -qx "$1" <<<"$installed" && echo installed
+  }
+  log "tools (CARGO_HOME=${CARGO_HOME:-default})"
+  tool "cargo fmt" cargo fmt --version
+  tool "cargo clippy" cargo clippy --version
+  tool "cargo nextest" cargo nextest --version
+  tool "cargo fuzz" cargo fuzz --version
+  tool "target wasm32-wasip1" target wasm32-wasip1
+  tool "target wasm32-unknown-unknown" target wasm32-unknown-unknown
+  tool "wasm-opt" wasm-opt --version
+  tool "node" node --version
+  tool "npm" npm --version
+  tool "python3 >= 3.11, venv" python3 -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 11), sys.version; print(sys.version.split()[0])'
+  if [ ${#failed[@]} -gt 0 ]; then
+    echo "check-tools: missing or broken: ${failed[*]}" >&2
+    return 1
   fi
 }
 
@@ -53,19 +100,23 @@ wasm() {
 }
 
 # cargo-fuzz needs -Z flags; RUSTC_BOOTSTRAP=1 allows them on the stable toolchain, which is
-# the only one these machines can have. Inputs are capped at 64 KiB.
+# the only one these machines can have. Inputs are capped at 64 KiB. Each run starts from a copy
+# of the checked-in seeds; a crash fails the command and its input is kept in fuzz/artifacts/.
 fuzz() {
   local target="${1:-scan}" secs="${2:-30}"
-  if ! cargo fuzz --version >/dev/null 2>&1; then
-    log "installing cargo-fuzz"
-    cargo install --locked cargo-fuzz
-  fi
   local work
   work=$(mktemp -d)
   cp -r "fuzz/corpus/$target/." "$work/"
   log "fuzz $target for ${secs}s (new inputs go to $work; the checked-in seeds stay as they are)"
-  (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O "$target" "$work" -- \
-      -max_len=65536 -max_total_time="$secs" -print_final_stats=1 2>&1 | tail -n 15)
+  if (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O "$target" "$work" -- \
+      -max_len=65536 -max_total_time="$secs" -print_final_stats=1 >"$work.log" 2>&1); then
+    tail -n 7 "$work.log"
+  else
+    # The panic, the failing input (kept in fuzz/artifacts/) and how to reproduce it.
+    sed -n -e '/panicked at/,+4p' -e '/ERROR: /p' -e '/^Failing input:/,/^Minimize/p' "$work.log" >&2
+    echo "fuzz $target: FAILED (whole log: $work.log)" >&2
+    return 1
+  fi
 }
 
 test_all() {
@@ -91,13 +142,16 @@ test_all() {
     cargo test --quiet -p picker-core --lib --target wasm32-wasip1
   log "manifests: every document through a third-party schema tool; broken ones must fail"
   bash manifests/validate/run.sh
-  log "fuzz targets: build all, run the scanner for 30 s"
+  log "fuzz targets: build all, run the scanner for 30 s and the collector's page and framing targets for 20 s each"
   (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz build -O)
   fuzz scan 30
+  fuzz exposition 20
+  fuzz framing 20
 }
 
 case "${1:-}" in
   setup) setup ;;
+  check-tools) check_tools ;;
   wasm) wasm ;;
   test) test_all ;;
   demo)
@@ -121,6 +175,7 @@ case "${1:-}" in
     ;;
   fuzz)
     shift
+    setup
     fuzz "$@"
     ;;
   bench-filter)
@@ -133,7 +188,7 @@ case "${1:-}" in
     done
     ;;
   *)
-    sed -n '2,12p' "$0" >&2
+    sed -n '2,/^set -euo/p' "$0" | sed '$d' >&2
     exit 2
     ;;
 esac

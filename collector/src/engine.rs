@@ -380,6 +380,175 @@ fn extract_triton(text: &[u8], parse: Parse) -> Result<PodMetrics, ExtractError>
     Ok(out)
 }
 
+/// The scraped-page fuzz target (`fuzz/fuzz_targets/prom_engine.rs`) and the unit tests
+/// that replay its seeds: not a public API.
+#[doc(hidden)]
+pub mod fuzz_logic {
+    use std::net::SocketAddr;
+
+    use picker_core::snapshot::{Endpoint, Snapshot, MAX_LIST, MAX_NAME_LEN};
+    use picker_core::time::Instant as PInstant;
+
+    use super::{extract, extract_with, Engine, ExtractError, PodMetrics, VLLM_FAMILIES};
+    use super::{SGLANG_FAMILIES, TRITON_FAMILIES, TRTLLM_FAMILIES};
+    use crate::prom::{self, ParseError, Sample};
+
+    /// The families each engine's mapping reads (what `extract` asks the parser for).
+    pub fn families(engine: Engine) -> &'static [&'static str] {
+        match engine {
+            Engine::Vllm => VLLM_FAMILIES,
+            Engine::Sglang => SGLANG_FAMILIES,
+            Engine::TrtllmServe => TRTLLM_FAMILIES,
+            Engine::TritonTensorrtLlm => TRITON_FAMILIES,
+        }
+    }
+
+    /// One visited sample, owned; the value as bits so that NaN equals NaN.
+    type Owned = (String, Vec<(String, String)>, u64);
+
+    fn owned(s: &Sample<'_, '_>) -> Owned {
+        let labels = s
+            .labels
+            .iter()
+            .map(|l| (l.name.to_string(), l.value().into_owned()))
+            .collect();
+        (s.name.to_string(), labels, s.value.to_bits())
+    }
+
+    /// The parser before the family skip: every sample line parsed and visited.
+    fn parse_all<'a>(text: &'a [u8], _: &[&str], visit: &mut dyn FnMut(&Sample<'a, '_>)) -> Result<(), ParseError> {
+        prom::parse(text, visit)
+    }
+
+    /// The load record a successful scrape puts in the snapshot (the fields
+    /// `Collector::snapshot` copies from [`PodMetrics`]).
+    pub fn endpoint(m: &PodMetrics) -> Endpoint {
+        let addr: SocketAddr = ([10, 0, 0, 1], 8000).into();
+        let mut ep = Endpoint::new(addr, PInstant::from_millis(1_700_000_000_000));
+        ep.waiting = m.waiting;
+        ep.running = m.running;
+        ep.kv_usage = m.kv_usage;
+        ep.block_size = m.block_size;
+        ep.gpu_blocks = m.gpu_blocks;
+        ep.lora = m.lora.clone();
+        ep.models = m.models.clone();
+        ep
+    }
+
+    #[track_caller]
+    fn check_names(what: &str, names: &[String]) {
+        assert!(names.len() <= MAX_LIST, "{what}: {} names", names.len());
+        for (i, n) in names.iter().enumerate() {
+            assert!(
+                !n.is_empty() && n.len() <= MAX_NAME_LEN,
+                "{what}: name of {} bytes",
+                n.len()
+            );
+            assert!(!names[..i].contains(n), "{what}: {n:?} twice");
+        }
+    }
+
+    /// `parse_float` accepts Go's ParseFloat spellings as Prometheus writes them and nothing
+    /// Rust alone would take ("inf", "nan", "infinity", hex).
+    fn check_float_token(t: &str) {
+        let Some(v) = prom::parse_float(t) else { return };
+        match t {
+            "NaN" => assert!(v.is_nan()),
+            "+Inf" | "Inf" => assert_eq!(v, f64::INFINITY),
+            "-Inf" => assert_eq!(v, f64::NEG_INFINITY),
+            _ => {
+                assert!(
+                    t.bytes().all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b)),
+                    "parse_float accepted {t:?}"
+                );
+                assert_eq!(t.parse::<f64>().map(f64::to_bits), Ok(v.to_bits()), "{t:?}");
+            }
+        }
+    }
+
+    /// One scraped page (the body of a `/metrics` answer) through every engine's mapping to
+    /// the load record, checking the contracts of [`prom`] and of this module; panics when
+    /// one fails. Returns how many engines accepted the page.
+    pub fn check_page(page: &[u8]) -> usize {
+        let mut all = Vec::new();
+        let full = prom::parse(page, |s| all.push(owned(s)));
+        if let Ok(text) = std::str::from_utf8(page) {
+            for t in text.split_ascii_whitespace().take(4096) {
+                check_float_token(t);
+            }
+        }
+        let mut accepted = 0;
+        for engine in Engine::ALL {
+            let wanted = families(engine);
+            // prom: what the full parse accepts, the skipping parse accepts too and visits
+            // exactly the samples of the wanted families, in order; what the skipping parse
+            // rejects, the full parse rejects.
+            let mut got = Vec::new();
+            let skipping = prom::parse_families(page, wanted, |s| got.push(owned(s)));
+            if full.is_ok() {
+                assert!(
+                    skipping.is_ok(),
+                    "{engine}: full parse accepts, skipping fails: {skipping:?}"
+                );
+                let want: Vec<&Owned> = all.iter().filter(|s| wanted.contains(&s.0.as_str())).collect();
+                assert!(
+                    want.iter().copied().eq(got.iter()),
+                    "{engine}: skipping visits other samples"
+                );
+            }
+            if skipping.is_err() {
+                assert!(full.is_err(), "{engine}: skipping fails, full parse accepts");
+            }
+            // engine: skipping unread families never changes the result where the full
+            // parse gets that far.
+            let result = extract(engine, page);
+            let reference = extract_with(engine, page, parse_all);
+            if !matches!(reference, Err(ExtractError::Parse(_))) {
+                assert_eq!(result, reference, "{engine}: skipping changed the result");
+            }
+            let Ok(m) = result else { continue };
+            accepted += 1;
+            // The load record: kv_usage a fraction, optional fields left out when absent or 0,
+            // name lists the snapshot codec can carry, no model list when LoRA is enabled.
+            assert!(
+                m.kv_usage.is_finite() && (0.0..=1.0).contains(&m.kv_usage),
+                "{engine}: kv {}",
+                m.kv_usage
+            );
+            assert_ne!(m.block_size, Some(0), "{engine}");
+            assert_ne!(m.gpu_blocks, Some(0), "{engine}");
+            check_names("models", &m.models);
+            if let Some(l) = &m.lora {
+                assert!(
+                    l.max > 0 && m.models.is_empty(),
+                    "{engine}: {l:?} with models {:?}",
+                    m.models
+                );
+                check_names("running adapters", &l.running);
+                check_names("waiting adapters", &l.waiting);
+                for n in l.running.iter().chain(&l.waiting) {
+                    assert!(!n.contains(',') && n.trim() == n, "{engine}: adapter {n:?}");
+                }
+            }
+            if engine == Engine::TritonTensorrtLlm {
+                assert!(m.models.is_empty(), "Triton's model label is not a served model");
+            }
+            // …which the snapshot codec encodes and the filter decodes back unchanged.
+            let snap = Snapshot {
+                sequence: 1,
+                generated_at: PInstant::from_millis(1_700_000_000_001),
+                endpoints: vec![endpoint(&m)],
+            };
+            let bytes = snap
+                .encode()
+                .unwrap_or_else(|e| panic!("{engine}: {m:?} does not encode: {e}"));
+            let back = Snapshot::decode(&bytes).unwrap_or_else(|e| panic!("{engine}: {m:?} does not decode: {e}"));
+            assert_eq!(back, snap, "{engine}");
+        }
+        accepted
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -452,6 +621,52 @@ trtllm_request_latency_seconds_count 12\n",
                 matches!(extract(Engine::Vllm, &more), Err(ExtractError::Parse(_))),
                 "{read}"
             );
+        }
+    }
+
+    /// `fuzz/corpus/exposition/<name>`.
+    fn seed(name: &str) -> Vec<u8> {
+        let path = format!("{}/../fuzz/corpus/exposition/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn the_exposition_fuzz_seeds_hold_its_contracts_and_reach_every_mapping() {
+        let dir = format!("{}/../fuzz/corpus/exposition", env!("CARGO_MANIFEST_DIR"));
+        let mut seeds = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            fuzz_logic::check_page(&std::fs::read(&path).unwrap());
+            seeds += 1;
+        }
+        assert!(seeds >= 8, "{seeds} seeds in {dir}");
+        // Every engine's mapping accepts at least one seed, so the fuzzer starts past the parser.
+        for (name, engine) in [
+            ("vllm-v0-aibrix-runtime-doc.txt", Engine::Vllm),
+            ("vllm-v1-ranks-lora-inline.txt", Engine::Vllm),
+            ("sglang-production-metrics-doc.txt", Engine::Sglang),
+            ("trtllm-serve-inline.txt", Engine::TrtllmServe),
+            ("triton-tensorrt-llm-readme.txt", Engine::TritonTensorrtLlm),
+        ] {
+            assert!(extract(engine, &seed(name)).is_ok(), "{name}");
+        }
+        // The vLLM V1 and Triton documentation excerpts lack the gauges a scrape needs.
+        assert_eq!(
+            extract(Engine::Vllm, &seed("vllm-v1-design-doc.txt")),
+            Err(ExtractError::Missing(VLLM_WAITING))
+        );
+        assert!(matches!(
+            extract(Engine::TritonTensorrtLlm, &seed("triton-server-metrics-doc.txt")),
+            Err(ExtractError::Missing(_))
+        ));
+        // The seeds copied from tests/fixtures are still the fixtures.
+        for name in [
+            "vllm-v0-aibrix-runtime-doc.txt",
+            "sglang-production-metrics-doc.txt",
+            "triton-tensorrt-llm-readme.txt",
+        ] {
+            let fixture = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+            assert_eq!(seed(name), std::fs::read(fixture).unwrap(), "{name}");
         }
     }
 

@@ -14,8 +14,11 @@
 //!
 //! [`ScrapeConn`] parses only what framing needs: the status line, `content-length`,
 //! `transfer-encoding` and `connection` (RFC 9112 §6.3), and decodes `chunked` bodies in place.
-//! It never panics on any answer (property-tested below); a malformed answer is an
-//! [`HttpError::Protocol`] and drops the connection.
+//! It never panics on any answer (property-tested below, and fuzzed); a malformed answer is an
+//! [`HttpError::Protocol`] and drops the connection. The framing is a sans-IO state machine
+//! (`Framer`) that the socket code feeds with whatever each read returns, so the `framing`
+//! fuzz target drives the same code over in-memory bytes split into reads of its choosing
+//! ([`fuzz_logic`]).
 
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -220,7 +223,8 @@ async fn read_more<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>, limi
     limited.read_buf(buf).await.map_err(HttpError::Io)
 }
 
-/// One request and its answer on `stream`; the answer is read into `buf` (cleared first).
+/// One request and its answer on `stream`; the answer is read into `buf` (cleared first). The
+/// framing is [`Framer`]'s; this only moves bytes between it and the stream.
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     request: &[u8],
@@ -235,145 +239,262 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     };
     stream.write_all(request).await.map_err(stale)?;
     buf.clear();
-    // The head; interim (1xx) answers are skipped.
-    let head = loop {
-        match parse_head(buf).map_err(HttpError::Protocol)? {
-            Some(h) if (100..200).contains(&h.status) => {
-                if h.status == 101 {
-                    return Err(HttpError::Protocol("unexpected 101 Switching Protocols").into());
-                }
-                buf.drain(..h.len);
-                continue;
-            }
-            Some(h) => break h,
-            None => {}
-        }
-        let before = buf.len();
-        let n = match read_more(stream, buf, MAX_HEAD + 1).await {
-            Err(HttpError::Io(e)) if before == 0 => return Err(stale(e)),
-            r => r?,
+    let mut framer = Framer::new(max_bytes);
+    loop {
+        let limit = match framer.advance(buf)? {
+            Step::Done(answer) => return Ok(answer),
+            Step::Read { limit } => limit,
         };
-        if n == 0 {
-            return Err(if before == 0 {
-                Exchange::Stale
-            } else {
-                HttpError::Protocol("connection closed in the answer's head").into()
-            });
+        match read_more(stream, buf, limit).await {
+            Ok(0) => return framer.closed(buf),
+            Ok(_) => {}
+            Err(HttpError::Io(e)) if framer.nothing_read(buf) => return Err(stale(e)),
+            Err(e) => return Err(e.into()),
         }
-    };
-    let too_large = || Exchange::Failed(HttpError::TooLarge(max_bytes));
-    let start = head.len;
-    let mut keep_alive = head.keep_alive;
-    let end = match head.framing {
-        Framing::Length(n) => {
-            let n = usize::try_from(n)
-                .ok()
-                .filter(|n| *n <= max_bytes)
-                .ok_or_else(too_large)?;
-            let end = start + n;
-            while buf.len() < end {
-                if read_more(stream, buf, end).await? == 0 {
-                    return Err(HttpError::Protocol("connection closed in the body").into());
-                }
-            }
-            // Bytes past the body were never asked for: the connection is out of step.
-            keep_alive &= buf.len() == end;
-            end
-        }
-        Framing::Close => {
-            keep_alive = false;
-            while read_more(stream, buf, start + max_bytes + 1)
-                .await
-                .map_err(|e| match e {
-                    HttpError::Protocol(_) => too_large(),
-                    e => e.into(),
-                })?
-                > 0
-            {}
-            if buf.len() > start + max_bytes {
-                return Err(too_large());
-            }
-            buf.len()
-        }
-        Framing::Chunked => {
-            let end = read_chunked(stream, buf, start, max_bytes).await?;
-            keep_alive &= buf.len() == end.1;
-            end.0
-        }
-    };
-    Ok(Answer {
-        status: head.status,
-        body: start..end,
-        keep_alive,
-    })
+    }
 }
 
-/// Decodes a chunked body that starts at `buf[start..]` in place. Returns the end of the
-/// decoded body and the end of the raw bytes consumed.
-async fn read_chunked<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    buf: &mut Vec<u8>,
-    start: usize,
+/// What [`Framer::advance`] needs next.
+#[derive(Debug)]
+enum Step {
+    /// More bytes appended to the buffer, which must then hold at most `limit` bytes (`limit`
+    /// is always above the buffer's length). A read of 0 bytes goes to [`Framer::closed`].
+    Read { limit: usize },
+    /// The whole answer is in the buffer.
+    Done(Answer),
+}
+
+/// Where a chunked body is: decoded bytes are `buf[start..out]`, raw bytes not yet decoded
+/// are `buf[pos..]`.
+#[derive(Clone, Copy, Debug)]
+enum Chunk {
+    /// Reading a chunk-size line; `compacted` once the raw tail was moved down for it.
+    Size { compacted: bool },
+    /// Reading `size` bytes of chunk data and their CRLF.
+    Data { size: usize },
+    /// After the last chunk: trailer fields up to an empty line.
+    Trailer,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum State {
+    Head,
+    Length {
+        status: u16,
+        keep_alive: bool,
+        start: usize,
+        end: usize,
+    },
+    Close {
+        status: u16,
+        start: usize,
+    },
+    Chunked {
+        status: u16,
+        keep_alive: bool,
+        start: usize,
+        out: usize,
+        pos: usize,
+        at: Chunk,
+    },
+}
+
+/// The answer's framing, without I/O (sans-IO): the caller reads into the buffer whatever the
+/// stream gives, up to the limit each [`Step::Read`] names, and calls [`Framer::advance`]
+/// again (or [`Framer::closed`] when the peer closed). How the bytes are split into reads
+/// never changes the status or the body, only whether bytes past the answer were read (then
+/// the connection is not reused). Chunked bodies are decoded in place, so the buffer never
+/// holds more than the head, the decoded body and the chunk being read.
+#[derive(Debug)]
+struct Framer {
     max_bytes: usize,
-) -> Result<(usize, usize), Exchange> {
-    let too_large = || Exchange::Failed(HttpError::TooLarge(max_bytes));
-    // Decoded bytes are buf[start..out]; raw bytes not yet decoded are buf[pos..]. Before
-    // waiting for more, the raw tail moves down to `out`, so the buffer never holds more than
-    // the decoded body plus the chunk being read.
-    let compact = |buf: &mut Vec<u8>, out: usize, pos: &mut usize| {
-        let tail = buf.len() - *pos;
-        buf.copy_within(*pos.., out);
-        buf.truncate(out + tail);
-        *pos = out;
-    };
-    let (mut out, mut pos) = (start, start);
-    loop {
-        let mut compacted = false;
-        let (used, size) = loop {
-            if let Some(c) = parse_chunk_size(buf.get(pos..).unwrap_or_default()).map_err(HttpError::Protocol)? {
-                break c;
-            }
-            if !std::mem::replace(&mut compacted, true) {
-                compact(buf, out, &mut pos);
-            }
-            if read_more(stream, buf, pos + MAX_CHUNK_META + 2).await? == 0 {
-                return Err(HttpError::Protocol("connection closed in a chunked body").into());
+    state: State,
+}
+
+impl Framer {
+    fn new(max_bytes: usize) -> Self {
+        Framer {
+            max_bytes,
+            state: State::Head,
+        }
+    }
+
+    /// Whether an I/O error now means that the server had closed the connection while idle:
+    /// nothing of the answer was read yet.
+    fn nothing_read(&self, buf: &[u8]) -> bool {
+        matches!(self.state, State::Head) && buf.is_empty()
+    }
+
+    /// Parses what `buf` holds as far as it goes.
+    fn advance(&mut self, buf: &mut Vec<u8>) -> Result<Step, Exchange> {
+        let max_bytes = self.max_bytes;
+        let too_large = || Exchange::Failed(HttpError::TooLarge(max_bytes));
+        // Reads more, up to `limit`; a limit the buffer already reached is an error (no read
+        // could make progress): a body over the cap without framing, else a broken answer.
+        let read = |buf: &[u8], limit: usize, close: bool| {
+            if limit > buf.len() {
+                Ok(Step::Read { limit })
+            } else if close {
+                Err(too_large())
+            } else {
+                Err(HttpError::Protocol("answer exceeds its limit").into())
             }
         };
-        pos += used;
-        if size == 0 {
-            break;
-        }
-        let size = usize::try_from(size)
-            .ok()
-            .filter(|s| out - start + s <= max_bytes)
-            .ok_or_else(too_large)?;
-        if buf.len() < pos + size + 2 {
-            compact(buf, out, &mut pos);
-            // This chunk, its CRLF, and room for the next chunk-size line.
-            let limit = pos + size + 2 + MAX_CHUNK_META;
-            while buf.len() < pos + size + 2 {
-                if read_more(stream, buf, limit).await? == 0 {
-                    return Err(HttpError::Protocol("connection closed in a chunk").into());
+        loop {
+            match self.state {
+                State::Head => {
+                    let Some(h) = parse_head(buf).map_err(HttpError::Protocol)? else {
+                        return read(buf, MAX_HEAD + 1, false);
+                    };
+                    // Interim (1xx) answers are skipped.
+                    if (100..200).contains(&h.status) {
+                        if h.status == 101 {
+                            return Err(HttpError::Protocol("unexpected 101 Switching Protocols").into());
+                        }
+                        buf.drain(..h.len);
+                        continue;
+                    }
+                    let (status, start, keep_alive) = (h.status, h.len, h.keep_alive);
+                    self.state = match h.framing {
+                        Framing::Length(n) => {
+                            let n = usize::try_from(n)
+                                .ok()
+                                .filter(|n| *n <= max_bytes)
+                                .ok_or_else(too_large)?;
+                            State::Length {
+                                status,
+                                keep_alive,
+                                start,
+                                end: start + n,
+                            }
+                        }
+                        Framing::Close => State::Close { status, start },
+                        Framing::Chunked => State::Chunked {
+                            status,
+                            keep_alive,
+                            start,
+                            out: start,
+                            pos: start,
+                            at: Chunk::Size { compacted: false },
+                        },
+                    };
                 }
+                State::Length {
+                    status,
+                    keep_alive,
+                    start,
+                    end,
+                } => {
+                    if buf.len() < end {
+                        return read(buf, end, false);
+                    }
+                    return Ok(Step::Done(Answer {
+                        status,
+                        body: start..end,
+                        // Bytes past the body were never asked for: the connection is out of step.
+                        keep_alive: keep_alive && buf.len() == end,
+                    }));
+                }
+                State::Close { start, .. } => {
+                    // Saturating: `--max-scrape-bytes` may be as large as usize::MAX.
+                    return read(buf, start.saturating_add(max_bytes).saturating_add(1), true);
+                }
+                State::Chunked {
+                    status,
+                    keep_alive,
+                    start,
+                    ref mut out,
+                    ref mut pos,
+                    ref mut at,
+                } => match *at {
+                    Chunk::Size { ref mut compacted } => {
+                        let Some((used, size)) =
+                            parse_chunk_size(buf.get(*pos..).unwrap_or_default()).map_err(HttpError::Protocol)?
+                        else {
+                            // Before waiting for more, the raw tail moves down to `out`, so the
+                            // buffer never holds more than the decoded body plus this chunk.
+                            if !std::mem::replace(compacted, true) {
+                                compact(buf, *out, pos);
+                            }
+                            return read(buf, *pos + MAX_CHUNK_META + 2, false);
+                        };
+                        *pos += used;
+                        if size == 0 {
+                            *at = Chunk::Trailer;
+                            continue;
+                        }
+                        let size = usize::try_from(size)
+                            .ok()
+                            .filter(|s| *out - start + s <= max_bytes)
+                            .ok_or_else(too_large)?;
+                        if buf.len() < *pos + size + 2 {
+                            compact(buf, *out, pos);
+                        }
+                        *at = Chunk::Data { size };
+                    }
+                    Chunk::Data { size } => {
+                        if buf.len() < *pos + size + 2 {
+                            // This chunk, its CRLF, and room for the next chunk-size line.
+                            return read(buf, *pos + size + 2 + MAX_CHUNK_META, false);
+                        }
+                        if !matches!(buf.get(*pos + size..*pos + size + 2), Some(b"\r\n")) {
+                            return Err(HttpError::Protocol("chunk not followed by CRLF").into());
+                        }
+                        buf.copy_within(*pos..*pos + size, *out);
+                        *out += size;
+                        *pos += size + 2;
+                        *at = Chunk::Size { compacted: false };
+                    }
+                    // Trailer fields, up to an empty line; they are not used.
+                    Chunk::Trailer => {
+                        let Some(used) =
+                            trailer_len(buf.get(*pos..).unwrap_or_default()).map_err(HttpError::Protocol)?
+                        else {
+                            return read(buf, *pos + MAX_CHUNK_META + 2, false);
+                        };
+                        return Ok(Step::Done(Answer {
+                            status,
+                            body: start..*out,
+                            keep_alive: keep_alive && buf.len() == *pos + used,
+                        }));
+                    }
+                },
             }
         }
-        if !matches!(buf.get(pos + size..pos + size + 2), Some(b"\r\n")) {
-            return Err(HttpError::Protocol("chunk not followed by CRLF").into());
-        }
-        buf.copy_within(pos..pos + size, out);
-        out += size;
-        pos += size + 2;
     }
-    // Trailer fields, up to an empty line; they are not used.
-    loop {
-        if let Some(used) = trailer_len(buf.get(pos..).unwrap_or_default()).map_err(HttpError::Protocol)? {
-            return Ok((out, pos + used));
-        }
-        if read_more(stream, buf, pos + MAX_CHUNK_META + 2).await? == 0 {
-            return Err(HttpError::Protocol("connection closed in the trailer").into());
-        }
+
+    /// The peer closed the connection (a read gave 0 bytes).
+    fn closed(&self, buf: &[u8]) -> Result<Answer, Exchange> {
+        let what = match self.state {
+            State::Head if buf.is_empty() => return Err(Exchange::Stale),
+            State::Head => "connection closed in the answer's head",
+            State::Length { .. } => "connection closed in the body",
+            State::Close { status, start } => {
+                if buf.len() > start.saturating_add(self.max_bytes) {
+                    return Err(Exchange::Failed(HttpError::TooLarge(self.max_bytes)));
+                }
+                return Ok(Answer {
+                    status,
+                    body: start..buf.len(),
+                    keep_alive: false,
+                });
+            }
+            State::Chunked { at, .. } => match at {
+                Chunk::Size { .. } => "connection closed in a chunked body",
+                Chunk::Data { .. } => "connection closed in a chunk",
+                Chunk::Trailer => "connection closed in the trailer",
+            },
+        };
+        Err(HttpError::Protocol(what).into())
     }
+}
+
+/// Moves the raw bytes `buf[pos..]` down to `out` (decoded bytes end at `out`).
+fn compact(buf: &mut Vec<u8>, out: usize, pos: &mut usize) {
+    let tail = buf.len() - *pos;
+    buf.copy_within(*pos.., out);
+    buf.truncate(out + tail);
+    *pos = out;
 }
 
 /// Splits off the first line (without its `\n` and an optional `\r`); None if no `\n` yet.
@@ -493,10 +614,17 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, &'static str> {
     }))
 }
 
+/// The first `MAX_CHUNK_META + 1` bytes of `buf`: a chunk-size line or trailer section must
+/// end within them. Looking further would accept a longer one whenever it happened to arrive in
+/// the same read as what came before it, and refuse it when it arrived in smaller reads.
+fn meta_window(buf: &[u8]) -> &[u8] {
+    buf.get(..MAX_CHUNK_META + 1).unwrap_or(buf)
+}
+
 /// Parses a chunk-size line (`1*HEXDIG [ext] CRLF`): Ok(Some((line length, size))), Ok(None)
 /// until the line is complete.
 fn parse_chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, &'static str> {
-    let Some((l, used)) = line(buf) else {
+    let Some((l, used)) = line(meta_window(buf)) else {
         return if buf.len() > MAX_CHUNK_META {
             Err("chunk-size line too long")
         } else {
@@ -523,9 +651,10 @@ fn parse_chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, &'static str> {
 /// Length of the trailer section (fields up to and including an empty line), or Ok(None) if
 /// it is not complete yet.
 fn trailer_len(buf: &[u8]) -> Result<Option<usize>, &'static str> {
+    let window = meta_window(buf);
     let mut at = 0;
     loop {
-        let Some((l, used)) = line(buf.get(at..).unwrap_or_default()) else {
+        let Some((l, used)) = line(window.get(at..).unwrap_or_default()) else {
             return if buf.len() > MAX_CHUNK_META {
                 Err("trailer too long")
             } else {
@@ -535,6 +664,147 @@ fn trailer_len(buf: &[u8]) -> Result<Option<usize>, &'static str> {
         at += used;
         if l.is_empty() {
             return Ok(Some(at));
+        }
+    }
+}
+
+/// The framing fuzz target (`fuzz/fuzz_targets/http_framing.rs`) and the unit tests that
+/// replay its seeds: not a public API.
+#[doc(hidden)]
+pub mod fuzz_logic {
+    use super::{Framer, HttpError, Step, MAX_CHUNK_META, MAX_HEAD};
+
+    /// (status, body, keep-alive), or the error's text.
+    pub type Outcome = Result<(u16, Vec<u8>, bool), String>;
+
+    /// Most bytes the scrape buffer may hold for a body cap of `max_bytes`: the head (its
+    /// reads stop at `MAX_HEAD + 1`), the body, and one chunk-size line or trailer section on
+    /// each side of a chunk's data.
+    pub fn buffer_bound(max_bytes: usize) -> usize {
+        max_bytes.saturating_add(MAX_HEAD + 1 + 2 * (MAX_CHUNK_META + 2))
+    }
+
+    /// Feeds `answer` to the framer as a socket would, in reads of the sizes `reads` names
+    /// (cycled; 0, or an empty list, takes all the room the framer offers), the peer closing
+    /// after the last byte. Returns the outcome and the most bytes the buffer held. Panics if
+    /// the framer asks for a read that could not make progress.
+    pub fn frame(answer: &[u8], reads: &[usize], max_bytes: usize) -> (Outcome, usize) {
+        let mut buf = Vec::new();
+        let mut framer = Framer::new(max_bytes);
+        let (mut rest, mut peak, mut next) = (answer, 0, 0);
+        let r = loop {
+            let limit = match framer.advance(&mut buf) {
+                Ok(Step::Done(a)) => break Ok(a),
+                Ok(Step::Read { limit }) => limit,
+                Err(e) => break Err(e),
+            };
+            assert!(limit > buf.len(), "a read up to {limit} with {} bytes held", buf.len());
+            let room = limit - buf.len();
+            let size = reads.get(next % reads.len().max(1)).copied().unwrap_or(0);
+            next += 1;
+            let n = if size == 0 { room } else { size.min(room) }.min(rest.len());
+            if n == 0 {
+                break framer.closed(&buf);
+            }
+            buf.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            peak = peak.max(buf.len());
+        };
+        let outcome = match r {
+            Ok(a) => {
+                let body = buf
+                    .get(a.body.clone())
+                    .unwrap_or_else(|| panic!("body {:?} outside the buffer", a.body));
+                Ok((a.status, body.to_vec(), a.keep_alive))
+            }
+            Err(e) => Err(HttpError::from(e).to_string()),
+        };
+        (outcome, peak)
+    }
+
+    /// Caps the fuzz input's first byte selects: tiny, typical (`--max-scrape-bytes` defaults
+    /// to 1 MiB) and the largest `--max-scrape-bytes` accepts.
+    pub const CAPS: [usize; 10] = [0, 1, 16, 100, 1000, 4096, 65536, 1 << 20, 64 << 20, usize::MAX];
+
+    /// One fuzz input: byte 0 picks the cap ([`CAPS`], modulo), byte 1's low 3 bits give the
+    /// number of read sizes that follow (one byte each, 0 = all the room offered), bit 3 adds
+    /// chunk extensions and a trailer, bit 4 makes the rest a body to frame three ways
+    /// ([`check_body`], chunk sizes = the read sizes) instead of a whole answer
+    /// ([`check_answer`]).
+    pub fn run(input: &[u8]) {
+        let [cap, flags, rest @ ..] = input else { return };
+        let n = usize::from(flags & 7).min(rest.len());
+        let (sizes, data) = rest.split_at(n);
+        let reads: Vec<usize> = sizes.iter().map(|&b| usize::from(b)).collect();
+        let max_bytes = CAPS[usize::from(*cap) % CAPS.len()];
+        if flags & 16 == 0 {
+            let _ = check_answer(data, &reads, max_bytes);
+        } else {
+            check_body(data, &reads, flags & 8 != 0, &reads, max_bytes);
+        }
+    }
+
+    /// Checks the framing contracts on one answer read in pieces of `reads`; panics when one
+    /// fails. Returns the outcome.
+    pub fn check_answer(answer: &[u8], reads: &[usize], max_bytes: usize) -> Outcome {
+        let (outcome, peak) = frame(answer, reads, max_bytes);
+        assert!(
+            peak <= buffer_bound(max_bytes),
+            "buffer held {peak} bytes, cap {max_bytes}"
+        );
+        if let Ok((status, body, _)) = &outcome {
+            assert!(
+                body.len() <= max_bytes,
+                "a body of {} bytes over the cap {max_bytes}",
+                body.len()
+            );
+            assert!(
+                !(100..200).contains(status),
+                "an interim answer {status} returned as the answer"
+            );
+        }
+        // How the bytes were split into reads changes nothing but connection reuse, and
+        // reading less never makes a connection unusable that reading more would keep.
+        let (whole, _) = frame(answer, &[], max_bytes);
+        match (&outcome, &whole) {
+            (Ok((s, b, keep)), Ok((ws, wb, wkeep))) => {
+                assert_eq!((s, b), (ws, wb), "the split changed the answer");
+                assert!(*keep || !*wkeep, "kept alive when read whole, not when split");
+            }
+            _ => assert_eq!(outcome, whole, "the split changed the outcome"),
+        }
+        outcome
+    }
+
+    /// The three framings of `body` (content-length; chunked in pieces of `chunks` sizes,
+    /// cycled, with extensions and a trailer when `ext`; until close) each decode to exactly
+    /// `body`, or fail as too large when it is over `max_bytes`, whatever the reads.
+    pub fn check_body(body: &[u8], chunks: &[usize], ext: bool, reads: &[usize], max_bytes: usize) {
+        let mut chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        let (mut rest, mut i) = (body, 0);
+        while !rest.is_empty() {
+            let size = chunks.get(i % chunks.len().max(1)).copied().unwrap_or(rest.len());
+            i += 1;
+            let (now, later) = rest.split_at(size.clamp(1, rest.len()));
+            chunked.extend_from_slice(format!("{:x}{}\r\n", now.len(), if ext { ";a=\"b\"" } else { "" }).as_bytes());
+            chunked.extend_from_slice(now);
+            chunked.extend_from_slice(b"\r\n");
+            rest = later;
+        }
+        chunked.extend_from_slice(if ext { b"0\r\nx-t: 1\r\n\r\n" } else { b"0\r\n\r\n" });
+        let length = [
+            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes(),
+            body,
+        ]
+        .concat();
+        let close = [&b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n"[..], body].concat();
+        for (answer, keep) in [(length, true), (chunked, true), (close, false)] {
+            let outcome = check_answer(&answer, reads, max_bytes);
+            if body.len() <= max_bytes {
+                assert_eq!(outcome, Ok((200, body.to_vec(), keep)));
+            } else {
+                assert_eq!(outcome, Err(HttpError::TooLarge(max_bytes).to_string()));
+            }
         }
     }
 }

@@ -87,6 +87,35 @@ fn chunk_size_lines() {
     assert_eq!(trailer_len(b"x: 1\r\n"), Ok(None));
 }
 
+#[test]
+fn chunk_metadata_over_its_cap_fails_however_it_arrives() {
+    // Found while writing the `framing` fuzz target's split invariant (a one-byte change of a
+    // seed's read sizes shows it): a chunk-size line or trailer section longer than
+    // MAX_CHUNK_META was accepted when it came in the same read as the bytes before it, and
+    // refused when it came in smaller reads.
+    let ext = format!("3;{}\r\nabc\r\n0\r\n\r\n", "e".repeat(MAX_CHUNK_META));
+    let trailer = format!("3\r\nabc\r\n0\r\nx: {}\r\n\r\n", "t".repeat(MAX_CHUNK_META));
+    for body in [ext, trailer] {
+        let answer = format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{body}");
+        for reads in [&[][..], &[1], &[100, 7]] {
+            let (r, _) = fuzz_logic::frame(answer.as_bytes(), reads, 1 << 20);
+            assert!(r.as_ref().is_err_and(|e| e.ends_with("too long")), "{reads:?}: {r:?}");
+        }
+    }
+    // Exactly at the cap: accepted in one read and byte by byte.
+    let line = format!("3;{}", "e".repeat(MAX_CHUNK_META - 3));
+    assert_eq!(
+        line.len() + 1,
+        MAX_CHUNK_META,
+        "with its CR, the line is MAX_CHUNK_META bytes"
+    );
+    let answer = format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{line}\r\nabc\r\n0\r\n\r\n");
+    for reads in [&[][..], &[1]] {
+        let (r, _) = fuzz_logic::frame(answer.as_bytes(), reads, 1 << 20);
+        assert_eq!(r, Ok((200, b"abc".to_vec(), true)), "{reads:?}");
+    }
+}
+
 /// (status, body, keep-alive), or the error's text.
 type Outcome = Result<(u16, Vec<u8>, bool), String>;
 
@@ -217,6 +246,48 @@ fn exchanges_with_each_framing() {
     assert!(r.is_err());
     let (r, _) = run_exchange(Vec::new(), vec![5], 100);
     assert_eq!(r, Err("bad response: connection closed before the answer".into()));
+}
+
+#[test]
+fn a_body_until_close_under_the_largest_cap_is_read() {
+    // Found by the `framing` fuzz target: with `--max-scrape-bytes` near usize::MAX the read
+    // limit of a body framed by the connection's close overflowed (a panic with overflow checks,
+    // else every such answer was "too large").
+    let (r, _) = run_exchange(b"HTTP/1.1 200 OK\r\n\r\nhello".to_vec(), vec![3], usize::MAX);
+    assert_eq!(r, Ok((200, b"hello".to_vec(), false)));
+}
+
+#[test]
+fn the_framing_fuzz_seeds_hold_its_contracts_and_the_socket_path_agrees() {
+    let dir = format!("{}/../fuzz/corpus/framing", env!("CARGO_MANIFEST_DIR"));
+    let mut seeds = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let input = std::fs::read(&path).unwrap();
+        fuzz_logic::run(&input);
+        seeds += 1;
+        // A whole answer (flags bit 4 clear): the async exchange over a pipe, reading what the
+        // pipe holds, gives the status, body or error the in-memory driver gives.
+        let [cap, flags, rest @ ..] = &input[..] else { continue };
+        if flags & 16 != 0 {
+            continue;
+        }
+        let (sizes, answer) = rest.split_at(usize::from(flags & 7).min(rest.len()));
+        let max_bytes = fuzz_logic::CAPS[usize::from(*cap) % fuzz_logic::CAPS.len()];
+        let pieces: Vec<usize> = sizes
+            .iter()
+            .map(|&s| if s == 0 { 4096 } else { usize::from(s) })
+            .collect();
+        let (driver, _) = fuzz_logic::frame(answer, &[], max_bytes);
+        let (socket, _) = run_exchange(
+            answer.to_vec(),
+            if pieces.is_empty() { vec![4096] } else { pieces },
+            max_bytes,
+        );
+        let strip = |o: fuzz_logic::Outcome| o.map(|(status, body, _)| (status, body));
+        assert_eq!(strip(socket), strip(driver), "{}", path.display());
+    }
+    assert!(seeds >= 20, "{seeds} seeds in {dir}");
 }
 
 /// A server on 127.0.0.1 answering every request on a connection with `answer(n)` (n counts

@@ -4,6 +4,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {
     if let Ok(s) = std::str::from_utf8(bytes) {
-        let _ = picker_core::pick::parse_subset(s);
+        let _ = picker_core::request::parse_subset(s);
     }
 });

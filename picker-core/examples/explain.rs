@@ -9,7 +9,7 @@
 use std::process::ExitCode;
 
 use picker_core::config::ScorerKind;
-use picker_core::pick::Outcome;
+use picker_core::Outcome;
 use picker_core::{
     pick, Api, Config, Endpoint, InFlight, Instant, Pool, Profile, Request, Snapshot, SplitMix64, State,
 };

@@ -31,7 +31,7 @@
 //! ## Contracts
 //!
 //! * No public function panics on any input. Parsers of untrusted bytes ([`scan::scan`],
-//!   [`Snapshot::decode`], [`pick::parse_subset`], [`Config::from_json`]) return typed errors and
+//!   [`Snapshot::decode`], [`request::parse_subset`], [`Config::from_json`]) return typed errors and
 //!   are property-tested over arbitrary bytes.
 //! * Memory is bounded: the scanner allocates only the model and salt (≤ 256 bytes each); the
 //!   prefix index holds at most `prefix.maxIndexEntries` entries of at most
@@ -49,19 +49,29 @@ extern crate std;
 
 pub mod chash;
 pub mod config;
+pub mod decision;
 pub mod pick;
+pub mod policy;
 pub mod prefix;
+pub mod request;
 pub mod rng;
+pub mod router;
 pub mod scan;
 pub mod snapshot;
+pub mod state;
 pub mod sync;
 pub mod time;
 pub mod xxh;
 
 pub use config::{Config, ConfigError, Profile};
-pub use pick::{pick, pick_hashed, prefix_hashes, Decision, InFlight, Outcome, Rejection, Request, State};
+pub use decision::{Decision, Outcome, Rejection};
+pub use pick::{pick, pick_hashed, prefix_hashes};
+pub use policy::ModelPolicy;
 pub use prefix::PrefixIndex;
+pub use request::{InFlight, Request};
 pub use rng::{Rng, SplitMix64};
+pub use router::{Inbound, Router, Routing};
 pub use scan::{scan, Api, Prompt, ScanError, Scanned};
 pub use snapshot::{Endpoint, Pool, Snapshot};
+pub use state::State;
 pub use time::{Duration, Instant};

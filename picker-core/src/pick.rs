@@ -25,295 +25,16 @@
 //! The total is `Σ weight × score`, not normalised by total weight, as in GIE.
 
 use alloc::vec::Vec;
-use core::fmt;
-use core::net::{IpAddr, SocketAddr};
 
 use crate::chash;
 use crate::config::{Config, FilterKind, ScorerKind, MAX_SCORERS};
-use crate::prefix::{hash_prompt_into, EndpointKey, PrefixHashes, PrefixIndex};
+use crate::decision::{AffinityGate, Decision, DropReason, Mode, Outcome, Rejection, Scored};
+use crate::prefix::{hash_prompt_into, PrefixHashes};
+use crate::request::{InFlight, Request};
 use crate::rng::{shuffle, Rng};
-use crate::scan::Prompt;
 use crate::snapshot::{Endpoint, Pool};
-use crate::sync::Served;
+use crate::state::State;
 use crate::time::Instant;
-
-/// Proxy-side load of one endpoint, counted exactly by the filter across all workers.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct InFlight {
-    pub requests: u32,
-    /// Estimated prompt tokens of the requests in flight (bytes / chars-per-token).
-    pub tokens: u64,
-}
-
-/// One entry of a subset hint (`x-gateway-destination-endpoint-subset`, or the conformance
-/// steering header): a bare IP matches every port of that host, `ip:port` matches exactly.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SubsetEntry {
-    Ip(IpAddr),
-    Addr(SocketAddr),
-}
-
-impl SubsetEntry {
-    pub fn matches(&self, addr: &SocketAddr) -> bool {
-        match self {
-            SubsetEntry::Ip(ip) => addr.ip() == *ip,
-            SubsetEntry::Addr(a) => a == addr,
-        }
-    }
-}
-
-/// Why a subset list could not be parsed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SubsetError {
-    /// Index of the offending comma-separated item.
-    pub item: usize,
-}
-
-impl fmt::Display for SubsetError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "endpoint subset item {} is not an IP or ip:port", self.item)
-    }
-}
-
-impl core::error::Error for SubsetError {}
-
-/// Most entries accepted in a subset list.
-pub const MAX_SUBSET: usize = 1024;
-
-/// Parses a comma-separated list of `ip`, `ip:port`, `[v6]:port` or bare v6 (as GIE's lwepp
-/// accepts). Empty items are skipped; an empty list is valid and selects nothing.
-pub fn parse_subset(s: &str) -> Result<Vec<SubsetEntry>, SubsetError> {
-    let mut out = Vec::new();
-    for (item, raw) in s.split(',').enumerate() {
-        let t = raw.trim();
-        if t.is_empty() {
-            continue;
-        }
-        if out.len() >= MAX_SUBSET {
-            return Err(SubsetError { item });
-        }
-        let e = if let Ok(a) = t.parse::<SocketAddr>() {
-            SubsetEntry::Addr(a)
-        } else if let Ok(ip) = t.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
-            SubsetEntry::Ip(ip)
-        } else {
-            return Err(SubsetError { item });
-        };
-        out.push(e);
-    }
-    Ok(out)
-}
-
-/// What the caller knows about one request.
-#[derive(Clone, Copy, Debug)]
-pub struct Request<'a> {
-    /// The model the pods must serve (after any rewrite).
-    pub model: &'a str,
-    pub cache_salt: Option<&'a str>,
-    pub prompt: Prompt<'a>,
-    /// InferenceObjective priority; negative means sheddable (GIE `IsSheddable`).
-    pub priority: i32,
-    /// Restrict the pick to these endpoints (subset hint); `Some(&[])` selects nothing → 503.
-    pub subset: Option<&'a [SubsetEntry]>,
-}
-
-impl<'a> Request<'a> {
-    pub fn new(model: &'a str, prompt: Prompt<'a>) -> Self {
-        Request {
-            model,
-            cache_salt: None,
-            prompt,
-            priority: 0,
-            subset: None,
-        }
-    }
-}
-
-/// Why the picker refused to route.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Rejection {
-    /// No ready endpoint serves the model (or the snapshot is empty).
-    NoEndpoints,
-    /// A subset was given and no eligible endpoint is in it.
-    SubsetEmpty,
-    /// Sheddable request while the pool is saturated.
-    Shed { saturation: f64 },
-}
-
-impl Rejection {
-    /// The HTTP status the proxy should answer with (epp.md §1.3, §3.8).
-    pub fn http_status(&self) -> u16 {
-        match self {
-            Rejection::NoEndpoints | Rejection::SubsetEmpty => 503,
-            Rejection::Shed { .. } => 429,
-        }
-    }
-}
-
-impl fmt::Display for Rejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Rejection::NoEndpoints => f.write_str("no ready endpoint serves the requested model"),
-            Rejection::SubsetEmpty => f.write_str("no eligible endpoint in the requested subset"),
-            Rejection::Shed { saturation } => {
-                write!(f, "pool saturated ({saturation:.2}), sheddable request dropped")
-            }
-        }
-    }
-}
-
-/// Why an endpoint of the snapshot was not a candidate, or was filtered out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DropReason {
-    NotReady,
-    ModelNotServed,
-    NotInSubset,
-    /// Removed by the utilization filter (stale metrics, queue or KV over threshold).
-    Saturated,
-    /// Removed by the prefix-affinity filter (not sticky).
-    NotSticky,
-}
-
-/// What the prefix-cache-affinity filter saw and did (llm-d's reasons, for logs and `explain`).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct AffinityGate {
-    /// Candidates whose prefix score reached the threshold.
-    pub sticky: u32,
-    /// The exploration draw skipped the filter.
-    pub explored: bool,
-    /// Best (lowest) estimated TTFT in ms of the sticky and of the non-sticky candidates, when
-    /// both kinds exist (TTFT = in-flight tokens / peak prefill throughput × 1000).
-    pub ttft_ms: Option<(f64, f64)>,
-    /// The filter kept every candidate: no sticky pod, exploration, or the TTFT gate opened
-    /// (the sticky pods' lead exceeded `maxTTFTPenaltyMs`).
-    pub kept_all: bool,
-}
-
-/// How the decision was made.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// The configured profile over a fresh snapshot.
-    Normal,
-    /// The snapshot is older than `degradeAfterMs`: consistent hashing + in-flight counts only.
-    Degraded,
-}
-
-/// One scored candidate. `scores[i]` belongs to `Decision::scorers[i]`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Scored {
-    /// Index into `snapshot.endpoints`.
-    pub index: usize,
-    pub scores: [f32; MAX_SCORERS],
-    pub total: f64,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum Outcome {
-    /// Ordered endpoints (indices into `snapshot.endpoints`): the first is the pick, the rest
-    /// the fallback list.
-    Route(Vec<usize>),
-    Reject(Rejection),
-}
-
-/// The pick and every reason for it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Decision {
-    pub outcome: Outcome,
-    pub mode: Mode,
-    /// Pool saturation over the candidates (GIE utilization detector).
-    pub saturation: f64,
-    /// The scorers that produced `Scored::scores`, in order, with weights.
-    pub scorers: Vec<(ScorerKind, f64)>,
-    /// Candidates that reached scoring, in snapshot order.
-    pub scored: Vec<Scored>,
-    /// Endpoints dropped before scoring and why.
-    pub drops: Vec<(usize, DropReason)>,
-    /// The request's prefix block hashes (for recording the served endpoint later).
-    pub hashes: PrefixHashes,
-    /// Best prefix match among candidates, in blocks.
-    pub best_prefix_match: u32,
-    /// The affinity filter's verdict, when the profile has that filter and it ran.
-    pub affinity: Option<AffinityGate>,
-    /// Prompt tokens the primary endpoint must still prefill (its uncached tokens, as llm-d's
-    /// in-flight producer counts them; [`PrefixHashes::uncached_tokens`]); 0 when rejected. A
-    /// caller that keeps in-flight token counts adds this at dispatch and removes it at the
-    /// first streamed response chunk, as llm-d does: the counters then measure pending
-    /// prefill, which the token-load scorer and the affinity filter's TTFT gate read.
-    pub uncached_tokens: u64,
-}
-
-impl Decision {
-    /// The chosen endpoint (first of the list), if routed.
-    pub fn primary(&self) -> Option<usize> {
-        match &self.outcome {
-            Outcome::Route(v) => v.first().copied(),
-            Outcome::Reject(_) => None,
-        }
-    }
-}
-
-/// Mutable picker state: the prefix index. One per worker; [`crate::sync`] replicates it
-/// between workers.
-#[derive(Clone, Debug)]
-pub struct State {
-    pub index: PrefixIndex,
-    matches: Vec<(EndpointKey, u32)>,
-    /// Insertions not yet replicated; `None` unless [`State::enable_outbox`] was called.
-    outbox: Option<Vec<Served>>,
-}
-
-/// Most insertions kept for replication between two pushes; older ones are dropped.
-pub const OUTBOX_MAX: usize = 8;
-
-impl State {
-    pub fn new(config: &Config) -> Self {
-        State {
-            index: PrefixIndex::new(config.prefix().max_index_entries),
-            matches: Vec::new(),
-            outbox: None,
-        }
-    }
-
-    /// Keeps every local insertion for [`crate::sync::PrefixSync::push`].
-    pub fn enable_outbox(&mut self) {
-        self.outbox.get_or_insert_with(Vec::new);
-    }
-
-    /// The insertions made since the last call (empty without an outbox).
-    pub fn take_outbox(&mut self) -> Vec<Served> {
-        self.outbox.as_mut().map(core::mem::take).unwrap_or_default()
-    }
-
-    /// Records that `endpoint` served a request with `hashes` (use when the proxy walked the
-    /// fallback list and the served endpoint differs from the primary pick).
-    pub fn record_served(&mut self, config: &Config, endpoint: &Endpoint, hashes: &PrefixHashes) {
-        let (key, cap) = (
-            endpoint.key(),
-            endpoint.gpu_blocks.unwrap_or(config.prefix().lru_capacity),
-        );
-        self.index
-            .insert(key, cap, hashes.as_slice(), config.prefix().insert_order);
-        // Full hits are replicated too: they refresh the prompt's LRU recency on every worker.
-        // (Skipping them cost the shared-prefix benchmark up to 1 point of hit rate and doubled
-        // TTFT p90 at some rates: the index evicts by recency.)
-        if let (Some(out), false) = (self.outbox.as_mut(), hashes.is_empty()) {
-            if out.len() == OUTBOX_MAX {
-                out.remove(0);
-            }
-            out.push(Served {
-                endpoint: key,
-                capacity: cap,
-                hashes: hashes.as_slice().to_vec(),
-            });
-        }
-    }
-
-    /// Applies an insertion (local, or replicated from another worker) to the index.
-    pub fn apply_served(&mut self, config: &Config, s: &Served) {
-        self.index
-            .insert(s.endpoint, s.capacity, &s.hashes, config.prefix().insert_order);
-    }
-}
 
 /// Whether `ep`'s metrics are older than the staleness threshold at `now`.
 fn is_stale(config: &Config, ep: &Endpoint, now: Instant) -> bool {
@@ -383,6 +104,10 @@ pub fn prefix_hashes(config: &Config, req: &Request<'_>, pool: &Pool) -> PrefixH
 
 /// [`pick`] with the prefix hashes already computed by [`prefix_hashes`] (lets callers and
 /// benchmarks separate hashing, which is linear in the prompt, from the decision).
+///
+/// The stages, in the order GIE's scheduler runs them: [`candidates`] → admission
+/// ([`admit`]) → [`prefix_matches`] → filters ([`filter`]) → scorers ([`score`]) → the
+/// max-score picker ([`max_score`]).
 #[allow(clippy::too_many_arguments)]
 pub fn pick_hashed(
     config: &Config,
@@ -394,267 +119,55 @@ pub fn pick_hashed(
     now: Instant,
     rng: &mut impl Rng,
 ) -> Decision {
-    let snapshot = pool.snapshot();
-    let mut drops = Vec::new();
-    let mut cands: Vec<usize> = Vec::with_capacity(snapshot.endpoints.len());
-    for (i, ep) in snapshot.endpoints.iter().enumerate() {
-        if !ep.ready {
-            drops.push((i, DropReason::NotReady));
-        } else if !ep.serves(req.model) {
-            drops.push((i, DropReason::ModelNotServed));
-        } else if req.subset.is_some_and(|s| !s.iter().any(|e| e.matches(&ep.addr))) {
-            drops.push((i, DropReason::NotInSubset));
-        } else {
-            cands.push(i);
-        }
-    }
-
+    let (mut cands, mut drops) = candidates(req, pool);
     let degraded = config
         .degrade_after()
-        .is_some_and(|d| now.saturating_since(snapshot.generated_at) > d);
+        .is_some_and(|d| now.saturating_since(pool.snapshot().generated_at) > d);
     let mode = if degraded { Mode::Degraded } else { Mode::Normal };
-
     let saturation = pool_saturation(config, pool, &cands, now);
-    let reject = |r: Rejection, drops, hashes| Decision {
-        outcome: Outcome::Reject(r),
-        mode,
-        saturation,
-        scorers: Vec::new(),
-        scored: Vec::new(),
-        drops,
-        hashes,
-        best_prefix_match: 0,
-        affinity: None,
-        uncached_tokens: 0,
-    };
-    if cands.is_empty() {
-        let r = if req.subset.is_some() {
-            Rejection::SubsetEmpty
-        } else {
-            Rejection::NoEndpoints
+    if let Some(r) = admit(req, &cands, saturation, degraded) {
+        return Decision {
+            outcome: Outcome::Reject(r),
+            mode,
+            saturation,
+            scorers: Vec::new(),
+            scored: Vec::new(),
+            drops,
+            hashes,
+            best_prefix_match: 0,
+            affinity: None,
+            uncached_tokens: 0,
         };
-        return reject(r, drops, hashes);
     }
-    // Admission (GIE legacy path): sheddable requests are dropped when saturated. In degraded
-    // mode the metrics are too old to call the pool saturated, so nothing is shed.
-    if !degraded && req.priority < 0 && saturation >= 1.0 {
-        return reject(Rejection::Shed { saturation }, drops, hashes);
-    }
-
-    // Prefix matches per endpoint (needed by the prefix scorer and the affinity filter).
-    state.index.match_longest(hashes.as_slice(), &mut state.matches);
-    let total_blocks = hashes.len() as u32;
-    let mut matched = alloc::vec![0u32; snapshot.endpoints.len()];
-    for &(key, n) in &state.matches {
-        if let Some(i) = pool.index_of(key) {
-            matched[i] = n;
-        }
-    }
-    // Most pods hold none of the prompt: 0 / n is exactly +0.0, so skip the division.
-    let prefix_score = |i: usize| -> f64 {
-        match matched[i] {
-            0 => 0.0,
-            m => m as f64 / total_blocks as f64,
-        }
-    };
-    let load = |i: usize| inflight.get(i).copied().unwrap_or_default();
-    let uncached = |i: usize| hashes.uncached_tokens(matched[i]);
+    let matched = prefix_matches(state, &hashes, pool);
     let best_prefix_match = cands.iter().map(|&i| matched[i]).max().unwrap_or(0);
-
-    // Filters (skipped in degraded mode: they read metrics we no longer trust).
-    let mut affinity = None;
-    if !degraded {
-        for f in config.filters() {
-            let keep: Vec<bool> = match f {
-                FilterKind::Utilization => {
-                    let s = config.saturation();
-                    let q_max = s.queue_threshold as f64 * (1.0 + s.headroom);
-                    let kv_max = s.kv_threshold * (1.0 + s.headroom);
-                    cands
-                        .iter()
-                        .map(|&i| {
-                            let ep = &snapshot.endpoints[i];
-                            !is_stale(config, ep, now) && (ep.waiting as f64) < q_max && (ep.kv_usage as f64) < kv_max
-                        })
-                        .collect()
-                }
-                FilterKind::PrefixAffinity => {
-                    // llm-d `prefix-cache-affinity-filter` (prefixcacheaffinity/plugin.go
-                    // `Filter` @ebab687): a no-op for one candidate; exploration skips it; with
-                    // no sticky pod it keeps all (below); the TTFT gate keeps all when the best
-                    // sticky pod's estimated TTFT exceeds the best non-sticky pod's by more than
-                    // the penalty, TTFT = in-flight tokens / peak prefill throughput.
-                    if cands.len() <= 1 {
-                        continue;
-                    }
-                    let a = config.affinity();
-                    let mut verdict = AffinityGate {
-                        sticky: 0,
-                        explored: false,
-                        ttft_ms: None,
-                        kept_all: true,
-                    };
-                    if a.exploration > 0.0 && rng.unit_f64() < a.exploration {
-                        verdict.explored = true;
-                        affinity = Some(verdict);
-                        continue;
-                    }
-                    let sticky: Vec<bool> = cands.iter().map(|&i| prefix_score(i) >= a.threshold).collect();
-                    verdict.sticky = sticky.iter().filter(|s| **s).count() as u32;
-                    verdict.kept_all = verdict.sticky == 0;
-                    affinity = Some(verdict);
-                    if a.max_ttft_penalty_ms > 0.0 && sticky.iter().any(|s| !s) {
-                        let ttft_ms = |i: usize| load(i).tokens as f64 / a.peak_prefill_throughput * 1000.0;
-                        let best = |want: bool| {
-                            cands
-                                .iter()
-                                .zip(&sticky)
-                                .filter(|(_, s)| **s == want)
-                                .map(|(&i, _)| ttft_ms(i))
-                                .fold(f64::MAX, f64::min)
-                        };
-                        let (sticky_best, other_best) = (best(true), best(false));
-                        if sticky_best != f64::MAX {
-                            let open = sticky_best - other_best > a.max_ttft_penalty_ms;
-                            affinity = Some(AffinityGate {
-                                ttft_ms: Some((sticky_best, other_best)),
-                                kept_all: open,
-                                ..verdict
-                            });
-                            if open {
-                                continue;
-                            }
-                        }
-                    }
-                    sticky
-                }
-            };
-            if keep.iter().any(|k| *k) {
-                let reason = match f {
-                    FilterKind::Utilization => DropReason::Saturated,
-                    FilterKind::PrefixAffinity => DropReason::NotSticky,
-                };
-                let mut k = keep.iter();
-                cands.retain(|&i| {
-                    let kept = *k.next().unwrap_or(&true);
-                    if !kept {
-                        drops.push((i, reason));
-                    }
-                    kept
-                });
-            }
-        }
-    }
-
-    // Scorers.
-    let degraded_scorers = [(ScorerKind::ConsistentHash, 1.0), (ScorerKind::InFlight, 1.0)];
+    let view = View {
+        config,
+        req,
+        pool,
+        inflight,
+        hashes: &hashes,
+        matched: &matched,
+        now,
+    };
+    // Filters are skipped in degraded mode: they read metrics we no longer trust.
+    let affinity = if degraded {
+        None
+    } else {
+        filter(&view, &mut cands, &mut drops, rng)
+    };
     let scorers: Vec<(ScorerKind, f64)> = if degraded {
-        degraded_scorers.to_vec()
+        [(ScorerKind::ConsistentHash, 1.0), (ScorerKind::InFlight, 1.0)].to_vec()
     } else {
         config.scorers().iter().map(|s| (s.kind, s.weight)).collect()
     };
-    let min_max = |vals: &mut dyn Iterator<Item = u64>| -> (u64, u64) {
-        vals.fold((u64::MAX, 0), |(lo, hi), v| (lo.min(v), hi.max(v)))
-    };
-    let min_max_score = |v: u64, (lo, hi): (u64, u64)| -> f64 {
-        if hi == lo {
-            1.0
-        } else {
-            (hi - v) as f64 / (hi - lo) as f64
-        }
-    };
-    let ch_choice = if scorers.iter().any(|s| s.0 == ScorerKind::ConsistentHash) {
-        hashes
-            .affinity_key(config.consistent_hash().prefix_blocks as usize)
-            .and_then(|key| {
-                chash::choose(
-                    key,
-                    config.consistent_hash().epsilon,
-                    config.consistent_hash().min_bound,
-                    cands.iter().map(|&i| (i, pool.key(i), load(i).requests)),
-                )
-            })
-    } else {
-        None
-    };
-
-    // Column by column: one pass per scorer over the candidates, so the scorer's kind is
-    // decided once per pass rather than once per (candidate, scorer), and the divisions of one
-    // pass are independent of each other. The arithmetic per candidate is unchanged:
-    // `total = Σ weight × clamp(score)` in scorer order.
-    let mut scored: Vec<Scored> = cands
-        .iter()
-        .map(|&i| Scored {
-            index: i,
-            scores: [0.0; MAX_SCORERS],
-            total: 0.0,
-        })
-        .collect();
-    let eps = &snapshot.endpoints;
-    for (slot, &(kind, weight)) in scorers.iter().enumerate().take(MAX_SCORERS) {
-        match kind {
-            ScorerKind::Queue => {
-                let range = min_max(&mut cands.iter().map(|&i| eps[i].waiting as u64));
-                add_column(&mut scored, slot, weight, |i| {
-                    min_max_score(eps[i].waiting as u64, range)
-                })
-            }
-            ScorerKind::KvCache => add_column(&mut scored, slot, weight, |i| 1.0 - eps[i].kv_usage as f64),
-            ScorerKind::Prefix => add_column(&mut scored, slot, weight, prefix_score),
-            ScorerKind::Lora => add_column(&mut scored, slot, weight, |i| lora_score(&eps[i], req.model)),
-            ScorerKind::RunningRequests => {
-                let range = min_max(&mut cands.iter().map(|&i| eps[i].running as u64));
-                add_column(&mut scored, slot, weight, |i| {
-                    min_max_score(eps[i].running as u64, range)
-                })
-            }
-            ScorerKind::TokenLoad => {
-                // llm-d `token-load-scorer` (token_load.go @ebab687): in-flight tokens plus
-                // this request's uncached tokens on the pod, `1 − min(load, τ) / τ`.
-                let threshold = config.token_load_threshold() as f64;
-                add_column(&mut scored, slot, weight, |i| {
-                    let tokens = load(i).tokens.saturating_add(uncached(i)) as f64;
-                    if tokens <= 0.0 {
-                        1.0
-                    } else {
-                        1.0 - tokens.min(threshold) / threshold
-                    }
-                })
-            }
-            ScorerKind::InFlight => {
-                // Min-max over a range of at least INFLIGHT_RANGE_FLOOR requests: one request
-                // more than an idle pod costs 1/8 of the weight, not all of it, so a lone
-                // in-flight request cannot outvote prefix and hash affinity.
-                let (lo, hi) = min_max(&mut cands.iter().map(|&i| load(i).requests as u64));
-                let range = (hi - lo).max(INFLIGHT_RANGE_FLOOR) as f64;
-                add_column(&mut scored, slot, weight, |i| {
-                    (hi - load(i).requests as u64) as f64 / range
-                })
-            }
-            ScorerKind::ConsistentHash => {
-                add_column(
-                    &mut scored,
-                    slot,
-                    weight,
-                    |i| {
-                        if ch_choice == Some(i) {
-                            1.0
-                        } else {
-                            0.0
-                        }
-                    },
-                )
-            }
-        }
-    }
-
+    let scored = score(&view, &cands, &scorers);
     let picked = max_score(&scored, config.max_endpoints() as usize, rng);
-    let uncached_tokens = picked.first().map_or(0, |&p| uncached(p));
-
+    let uncached_tokens = picked.first().map_or(0, |&p| view.uncached(p));
     if let Some(&primary) = picked.first() {
         // GIE records the primary pick in PreRequest; the proxy reports a different served
         // endpoint through `State::record_served`.
-        state.record_served(config, &snapshot.endpoints[primary], &hashes);
+        state.record_served(config, &pool.endpoints()[primary], &hashes);
     }
     Decision {
         outcome: Outcome::Route(picked),
@@ -670,6 +183,273 @@ pub fn pick_hashed(
     }
 }
 
+/// What every stage after admission reads about one request.
+struct View<'a, 'r> {
+    config: &'a Config,
+    req: &'a Request<'r>,
+    pool: &'a Pool,
+    inflight: &'a [InFlight],
+    hashes: &'a PrefixHashes,
+    /// Matched prefix blocks per endpoint (indexed like `pool.endpoints()`).
+    matched: &'a [u32],
+    now: Instant,
+}
+
+impl View<'_, '_> {
+    fn endpoint(&self, i: usize) -> &Endpoint {
+        &self.pool.endpoints()[i]
+    }
+
+    /// In-flight counts of endpoint `i` (a shorter slice counts the rest as idle).
+    fn load(&self, i: usize) -> InFlight {
+        self.inflight.get(i).copied().unwrap_or_default()
+    }
+
+    /// GIE's prefix score: matched blocks / request blocks. Most pods hold none of the prompt:
+    /// 0 / n is exactly +0.0, so the division is skipped.
+    fn prefix_score(&self, i: usize) -> f64 {
+        match self.matched[i] {
+            0 => 0.0,
+            m => m as f64 / self.hashes.len() as f64,
+        }
+    }
+
+    /// Prompt tokens endpoint `i` would still have to prefill.
+    fn uncached(&self, i: usize) -> u64 {
+        self.hashes.uncached_tokens(self.matched[i])
+    }
+}
+
+/// Stage 1: the endpoints that are ready, serve the model and lie inside the subset hint; the
+/// others with why.
+pub fn candidates(req: &Request<'_>, pool: &Pool) -> (Vec<usize>, Vec<(usize, DropReason)>) {
+    let mut drops = Vec::new();
+    let mut cands = Vec::with_capacity(pool.endpoints().len());
+    for (i, ep) in pool.endpoints().iter().enumerate() {
+        if !ep.ready {
+            drops.push((i, DropReason::NotReady));
+        } else if !ep.serves(req.model) {
+            drops.push((i, DropReason::ModelNotServed));
+        } else if req.subset.is_some_and(|s| !s.iter().any(|e| e.matches(&ep.addr))) {
+            drops.push((i, DropReason::NotInSubset));
+        } else {
+            cands.push(i);
+        }
+    }
+    (cands, drops)
+}
+
+/// Stage 2, admission (GIE's legacy path): no candidate is 503; a sheddable request (priority
+/// < 0) is dropped with 429 when the pool is saturated. In degraded mode the metrics are too old
+/// to call the pool saturated, so nothing is shed.
+pub fn admit(req: &Request<'_>, cands: &[usize], saturation: f64, degraded: bool) -> Option<Rejection> {
+    if cands.is_empty() {
+        Some(if req.subset.is_some() {
+            Rejection::SubsetEmpty
+        } else {
+            Rejection::NoEndpoints
+        })
+    } else if !degraded && req.priority < 0 && saturation >= 1.0 {
+        Some(Rejection::Shed { saturation })
+    } else {
+        None
+    }
+}
+
+/// Stage 3: matched prefix blocks per endpoint, indexed like `pool.endpoints()`.
+pub fn prefix_matches(state: &mut State, hashes: &PrefixHashes, pool: &Pool) -> Vec<u32> {
+    state.index.match_longest(hashes.as_slice(), &mut state.matches);
+    let mut matched = alloc::vec![0u32; pool.endpoints().len()];
+    for &(key, n) in &state.matches {
+        if let Some(i) = pool.index_of(key) {
+            matched[i] = n;
+        }
+    }
+    matched
+}
+
+/// Stage 4: the configured filters in order; each keeps all candidates when it would keep none
+/// (fail-open). Returns the affinity filter's verdict when it ran.
+fn filter(
+    v: &View<'_, '_>,
+    cands: &mut Vec<usize>,
+    drops: &mut Vec<(usize, DropReason)>,
+    rng: &mut impl Rng,
+) -> Option<AffinityGate> {
+    let mut affinity = None;
+    for f in v.config.filters() {
+        let (keep, reason) = match f {
+            FilterKind::Utilization => (utilization_keep(v, cands), DropReason::Saturated),
+            FilterKind::PrefixAffinity => {
+                let (verdict, keep) = affinity_keep(v, cands, rng);
+                affinity = verdict.or(affinity);
+                match keep {
+                    Some(k) => (k, DropReason::NotSticky),
+                    None => continue,
+                }
+            }
+        };
+        if keep.iter().any(|k| *k) {
+            let mut k = keep.iter();
+            cands.retain(|&i| {
+                let kept = *k.next().unwrap_or(&true);
+                if !kept {
+                    drops.push((i, reason));
+                }
+                kept
+            });
+        }
+    }
+    affinity
+}
+
+/// GIE's utilization detector used as a filter: fresh metrics, queue and KV under their
+/// thresholds (times `1 + headroom`).
+fn utilization_keep(v: &View<'_, '_>, cands: &[usize]) -> Vec<bool> {
+    let s = v.config.saturation();
+    let q_max = s.queue_threshold as f64 * (1.0 + s.headroom);
+    let kv_max = s.kv_threshold * (1.0 + s.headroom);
+    cands
+        .iter()
+        .map(|&i| {
+            let ep = v.endpoint(i);
+            !is_stale(v.config, ep, v.now) && (ep.waiting as f64) < q_max && (ep.kv_usage as f64) < kv_max
+        })
+        .collect()
+}
+
+/// llm-d `prefix-cache-affinity-filter` (llm-d-router @ebab687,
+/// `pkg/epp/framework/plugins/scheduling/filter/prefixcacheaffinity/plugin.go` `Filter`): a
+/// no-op for one candidate; exploration skips it; sticky = prefix score ≥ threshold; the TTFT
+/// gate keeps all when the best sticky pod's estimated TTFT exceeds the best non-sticky pod's by
+/// more than the penalty (TTFT = in-flight tokens / peak prefill throughput × 1000), checked
+/// only when a non-sticky pod exists. `None` keeps: the filter did not narrow.
+fn affinity_keep(v: &View<'_, '_>, cands: &[usize], rng: &mut impl Rng) -> (Option<AffinityGate>, Option<Vec<bool>>) {
+    if cands.len() <= 1 {
+        return (None, None);
+    }
+    let a = v.config.affinity();
+    if a.exploration > 0.0 && rng.unit_f64() < a.exploration {
+        let g = AffinityGate {
+            sticky: 0,
+            explored: true,
+            ttft_ms: None,
+            kept_all: true,
+        };
+        return (Some(g), None);
+    }
+    let sticky: Vec<bool> = cands.iter().map(|&i| v.prefix_score(i) >= a.threshold).collect();
+    let n_sticky = sticky.iter().filter(|s| **s).count() as u32;
+    let mut gate = AffinityGate {
+        sticky: n_sticky,
+        explored: false,
+        ttft_ms: None,
+        kept_all: n_sticky == 0,
+    };
+    if n_sticky > 0 && a.max_ttft_penalty_ms > 0.0 && sticky.iter().any(|s| !s) {
+        let ttft_ms = |i: usize| v.load(i).tokens as f64 / a.peak_prefill_throughput * 1000.0;
+        let best = |want: bool| {
+            cands
+                .iter()
+                .zip(&sticky)
+                .filter(|(_, s)| **s == want)
+                .map(|(&i, _)| ttft_ms(i))
+                .fold(f64::MAX, f64::min)
+        };
+        let (sticky_best, other_best) = (best(true), best(false));
+        gate.ttft_ms = Some((sticky_best, other_best));
+        gate.kept_all = sticky_best - other_best > a.max_ttft_penalty_ms;
+    }
+    let keep = (!gate.kept_all).then_some(sticky);
+    (Some(gate), keep)
+}
+
+/// Stage 5: every scorer's column over the candidates, `total = Σ weight × clamp(score)` in
+/// scorer order. Column by column: the scorer's kind is decided once per pass rather than once
+/// per (candidate, scorer), and the divisions of one pass are independent of each other.
+fn score(v: &View<'_, '_>, cands: &[usize], scorers: &[(ScorerKind, f64)]) -> Vec<Scored> {
+    let mut scored: Vec<Scored> = cands
+        .iter()
+        .map(|&i| Scored {
+            index: i,
+            scores: [0.0; MAX_SCORERS],
+            total: 0.0,
+        })
+        .collect();
+    for (slot, &(kind, weight)) in scorers.iter().enumerate().take(MAX_SCORERS) {
+        match kind {
+            ScorerKind::Queue => {
+                let range = min_max(cands.iter().map(|&i| v.endpoint(i).waiting as u64));
+                add_column(&mut scored, slot, weight, |i| {
+                    min_max_score(v.endpoint(i).waiting as u64, range)
+                })
+            }
+            ScorerKind::KvCache => add_column(&mut scored, slot, weight, |i| 1.0 - v.endpoint(i).kv_usage as f64),
+            ScorerKind::Prefix => add_column(&mut scored, slot, weight, |i| v.prefix_score(i)),
+            ScorerKind::Lora => add_column(&mut scored, slot, weight, |i| lora_score(v.endpoint(i), v.req.model)),
+            ScorerKind::RunningRequests => {
+                let range = min_max(cands.iter().map(|&i| v.endpoint(i).running as u64));
+                add_column(&mut scored, slot, weight, |i| {
+                    min_max_score(v.endpoint(i).running as u64, range)
+                })
+            }
+            ScorerKind::TokenLoad => {
+                // llm-d `token-load-scorer` (token_load.go @ebab687): in-flight tokens plus
+                // this request's uncached tokens on the pod, `1 − min(load, τ) / τ`.
+                let threshold = v.config.token_load_threshold() as f64;
+                add_column(&mut scored, slot, weight, |i| {
+                    let tokens = v.load(i).tokens.saturating_add(v.uncached(i)) as f64;
+                    if tokens <= 0.0 {
+                        1.0
+                    } else {
+                        1.0 - tokens.min(threshold) / threshold
+                    }
+                })
+            }
+            ScorerKind::InFlight => {
+                // Min-max over a range of at least INFLIGHT_RANGE_FLOOR requests: one request
+                // more than an idle pod costs 1/8 of the weight, not all of it, so a lone
+                // in-flight request cannot outvote prefix and hash affinity.
+                let (lo, hi) = min_max(cands.iter().map(|&i| v.load(i).requests as u64));
+                let range = (hi - lo).max(INFLIGHT_RANGE_FLOOR) as f64;
+                add_column(&mut scored, slot, weight, |i| {
+                    (hi - v.load(i).requests as u64) as f64 / range
+                })
+            }
+            ScorerKind::ConsistentHash => {
+                let choice = chash_choice(v, cands);
+                add_column(&mut scored, slot, weight, |i| if choice == Some(i) { 1.0 } else { 0.0 })
+            }
+        }
+    }
+    scored
+}
+
+/// The bounded-load consistent-hash choice for the prompt's leading blocks, if any.
+fn chash_choice(v: &View<'_, '_>, cands: &[usize]) -> Option<usize> {
+    let ch = v.config.consistent_hash();
+    let key = v.hashes.affinity_key(ch.prefix_blocks as usize)?;
+    chash::choose(
+        key,
+        ch.epsilon,
+        ch.min_bound,
+        cands.iter().map(|&i| (i, v.pool.key(i), v.load(i).requests)),
+    )
+}
+
+fn min_max(vals: impl Iterator<Item = u64>) -> (u64, u64) {
+    vals.fold((u64::MAX, 0), |(lo, hi), v| (lo.min(v), hi.max(v)))
+}
+
+/// GIE's min-max normalisation, lower is better; 1.0 when all are equal.
+fn min_max_score(v: u64, (lo, hi): (u64, u64)) -> f64 {
+    if hi == lo {
+        1.0
+    } else {
+        (hi - v) as f64 / (hi - lo) as f64
+    }
+}
+
 /// Adds one scorer's column: `scores[slot] = clamp(score(index))`, `total += weight × it`.
 #[inline]
 fn add_column(scored: &mut [Scored], slot: usize, weight: f64, score: impl Fn(usize) -> f64) {
@@ -681,11 +461,11 @@ fn add_column(scored: &mut [Scored], slot: usize, weight: f64, score: impl Fn(us
     }
 }
 
-/// GIE `max-score-picker`: shuffle, then a stable sort by score descending, so ties break
+/// Stage 6, GIE `max-score-picker`: shuffle, then a stable sort by score descending, so ties break
 /// uniformly at random; keep the top `n`. For `n == 1` the same distribution comes without a
 /// shuffle or sort: one pass finds the best total and counts the candidates tied at it, one
 /// uniform draw (none without a tie) picks the k-th of them.
-fn max_score(scored: &[Scored], n: usize, rng: &mut impl Rng) -> Vec<usize> {
+pub fn max_score(scored: &[Scored], n: usize, rng: &mut impl Rng) -> Vec<usize> {
     if n == 1 {
         // One pass for the best total and how many candidates tie at it.
         let mut best: Option<(f64, usize)> = None;

@@ -1,10 +1,13 @@
 use super::*;
 use crate::config::Profile;
+use crate::request::{parse_subset, SubsetEntry, SubsetError};
 use crate::rng::SplitMix64;
+use crate::scan::Prompt;
 use crate::snapshot::{LoraState, Snapshot};
 use crate::time::Duration;
 use alloc::string::String;
 use alloc::vec;
+use core::net::{IpAddr, SocketAddr};
 use proptest::prelude::*;
 
 const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";

@@ -45,7 +45,7 @@ pub struct PrefixHashes {
     /// Blocks in the whole prompt, including those past the hashing cap.
     prompt_blocks: usize,
     /// Tokens per block and estimated prompt tokens (bytes / chars per token, rounded up), for
-    /// [`PrefixHashes::uncached_tokens`]; set by `pick::prefix_hashes`.
+    /// [`PrefixHashes::uncached_tokens`]; set by [`crate::pick::prefix_hashes`].
     block_tokens: u32,
     prompt_tokens: u64,
 }

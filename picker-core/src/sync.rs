@@ -36,8 +36,8 @@
 
 use alloc::vec::Vec;
 
-use crate::pick::State;
-use crate::prefix::EndpointKey;
+pub use crate::state::Served;
+use crate::state::State;
 use crate::Config;
 
 /// Record magic and version: "WPX1".
@@ -58,15 +58,6 @@ pub const DEFAULT_MAX_CATCH_UP: u32 = 64;
 /// Bytes of a record carrying `hashes` hashes.
 pub const fn record_len(hashes: usize) -> usize {
     HEADER + 8 * hashes
-}
-
-/// One index insertion to replicate: `endpoint` was sent a prompt with these block hashes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Served {
-    pub endpoint: EndpointKey,
-    /// The endpoint's LRU capacity in blocks, as the origin used it.
-    pub capacity: u32,
-    pub hashes: Vec<u64>,
 }
 
 /// A decoded ring record.

@@ -1,5 +1,6 @@
 use super::*;
 use crate::config::Profile;
+use crate::prefix::EndpointKey;
 use crate::prefix::PrefixHashes;
 use crate::snapshot::Endpoint;
 use crate::time::Instant;
@@ -197,7 +198,7 @@ fn outbox_is_bounded() {
     // An empty prompt is indexed (as before) but never replicated.
     st.record_served(&cfg, &endpoint(1), &PrefixHashes::default());
     let out = st.take_outbox();
-    assert_eq!(out.len(), crate::pick::OUTBOX_MAX);
+    assert_eq!(out.len(), crate::state::OUTBOX_MAX);
     assert_eq!(out.last().unwrap().hashes, hashes(&[19]).as_slice());
     assert!(st.take_outbox().is_empty());
 }

@@ -4,8 +4,8 @@
 //! `UPDATE_GOLDEN=1 cargo test -p picker-core --test golden` and review the diff.
 use std::fmt::Write as _;
 
-use picker_core::pick::{InFlight, Outcome};
 use picker_core::{pick, Config, Endpoint, Instant, Pool, Profile, Prompt, Request, Snapshot, SplitMix64, State};
+use picker_core::{InFlight, Outcome};
 
 const MODEL: &str = "Qwen/Qwen3-32B";
 const NOW: Instant = Instant::from_millis(1_750_000_000_000);

@@ -25,8 +25,9 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use log::{debug, info, warn};
-use picker_core::pick::{parse_subset, Outcome, SubsetEntry};
 use picker_core::prefix::EndpointKey;
+use picker_core::request::{parse_subset, SubsetEntry};
+use picker_core::Outcome;
 use picker_core::{pick, scan, Api, Instant, Prompt, Request};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -466,7 +467,7 @@ impl Stream {
         if let Some(sync) = w.sync.as_mut() {
             sync.push(&mut HostRing { keys: &w.ring_keys }, &mut w.state);
         }
-        let degraded = d.mode == picker_core::pick::Mode::Degraded;
+        let degraded = d.mode == picker_core::decision::Mode::Degraded;
         let mode_changed = degraded != w.degraded_logged;
         let age_due = now.saturating_since(w.age_reported_at) >= AGE_GAUGE_PERIOD;
         if let Some(m) = w.metrics.as_mut() {
