@@ -32,7 +32,8 @@ use std::net::SocketAddr;
 use picker_core::sync::SyncParams;
 
 use crate::shared::SourceNet;
-use picker_core::{Api, Config as PickerConfig, ConfigError};
+use picker_core::policy::Rewrite;
+use picker_core::{Api, Config as PickerConfig, ConfigError, ModelPolicy};
 use serde::Deserialize;
 
 /// Which proxy the module runs in; decides which hostcalls it may make.
@@ -194,13 +195,6 @@ pub struct Pull {
     pub interval_ms: u64,
 }
 
-/// A weighted model rewrite (GIE `InferenceModelRewrite`, epp.md §4.3).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Rewrite {
-    pub model: String,
-    pub targets: Vec<(String, u32)>,
-}
-
 /// The validated plugin configuration.
 #[derive(Clone, Debug)]
 pub struct FilterConfig {
@@ -213,10 +207,8 @@ pub struct FilterConfig {
     pub model_header: String,
     pub snapshot: Option<SnapshotIntake>,
     pub endpoints: Vec<SocketAddr>,
-    pub allow_models: Vec<String>,
-    pub model_priorities: BTreeMap<String, i32>,
-    pub rewrites: Vec<Rewrite>,
-    pub objectives: BTreeMap<String, i32>,
+    /// The pool's request policy: served models, rewrites, priorities (picker-core).
+    pub policy: ModelPolicy,
     pub headers_only_model: String,
     pub headers_only_affinity: Option<String>,
     pub test_mode: bool,
@@ -406,32 +398,23 @@ impl TryFrom<FilterConfigDto> for FilterConfig {
             return Err(invalid("endpoints", "too many endpoints"));
         }
         let models = d.models;
-        let allow_models = models.as_ref().and_then(|m| m.allow.clone()).unwrap_or_default();
-        let model_priorities = models.as_ref().and_then(|m| m.priorities.clone()).unwrap_or_default();
-        let mut rewrites = Vec::new();
-        for r in models.and_then(|m| m.rewrites).unwrap_or_default() {
-            if r.targets.is_empty() || r.targets.len() > 16 {
-                return Err(invalid("models.rewrites[].targets", "need 1..=16 targets"));
-            }
-            if r.targets.iter().any(|t| t.weight > 1_000_000 || t.model.is_empty()) {
-                return Err(invalid(
-                    "models.rewrites[].targets",
-                    "weights are 0..=1,000,000 and models non-empty (GIE)",
-                ));
-            }
-            for t in &r.targets {
-                if let Err(e) = crate::headers::FieldValue::new(&t.model) {
-                    return Err(invalid(
-                        "models.rewrites[].targets[].model",
-                        format!("{:?} is written into the model header and is {e}", t.model),
-                    ));
-                }
-            }
-            rewrites.push(Rewrite {
+        let rewrites = models
+            .as_ref()
+            .and_then(|m| m.rewrites.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| Rewrite {
                 model: r.model,
                 targets: r.targets.into_iter().map(|t| (t.model, t.weight)).collect(),
-            });
-        }
+            })
+            .collect();
+        let policy = ModelPolicy::try_new(
+            models.as_ref().and_then(|m| m.allow.clone()).unwrap_or_default(),
+            models.and_then(|m| m.priorities).unwrap_or_default(),
+            rewrites,
+            d.objectives.unwrap_or_default(),
+        )
+        .map_err(|e| invalid(e.field, e.reason))?;
         let ho = d.headers_only;
         let headers_only_model = header_name(
             "headersOnly.modelHeader",
@@ -493,10 +476,7 @@ impl TryFrom<FilterConfigDto> for FilterConfig {
             model_header: header_name("modelHeader", d.model_header, MODEL_HEADER)?,
             snapshot,
             endpoints,
-            allow_models,
-            model_priorities,
-            rewrites,
-            objectives: d.objectives.unwrap_or_default(),
+            policy,
             headers_only_model,
             headers_only_affinity,
             test_mode: d.test_mode.unwrap_or(false),
@@ -593,7 +573,8 @@ mod tests {
         assert_eq!(c.snapshot.as_ref().unwrap().path, DEFAULT_SNAPSHOT_PATH);
         assert_eq!(c.endpoints.len(), 2);
         assert_eq!(c.headers_only_model, "x-model");
-        assert_eq!(c.rewrites[0].targets, vec![("b".to_string(), 1)]);
+        assert!(c.policy.admits("a") && !c.policy.admits("b"));
+        assert_eq!(c.policy.priority(Some("batch"), "a"), -1);
     }
 
     #[test]

@@ -21,14 +21,19 @@ use std::time::{Duration as StdDuration, UNIX_EPOCH};
 use log::{debug, error, info, warn};
 use picker_core::prefix::EndpointKey;
 use picker_core::sync::PrefixSync;
-use picker_core::{Endpoint, InFlight, Instant, Pool, Snapshot, SplitMix64, State};
+use std::net::SocketAddr;
+
+use picker_core::decision::Mode;
+use picker_core::{
+    Decision, Endpoint, InFlight, Inbound, Instant, Outcome, Pool, Rejection, Router, Routing, Snapshot, SplitMix64,
+};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 
 use crate::config::{FilterConfig, HostProfile};
 use crate::inflight::{self, Local, KEY_INFLIGHT};
 use crate::ring::{ring_keys, HostRing};
-use crate::shared::{validate_push, IntakeError, KEY_SNAPSHOT, KEY_SNAPSHOT_SEQ};
+use crate::shared::{push_addr, validate_push, IntakeError, KEY_SNAPSHOT, KEY_SNAPSHOT_SEQ};
 use abi::HostError;
 use metrics::Metrics;
 
@@ -54,7 +59,8 @@ fn now_ms() -> u64 {
 /// Per-VM (per-worker) state shared by the root and every HTTP context of that VM.
 struct Worker {
     config: FilterConfig,
-    state: State,
+    /// picker-core's request pipeline (policy, prefix index, prefix sync): every decision.
+    router: Router,
     rng: SplitMix64,
     /// The decoded snapshot this worker routes on, and its sequence.
     pool: Pool,
@@ -64,8 +70,7 @@ struct Worker {
     /// When the slow gauges (snapshot age, degraded) were last written.
     age_reported_at: Instant,
     metrics: Option<Metrics>,
-    /// Prefix-index replication with the other workers (`prefixSync`), and the ring's keys.
-    sync: Option<PrefixSync>,
+    /// The shared-data keys of the prefix-sync ring (empty without `prefixSync`).
     ring_keys: Vec<String>,
     /// Per-request scratch, reused: the in-flight counts aligned with the pool.
     inflight: Vec<InFlight>,
@@ -83,10 +88,8 @@ impl Worker {
         let owner = RandomState::new().hash_one(0x0411_u64);
         let pool = static_pool(&config);
         let metrics = if config.metrics { Metrics::define() } else { None };
-        let mut state = State::new(&config.picker);
         let (sync, ring_keys) = match config.prefix_sync {
             Some(p) => {
-                state.enable_outbox();
                 // The origin id only has to differ between the VMs sharing the ring.
                 let origin = RandomState::new().hash_one(0x5eed_0419_u64);
                 (Some(PrefixSync::new(origin, p)), ring_keys(p.ring))
@@ -94,8 +97,7 @@ impl Worker {
             None => (None, Vec::new()),
         };
         Worker {
-            state,
-            sync,
+            router: Router::new(config.picker.clone(), config.policy.clone(), sync),
             ring_keys,
             rng: SplitMix64::new(seed),
             pool,
@@ -133,7 +135,7 @@ impl Worker {
         match abi::shared_data(KEY_SNAPSHOT).map(|r| r.map(|(b, _)| Snapshot::decode(&b))) {
             Ok(Some(Ok(snap))) => {
                 let keys: Vec<EndpointKey> = snap.endpoints.iter().map(Endpoint::key).collect();
-                self.state.index.retain_endpoints(&keys);
+                self.router.state_mut().index.retain_endpoints(&keys);
                 self.pool_seq = Some(snap.sequence);
                 self.pool = Pool::new(snap);
                 if let Some(m) = self.metrics.as_ref() {
@@ -145,6 +147,97 @@ impl Worker {
             Ok(None) => {}
             Err(e) => warn!("wasm-epp: reading the snapshot failed: {e:?}"),
         }
+    }
+
+    /// Runs picker-core's pipeline for an admitted request (`target` is the model after any
+    /// rewrite) on this worker's pool and in-flight view, then records what the pick tells the
+    /// metrics and the log.
+    fn decide(&mut self, req: &Inbound<'_>, target: String, inflight_bytes: &[u8]) -> Routing {
+        // One clock read is both the pick's `now` and the start of the decision timing.
+        let started = now_ms();
+        let now = Instant::from_millis(started);
+        inflight::for_pool(
+            inflight_bytes,
+            &self.pool,
+            started,
+            self.config.inflight_ttl_ms,
+            &mut self.inflight,
+        );
+        let t0 = proxy_wasm::hostcalls::get_current_time().ok();
+        let routing = self.router.pick_for(
+            req,
+            target,
+            &self.pool,
+            &self.inflight,
+            &mut HostRing { keys: &self.ring_keys },
+            now,
+            &mut self.rng,
+        );
+        let took_us = t0
+            .and_then(|t| proxy_wasm::hostcalls::get_current_time().ok()?.duration_since(t).ok())
+            .map_or(0, |t| t.as_micros() as u64);
+        if let Routing::Picked { target, decision, .. } = &routing {
+            self.observe(target, decision, now, took_us);
+        }
+        routing
+    }
+
+    /// Metrics and the degraded-mode log line for one decision.
+    fn observe(&mut self, target: &str, d: &Decision, now: Instant, took_us: u64) {
+        let degraded = d.mode == Mode::Degraded;
+        let mode_changed = degraded != self.degraded_logged;
+        let age_due = now.saturating_since(self.age_reported_at) >= AGE_GAUGE_PERIOD;
+        if let Some(m) = self.metrics.as_mut() {
+            m.request(target);
+            Metrics::set(m.decision_us, took_us);
+            // Gauges that change slowly are written on change or at most every
+            // AGE_GAUGE_PERIOD, not per request: each write is a hostcall on the hot path.
+            if age_due || mode_changed {
+                Metrics::set(
+                    m.snapshot_age_ms,
+                    now.saturating_since(self.pool.snapshot().generated_at).as_millis(),
+                );
+                Metrics::set(m.degraded, degraded as u64);
+            }
+            if matches!(d.outcome, Outcome::Reject(Rejection::Shed { .. })) {
+                Metrics::inc(m.shed);
+            }
+        }
+        if age_due || mode_changed {
+            self.age_reported_at = now;
+        }
+        if mode_changed && degraded {
+            warn!("wasm-epp: snapshot older than degradeAfterMs; routing on consistent hashing and in-flight counts");
+        } else if mode_changed {
+            info!("wasm-epp: fresh snapshot again; full scoring restored");
+        }
+        self.degraded_logged = degraded;
+    }
+
+    /// The ordered destination list `a,b,c` of a routed decision (written without intermediate
+    /// strings), and its primary.
+    fn destination_list(&self, d: &Decision) -> (String, Option<SocketAddr>) {
+        let Outcome::Route(list) = &d.outcome else {
+            return (String::new(), None);
+        };
+        let mut value = String::with_capacity(24 * list.len());
+        let mut primary = None;
+        for addr in list
+            .iter()
+            .filter_map(|&i| self.pool.endpoints().get(i).map(|e| e.addr))
+        {
+            if primary.is_some() {
+                value.push(',');
+            }
+            push_addr(&mut value, &addr);
+            primary.get_or_insert(addr);
+        }
+        debug!(
+            "wasm-epp: -> {value} (prefix match {}/{})",
+            d.best_prefix_match,
+            d.hashes.len()
+        );
+        (value, primary)
     }
 
     /// Acquires (`add`) or releases one request of `tokens` on `key` in this VM's own counts,

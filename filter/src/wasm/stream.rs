@@ -24,22 +24,21 @@ use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use log::{debug, info, warn};
+use log::{debug, warn};
 use picker_core::prefix::EndpointKey;
 use picker_core::request::{parse_subset, SubsetEntry};
-use picker_core::Outcome;
-use picker_core::{pick, scan, Api, Instant, Prompt, Request};
+use picker_core::{scan, Api, Prompt};
+use picker_core::{Inbound, Routing};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use super::abi::{self, Buffer, HostError, Map};
 use super::metrics::Metrics;
-use super::{now_ms, store_snapshot, Worker, AGE_GAUGE_PERIOD};
+use super::{store_snapshot, Worker};
 use crate::config::{FailureMode, Mode};
 use crate::headers::{has_header, header_value, FieldValue, HeaderMap};
-use crate::inflight::{self, KEY_INFLIGHT};
-use crate::ring::HostRing;
-use crate::shared::{bearer_matches, error_body, push_addr, source_allowed, IntakeError};
+use crate::inflight::KEY_INFLIGHT;
+use crate::shared::{bearer_matches, error_body, source_allowed, IntakeError};
 
 /// Headers a client must never set: they choose or report the upstream pod.
 const ROUTING_HEADERS: [&str; 3] = [
@@ -158,10 +157,6 @@ impl Context for Stream {
         self.release();
         true
     }
-}
-
-fn instant(ms: u64) -> Instant {
-    Instant::from_millis(ms)
 }
 
 impl Stream {
@@ -363,7 +358,8 @@ impl Stream {
         Action::Continue
     }
 
-    /// Picks for a scanned (or header-derived) request and writes the routing headers.
+    /// Routes a scanned (or header-derived) request through picker-core's pipeline and
+    /// translates the outcome: headers and in-flight accounting, or a local reply.
     fn route(&mut self, map: &RequestMap, model: &str, cache_salt: Option<&str>, prompt: Prompt<'_>) -> Routed {
         let envoy = self.envoy();
         if envoy {
@@ -377,162 +373,69 @@ impl Stream {
         } else {
             None
         };
-
-        let mut guard = self.worker.borrow_mut();
-        let w = &mut *guard;
-        if !w.config.allow_models.is_empty() && !w.config.allow_models.iter().any(|m| m == model) {
-            drop(guard);
+        let admitted = {
+            let mut guard = self.worker.borrow_mut();
+            let w = &mut *guard;
+            w.router.admit(model, &mut w.rng)
+        };
+        let Some(target) = admitted else {
             self.reply(404, &format!("model {model:?} is not served here"), &[]);
             return Routed::Answered;
-        }
-        // Weighted rewrite (GIE InferenceModelRewrite): pick a target by weight with the worker RNG.
-        let target = match w.config.rewrites.iter().find(|r| r.model == model) {
-            Some(r) => {
-                let total: u64 = r.targets.iter().map(|t| t.1 as u64).sum();
-                let mut x = picker_core::Rng::below(&mut w.rng, total.max(1));
-                let mut chosen = r
-                    .targets
-                    .first()
-                    .map(|t| t.0.clone())
-                    .unwrap_or_else(|| model.to_string());
-                for (m, weight) in &r.targets {
-                    if x < *weight as u64 {
-                        chosen = m.clone();
-                        break;
-                    }
-                    x -= *weight as u64;
-                }
-                chosen
-            }
-            None => model.to_string(),
         };
         // Every value written into a header is a valid field value (the scanner refuses such
-        // models in the body; this also covers the headers-only model header).
-        let model_value = match FieldValue::new(&target) {
-            Ok(v) => v,
-            Err(e) => {
-                drop(guard);
-                self.reply(400, &format!("model {target:?} cannot be sent as a header: {e}"), &[]);
-                return Routed::Answered;
-            }
-        };
-        let priority = objective
-            .and_then(|o| w.config.objectives.get(&o).copied())
-            .or_else(|| w.config.model_priorities.get(&target).copied())
-            .unwrap_or(0);
-        let subset: Option<Vec<SubsetEntry>> = match (w.config.test_mode, steering) {
+        // models in the body; this covers the headers-only model header).
+        if let Err(e) = FieldValue::new(&target) {
+            self.reply(400, &format!("model {target:?} cannot be sent as a header: {e}"), &[]);
+            return Routed::Answered;
+        }
+        let test_mode = self.worker.borrow().config.test_mode;
+        let subset: Option<Vec<SubsetEntry>> = match (test_mode, steering) {
             (true, Some(s)) => match parse_subset(&s) {
                 Ok(v) => Some(v),
                 Err(e) => {
-                    drop(guard);
                     self.reply(400, &format!("{TEST_STEERING_HEADER}: {e}"), &[]);
                     return Routed::Answered;
                 }
             },
             _ => None,
         };
-        let model_header = w.config.model_header.clone();
-        let counts_tokens = w.config.picker.reads_inflight_tokens();
-        if w.pool.endpoints().is_empty() && w.config.failure_mode == FailureMode::FailOpen {
+        let fail_open = {
+            let w = self.worker.borrow();
+            w.pool.endpoints().is_empty() && w.config.failure_mode == FailureMode::FailOpen
+        };
+        if fail_open {
             // No snapshot yet and no static endpoints: GIE's FailOpen lets the cluster pick.
-            drop(guard);
-            return self.write_routing(map, None, &model_header, model_value, &target);
+            return self.write_routing(map, None, &target);
         }
-        let mut req = Request::new(&target, prompt);
+        let mut req = Inbound::new(model, prompt);
         req.cache_salt = cache_salt;
-        req.priority = priority;
+        req.objective = objective.as_deref();
         req.subset = subset.as_deref();
-        // One clock read is both the pick's `now` and the start of the decision timing.
-        let started = now_ms();
-        let now = instant(started);
         let inflight_bytes = inflight_read.as_ref().map_or(&[][..], |r| r.0.as_slice());
-        let ttl = w.config.inflight_ttl_ms;
-        inflight::for_pool(inflight_bytes, &w.pool, started, ttl, &mut w.inflight);
-        if let Some(sync) = w.sync.as_mut() {
-            sync.pull(&mut HostRing { keys: &w.ring_keys }, &mut w.state, &w.config.picker);
-        }
-        let t0 = proxy_wasm::hostcalls::get_current_time().ok();
-        let d = pick(
-            &w.config.picker,
-            &req,
-            &w.pool,
-            &w.inflight,
-            &mut w.state,
-            now,
-            &mut w.rng,
-        );
-        let took_us = t0
-            .and_then(|t| proxy_wasm::hostcalls::get_current_time().ok()?.duration_since(t).ok())
-            .map_or(0, |t| t.as_micros() as u64);
-        if let Some(sync) = w.sync.as_mut() {
-            sync.push(&mut HostRing { keys: &w.ring_keys }, &mut w.state);
-        }
-        let degraded = d.mode == picker_core::decision::Mode::Degraded;
-        let mode_changed = degraded != w.degraded_logged;
-        let age_due = now.saturating_since(w.age_reported_at) >= AGE_GAUGE_PERIOD;
-        if let Some(m) = w.metrics.as_mut() {
-            m.request(&target);
-            Metrics::set(m.decision_us, took_us);
-            // Gauges that change slowly are written on change or at most every
-            // AGE_GAUGE_PERIOD, not per request: each write is a hostcall on the hot path.
-            if age_due || mode_changed {
-                Metrics::set(
-                    m.snapshot_age_ms,
-                    now.saturating_since(w.pool.snapshot().generated_at).as_millis(),
-                );
-                Metrics::set(m.degraded, degraded as u64);
-            }
-            if matches!(d.outcome, Outcome::Reject(picker_core::Rejection::Shed { .. })) {
-                Metrics::inc(m.shed);
-            }
-        }
-        if age_due || mode_changed {
-            w.age_reported_at = now;
-        }
-        if mode_changed && degraded {
-            warn!("wasm-epp: snapshot older than degradeAfterMs; routing on consistent hashing and in-flight counts");
-        } else if mode_changed {
-            info!("wasm-epp: fresh snapshot again; full scoring restored");
-        }
-        w.degraded_logged = degraded;
-        match d.outcome {
-            Outcome::Route(list) => {
-                // The ordered list `a,b,c`, written without intermediate strings.
-                let mut value = String::with_capacity(24 * list.len());
-                let mut primary = None;
-                for addr in list.iter().filter_map(|&i| w.pool.endpoints().get(i).map(|e| e.addr)) {
-                    if primary.is_some() {
-                        value.push(',');
-                    }
-                    push_addr(&mut value, &addr);
-                    primary.get_or_insert(addr);
-                }
-                let primary_key = list.first().map(|&i| w.pool.key(i));
-                debug!(
-                    "wasm-epp: model {target:?} -> {value} (prefix match {}/{})",
-                    d.best_prefix_match,
-                    d.hashes.len()
-                );
-                drop(guard);
-                self.primary = primary;
-                let routed = self.write_routing(map, Some(&value), &model_header, model_value, &target);
-                if let (Routed::Forward(_), Some(key), true) = (&routed, primary_key, envoy) {
-                    // Tokens are counted only when a configured scorer or filter reads them.
-                    let tokens = if counts_tokens {
-                        d.uncached_tokens.min(u32::MAX as u64) as u32
-                    } else {
-                        0
-                    };
+        let routing = self.worker.borrow_mut().decide(&req, target, inflight_bytes);
+        match routing {
+            Routing::Picked {
+                target,
+                decision,
+                account: Some((key, tokens)),
+            } => {
+                let list = self.worker.borrow().destination_list(&decision);
+                self.primary = list.1;
+                let routed = self.write_routing(map, Some(&list.0), &target);
+                if let (Routed::Forward(_), true) = (&routed, envoy) {
+                    let tokens = tokens.min(u32::MAX as u64) as u32;
                     self.worker.borrow_mut().account(key, tokens, true, inflight_read);
                     self.acquired = Some((key, tokens));
                 }
                 routed
             }
-            Outcome::Reject(r) => {
-                drop(guard);
-                let status = r.http_status() as u32;
+            other => {
+                let (status, message) = match other.rejection() {
+                    Some(r) => (r.http_status() as u32, r.to_string()),
+                    None => (503, String::from("no endpoint picked")),
+                };
                 let extra: &[(&str, &str)] = if status == 429 { &[("retry-after", "1")] } else { &[] };
-                self.reply(status, &r.to_string(), extra);
+                self.reply(status, &message, extra);
                 Routed::Answered
             }
         }
@@ -541,24 +444,22 @@ impl Stream {
     /// Writes the destination list (when there is one) and the model header; the ORIGINAL_DST
     /// filter state too when configured. A write the host refuses answers 503: forwarding a
     /// request whose routing headers are half written would route it blind.
-    fn write_routing(
-        &mut self,
-        map: &RequestMap,
-        destinations: Option<&str>,
-        model_header: &str,
-        model: FieldValue<'_>,
-        target: &str,
-    ) -> Routed {
-        let (destination_header, filter_state) = {
+    fn write_routing(&mut self, map: &RequestMap, destinations: Option<&str>, target: &str) -> Routed {
+        let (destination_header, model_header, filter_state) = {
             let w = self.worker.borrow();
-            (w.config.destination_header.clone(), w.config.original_dst_filter_state)
+            (
+                w.config.destination_header.clone(),
+                w.config.model_header.clone(),
+                w.config.original_dst_filter_state,
+            )
         };
         let written = (|| -> Result<(), String> {
             if let Some(list) = destinations {
                 let v = FieldValue::new(list).map_err(|e| format!("destination list {e}"))?;
                 map.set(&destination_header, v).map_err(|e| format!("{e:?}"))?;
             }
-            map.set(model_header, model).map_err(|e| format!("{e:?}"))
+            let model = FieldValue::new(target).map_err(|e| format!("model {e}"))?;
+            map.set(&model_header, model).map_err(|e| format!("{e:?}"))
         })();
         if let Err(e) = written {
             self.reply(503, &format!("writing the routing headers failed: {e}"), &[]);
