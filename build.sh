@@ -94,7 +94,7 @@ wasm() {
   cargo build --quiet -p filter --target wasm32-wasip1 --profile wasm
   mkdir -p dist
   wasm-opt -O3 --enable-bulk-memory --enable-sign-ext --enable-mutable-globals --enable-nontrapping-float-to-int \
-    --enable-multivalue --enable-reference-types "$CARGO_TARGET_DIR/wasm32-wasip1/wasm/wasm_epp.wasm" -o dist/wasm-epp.wasm
+    --enable-multivalue --enable-reference-types "$CARGO_TARGET_DIR/wasm32-wasip1/wasm/filter.wasm" -o dist/wasm-epp.wasm
   (cd dist && sha256sum wasm-epp.wasm > wasm-epp.wasm.sha256)
   log "dist/wasm-epp.wasm: $(stat -c %s dist/wasm-epp.wasm) bytes, sha256 $(cut -d' ' -f1 dist/wasm-epp.wasm.sha256)"
 }

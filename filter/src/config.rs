@@ -31,7 +31,7 @@ use std::net::SocketAddr;
 
 use picker_core::sync::SyncParams;
 
-use crate::shared::SourceNet;
+use crate::intake::SourceNet;
 use picker_core::policy::Rewrite;
 use picker_core::{Api, Config as PickerConfig, ConfigError, ModelPolicy};
 use serde::Deserialize;
@@ -49,7 +49,7 @@ pub enum HostProfile {
 /// How the model and prompt are learned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub enum Mode {
+pub enum InputMode {
     /// Pause at headers, buffer the body, scan it. Needs Envoy ≥ 1.35 with
     /// `allow_on_headers_stop_iteration: true` (proxywasm.md §4.7); without it the request hangs.
     Body,
@@ -62,7 +62,7 @@ pub enum Mode {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FilterConfigDto {
     pub host_profile: Option<HostProfile>,
-    pub mode: Option<Mode>,
+    pub mode: Option<InputMode>,
     /// The picker-core configuration (see picker-core's `ConfigDto`).
     pub picker: Option<serde_json::Value>,
     pub inference_paths: Option<Vec<String>>,
@@ -199,7 +199,7 @@ pub struct Pull {
 #[derive(Clone, Debug)]
 pub struct FilterConfig {
     pub host: HostProfile,
-    pub mode: Mode,
+    pub mode: InputMode,
     pub picker: PickerConfig,
     pub inference_paths: Vec<(String, Api)>,
     pub max_body_bytes: usize,
@@ -468,7 +468,7 @@ impl TryFrom<FilterConfigDto> for FilterConfig {
             inflight_ttl_ms,
             prefix_sync,
             host,
-            mode: d.mode.unwrap_or(Mode::Body),
+            mode: d.mode.unwrap_or(InputMode::Body),
             picker,
             inference_paths,
             max_body_bytes,
@@ -498,8 +498,8 @@ impl FilterConfig {
     pub fn describe(&self) -> String {
         let mode = match (self.host, self.mode) {
             (HostProfile::Gcp, _) => "gcp profile: no shared data, metrics, timers or callouts; model header + affinity header for URL-map and consistent-hash routing".to_string(),
-            (HostProfile::Envoy, Mode::Body) => "body mode: pauses at request headers and buffers the body; REQUIRES Envoy >= 1.35 with allow_on_headers_stop_iteration: true, otherwise requests hang".to_string(),
-            (HostProfile::Envoy, Mode::HeadersOnly) => format!(
+            (HostProfile::Envoy, InputMode::Body) => "body mode: pauses at request headers and buffers the body; REQUIRES Envoy >= 1.35 with allow_on_headers_stop_iteration: true, otherwise requests hang".to_string(),
+            (HostProfile::Envoy, InputMode::HeadersOnly) => format!(
                 "headers-only mode: model from '{}'{}, no body buffering{}",
                 self.headers_only_model,
                 self.headers_only_affinity.as_ref().map(|a| format!(", affinity from '{a}'")).unwrap_or_default(),
@@ -532,7 +532,7 @@ mod tests {
     fn empty_config_is_envoy_body_mode_with_defaults() {
         let c = FilterConfig::from_json(b"").unwrap();
         assert_eq!(c.host, HostProfile::Envoy);
-        assert_eq!(c.mode, Mode::Body);
+        assert_eq!(c.mode, InputMode::Body);
         assert_eq!(c.max_body_bytes, 4 * 1024 * 1024);
         assert_eq!(c.destination_header, "x-gateway-destination-endpoint");
         assert_eq!(c.model_header, "x-gateway-model-name");
@@ -568,7 +568,7 @@ mod tests {
                  "objectives":{"batch":-1},"headersOnly":{"modelHeader":"X-Model","affinityHeader":"x-session"},"testMode":true}"#,
         )
         .unwrap();
-        assert_eq!(c.mode, Mode::HeadersOnly);
+        assert_eq!(c.mode, InputMode::HeadersOnly);
         assert_eq!(c.picker.profile_kind(), picker_core::Profile::GieDefault);
         assert_eq!(c.snapshot.as_ref().unwrap().path, DEFAULT_SNAPSHOT_PATH);
         assert_eq!(c.endpoints.len(), 2);

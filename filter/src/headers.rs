@@ -11,6 +11,8 @@
 //!   request data can put CR, LF or NUL into a header.
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
 
 use picker_core::scan::is_field_value;
 
@@ -61,6 +63,42 @@ impl<'a> FieldValue<'a> {
 
     pub fn as_str(&self) -> &'a str {
         self.0
+    }
+}
+
+/// Appends `addr` as `addr.to_string()` would. IPv4 (every address a snapshot or a static list
+/// holds today) is written digit by digit: this runs for every address of the routing list of
+/// every request, and `core::fmt` costs several times more in the module.
+pub fn push_addr(out: &mut String, addr: &SocketAddr) {
+    fn push_decimal(out: &mut String, mut n: u16) {
+        let mut digits = [0u8; 5];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for d in &digits[i..] {
+            out.push(char::from(*d));
+        }
+    }
+    match addr {
+        SocketAddr::V4(a) => {
+            for (i, octet) in a.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_decimal(out, u16::from(octet));
+            }
+            out.push(':');
+            push_decimal(out, a.port());
+        }
+        SocketAddr::V6(_) => {
+            let _ = write!(out, "{addr}");
+        }
     }
 }
 
@@ -207,7 +245,32 @@ mod tests {
         assert_eq!(decode_map(&odd).unwrap()[0].0, "\u{fffd}");
     }
 
+    #[test]
+    fn addresses_format_like_display() {
+        for a in [
+            "0.0.0.0:0",
+            "10.1.0.1:8000",
+            "255.255.255.255:65535",
+            "[::1]:80",
+            "[fe80::1%2]:8000",
+        ] {
+            let addr: SocketAddr = a.parse().unwrap();
+            let mut s = String::from("x,");
+            push_addr(&mut s, &addr);
+            assert_eq!(s, format!("x,{addr}"));
+        }
+    }
+
     proptest! {
+        #[test]
+        fn push_addr_is_display(ip in any::<[u8; 4]>(), port in any::<u16>(), v6 in any::<[u16; 8]>()) {
+            for addr in [SocketAddr::from((ip, port)), SocketAddr::from((v6, port))] {
+                let mut s = String::new();
+                push_addr(&mut s, &addr);
+                prop_assert_eq!(s, addr.to_string());
+            }
+        }
+
         #[test]
         fn map_round_trips(pairs in prop::collection::vec(("[a-z:-]{0,12}", prop::collection::vec(any::<u8>(), 0..20)), 0..10)) {
             let refs: Vec<(&str, &[u8])> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();

@@ -76,7 +76,8 @@
 pub mod config;
 pub mod headers;
 pub mod inflight;
-pub mod shared;
+pub mod intake;
+pub mod reply;
 
 #[cfg(target_family = "wasm")]
 mod ring;

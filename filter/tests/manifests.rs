@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+use filter::config::FilterConfig;
 use serde::Deserialize;
 use serde_yaml::Value;
-use wasm_epp::config::FilterConfig;
 
 fn files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).expect("manifests dir").flatten() {

@@ -167,13 +167,13 @@ fn no_traps(host: &mut Host) {
 /// Requests in flight over every live worker VM, as a pick at the host's current time reads
 /// them (sections of VMs dead for longer than the default time-to-live do not count).
 fn inflight_total(host: &Host) -> u64 {
-    inflight_total_ttl(host, wasm_epp::config::DEFAULT_INFLIGHT_TTL_MS)
+    inflight_total_ttl(host, filter::config::DEFAULT_INFLIGHT_TTL_MS)
 }
 
 fn inflight_total_ttl(host: &Host, ttl_ms: u64) -> u64 {
     let now_ms = host.opts.clock.now_ns() / 1_000_000;
-    match host.group.get_data(wasm_epp::inflight::KEY_INFLIGHT) {
-        Ok((bytes, _)) => wasm_epp::inflight::total_requests(&bytes, now_ms, ttl_ms),
+    match host.group.get_data(filter::inflight::KEY_INFLIGHT) {
+        Ok((bytes, _)) => filter::inflight::total_requests(&bytes, now_ms, ttl_ms),
         Err(_) => 0,
     }
 }
@@ -864,9 +864,9 @@ fn llmd_profile_counts_uncached_tokens_until_the_first_chunk() {
     let mut host = host(r#""picker":{"profile":"llm-d-optimized-baseline"}"#);
     push(&mut host, 0, &snapshot(1, &PODS), TOKEN);
     let totals = |host: &Host| {
-        let (bytes, _) = host.group.get_data(wasm_epp::inflight::KEY_INFLIGHT).unwrap();
+        let (bytes, _) = host.group.get_data(filter::inflight::KEY_INFLIGHT).unwrap();
         let now_ms = host.opts.clock.now_ns() / 1_000_000;
-        wasm_epp::inflight::totals(&bytes, now_ms, wasm_epp::config::DEFAULT_INFLIGHT_TTL_MS)
+        filter::inflight::totals(&bytes, now_ms, filter::config::DEFAULT_INFLIGHT_TTL_MS)
     };
     let system = "s".repeat(2000);
     let body = chat_body(MODEL, &system, "q");

@@ -13,7 +13,7 @@
 //!                                                          │           own picker State each, exact in-flight)
 //!                                                          │  scraper: 50 ms snapshots (waiting, running, KV)
 //!                                                          ▼
-//!                                           server::Server × N  (kv::KvCache each; calib::ServerParams)
+//!                                           model_server::Server × N  (kv::KvCache each; calib::ServerParams)
 //! ```
 //!
 //! The core is sans-clock and sans-global-RNG (CONVENTIONS.md §1–2): simulated time is a `u64`
@@ -24,7 +24,7 @@
 //!
 //! ## What is simulated
 //!
-//! * **Engine** ([`server`]): vLLM V1-style continuous batching. Each step spends a token budget
+//! * **Engine** ([`model_server`]): vLLM V1-style continuous batching. Each step spends a token budget
 //!   of `max_num_batched_tokens` on running sequences first (decode = 1 token; unfinished prefill
 //!   = the rest of its prompt, chunked to the budget), then admits waiting requests FCFS while the
 //!   budget, `max_num_seqs` and free KV blocks allow. A request is admitted after its longest
@@ -352,7 +352,7 @@
 //! cargo run --release -p podsim -- serve --pods 4 --base-port 8000 [--speed 1.0] [--model M]
 //! ```
 //!
-//! starts N fake vLLM pods on `127.0.0.1:P..P+N-1`, each a [`server::Server`] driven in real
+//! starts N fake vLLM pods on `127.0.0.1:P..P+N-1`, each a [`model_server::Server`] driven in real
 //! time (× `--speed`): `POST /v1/completions` and `/v1/chat/completions` (non-streaming, or SSE
 //! with `stream: true` and `stream_options.include_usage`; OpenAI/vLLM response shapes with
 //! `usage.prompt_tokens_details.cached_tokens`), `GET /v1/models`, `/health`, and `/metrics` in
@@ -396,10 +396,10 @@ pub mod calib;
 pub mod engine;
 pub mod kv;
 pub mod ladder;
+pub mod model_server;
 pub mod policy;
 pub mod report;
 pub mod serve;
-pub mod server;
 pub mod sim;
 pub mod validate;
 pub mod workload;

@@ -39,7 +39,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify};
 
 use crate::calib::ServerParams;
-use crate::server::{EngineEvent, SeqSpec, Server};
+use crate::model_server::{EngineEvent, SeqSpec, Server};
 use crate::workload::{block_hashes, BYTES_PER_TOKEN};
 
 /// Largest request body accepted (bytes).

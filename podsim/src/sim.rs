@@ -21,8 +21,8 @@ use picker_core::{pick, Endpoint, InFlight, Instant, Pool, Prompt, Request, Rng,
 
 use crate::calib::{micros, Micros, ServerParams};
 use crate::ladder::{Drain, Staging, LEAD};
+use crate::model_server::{EngineEvent, SeqSpec, Server};
 use crate::policy::{PolicyKind, PolicySpec, ORACLE_WEIGHTS};
-use crate::server::{EngineEvent, SeqSpec, Server};
 use crate::workload::{Trace, BYTES_PER_TOKEN, UNTIMED};
 
 /// Cluster and measurement settings.

@@ -31,9 +31,10 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 
 use crate::config::{FilterConfig, HostProfile};
+use crate::headers::push_addr;
 use crate::inflight::{self, Local, KEY_INFLIGHT};
+use crate::intake::{validate_push, IntakeError, KEY_SNAPSHOT, KEY_SNAPSHOT_SEQ};
 use crate::ring::{ring_keys, HostRing};
-use crate::shared::{push_addr, validate_push, IntakeError, KEY_SNAPSHOT, KEY_SNAPSHOT_SEQ};
 use abi::HostError;
 use metrics::Metrics;
 

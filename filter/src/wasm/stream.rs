@@ -35,10 +35,11 @@ use proxy_wasm::types::Action;
 use super::abi::{self, Buffer, HostError, Map};
 use super::metrics::Metrics;
 use super::{store_snapshot, Worker};
-use crate::config::{FailureMode, Mode};
+use crate::config::{FailureMode, InputMode};
 use crate::headers::{has_header, header_value, FieldValue, HeaderMap};
 use crate::inflight::KEY_INFLIGHT;
-use crate::shared::{bearer_matches, error_body, source_allowed, IntakeError};
+use crate::intake::{bearer_matches, source_allowed, IntakeError};
+use crate::reply::error_body;
 
 /// Headers a client must never set: they choose or report the upstream pod.
 const ROUTING_HEADERS: [&str; 3] = [
@@ -527,7 +528,7 @@ impl HttpContext for Stream {
         if test_mode {
             self.steering = header_value(&headers, TEST_STEERING_HEADER).map(Cow::into_owned);
         }
-        if mode == Mode::HeadersOnly {
+        if mode == InputMode::HeadersOnly {
             let (hint, affinity) = {
                 let w = self.worker.borrow();
                 (

@@ -1,54 +1,16 @@
-//! Pure helpers for the state the filter keeps in proxy shared data, and for snapshot intake.
-//! No hostcalls here, so everything is unit- and property-tested natively.
+//! Snapshot intake: the collector pushes (or the module pulls) a load snapshot, which is
+//! checked (bearer token, source address, size) and fully decoded before it is stored. No
+//! hostcalls here, so everything is unit- and property-tested natively.
 
-use std::fmt::Write as _;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use picker_core::Snapshot;
 
-/// Shared-data keys (one namespace per `vm_id`, shared by every worker VM; proxywasm.md §4.3).
+/// Shared-data keys (one namespace per `vm_id`, shared by every worker VM): the encoded
+/// snapshot, and its sequence (read per request, so a worker decodes the snapshot only when it
+/// changed).
 pub const KEY_SNAPSHOT: &str = "wasm-epp/snapshot";
 pub const KEY_SNAPSHOT_SEQ: &str = "wasm-epp/snapshot-seq";
-
-// === routing header ===
-
-/// Appends `addr` as `addr.to_string()` would. IPv4 (every address a snapshot or a static list
-/// holds today) is written digit by digit: this runs for every address of the routing list of
-/// every request, and `core::fmt` costs several times more in the module.
-pub fn push_addr(out: &mut String, addr: &SocketAddr) {
-    fn push_decimal(out: &mut String, mut n: u16) {
-        let mut digits = [0u8; 5];
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        for d in &digits[i..] {
-            out.push(char::from(*d));
-        }
-    }
-    match addr {
-        SocketAddr::V4(a) => {
-            for (i, octet) in a.ip().octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
-                }
-                push_decimal(out, u16::from(octet));
-            }
-            out.push(':');
-            push_decimal(out, a.port());
-        }
-        SocketAddr::V6(_) => {
-            let _ = write!(out, "{addr}");
-        }
-    }
-}
-
-// === snapshot intake ===
 
 /// Why a snapshot push was refused, with the HTTP status the filter answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,21 +154,6 @@ pub fn validate_push(body: &[u8], stored: Option<&[u8]>, max_bytes: usize) -> Re
     Ok(snap)
 }
 
-/// OpenAI-style error body (`{"error": {"message", "type", "code"}}`), as vLLM and OpenAI return.
-pub fn error_body(status: u32, message: &str) -> Vec<u8> {
-    let kind = match status {
-        400 => "invalid_request_error",
-        401 | 403 => "authentication_error",
-        404 => "not_found_error",
-        413 => "request_too_large",
-        429 => "rate_limit_exceeded",
-        _ => "service_unavailable",
-    };
-    serde_json::json!({"error": {"message": message, "type": kind, "code": status}})
-        .to_string()
-        .into_bytes()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,40 +223,7 @@ mod tests {
         assert_eq!(validate_push(b"junk", None, 1 << 20).unwrap_err().status(), 400);
     }
 
-    #[test]
-    fn error_bodies_are_openai_shaped() {
-        let v: serde_json::Value = serde_json::from_slice(&error_body(404, "model \"x\" not served")).unwrap();
-        assert_eq!(v["error"]["type"], "not_found_error");
-        assert_eq!(v["error"]["code"], 404);
-        assert_eq!(v["error"]["message"], "model \"x\" not served");
-    }
-
-    #[test]
-    fn addresses_format_like_display() {
-        for a in [
-            "0.0.0.0:0",
-            "10.1.0.1:8000",
-            "255.255.255.255:65535",
-            "[::1]:80",
-            "[fe80::1%2]:8000",
-        ] {
-            let addr: SocketAddr = a.parse().unwrap();
-            let mut s = String::from("x,");
-            push_addr(&mut s, &addr);
-            assert_eq!(s, format!("x,{addr}"));
-        }
-    }
-
     proptest! {
-        #[test]
-        fn push_addr_is_display(ip in any::<[u8; 4]>(), port in any::<u16>(), v6 in any::<[u16; 8]>()) {
-            for addr in [SocketAddr::from((ip, port)), SocketAddr::from((v6, port))] {
-                let mut s = String::new();
-                push_addr(&mut s, &addr);
-                prop_assert_eq!(s, addr.to_string());
-            }
-        }
-
         #[test]
         fn push_validation_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
             let _ = validate_push(&bytes, Some(&bytes), 1 << 20);

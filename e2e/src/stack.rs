@@ -18,7 +18,7 @@ pub const TOKEN: &str = "e2e-snapshot-token-0123456789";
 /// The filter's default snapshot intake path.
 pub const SNAPSHOT_PATH: &str = "/.well-known/wasm-epp/snapshot";
 
-/// Workspace root (this crate lives in `tests/`).
+/// Workspace root (this crate lives in `e2e/`).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }

@@ -35,7 +35,7 @@ pub fn stored_snapshot(gw: &host_sim::serve::Gateway) -> Option<Snapshot> {
 
 /// The snapshot stored in a gateway's shared-data namespace, if any.
 pub fn stored_in(group: &host_sim::VmGroup) -> Option<Snapshot> {
-    let (bytes, _) = group.get_data(wasm_epp::shared::KEY_SNAPSHOT).ok()?;
+    let (bytes, _) = group.get_data(filter::intake::KEY_SNAPSHOT).ok()?;
     Snapshot::decode(&bytes).ok()
 }
 
@@ -44,8 +44,8 @@ pub fn inflight_total(gw: &host_sim::serve::Gateway) -> u64 {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    match gw.group().get_data(wasm_epp::inflight::KEY_INFLIGHT) {
-        Ok((bytes, _)) => wasm_epp::inflight::total_requests(&bytes, now_ms, wasm_epp::config::DEFAULT_INFLIGHT_TTL_MS),
+    match gw.group().get_data(filter::inflight::KEY_INFLIGHT) {
+        Ok((bytes, _)) => filter::inflight::total_requests(&bytes, now_ms, filter::config::DEFAULT_INFLIGHT_TTL_MS),
         Err(_) => 0,
     }
 }
