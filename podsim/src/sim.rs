@@ -17,7 +17,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use picker_core::snapshot::LoraState;
 use picker_core::sync::{MemSlots, PrefixSync, SyncParams};
-use picker_core::{pick, Endpoint, InFlight, Instant, Pool, Prompt, Request, Rng, Snapshot, SplitMix64, State};
+use picker_core::{
+    Endpoint, InFlight, Inbound, Instant, ModelPolicy, Pool, Prompt, Rng, Router, Routing, Snapshot, SplitMix64,
+};
 
 use crate::calib::{micros, Micros, ServerParams};
 use crate::ladder::{Drain, Staging, LEAD};
@@ -114,10 +116,9 @@ pub fn server_addr(i: usize) -> SocketAddr {
 struct Gateway {
     kind: PolicyKind,
     workers: u32,
-    /// One picker state per (replica, worker).
-    states: Vec<State>,
-    /// With `sync`: each (replica, worker)'s end of its replica's ring, and one ring per replica.
-    syncs: Vec<PrefixSync>,
+    /// One picker-core router (the pipeline the proxy module runs) per (replica, worker).
+    routers: Vec<Router>,
+    /// One prefix-sync ring per replica (untouched without `sync`).
     rings: Vec<MemSlots>,
     /// Exact in-flight counts per replica per server.
     inflight: Vec<Vec<InFlight>>,
@@ -133,26 +134,23 @@ pub fn run(cfg: &SimConfig, trace: &Trace, policy: &PolicySpec) -> RunResult {
     let mut servers: Vec<Server> = (0..n).map(|_| Server::new(cfg.params.clone())).collect();
     let replicas = policy.replicas.max(1) as usize;
     let workers = policy.workers.max(1);
-    let mut states: Vec<State> = match &policy.kind {
-        PolicyKind::Picker(c) => (0..replicas * workers as usize).map(|_| State::new(c)).collect(),
+    let routers: Vec<Router> = match &policy.kind {
+        PolicyKind::Picker(c) => (0..replicas * workers as usize)
+            .map(|i| {
+                let sync = policy
+                    .sync
+                    .then(|| PrefixSync::new(i as u64 + 1, SyncParams::default()));
+                Router::new((**c).clone(), workload_policy(), sync)
+            })
+            .collect(),
         _ => Vec::new(),
     };
-    let (syncs, rings) = if policy.sync && !states.is_empty() {
-        states.iter_mut().for_each(State::enable_outbox);
-        let mut rings = vec![MemSlots::default(); replicas];
-        rings.iter_mut().for_each(PrefixSync::init_store);
-        let syncs = (0..states.len() as u64)
-            .map(|i| PrefixSync::new(i + 1, SyncParams::default()))
-            .collect();
-        (syncs, rings)
-    } else {
-        (Vec::new(), Vec::new())
-    };
+    let mut rings = vec![MemSlots::default(); replicas];
+    rings.iter_mut().for_each(PrefixSync::init_store);
     let mut gw = Gateway {
         kind: policy.kind.clone(),
         workers,
-        states,
-        syncs,
+        routers,
         rings,
         inflight: vec![vec![InFlight::default(); n]; replicas],
         rr_next: 0,
@@ -507,6 +505,17 @@ fn start(
     }
 }
 
+/// The InferenceObjective the workloads give their sheddable requests (priority −1).
+pub const SHEDDABLE_OBJECTIVE: &str = "sheddable";
+
+/// The request policy of the simulated pool: every model served, none rewritten, and
+/// [`SHEDDABLE_OBJECTIVE`] at priority −1 (GIE: sheddable).
+fn workload_policy() -> ModelPolicy {
+    let mut objectives = std::collections::BTreeMap::new();
+    objectives.insert(String::from(SHEDDABLE_OBJECTIVE), -1);
+    ModelPolicy::try_new(Vec::new(), Default::default(), Vec::new(), objectives).expect("valid policy")
+}
+
 /// Chooses a server for one request and the in-flight tokens to count for it there until its
 /// first token, or `None` when the picker sheds it. picker-core policies count the
 /// decision's `uncached_tokens` (llm-d's semantics); the others, which read no token counts,
@@ -569,30 +578,25 @@ fn route(
             }
             Some((best.1, whole))
         }
-        PolicyKind::Picker(config) => {
+        PolicyKind::Picker(_) => {
             let p = &trace.prompts[prompt_idx];
             let model = adapter.map_or(&trace.model, |a| &trace.adapters[a as usize]);
-            let mut req = Request::new(model, Prompt::from_parts(&p.head, &p.tail));
-            req.priority = priority;
+            let mut req = Inbound::new(model, Prompt::from_parts(&p.head, &p.tail));
+            req.objective = (priority < 0).then_some(SHEDDABLE_OBJECTIVE);
             let slot = replica * gw.workers as usize + worker;
-            let state = &mut gw.states[slot];
-            // As the filter: apply the other workers' insertions, pick, publish ours.
-            if let Some(sync) = gw.syncs.get_mut(slot) {
-                sync.pull(&mut gw.rings[replica], state, config);
-            }
-            let d = pick(
-                config,
+            // The proxy module's pipeline: admit, rewrite, sync pull, pick, sync push.
+            let routing = gw.routers[slot].route(
                 &req,
                 pool,
                 inflight,
-                state,
+                &mut gw.rings[replica],
                 Instant::from_millis(now / 1000),
                 &mut gw.rng,
             );
-            if let Some(sync) = gw.syncs.get_mut(slot) {
-                sync.push(&mut gw.rings[replica], state);
+            match routing {
+                Routing::Picked { decision, .. } => decision.primary().map(|s| (s, decision.uncached_tokens)),
+                Routing::ModelNotAllowed => None,
             }
-            d.primary().map(|s| (s, d.uncached_tokens))
         }
     }
 }
