@@ -296,23 +296,6 @@ impl TryFrom<FilterConfigDto> for FilterConfig {
             }
             None => PickerConfig::default(),
         };
-        let paths = d.inference_paths.unwrap_or_else(|| {
-            [
-                "/v1/chat/completions",
-                "/v1/completions",
-                "/v1/responses",
-                "/v1/embeddings",
-            ]
-            .map(String::from)
-            .to_vec()
-        });
-        let mut inference_paths = Vec::new();
-        for p in paths {
-            let api = Api::from_path(&p).ok_or_else(|| {
-                invalid("inferencePaths", format!("{p:?} is not an OpenAI API path (/v1/chat/completions, /v1/completions, /v1/responses, /v1/embeddings)"))
-            })?;
-            inference_paths.push((p, api));
-        }
         let max_body_bytes = d.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
         if !(1024..=64 * 1024 * 1024).contains(&max_body_bytes) {
             return Err(invalid(
@@ -322,140 +305,19 @@ impl TryFrom<FilterConfigDto> for FilterConfig {
         }
         let host = d.host_profile.unwrap_or(HostProfile::Envoy);
         let snapshot = match d.snapshot {
-            None => None,
-            Some(s) => {
-                if host == HostProfile::Gcp {
-                    return Err(invalid(
-                        "snapshot",
-                        "GCP Service Extensions has no shared data: snapshot intake is Envoy/Istio only",
-                    ));
-                }
-                if s.token.len() < MIN_TOKEN_LEN {
-                    return Err(invalid(
-                        "snapshot.token",
-                        format!("must be at least {MIN_TOKEN_LEN} bytes"),
-                    ));
-                }
-                let path = s.path.unwrap_or_else(|| DEFAULT_SNAPSHOT_PATH.to_string());
-                if !path.starts_with('/') {
-                    return Err(invalid("snapshot.path", "must start with '/'"));
-                }
-                let sources = s
-                    .allowed_sources
-                    .unwrap_or_else(|| vec!["127.0.0.1".into(), "::1".into()]);
-                let mut allowed_sources = Vec::new();
-                for src in sources {
-                    allowed_sources.push(
-                        src.parse::<SourceNet>()
-                            .map_err(|e| invalid("snapshot.allowedSources", e))?,
-                    );
-                }
-                let max_bytes = s.max_bytes.unwrap_or(DEFAULT_SNAPSHOT_MAX_BYTES);
-                if !(64..=16 * 1024 * 1024).contains(&max_bytes) {
-                    return Err(invalid(
-                        "snapshot.maxBytes",
-                        format!("{max_bytes} is not in 64..=16 MiB"),
-                    ));
-                }
-                let pull = match s.pull {
-                    None => None,
-                    Some(p) => {
-                        if p.cluster.is_empty() {
-                            return Err(invalid("snapshot.pull.cluster", "must name an Envoy cluster"));
-                        }
-                        let interval_ms = p.interval_ms.unwrap_or(50);
-                        if !(10..=60_000).contains(&interval_ms) {
-                            return Err(invalid(
-                                "snapshot.pull.intervalMs",
-                                format!("{interval_ms} is not in 10..=60000"),
-                            ));
-                        }
-                        Some(Pull {
-                            authority: p.authority.unwrap_or_else(|| p.cluster.clone()),
-                            path: p.path.unwrap_or_else(|| "/snapshot".into()),
-                            cluster: p.cluster,
-                            interval_ms,
-                        })
-                    }
-                };
-                Some(SnapshotIntake {
-                    path,
-                    token: s.token,
-                    allowed_sources,
-                    max_bytes,
-                    pull,
-                })
-            }
-        };
-        let mut endpoints = Vec::new();
-        for e in d.endpoints.unwrap_or_default() {
-            endpoints.push(
-                e.parse::<SocketAddr>()
-                    .map_err(|_| invalid("endpoints", format!("{e:?} is not ip:port")))?,
-            );
-        }
-        if endpoints.len() > picker_core::snapshot::MAX_ENDPOINTS {
-            return Err(invalid("endpoints", "too many endpoints"));
-        }
-        let models = d.models;
-        let rewrites = models
-            .as_ref()
-            .and_then(|m| m.rewrites.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|r| Rewrite {
-                model: r.model,
-                targets: r.targets.into_iter().map(|t| (t.model, t.weight)).collect(),
-            })
-            .collect();
-        let policy = ModelPolicy::try_new(
-            models.as_ref().and_then(|m| m.allow.clone()).unwrap_or_default(),
-            models.and_then(|m| m.priorities).unwrap_or_default(),
-            rewrites,
-            d.objectives.unwrap_or_default(),
-        )
-        .map_err(|e| invalid(e.field, e.reason))?;
-        let ho = d.headers_only;
-        let headers_only_model = header_name(
-            "headersOnly.modelHeader",
-            ho.as_ref().and_then(|h| h.model_header.clone()),
-            "x-model",
-        )?;
-        let headers_only_affinity = match ho.and_then(|h| h.affinity_header) {
-            Some(h) => Some(header_name("headersOnly.affinityHeader", Some(h), "")?),
-            None => None,
-        };
-        let prefix_sync = match d.prefix_sync {
-            Some(ps) if host == HostProfile::Gcp && ps.enabled == Some(true) => {
+            Some(_) if host == HostProfile::Gcp => {
                 return Err(invalid(
-                    "prefixSync.enabled",
-                    "GCP Service Extensions has no shared data: prefix sync is Envoy/Istio only",
+                    "snapshot",
+                    "GCP Service Extensions has no shared data: snapshot intake is Envoy/Istio only",
                 ))
             }
-            _ if host == HostProfile::Gcp => None,
-            Some(PrefixSyncDto {
-                enabled: Some(false), ..
-            }) => None,
-            ps => {
-                let ps = ps.unwrap_or(PrefixSyncDto {
-                    enabled: None,
-                    ring_slots: None,
-                    max_catch_up: None,
-                });
-                let defaults = SyncParams::default();
-                let ring = ps.ring_slots.unwrap_or(defaults.ring);
-                if !(1..=65_536).contains(&ring) {
-                    return Err(invalid("prefixSync.ringSlots", format!("{ring} is not in 1..=65536")));
-                }
-                let max_catch_up = ps.max_catch_up.unwrap_or(defaults.max_catch_up);
-                if max_catch_up > 1024 {
-                    return Err(invalid(
-                        "prefixSync.maxCatchUp",
-                        format!("{max_catch_up} is not in 0..=1024"),
-                    ));
-                }
-                Some(SyncParams { ring, max_catch_up })
-            }
+            Some(s) => Some(snapshot_intake(s)?),
+            None => None,
+        };
+        let ho = d.headers_only;
+        let headers_only_affinity = match ho.as_ref().and_then(|h| h.affinity_header.clone()) {
+            Some(h) => Some(header_name("headersOnly.affinityHeader", Some(h), "")?),
+            None => None,
         };
         let inflight_ttl_ms = d.inflight_ttl_ms.unwrap_or(DEFAULT_INFLIGHT_TTL_MS);
         if !(1_000..=600_000).contains(&inflight_ttl_ms) {
@@ -466,24 +328,180 @@ impl TryFrom<FilterConfigDto> for FilterConfig {
         }
         Ok(FilterConfig {
             inflight_ttl_ms,
-            prefix_sync,
+            prefix_sync: prefix_sync(d.prefix_sync, host)?,
             host,
             mode: d.mode.unwrap_or(InputMode::Body),
             picker,
-            inference_paths,
+            inference_paths: inference_paths(d.inference_paths)?,
             max_body_bytes,
             destination_header: header_name("destinationHeader", d.destination_header, DESTINATION_HEADER)?,
             model_header: header_name("modelHeader", d.model_header, MODEL_HEADER)?,
             snapshot,
-            endpoints,
-            policy,
-            headers_only_model,
+            endpoints: static_endpoints(d.endpoints)?,
+            policy: model_policy(d.models, d.objectives)?,
+            headers_only_model: header_name("headersOnly.modelHeader", ho.and_then(|h| h.model_header), "x-model")?,
             headers_only_affinity,
             test_mode: d.test_mode.unwrap_or(false),
             original_dst_filter_state: d.original_dst_filter_state.unwrap_or(false) && host == HostProfile::Envoy,
             metrics: d.metrics.unwrap_or(true) && host == HostProfile::Envoy,
             failure_mode: d.failure_mode.unwrap_or_default(),
         })
+    }
+}
+
+// === one function per section of the configuration ===
+
+fn inference_paths(paths: Option<Vec<String>>) -> Result<Vec<(String, Api)>, FilterConfigError> {
+    let paths = paths.unwrap_or_else(|| {
+        [
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/v1/responses",
+            "/v1/embeddings",
+        ]
+        .map(String::from)
+        .to_vec()
+    });
+    paths
+        .into_iter()
+        .map(|p| {
+            let api = Api::from_path(&p).ok_or_else(|| {
+                invalid("inferencePaths", format!("{p:?} is not an OpenAI API path (/v1/chat/completions, /v1/completions, /v1/responses, /v1/embeddings)"))
+            })?;
+            Ok((p, api))
+        })
+        .collect()
+}
+
+fn snapshot_intake(s: SnapshotDto) -> Result<SnapshotIntake, FilterConfigError> {
+    if s.token.len() < MIN_TOKEN_LEN {
+        return Err(invalid(
+            "snapshot.token",
+            format!("must be at least {MIN_TOKEN_LEN} bytes"),
+        ));
+    }
+    let path = s.path.unwrap_or_else(|| DEFAULT_SNAPSHOT_PATH.to_string());
+    if !path.starts_with('/') {
+        return Err(invalid("snapshot.path", "must start with '/'"));
+    }
+    let allowed_sources = s
+        .allowed_sources
+        .unwrap_or_else(|| vec!["127.0.0.1".into(), "::1".into()])
+        .into_iter()
+        .map(|src| {
+            src.parse::<SourceNet>()
+                .map_err(|e| invalid("snapshot.allowedSources", e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let max_bytes = s.max_bytes.unwrap_or(DEFAULT_SNAPSHOT_MAX_BYTES);
+    if !(64..=16 * 1024 * 1024).contains(&max_bytes) {
+        return Err(invalid(
+            "snapshot.maxBytes",
+            format!("{max_bytes} is not in 64..=16 MiB"),
+        ));
+    }
+    let pull = match s.pull {
+        None => None,
+        Some(p) => {
+            if p.cluster.is_empty() {
+                return Err(invalid("snapshot.pull.cluster", "must name an Envoy cluster"));
+            }
+            let interval_ms = p.interval_ms.unwrap_or(50);
+            if !(10..=60_000).contains(&interval_ms) {
+                return Err(invalid(
+                    "snapshot.pull.intervalMs",
+                    format!("{interval_ms} is not in 10..=60000"),
+                ));
+            }
+            Some(Pull {
+                authority: p.authority.unwrap_or_else(|| p.cluster.clone()),
+                path: p.path.unwrap_or_else(|| "/snapshot".into()),
+                cluster: p.cluster,
+                interval_ms,
+            })
+        }
+    };
+    Ok(SnapshotIntake {
+        path,
+        token: s.token,
+        allowed_sources,
+        max_bytes,
+        pull,
+    })
+}
+
+fn static_endpoints(endpoints: Option<Vec<String>>) -> Result<Vec<SocketAddr>, FilterConfigError> {
+    let endpoints = endpoints
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| {
+            e.parse::<SocketAddr>()
+                .map_err(|_| invalid("endpoints", format!("{e:?} is not ip:port")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if endpoints.len() > picker_core::snapshot::MAX_ENDPOINTS {
+        return Err(invalid("endpoints", "too many endpoints"));
+    }
+    Ok(endpoints)
+}
+
+fn model_policy(
+    models: Option<ModelsDto>,
+    objectives: Option<BTreeMap<String, i32>>,
+) -> Result<ModelPolicy, FilterConfigError> {
+    let models = models.unwrap_or(ModelsDto {
+        allow: None,
+        priorities: None,
+        rewrites: None,
+    });
+    let rewrites = models
+        .rewrites
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| Rewrite {
+            model: r.model,
+            targets: r.targets.into_iter().map(|t| (t.model, t.weight)).collect(),
+        })
+        .collect();
+    ModelPolicy::try_new(
+        models.allow.unwrap_or_default(),
+        models.priorities.unwrap_or_default(),
+        rewrites,
+        objectives.unwrap_or_default(),
+    )
+    .map_err(|e| invalid(e.field, e.reason))
+}
+
+fn prefix_sync(ps: Option<PrefixSyncDto>, host: HostProfile) -> Result<Option<SyncParams>, FilterConfigError> {
+    match ps {
+        Some(ps) if host == HostProfile::Gcp && ps.enabled == Some(true) => Err(invalid(
+            "prefixSync.enabled",
+            "GCP Service Extensions has no shared data: prefix sync is Envoy/Istio only",
+        )),
+        _ if host == HostProfile::Gcp => Ok(None),
+        Some(PrefixSyncDto {
+            enabled: Some(false), ..
+        }) => Ok(None),
+        ps => {
+            let ps = ps.unwrap_or(PrefixSyncDto {
+                enabled: None,
+                ring_slots: None,
+                max_catch_up: None,
+            });
+            let defaults = SyncParams::default();
+            let ring = ps.ring_slots.unwrap_or(defaults.ring);
+            if !(1..=65_536).contains(&ring) {
+                return Err(invalid("prefixSync.ringSlots", format!("{ring} is not in 1..=65536")));
+            }
+            let max_catch_up = ps.max_catch_up.unwrap_or(defaults.max_catch_up);
+            if max_catch_up > 1024 {
+                return Err(invalid(
+                    "prefixSync.maxCatchUp",
+                    format!("{max_catch_up} is not in 0..=1024"),
+                ));
+            }
+            Ok(Some(SyncParams { ring, max_catch_up }))
+        }
     }
 }
 

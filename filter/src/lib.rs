@@ -80,6 +80,4 @@ pub mod intake;
 pub mod reply;
 
 #[cfg(target_family = "wasm")]
-mod ring;
-#[cfg(target_family = "wasm")]
 mod wasm;

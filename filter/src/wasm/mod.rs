@@ -8,8 +8,9 @@
 //! * here: the root context (configure, ticks, snapshot pulls) and the [`Worker`] state shared
 //!   by the root and every stream of one VM (config, picker state, pool, in-flight counts).
 
-pub(crate) mod abi;
+mod abi;
 mod metrics;
+mod ring;
 mod stream;
 
 use std::cell::RefCell;
@@ -34,9 +35,9 @@ use crate::config::{FilterConfig, HostProfile};
 use crate::headers::push_addr;
 use crate::inflight::{self, Local, KEY_INFLIGHT};
 use crate::intake::{validate_push, IntakeError, KEY_SNAPSHOT, KEY_SNAPSHOT_SEQ};
-use crate::ring::{ring_keys, HostRing};
 use abi::HostError;
 use metrics::Metrics;
+use ring::{ring_keys, HostRing};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);

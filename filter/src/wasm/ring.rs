@@ -7,7 +7,7 @@
 
 use picker_core::sync::{Slot, SlotStore, StoreError};
 
-use crate::wasm::abi::{self, HostError};
+use super::abi::{self, HostError};
 
 /// The ring head: le64 next sequence.
 pub const KEY_RING_HEAD: &str = "wasm-epp/px/head";
