@@ -19,9 +19,12 @@
 //! ```text
 //! magic "wei1" | aggregate entries u32 | sections u32 | 0 u32
 //! aggregate:  n × record                       sorted by key, requests > 0
-//! section:    owner u64 | stamp_ms u64 | n u32 | 0 u32, then n × record (sorted by key)
+//! section:    owner u64 | stamp_ms u64 | n u32 | flags u32, then n × record (sorted by key)
 //! record:     key u64 | requests u32 | tokens u32
 //! ```
+//! `flags` is 0 for a section of a worker VM of this proxy and [`RELAYED`] for the section of
+//! a VM of another gateway replica, taken from the relay ([`upsert_relayed`], docs/replicas.md).
+//! Readers sum both alike; a relayed section never replaces a local one.
 //! Anything malformed (another build's format, corruption) reads as empty, and the next write
 //! replaces it: counts are load hints, and a bad value must never fail a request.
 
@@ -36,6 +39,9 @@ pub const MAX_ENTRIES: usize = picker_core::snapshot::MAX_ENDPOINTS;
 /// Most sections kept: far more VMs than any proxy runs workers. Past it the stalest section
 /// goes first, so the bound never drops a live VM's counts while dead ones remain.
 pub const MAX_SECTIONS: usize = 256;
+
+/// Section flag: the section belongs to a VM of another gateway replica (relayed).
+pub const RELAYED: u32 = 1;
 
 const MAGIC: &[u8; 4] = b"wei1";
 const HEADER: usize = 16;
@@ -130,6 +136,7 @@ fn record(b: &[u8]) -> Entry {
 struct Section<'a> {
     owner: u64,
     stamp_ms: u64,
+    flags: u32,
     records: &'a [u8],
 }
 
@@ -176,6 +183,7 @@ fn split_section(b: &[u8]) -> Option<(Section<'_>, &[u8])> {
         Section {
             owner: u64_at(head, 0),
             stamp_ms: u64_at(head, 8),
+            flags: u32_at(head, 20),
             records,
         },
         &b[end..],
@@ -318,17 +326,40 @@ fn put_record(out: &mut Vec<u8>, e: &Entry) {
     out.extend_from_slice(&e.tokens.to_le_bytes());
 }
 
-fn put_section_header(out: &mut Vec<u8>, owner: u64, stamp_ms: u64, n: usize) {
+fn put_section_header(out: &mut Vec<u8>, owner: u64, stamp_ms: u64, n: usize, flags: u32) {
     out.extend_from_slice(&owner.to_le_bytes());
     out.extend_from_slice(&stamp_ms.to_le_bytes());
     out.extend_from_slice(&(n as u32).to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&flags.to_le_bytes());
 }
 
 /// The table `bytes` with `owner`'s section replaced by `local` stamped `now_ms` (removed when
 /// `local` is empty) and every section older than `ttl_ms` dropped, the aggregate adjusted to
 /// match. Malformed `bytes` start over from an empty table.
 pub fn publish(bytes: &[u8], owner: u64, local: &Local, now_ms: u64, ttl_ms: u64) -> Vec<u8> {
+    write_section(bytes, owner, local.entries(), 0, now_ms, ttl_ms)
+}
+
+/// Whether the table holds a section of `owner` written by a worker VM of this proxy.
+pub fn owned_locally(bytes: &[u8], owner: u64) -> bool {
+    view(bytes).is_some_and(|v| v.sections().any(|s| s.owner == owner && s.flags & RELAYED == 0))
+}
+
+/// The table `bytes` with the relayed section of `owner` (a VM of another gateway replica)
+/// replaced by `entries` (sorted by key, as a relay batch carries them) stamped `now_ms`, or
+/// removed when `entries` is empty; expired sections dropped, as [`publish`] does. `None`, and
+/// nothing to write, when `owner` has a local section: a relayed section never takes a local
+/// VM's place. Relayed sections expire `ttl_ms` after their last refresh like local ones.
+pub fn upsert_relayed(bytes: &[u8], owner: u64, entries: &[Entry], now_ms: u64, ttl_ms: u64) -> Option<Vec<u8>> {
+    if owned_locally(bytes, owner) {
+        return None;
+    }
+    let n = entries.len().min(MAX_ENTRIES);
+    Some(write_section(bytes, owner, &entries[..n], RELAYED, now_ms, ttl_ms))
+}
+
+/// The table with `owner`'s section replaced by `entries` (flags `flags`), see [`publish`].
+fn write_section(bytes: &[u8], owner: u64, entries: &[Entry], flags: u32, now_ms: u64, ttl_ms: u64) -> Vec<u8> {
     let v = view(bytes).unwrap_or(View {
         aggregate: &[],
         sections: &[],
@@ -337,7 +368,7 @@ pub fn publish(bytes: &[u8], owner: u64, local: &Local, now_ms: u64, ttl_ms: u64
     let mut aggregate: Vec<Entry> = v.aggregate.chunks_exact(RECORD).map(record).collect();
     // Sections kept as they are; the others (this VM's old one, expired ones, and past the
     // bound the stalest) leave the aggregate.
-    let mine = usize::from(!local.is_empty());
+    let mine = usize::from(!entries.is_empty());
     let live = v
         .sections()
         .filter(|s| s.owner != owner && !s.expired(now_ms, ttl_ms))
@@ -367,13 +398,13 @@ pub fn publish(bytes: &[u8], owner: u64, local: &Local, now_ms: u64, ttl_ms: u64
             kept.push(s);
         }
     }
-    for e in local.entries() {
+    for e in entries {
         adjust(&mut aggregate, *e, true);
     }
 
     let records: usize = kept.iter().map(|s| s.records.len()).sum();
     let mut out = Vec::with_capacity(
-        HEADER + (aggregate.len() + local.entries().len()) * RECORD + records + (kept.len() + mine) * SECTION_HEADER,
+        HEADER + (aggregate.len() + entries.len()) * RECORD + records + (kept.len() + mine) * SECTION_HEADER,
     );
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(aggregate.len() as u32).to_le_bytes());
@@ -383,12 +414,12 @@ pub fn publish(bytes: &[u8], owner: u64, local: &Local, now_ms: u64, ttl_ms: u64
         put_record(&mut out, e);
     }
     for s in &kept {
-        put_section_header(&mut out, s.owner, s.stamp_ms, s.records.len() / RECORD);
+        put_section_header(&mut out, s.owner, s.stamp_ms, s.records.len() / RECORD, s.flags);
         out.extend_from_slice(s.records);
     }
     if mine == 1 {
-        put_section_header(&mut out, owner, now_ms, local.entries().len());
-        for e in local.entries() {
+        put_section_header(&mut out, owner, now_ms, entries.len(), flags);
+        for e in entries {
             put_record(&mut out, e);
         }
     }

@@ -348,3 +348,122 @@ proptest! {
         prop_assert!(view(&t).is_some());
     }
 }
+
+// === relayed sections (other gateway replicas' VMs) ===
+
+fn entries(l: &Local) -> Vec<Entry> {
+    l.entries().to_vec()
+}
+
+#[test]
+fn relayed_sections_sum_with_local_ones_and_never_replace_them() {
+    let p = pool(2);
+    let (k0, k1) = (p.key(0), p.key(1));
+    let mut mine = Local::default();
+    mine.apply(k0, 10, true);
+    let t = publish(&[], 1, &mine, 1_000, TTL);
+    let mut remote = Local::default();
+    remote.apply(k0, 5, true);
+    remote.apply(k1, 7, true);
+    let t = upsert_relayed(&t, 99, &entries(&remote), 1_000, TTL).expect("a new sender");
+    assert_eq!(counts(&t, &p, 1_000), vec![(2, 15), (1, 7)]);
+    assert_eq!(aggregate(&t), recomputed_aggregate(&t));
+    assert!(owned_locally(&t, 1) && !owned_locally(&t, 99));
+
+    // A relayed section that names a local VM is refused: nothing to write.
+    assert_eq!(upsert_relayed(&t, 1, &entries(&remote), 1_000, TTL), None);
+
+    // The sender's next batch replaces its section; an empty one removes it.
+    remote.apply(k1, 7, false);
+    let t = upsert_relayed(&t, 99, &entries(&remote), 1_050, TTL).unwrap();
+    assert_eq!(counts(&t, &p, 1_050), vec![(2, 15), (0, 0)]);
+    let t2 = upsert_relayed(&t, 99, &[], 1_100, TTL).unwrap();
+    assert_eq!(counts(&t2, &p, 1_100), vec![(1, 10), (0, 0)]);
+    assert_eq!(view(&t2).unwrap().n_sections, 1);
+
+    // A local write keeps the relayed section and its flag.
+    mine.apply(k1, 1, true);
+    let t = publish(&t, 1, &mine, 1_200, TTL);
+    assert!(!owned_locally(&t, 99), "still relayed after a local write");
+    assert_eq!(counts(&t, &p, 1_200), vec![(2, 15), (1, 1)]);
+
+    // A sender that stops refreshing expires like a dead local VM, and the next write drops it.
+    let later = 1_050 + TTL + 1;
+    assert_eq!(counts(&t, &p, later), vec![(1, 10), (1, 1)]);
+    assert!(needs_write(&t, 1, &mine, later, TTL, TTL / 4));
+    let t = publish(&t, 1, &mine, later, TTL);
+    assert_eq!(view(&t).unwrap().n_sections, 1);
+    assert_eq!(aggregate(&t), recomputed_aggregate(&t));
+}
+
+#[derive(Clone, Debug)]
+enum RelayOp {
+    Local { vm: u64, ep: usize, add: bool },
+    Relayed { sender: u64, counts: Vec<(usize, u32)> },
+    Advance { ms: u64 },
+}
+
+fn relay_op() -> impl Strategy<Value = RelayOp> {
+    prop_oneof![
+        3 => (0u64..3, 0usize..4, any::<bool>()).prop_map(|(vm, ep, add)| RelayOp::Local { vm, ep, add }),
+        3 => (1u64..5, prop::collection::vec((0usize..4, 1u32..4), 0..4))
+            .prop_map(|(sender, counts)| RelayOp::Relayed { sender, counts }),
+        1 => (0u64..6_000).prop_map(|ms| RelayOp::Advance { ms }),
+    ]
+}
+
+proptest! {
+    /// Local writes and relayed upserts in any order, senders that collide with local owners
+    /// included (owners 1 and 2 are both): the aggregate always equals the sum of the sections,
+    /// a local VM's section is never replaced by a relayed one, and readers see every live
+    /// local VM's truth.
+    #[test]
+    fn relayed_upserts_keep_the_table_consistent(ops in prop::collection::vec(relay_op(), 1..60)) {
+        let p = pool(4);
+        let mut now = 1_000u64;
+        let mut local: Vec<Local> = vec![Local::default(); 3];
+        let mut t: Vec<u8> = Vec::new();
+        for op in ops {
+            match op {
+                RelayOp::Local { vm, ep, add } => {
+                    local[vm as usize].apply(p.key(ep), 1, add);
+                    t = publish(&t, vm, &local[vm as usize], now, TTL);
+                }
+                RelayOp::Relayed { sender, counts } => {
+                    let mut l = Local::default();
+                    for (ep, n) in counts {
+                        for _ in 0..n {
+                            l.apply(p.key(ep), 2, true);
+                        }
+                    }
+                    let before = t.clone();
+                    match upsert_relayed(&t, sender, &entries(&l), now, TTL) {
+                        Some(next) => {
+                            prop_assert!(!owned_locally(&before, sender));
+                            t = next;
+                        }
+                        None => prop_assert!(owned_locally(&before, sender)),
+                    }
+                }
+                RelayOp::Advance { ms } => {
+                    now += ms;
+                    for vm in 0..3u64 {
+                        if needs_write(&t, vm, &local[vm as usize], now, TTL, TTL / 4) {
+                            t = publish(&t, vm, &local[vm as usize], now, TTL);
+                        }
+                    }
+                }
+            }
+            if !t.is_empty() {
+                prop_assert_eq!(aggregate(&t), recomputed_aggregate(&t));
+            }
+            let mut seen = Vec::new();
+            for_pool(&t, &p, now, TTL, &mut seen);
+            for (i, c) in seen.iter().enumerate() {
+                let key = p.key(i);
+                let live: u32 = local.iter().flat_map(|l| l.entries()).filter(|e| e.key == key).map(|e| e.requests).sum();
+                prop_assert!(c.requests >= live, "endpoint {}: read {} < local {}", i, c.requests, live);
+            }
+        }
+    }
+}

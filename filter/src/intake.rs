@@ -25,6 +25,8 @@ pub enum IntakeError {
     TooLarge,
     /// 400: the bytes are not a valid snapshot.
     Invalid(picker_core::snapshot::DecodeError),
+    /// 400: the bytes are not a valid relay bundle (`crate::relay`).
+    InvalidRelay(crate::relay::BatchError),
     /// 409: the stored snapshot has the same or a newer sequence.
     Stale { stored: u64, pushed: u64 },
 }
@@ -36,7 +38,7 @@ impl IntakeError {
             IntakeError::Forbidden => 403,
             IntakeError::MethodNotAllowed => 405,
             IntakeError::TooLarge => 413,
-            IntakeError::Invalid(_) => 400,
+            IntakeError::Invalid(_) | IntakeError::InvalidRelay(_) => 400,
             IntakeError::Stale { .. } => 409,
         }
     }
@@ -44,10 +46,11 @@ impl IntakeError {
     pub fn message(&self) -> String {
         match self {
             IntakeError::Unauthorized => "missing or invalid bearer token".into(),
-            IntakeError::Forbidden => "source address not allowed to push snapshots".into(),
-            IntakeError::MethodNotAllowed => "snapshots are pushed with POST".into(),
-            IntakeError::TooLarge => "snapshot too large".into(),
+            IntakeError::Forbidden => "source address not allowed to push here".into(),
+            IntakeError::MethodNotAllowed => "snapshots and relay batches are pushed with POST".into(),
+            IntakeError::TooLarge => "body too large".into(),
             IntakeError::Invalid(e) => format!("invalid snapshot: {e}"),
+            IntakeError::InvalidRelay(e) => format!("invalid relay batch: {e}"),
             IntakeError::Stale { stored, pushed } => {
                 format!("stale snapshot: sequence {pushed} is not newer than {stored}")
             }

@@ -77,6 +77,7 @@ pub mod config;
 pub mod headers;
 pub mod inflight;
 pub mod intake;
+pub mod relay;
 pub mod reply;
 
 #[cfg(target_family = "wasm")]
