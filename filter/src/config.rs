@@ -21,7 +21,8 @@
 //!   "testMode": false,
 //!   "failureMode": "FailClose",
 //!   "prefixSync": {"enabled": true, "ringSlots": 256, "maxCatchUp": 64},
-//!   "inflightTtlMs": 10000
+//!   "inflightTtlMs": 10000,
+//!   "relay": {"cluster": "wasm-epp-collector", "path": "/relay", "intervalMs": 50}
 //! }
 //! ```
 
@@ -97,6 +98,30 @@ pub struct FilterConfigDto {
     /// dies mid-stream (trap, reload) never releases its requests; its counts leave the shared
     /// table this long after its last write. Live VMs refresh theirs every quarter of it.
     pub inflight_ttl_ms: Option<u64>,
+    /// Share prefix insertions and in-flight counts with the other gateway replicas through the
+    /// collector (docs/replicas.md). Envoy only; off unless given.
+    pub relay: Option<RelayDto>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RelayDto {
+    /// Envoy cluster of the collector's `/relay` endpoint (e.g. a STATIC cluster at
+    /// 127.0.0.1:9090 beside a sidecar collector, or the central collector's Service).
+    pub cluster: String,
+    /// Path on the collector (default `/relay`).
+    pub path: Option<String>,
+    /// `:authority` of the call (default the cluster name).
+    pub authority: Option<String>,
+    /// How often each worker VM sends what it learned (ms, default 50: the collector's
+    /// interval).
+    pub interval_ms: Option<u64>,
+    /// Bearer token of both relay legs (module → collector, collector → gateway); default
+    /// `snapshot.token`.
+    pub token: Option<String>,
+    /// Largest relay body taken at `<snapshot.path>/relay` and largest batch sent (default
+    /// 1 MiB).
+    pub max_bytes: Option<usize>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -195,6 +220,19 @@ pub struct Pull {
     pub interval_ms: u64,
 }
 
+/// Relay settings (see [`RelayDto`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Relay {
+    pub cluster: String,
+    pub path: String,
+    pub authority: String,
+    pub interval_ms: u64,
+    pub token: String,
+    /// Where the collector pushes other replicas' batches: `<snapshot.path>/relay`.
+    pub intake_path: String,
+    pub max_bytes: usize,
+}
+
 /// The validated plugin configuration.
 #[derive(Clone, Debug)]
 pub struct FilterConfig {
@@ -219,6 +257,8 @@ pub struct FilterConfig {
     pub prefix_sync: Option<SyncParams>,
     /// See [`FilterConfigDto::inflight_ttl_ms`].
     pub inflight_ttl_ms: u64,
+    /// The relay between gateway replicas; `None` when off.
+    pub relay: Option<Relay>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -262,6 +302,9 @@ pub const MODEL_HEADER: &str = "x-gateway-model-name";
 pub const DEFAULT_INFLIGHT_TTL_MS: u64 = 10_000;
 /// Shortest accepted bearer token: 128 bits of base64/hex-ish text.
 pub const MIN_TOKEN_LEN: usize = 16;
+/// Default [`Relay::max_bytes`]: 7 batches of 64 records of 256 hashes with 1,024 in-flight
+/// entries each.
+pub const DEFAULT_RELAY_MAX_BYTES: usize = 1024 * 1024;
 
 fn header_name(field: &'static str, v: Option<String>, default: &str) -> Result<String, FilterConfigError> {
     let v = v.unwrap_or_else(|| default.to_string()).to_ascii_lowercase();
@@ -326,9 +369,15 @@ impl TryFrom<FilterConfigDto> for FilterConfig {
                 format!("{inflight_ttl_ms} is not in 1000..=600000"),
             ));
         }
+        let prefix_sync = prefix_sync(d.prefix_sync, host)?;
+        let relay = match d.relay {
+            Some(r) => Some(relay(r, host, snapshot.as_ref(), prefix_sync.is_some())?),
+            None => None,
+        };
         Ok(FilterConfig {
             inflight_ttl_ms,
-            prefix_sync: prefix_sync(d.prefix_sync, host)?,
+            relay,
+            prefix_sync,
             host,
             mode: d.mode.unwrap_or(InputMode::Body),
             picker,
@@ -427,6 +476,73 @@ fn snapshot_intake(s: SnapshotDto) -> Result<SnapshotIntake, FilterConfigError> 
         allowed_sources,
         max_bytes,
         pull,
+    })
+}
+
+fn relay(
+    r: RelayDto,
+    host: HostProfile,
+    snapshot: Option<&SnapshotIntake>,
+    prefix_sync: bool,
+) -> Result<Relay, FilterConfigError> {
+    if host == HostProfile::Gcp {
+        return Err(invalid(
+            "relay",
+            "GCP Service Extensions has no shared data or callouts: the relay is Envoy/Istio only",
+        ));
+    }
+    let Some(snapshot) = snapshot else {
+        return Err(invalid(
+            "relay",
+            "needs snapshot intake (the relay path, token and allowed sources are the snapshot's)",
+        ));
+    };
+    if !prefix_sync {
+        return Err(invalid(
+            "relay",
+            "needs prefixSync: relayed records reach every worker through its ring",
+        ));
+    }
+    if r.cluster.is_empty() {
+        return Err(invalid("relay.cluster", "must name an Envoy cluster"));
+    }
+    let path = r.path.unwrap_or_else(|| "/relay".into());
+    if !path.starts_with('/') {
+        return Err(invalid("relay.path", "must start with '/'"));
+    }
+    let interval_ms = r.interval_ms.unwrap_or(50);
+    if !(10..=60_000).contains(&interval_ms) {
+        return Err(invalid(
+            "relay.intervalMs",
+            format!("{interval_ms} is not in 10..=60000"),
+        ));
+    }
+    let token = match r.token {
+        Some(t) if t.len() < MIN_TOKEN_LEN => {
+            return Err(invalid(
+                "relay.token",
+                format!("must be at least {MIN_TOKEN_LEN} bytes"),
+            ))
+        }
+        Some(t) => t,
+        None => snapshot.token.clone(),
+    };
+    let max_bytes = r.max_bytes.unwrap_or(DEFAULT_RELAY_MAX_BYTES);
+    if !(64 * 1024..=64 * 1024 * 1024).contains(&max_bytes) {
+        return Err(invalid(
+            "relay.maxBytes",
+            format!("{max_bytes} is not in 64 KiB..=64 MiB"),
+        ));
+    }
+    let intake_path = format!("{}/relay", snapshot.path.trim_end_matches('/'));
+    Ok(Relay {
+        authority: r.authority.unwrap_or_else(|| r.cluster.clone()),
+        cluster: r.cluster,
+        path,
+        interval_ms,
+        token,
+        intake_path,
+        max_bytes,
     })
 }
 
@@ -529,9 +645,16 @@ impl FilterConfig {
             ),
         };
         format!(
-            "wasm-epp: {mode}; picker profile {}; snapshot intake {}; {} static endpoints; test mode {}",
+            "wasm-epp: {mode}; picker profile {}; snapshot intake {}; relay {}; {} static endpoints; test mode {}",
             self.picker.profile_kind().name(),
             self.snapshot.as_ref().map(|s| s.path.as_str()).unwrap_or("off"),
+            self.relay
+                .as_ref()
+                .map(|r| format!(
+                    "to cluster {} {} every {} ms, from other replicas at {}",
+                    r.cluster, r.path, r.interval_ms, r.intake_path
+                ))
+                .unwrap_or_else(|| "off".into()),
             self.endpoints.len(),
             if self.test_mode {
                 "ON (conformance steering header honoured)"
@@ -574,6 +697,65 @@ mod tests {
                 max_catch_up: 8
             })
         );
+    }
+
+    #[test]
+    fn relay_settings_and_their_requirements() {
+        let t = r#""snapshot":{"token":"0123456789abcdef","path":"/in"}"#;
+        let c = FilterConfig::from_json(format!(r#"{{{t},"relay":{{"cluster":"col"}}}}"#).as_bytes()).unwrap();
+        let r = c.relay.unwrap();
+        assert_eq!(
+            r,
+            Relay {
+                cluster: "col".into(),
+                path: "/relay".into(),
+                authority: "col".into(),
+                interval_ms: 50,
+                token: "0123456789abcdef".into(),
+                intake_path: "/in/relay".into(),
+                max_bytes: DEFAULT_RELAY_MAX_BYTES,
+            }
+        );
+        assert!(
+            FilterConfig::from_json(b"{}").unwrap().relay.is_none(),
+            "off by default"
+        );
+        let err = |j: String| match FilterConfig::from_json(j.as_bytes()) {
+            Err(FilterConfigError::Invalid { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(err(r#"{"relay":{"cluster":"col"}}"#.into()), "relay");
+        assert_eq!(
+            err(format!(
+                r#"{{{t},"prefixSync":{{"enabled":false}},"relay":{{"cluster":"col"}}}}"#
+            )),
+            "relay"
+        );
+        assert_eq!(
+            err(r#"{"hostProfile":"gcp","relay":{"cluster":"col"}}"#.into()),
+            "relay"
+        );
+        assert_eq!(err(format!(r#"{{{t},"relay":{{"cluster":""}}}}"#)), "relay.cluster");
+        assert_eq!(
+            err(format!(r#"{{{t},"relay":{{"cluster":"c","path":"x"}}}}"#)),
+            "relay.path"
+        );
+        assert_eq!(
+            err(format!(r#"{{{t},"relay":{{"cluster":"c","intervalMs":5}}}}"#)),
+            "relay.intervalMs"
+        );
+        assert_eq!(
+            err(format!(r#"{{{t},"relay":{{"cluster":"c","token":"short"}}}}"#)),
+            "relay.token"
+        );
+        assert_eq!(
+            err(format!(r#"{{{t},"relay":{{"cluster":"c","maxBytes":1000}}}}"#)),
+            "relay.maxBytes"
+        );
+        assert!(matches!(
+            FilterConfig::from_json(format!(r#"{{{t},"relay":{{"cluster":"c","colour":1}}}}"#).as_bytes()),
+            Err(FilterConfigError::Json(_))
+        ));
     }
 
     #[test]

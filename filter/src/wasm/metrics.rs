@@ -21,6 +21,11 @@ pub(super) struct Metrics {
     pub(super) decision_us: u32,
     pub(super) pushes_accepted: u32,
     pub(super) pushes_rejected: u32,
+    pub(super) relay_sent: u32,
+    pub(super) relay_failed: u32,
+    pub(super) relay_applied: u32,
+    pub(super) relay_dropped: u32,
+    pub(super) relay_rejected: u32,
 }
 
 /// Per-model counters are defined lazily, up to this many models (bounded memory and stats).
@@ -51,11 +56,23 @@ impl Metrics {
             decision_us: abi::define_metric(MetricKind::Histogram, "wasm_epp_decision_duration_us").ok()?,
             pushes_accepted: c("wasm_epp_snapshot_accepted_total")?,
             pushes_rejected: c("wasm_epp_snapshot_rejected_total")?,
+            relay_sent: c("wasm_epp_relay_sent_total")?,
+            relay_failed: c("wasm_epp_relay_send_failed_total")?,
+            relay_applied: c("wasm_epp_relay_batches_applied_total")?,
+            relay_dropped: c("wasm_epp_relay_batches_dropped_total")?,
+            relay_rejected: c("wasm_epp_relay_rejected_total")?,
         })
     }
 
     pub(super) fn inc(id: u32) {
         let _ = abi::increment_metric(id, 1);
+    }
+
+    /// Adds `n` (nothing for 0: Envoy refuses deltas <= 0).
+    pub(super) fn add(id: u32, n: u32) {
+        if n > 0 {
+            let _ = abi::increment_metric(id, i64::from(n));
+        }
     }
 
     pub(super) fn set(id: u32, v: u64) {

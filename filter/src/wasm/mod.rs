@@ -5,11 +5,13 @@
 //! * [`stream`]: the HTTP context, a per-stream state machine whose states carry the right to
 //!   write the request header map.
 //! * [`metrics`]: Envoy custom metrics.
+//! * [`relay`]: sending to and taking from the other gateway replicas (docs/replicas.md).
 //! * here: the root context (configure, ticks, snapshot pulls) and the [`Worker`] state shared
 //!   by the root and every stream of one VM (config, picker state, pool, in-flight counts).
 
 mod abi;
 mod metrics;
+mod relay;
 mod ring;
 mod stream;
 
@@ -35,6 +37,7 @@ use crate::config::{FilterConfig, HostProfile};
 use crate::headers::push_addr;
 use crate::inflight::{self, Local, KEY_INFLIGHT};
 use crate::intake::{validate_push, IntakeError, KEY_SNAPSHOT, KEY_SNAPSHOT_SEQ};
+use crate::relay::Appended;
 use abi::HostError;
 use metrics::Metrics;
 use ring::{ring_keys, HostRing};
@@ -56,6 +59,18 @@ fn now_ms() -> u64 {
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// An id that must differ between VMs and between proxies: the host's randomness (WASI
+/// `random_get` behind `RandomState`) mixed with the clock in ns, so a host whose randomness
+/// repeats between processes (host-sim's is seeded) still gives each proxy started at another
+/// instant its own ids.
+fn unique_id(tag: u64) -> u64 {
+    let t = proxy_wasm::hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64);
+    RandomState::new().hash_one((tag, t))
 }
 
 /// Per-VM (per-worker) state shared by the root and every HTTP context of that VM.
@@ -81,23 +96,27 @@ struct Worker {
     owner: u64,
     /// This VM's own in-flight requests: the truth it publishes as its section.
     local: Local,
+    /// This VM's origin id in the prefix-sync ring.
+    sync_origin: u64,
+    /// With the relay on: the ring records this VM appended since its last relay batch.
+    appended: Option<Appended>,
 }
 
 impl Worker {
     fn new(config: FilterConfig) -> Worker {
         // Per-VM seeds from the host's randomness (WASI random_get backs RandomState).
         let seed = RandomState::new().hash_one(0x5eed_u64);
-        let owner = RandomState::new().hash_one(0x0411_u64);
+        let owner = unique_id(0x0411);
         let pool = static_pool(&config);
         let metrics = if config.metrics { Metrics::define() } else { None };
+        // The origin id only has to differ between the VMs sharing the ring (relayed records
+        // carry their sending VM's owner id as origin: random too).
+        let sync_origin = unique_id(0x5eed_0419);
         let (sync, ring_keys) = match config.prefix_sync {
-            Some(p) => {
-                // The origin id only has to differ between the VMs sharing the ring.
-                let origin = RandomState::new().hash_one(0x5eed_0419_u64);
-                (Some(PrefixSync::new(origin, p)), ring_keys(p.ring))
-            }
+            Some(p) => (Some(PrefixSync::new(sync_origin, p)), ring_keys(p.ring)),
             None => (None, Vec::new()),
         };
+        let appended = config.relay.as_ref().map(|_| Appended::default());
         Worker {
             router: Router::new(config.picker.clone(), config.policy.clone(), sync),
             ring_keys,
@@ -111,6 +130,8 @@ impl Worker {
             inflight: Vec::new(),
             owner,
             local: Local::default(),
+            sync_origin,
+            appended,
         }
     }
 
@@ -171,7 +192,10 @@ impl Worker {
             target,
             &self.pool,
             &self.inflight,
-            &mut HostRing { keys: &self.ring_keys },
+            &mut HostRing {
+                keys: &self.ring_keys,
+                appended: self.appended.as_mut(),
+            },
             now,
             &mut self.rng,
         );
@@ -344,18 +368,38 @@ struct Timers {
     next_heartbeat_ms: u64,
 }
 
+/// The timer period: the shortest of the in-flight heartbeat, the pull and the relay intervals.
+fn tick_period_ms(config: &FilterConfig) -> u64 {
+    let heartbeat = config.inflight_ttl_ms / 4;
+    let pull = config
+        .snapshot
+        .as_ref()
+        .and_then(|s| s.pull.as_ref())
+        .map(|p| p.interval_ms);
+    let relay = config.relay.as_ref().map(|r| r.interval_ms);
+    [Some(heartbeat), pull, relay]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(heartbeat)
+}
+
 #[derive(Default)]
 struct Root {
     worker: Option<Rc<RefCell<Worker>>>,
     /// A pull call is in flight; never more than one per VM.
     pulling: bool,
     timers: Timers,
+    relay: relay::Sender,
 }
 
 impl Context for Root {
-    fn on_http_call_response(&mut self, _token: u32, num_headers: usize, _body_size: usize, _trailers: usize) {
-        self.pulling = false;
+    fn on_http_call_response(&mut self, token: u32, num_headers: usize, _body_size: usize, _trailers: usize) {
         let Some(worker) = self.worker.clone() else { return };
+        if self.relay.response(&worker.borrow(), token, num_headers) {
+            return;
+        }
+        self.pulling = false;
         if num_headers == 0 {
             warn!("wasm-epp: snapshot pull failed (no response)");
             return;
@@ -392,11 +436,16 @@ impl RootContext for Root {
                         }
                     }
                     if config.prefix_sync.is_some() {
-                        PrefixSync::init_store(&mut HostRing { keys: &[] });
+                        PrefixSync::init_store(&mut HostRing {
+                            keys: &[],
+                            appended: None,
+                        });
                     }
-                    // The in-flight heartbeat (a quarter of the time-to-live) and the snapshot
-                    // pull share the one timer a root context has.
-                    let heartbeat = config.inflight_ttl_ms / 4;
+                    if config.relay.is_some() {
+                        relay::init_shared(unique_id(0x4e91));
+                    }
+                    // The in-flight heartbeat (a quarter of the time-to-live), the snapshot pull
+                    // and the relay share the one timer a root context has.
                     let pull = config.snapshot.as_ref().and_then(|s| s.pull.as_ref());
                     if let Some(p) = pull {
                         info!(
@@ -404,10 +453,12 @@ impl RootContext for Root {
                             p.cluster, p.path, p.interval_ms
                         );
                     }
-                    let period = pull.map_or(heartbeat, |p| p.interval_ms.min(heartbeat));
+                    let period = tick_period_ms(&config);
                     match abi::set_tick_period_ms(period as u32) {
                         Ok(()) => self.timers.period_ms = period,
-                        Err(e) => warn!("wasm-epp: no timer ({e:?}): no snapshot pulls or in-flight heartbeats"),
+                        Err(e) => warn!(
+                            "wasm-epp: no timer ({e:?}): no snapshot pulls, relay batches or in-flight heartbeats"
+                        ),
                     }
                 }
                 self.worker = Some(Rc::new(RefCell::new(Worker::new(config))));
@@ -424,6 +475,7 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         let Some(worker) = self.worker.clone() else { return };
         let now = now_ms();
+        self.relay.tick(&mut worker.borrow_mut(), now);
         let w = worker.borrow();
         if now >= self.timers.next_heartbeat_ms {
             self.timers.next_heartbeat_ms = now + w.config.inflight_ttl_ms / 4;

@@ -8,6 +8,7 @@
 use picker_core::sync::{Slot, SlotStore, StoreError};
 
 use super::abi::{self, HostError};
+use crate::relay::Appended;
 
 /// The ring head: le64 next sequence.
 pub const KEY_RING_HEAD: &str = "wasm-epp/px/head";
@@ -21,6 +22,9 @@ pub fn ring_keys(n: u32) -> Vec<String> {
 /// [`SlotStore`] over the host's shared data.
 pub struct HostRing<'a> {
     pub keys: &'a [String],
+    /// With the relay on: notes the sequence of every record this VM writes (its own
+    /// insertions, appended by picker-core's `PrefixSync` after a pick), for its next batch.
+    pub appended: Option<&'a mut Appended>,
 }
 
 impl HostRing<'_> {
@@ -49,7 +53,12 @@ impl SlotStore for HostRing<'_> {
             return Err(StoreError::Failed);
         };
         match abi::set_shared_data(k, value, cas.unwrap_or(0)) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if let (Slot::Record(_), Some(a)) = (slot, self.appended.as_deref_mut()) {
+                    a.note(value);
+                }
+                Ok(())
+            }
             Err(HostError::CasMismatch) => Err(StoreError::CasMismatch),
             Err(_) => Err(StoreError::Failed),
         }

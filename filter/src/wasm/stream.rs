@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!                 request headers callback (RequestMap made here, and only here)
-//!   Start ─┬─ snapshot push ────────────────▶ Intake(map) ──body/trailers──▶ Answered
+//!   Start ─┬─ snapshot or relay push ───────▶ Intake(kind, map) ──body/trailers──▶ Answered
 //!          ├─ inference POST, body mode ────▶ Buffering(api, map) ─┬─ pick ─▶ Forwarded
 //!          │                                                       └─ error ▶ Answered
 //!          ├─ inference POST, headers-only ─ pick at headers ─────┬────────▶ Forwarded
@@ -34,7 +34,7 @@ use proxy_wasm::types::Action;
 
 use super::abi::{self, Buffer, HostError, Map};
 use super::metrics::Metrics;
-use super::{store_snapshot, Worker};
+use super::{relay, store_snapshot, Worker};
 use crate::config::{FailureMode, InputMode};
 use crate::headers::{has_header, header_value, FieldValue, HeaderMap};
 use crate::inflight::KEY_INFLIGHT;
@@ -101,12 +101,21 @@ impl RequestMap {
     }
 }
 
+/// What a push to the module carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Intake {
+    /// A load snapshot (`snapshot.path`).
+    Snapshot,
+    /// Other gateway replicas' relay batches (`<snapshot.path>/relay`).
+    Relay,
+}
+
 /// Where a stream stands on the request path (see the module docs).
 enum Phase {
     /// Request headers not seen yet.
     Start,
-    /// A snapshot push: headers held while its body is buffered.
-    Intake(RequestMap),
+    /// A snapshot or relay push: headers held while its body is buffered.
+    Intake(Intake, RequestMap),
     /// An inference request in body mode: headers held while its body is buffered.
     Buffering(Api, RequestMap),
     /// The request went on (picked, or passed through): nothing more to write on it.
@@ -257,16 +266,24 @@ impl Stream {
         Action::Continue
     }
 
-    /// The request headers of a snapshot push: answer an unauthorized push at once, otherwise
-    /// hold the headers for the body.
-    fn intake_headers(&mut self, map: RequestMap, headers: &HeaderMap, method: &str, end_of_stream: bool) -> Action {
+    /// The request headers of a snapshot or relay push: answer an unauthorized push at once,
+    /// otherwise hold the headers for the body.
+    fn intake_headers(
+        &mut self,
+        kind: Intake,
+        map: RequestMap,
+        headers: &HeaderMap,
+        method: &str,
+        end_of_stream: bool,
+    ) -> Action {
         let (token, allowed) = {
             let w = self.worker.borrow();
             let s = w.config.snapshot.as_ref();
-            (
-                s.map(|s| s.token.clone()).unwrap_or_default(),
-                s.map(|s| s.allowed_sources.clone()).unwrap_or_default(),
-            )
+            let token = match (kind, w.config.relay.as_ref()) {
+                (Intake::Relay, Some(r)) => r.token.clone(),
+                _ => s.map(|s| s.token.clone()).unwrap_or_default(),
+            };
+            (token, s.map(|s| s.allowed_sources.clone()).unwrap_or_default())
         };
         let source = abi::property(&["source", "address"])
             .ok()
@@ -279,17 +296,48 @@ impl Stream {
         } else if !bearer_matches(header_value(headers, "authorization").as_deref(), &token) {
             Some(IntakeError::Unauthorized)
         } else if end_of_stream {
-            Some(IntakeError::Invalid(picker_core::snapshot::DecodeError::Truncated {
-                offset: 0,
-            }))
+            Some(match kind {
+                Intake::Snapshot => IntakeError::Invalid(picker_core::snapshot::DecodeError::Truncated { offset: 0 }),
+                Intake::Relay => IntakeError::InvalidRelay(crate::relay::BatchError::Empty),
+            })
         } else {
             None
         };
         match err {
             Some(e) => self.reply(e.status(), &e.message(), &[]),
             None => {
-                self.phase = Phase::Intake(map);
+                self.phase = Phase::Intake(kind, map);
                 Action::Pause
+            }
+        }
+    }
+
+    /// The whole body of a relay push is in: take it (`wasm::relay`), answer 204 with what was
+    /// applied, or the refusal.
+    fn relay_body(&mut self) -> Action {
+        let body = match abi::buffer(Buffer::RequestBody) {
+            Ok(b) => b,
+            Err(e) => return self.reply(503, &format!("relay body unreadable: {e:?}"), &[]),
+        };
+        let taken = relay::take(&self.worker.borrow(), &body);
+        match taken {
+            Ok(t) => {
+                debug!("wasm-epp: relay push taken: {}", t.header_value());
+                self.count(|m| {
+                    Metrics::add(m.relay_applied, t.applied);
+                    Metrics::add(m.relay_dropped, t.stale + t.echo);
+                });
+                self.phase = Phase::Answered;
+                let value = t.header_value();
+                if let Err(e) = abi::send_local_response(204, &[("x-wasm-epp-relay", value.as_str())], &[]) {
+                    warn!("wasm-epp: local reply 204 failed: {e:?}");
+                }
+                Action::Pause
+            }
+            Err(e) => {
+                warn!("wasm-epp: relay push refused ({}): {}", e.status(), e.message());
+                self.count(|m| Metrics::inc(m.relay_rejected));
+                self.reply(e.status(), &e.message(), &[])
             }
         }
     }
@@ -499,11 +547,12 @@ impl HttpContext for Stream {
         }
         let path = header_value(&headers, ":path").unwrap_or_default();
         let method = header_value(&headers, ":method").unwrap_or_default();
-        let (intake_path, mode, api, max_body, test_mode) = {
+        let (intake_path, relay_path, mode, api, max_body, test_mode) = {
             let w = self.worker.borrow();
             let c = &w.config;
             (
                 c.snapshot.as_ref().map(|s| s.path.clone()),
+                c.relay.as_ref().map(|r| r.intake_path.clone()),
                 c.mode,
                 c.api_for(&path),
                 c.max_body_bytes,
@@ -512,7 +561,10 @@ impl HttpContext for Stream {
         };
         let bare = path.split('?').next().unwrap_or("");
         if intake_path.as_deref() == Some(bare) {
-            return self.intake_headers(map, &headers, &method, end_of_stream);
+            return self.intake_headers(Intake::Snapshot, map, &headers, &method, end_of_stream);
+        }
+        if relay_path.as_deref() == Some(bare) {
+            return self.intake_headers(Intake::Relay, map, &headers, &method, end_of_stream);
         }
         let Some(api) = api.filter(|_| method == "POST") else {
             self.phase = Phase::Forwarded;
@@ -571,7 +623,8 @@ impl HttpContext for Stream {
         let max = {
             let w = self.worker.borrow();
             match self.phase {
-                Phase::Intake(_) => w.config.snapshot.as_ref().map_or(0, |s| s.max_bytes),
+                Phase::Intake(Intake::Snapshot, _) => w.config.snapshot.as_ref().map_or(0, |s| s.max_bytes),
+                Phase::Intake(Intake::Relay, _) => w.config.relay.as_ref().map_or(0, |r| r.max_bytes),
                 Phase::Buffering(..) => w.config.max_body_bytes,
                 Phase::Start | Phase::Forwarded => return Action::Continue,
                 Phase::Answered => return Action::Pause,
@@ -590,7 +643,7 @@ impl HttpContext for Stream {
     /// never saw `end_of_stream`, so the held request is decided here.
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         match self.phase {
-            Phase::Intake(_) | Phase::Buffering(..) => self.body_complete(),
+            Phase::Intake(..) | Phase::Buffering(..) => self.body_complete(),
             Phase::Answered => Action::Pause,
             Phase::Start | Phase::Forwarded => Action::Continue,
         }
@@ -627,7 +680,8 @@ impl Stream {
     /// The held request's body is complete (end of stream, or trailers).
     fn body_complete(&mut self) -> Action {
         match std::mem::replace(&mut self.phase, Phase::Answered) {
-            Phase::Intake(_map) => self.intake_body(),
+            Phase::Intake(Intake::Snapshot, _map) => self.intake_body(),
+            Phase::Intake(Intake::Relay, _map) => self.relay_body(),
             Phase::Buffering(api, map) => self.inference_body(api, map),
             other => {
                 self.phase = other;
