@@ -114,15 +114,57 @@ pub struct Cli {
     /// Central mode: push to every ready pod matching this label selector (Kubernetes).
     #[arg(long, value_name = "SELECTOR", requires = "push_port")]
     pub push_gateways: Option<String>,
-    /// Port of the gateway pods' snapshot listener (with --push-gateways).
-    #[arg(long, value_name = "PORT", requires = "push_gateways")]
+    /// Port of the gateway pods' snapshot listener (with --push-gateways or --relay-peers).
+    #[arg(long, value_name = "PORT")]
     pub push_port: Option<u16>,
     /// Path pushed to on --push-gateways pods.
     #[arg(long, default_value = crate::push::DEFAULT_PATH)]
     pub push_path: String,
-    /// Own HTTP listener: /snapshot, /snapshot?format=json, /metrics, /healthz, /readyz.
+    /// Push to the --push-gateways and --relay-peers pods over HTTPS (checked with --push-ca).
+    #[arg(long)]
+    pub push_tls: bool,
+    /// CA bundle (PEM) that https:// gateways' certificates must chain to.
+    #[arg(long, value_name = "PATH")]
+    pub push_ca: Option<PathBuf>,
+    /// TLS server name checked on every https:// gateway (default: each URL's host, or the pod
+    /// IP for --push-gateways / --relay-peers pods).
+    #[arg(long, value_name = "NAME")]
+    pub push_server_name: Option<String>,
+    /// Own HTTP listener: /snapshot, /snapshot?format=json, /metrics, /healthz, /readyz, and
+    /// POST /relay with --relay.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// Own HTTPS listener serving the same as --listen (needs --tls-cert and --tls-key).
+    #[arg(long, value_name = "ADDR", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_listen: Option<SocketAddr>,
+    /// Certificate chain (PEM) of --tls-listen.
+    #[arg(long, value_name = "PATH", requires = "tls_listen")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-listen.
+    #[arg(long, value_name = "PATH", requires = "tls_listen")]
+    pub tls_key: Option<PathBuf>,
+    /// Relay between gateway replicas: take batches at POST /relay and push them to every
+    /// gateway this collector pushes to and to every --relay-peer / --relay-peers gateway.
+    #[arg(long)]
+    pub relay: bool,
+    /// Bearer token file of both relay legs (else the snapshot token).
+    #[arg(long, value_name = "PATH", requires = "relay")]
+    pub relay_token_file: Option<PathBuf>,
+    /// Sources allowed to POST /relay: addresses or CIDR ranges, comma-separated.
+    #[arg(long, value_name = "LIST", default_value = "127.0.0.1,::1", requires = "relay")]
+    pub relay_allow: String,
+    /// A gateway that gets relay batches but no snapshots (repeatable), given by its snapshot
+    /// URL; batches go to `<path>/relay`. Sidecar mode: the other gateway pods.
+    #[arg(long = "relay-peer", value_name = "URL", requires = "relay")]
+    pub relay_peer: Vec<String>,
+    /// Kubernetes: every ready pod matching this label selector gets relay batches (no
+    /// snapshots), at --push-port and --push-path. Sidecar mode: the gateway pods.
+    #[arg(long, value_name = "SELECTOR", requires_all = ["relay", "push_port"])]
+    pub relay_peers: Option<String>,
+    /// Largest batch taken at /relay and largest body pushed to a gateway's relay path (the
+    /// module's relay.maxBytes).
+    #[arg(long, default_value = "1MiB", value_parser = parse_size, requires = "relay")]
+    pub relay_max_bytes: usize,
     /// Scrape once, print the snapshot to stdout and exit (non-zero if no pod answered).
     #[arg(long)]
     pub once: bool,
@@ -156,6 +198,33 @@ pub struct Config {
     pub namespace: Option<String>,
     pub listen: Option<SocketAddr>,
     pub once: Option<OutputFormat>,
+    /// https:// pushes: the CA bundle (PEM) and the server name override.
+    pub push_tls: Option<PushTls>,
+    /// --push-gateways / --relay-peers pods over HTTPS.
+    pub push_pods_tls: bool,
+    /// Port and path of the gateway pods' snapshot listener (--push-gateways, --relay-peers).
+    pub push_port: Option<u16>,
+    pub push_path: String,
+    /// --tls-listen with its certificate chain and key files.
+    pub tls_listen: Option<(SocketAddr, PathBuf, PathBuf)>,
+    pub relay: Option<RelayConfig>,
+}
+
+/// TLS client settings of https:// pushes.
+#[derive(Clone, Debug)]
+pub struct PushTls {
+    pub ca_pem: Vec<u8>,
+    pub server_name: Option<String>,
+}
+
+/// `--relay` settings.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    pub token: String,
+    pub allowed: Vec<filter::intake::SourceNet>,
+    pub peers: Vec<String>,
+    pub peer_selector: Option<String>,
+    pub max_bytes: usize,
 }
 
 /// Env var holding the bearer token when --token-file is not given.
@@ -214,6 +283,68 @@ impl Config {
         if pushes && token.is_none() && !cli.once {
             return Err(format!("pushing needs a token: --token-file PATH or env {TOKEN_ENV}"));
         }
+        if cli.push_port.is_some() && cli.push_gateways.is_none() && cli.relay_peers.is_none() {
+            return Err("--push-port goes with --push-gateways or --relay-peers".into());
+        }
+        for u in &cli.relay_peer {
+            crate::push::parse_url(u).map_err(|e| format!("--relay-peer {u:?}: {e}"))?;
+        }
+        let https = cli
+            .push
+            .iter()
+            .chain(&cli.relay_peer)
+            .any(|u| u.starts_with("https://"))
+            || cli.push_tls;
+        let push_tls = match (&cli.push_ca, https) {
+            (Some(p), _) => Some(PushTls {
+                ca_pem: std::fs::read(p).map_err(|e| format!("--push-ca {}: {e}", p.display()))?,
+                server_name: cli.push_server_name.clone(),
+            }),
+            (None, true) => {
+                return Err("https:// gateways need --push-ca (the CA bundle their certificates chain to)".into())
+            }
+            (None, false) => None,
+        };
+        let relay = if cli.relay {
+            let relay_token = match &cli.relay_token_file {
+                Some(p) => Some(
+                    std::fs::read_to_string(p)
+                        .map_err(|e| format!("--relay-token-file {}: {e}", p.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+                None => token.clone(),
+            };
+            let token = relay_token
+                .filter(|t| t.len() >= 16)
+                .ok_or("--relay needs a token of at least 16 bytes: --relay-token-file, or the snapshot token")?;
+            let allowed = cli
+                .relay_allow
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    s.parse::<filter::intake::SourceNet>()
+                        .map_err(|e| format!("--relay-allow: {e}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if cli.listen.is_none() && cli.tls_listen.is_none() {
+                return Err("--relay takes batches on --listen or --tls-listen: give one".into());
+            }
+            Some(RelayConfig {
+                token,
+                allowed,
+                peers: cli.relay_peer.clone(),
+                peer_selector: cli.relay_peers.clone(),
+                max_bytes: cli.relay_max_bytes,
+            })
+        } else {
+            None
+        };
+        let tls_listen = match (cli.tls_listen, cli.tls_cert, cli.tls_key) {
+            (Some(a), Some(c), Some(k)) => Some((a, c, k)),
+            _ => None,
+        };
         if cli.timeout.is_zero() || cli.interval.is_zero() {
             return Err("--interval and --timeout must be > 0".into());
         }
@@ -230,10 +361,16 @@ impl Config {
             push_gateways: cli
                 .push_gateways
                 .zip(cli.push_port)
-                .map(|(sel, port)| (sel, port, cli.push_path)),
+                .map(|(sel, port)| (sel, port, cli.push_path.clone())),
+            push_port: cli.push_port,
+            push_path: cli.push_path,
             namespace: cli.namespace,
             listen: cli.listen,
             once: cli.once.then_some(cli.format),
+            push_tls,
+            push_pods_tls: cli.push_tls,
+            tls_listen,
+            relay,
         })
     }
 }
@@ -280,7 +417,55 @@ mod tests {
             .contains("token"));
         assert!(cli(&["--static", "127.0.0.1:1", "--engine", "llamacpp"]).is_err());
         assert!(cli(&["--static", "127.0.0.1:1", "--push-gateways", "app=gw"]).is_err());
+        assert!(cli(&["--static", "127.0.0.1:1", "--push-port", "80"]).is_err());
         let d = cli(&["--dns", "pods.local:8000", "--dns-refresh", "1s"]).unwrap();
         assert!(matches!(d.discovery, Discovery::Dns { ref host, port: 8000, .. } if host == "pods.local"));
+    }
+}
+
+#[cfg(test)]
+mod relay_flag_tests {
+    use super::*;
+
+    fn cli(args: &[&str], token: Option<&str>) -> Result<Config, String> {
+        let cli =
+            Cli::try_parse_from(std::iter::once("collector").chain(args.iter().copied())).map_err(|e| e.to_string())?;
+        Config::from_cli(cli, token.map(String::from))
+    }
+
+    #[test]
+    fn relay_flags_validate() {
+        let t = Some("a-token-of-16-bytes-or-more");
+        let base = ["--static", "127.0.0.1:1", "--listen", "127.0.0.1:0"];
+        fn with<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+            base.iter().chain(extra).copied().collect()
+        }
+        let with = |extra: &[&'static str]| with(&base, extra);
+        let c = cli(&with(&["--relay", "--relay-peer", "http://10.0.0.2:8080"]), t).unwrap();
+        let r = c.relay.unwrap();
+        assert_eq!(r.token, "a-token-of-16-bytes-or-more");
+        assert_eq!(r.peers, vec!["http://10.0.0.2:8080".to_string()]);
+        assert_eq!(r.max_bytes, 1 << 20);
+        assert!(r.allowed.iter().any(|n| n.contains("127.0.0.1".parse().unwrap())));
+        assert!(cli(&base, t).unwrap().relay.is_none(), "off unless asked");
+        // No token, a short one, a relay flag without --relay, no listener, a bad range.
+        assert!(cli(&with(&["--relay"]), None).unwrap_err().contains("token"));
+        assert!(cli(&with(&["--relay"]), Some("short")).unwrap_err().contains("token"));
+        assert!(cli(&with(&["--relay-peer", "http://x:1"]), t).is_err());
+        assert!(cli(&["--static", "127.0.0.1:1", "--relay"], t)
+            .unwrap_err()
+            .contains("listen"));
+        assert!(cli(&with(&["--relay", "--relay-allow", "10.0.0.1/8"]), t).is_err());
+        assert!(
+            cli(&with(&["--relay", "--relay-peers", "app=gw"]), t).is_err(),
+            "needs --push-port"
+        );
+        assert!(cli(&with(&["--relay", "--relay-peers", "app=gw", "--push-port", "8080"]), t).is_ok());
+        // https:// needs a CA bundle; a listener over TLS needs its certificate and key.
+        assert!(cli(&with(&["--push", "https://gw:8443/x"]), t)
+            .unwrap_err()
+            .contains("--push-ca"));
+        assert!(cli(&with(&["--push-tls"]), t).unwrap_err().contains("--push-ca"));
+        assert!(cli(&with(&["--tls-listen", "127.0.0.1:0"]), t).is_err());
     }
 }

@@ -1,5 +1,6 @@
 //! Two minimal HTTP/1.1 clients, each over one kept-alive connection with a hard cap on the
-//! bytes read; no pool, no DNS, no TLS (pods and the gateway sidecar are plain HTTP).
+//! bytes read; no pool, no DNS. Scrapes are plain HTTP (pods); pushes may use TLS (https://
+//! gateways, [`Conn::with_tls`]).
 //!
 //! * [`ScrapeConn`], the hot path: `GET <metrics path>` to one pod, written and read in the
 //!   calling task, the answer read into a buffer the connection keeps: one `send` and usually
@@ -49,6 +50,8 @@ pub enum HttpError {
     Protocol(&'static str),
     #[error("bad request path {0:?} (visible ASCII only)")]
     Path(String),
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
 }
 
 // === impl ScrapeConn ===
@@ -814,8 +817,14 @@ pub mod fuzz_logic {
 /// One hyper connection to one `ip:port`, re-established on error (pushes).
 pub struct Conn {
     addr: SocketAddr,
+    /// TLS (https:// gateways): the connector and the server name to check.
+    tls: Option<(tokio_rustls::TlsConnector, rustls_pki_types::ServerName<'static>)>,
     sender: Option<SendRequest<Full<Bytes>>>,
 }
+
+/// A connection's byte stream: plain TCP or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 pub struct Response {
     pub status: StatusCode,
@@ -824,7 +833,23 @@ pub struct Response {
 
 impl Conn {
     pub fn new(addr: SocketAddr) -> Self {
-        Conn { addr, sender: None }
+        Conn {
+            addr,
+            tls: None,
+            sender: None,
+        }
+    }
+
+    /// A connection that speaks TLS to `addr`, checking the certificate for `tls.1`.
+    pub fn with_tls(
+        addr: SocketAddr,
+        tls: Option<(tokio_rustls::TlsConnector, rustls_pki_types::ServerName<'static>)>,
+    ) -> Self {
+        Conn {
+            addr,
+            tls,
+            sender: None,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -838,7 +863,13 @@ impl Conn {
         if self.sender.is_none() {
             let stream = TcpStream::connect(self.addr).await.map_err(HttpError::Connect)?;
             let _ = stream.set_nodelay(true);
-            let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+            let io: Box<dyn Io> = match &self.tls {
+                None => Box::new(stream),
+                Some((connector, name)) => {
+                    Box::new(connector.connect(name.clone(), stream).await.map_err(HttpError::Tls)?)
+                }
+            };
+            let (sender, conn) = http1::handshake(TokioIo::new(io)).await?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });

@@ -12,6 +12,7 @@
 //!      --timeout each, ≤ --max-scrape-bytes) ─▶ parse (prom) ─▶ map (engine) ─▶ pod table
 //!  snapshot ─▶ watch channel (latest wins) ─▶ one push task per gateway ─▶ POST
 //!                                         └─▶ --listen: /snapshot, /metrics, /healthz, /readyz
+//!  --relay: POST /relay (module worker VMs) ─▶ buffer ─▶ one relay task per gateway ─▶ POST …/relay
 //! ```
 //!
 //! ## Flags
@@ -33,7 +34,14 @@
 //! | `--push URL` (repeatable) | gateway snapshot URL, `http://host:port/path` (path defaults to `/.well-known/wasm-epp/snapshot`) | — |
 //! | `--token-file PATH` | bearer token file; else env `WASM_EPP_SNAPSHOT_TOKEN`; required when pushing | |
 //! | `--push-gateways SEL --push-port P` | central mode (Kubernetes): push to every ready pod matching the label selector `k=v,k2=v2`, at `http://podIP:P` + `--push-path` | |
+//! | `--push-tls`, `--push-ca PATH`, `--push-server-name N` | `https://` gateways (and `--push-gateways` / `--relay-peers` pods over HTTPS): certificates must chain to the CA bundle; the name checked is the URL's host (the pod IP) unless given | |
 //! | `--listen ADDR` | own HTTP listener | off |
+//! | `--tls-listen ADDR --tls-cert PATH --tls-key PATH` | own HTTPS listener, same endpoints | off |
+//! | `--relay` | take relay batches at `POST /relay` and push them to every gateway ([`relay`]) | off |
+//! | `--relay-token-file PATH` | bearer token of both relay legs | the snapshot token |
+//! | `--relay-allow LIST` | sources allowed to post batches (addresses or CIDRs, comma-separated) | `127.0.0.1,::1` |
+//! | `--relay-peer URL` (repeatable), `--relay-peers SEL` | gateways that get relay batches but no snapshots (sidecar mode: the other gateway pods; `SEL` pods at `--push-port` + `--push-path`) | — |
+//! | `--relay-max-bytes S` | largest batch taken and largest body pushed to a gateway's relay path | `1MiB` |
 //! | `--once --format json\|binary` | scrape once, print the snapshot, exit 1 if no pod answered | `json` |
 //!
 //! Durations: `1500us`, `50ms`, `1s`, `2m` (a bare number is ms). Bad flags exit with status 2
@@ -92,7 +100,8 @@
 //! `collector_scrape_errors_total{pod,reason}`, `collector_pods_ready`, `collector_pods`,
 //! `collector_rounds_total`, `collector_round_duration_seconds` (histogram),
 //! `collector_push_duration_seconds` (histogram), `collector_scrape_to_push_seconds`
-//! (histogram), `collector_pushes_total{url,status}`.
+//! (histogram), `collector_pushes_total{url,status}` (relay pushes under their `…/relay` URL),
+//! `collector_relay_batches_total{status}` (`POST /relay` answers).
 //!
 //! ## Contracts
 //!
@@ -114,8 +123,10 @@ pub mod k8s;
 pub mod metrics;
 pub mod prom;
 pub mod push;
+pub mod relay;
 pub mod server;
 pub mod targets;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -128,6 +139,7 @@ use crate::collector::{unix_ms, Collector, ScrapeConfig, Sequence, Target};
 use crate::config::{Config, Discovery, OutputFormat};
 use crate::metrics::Metrics;
 use crate::push::{Published, PushContext, PushUrl};
+use crate::relay::RelayHub;
 
 /// Everything a running collector shares.
 pub struct Handles {
@@ -142,6 +154,20 @@ pub struct RunOptions {
     pub on_pushed: Option<mpsc::UnboundedSender<(Duration, Duration)>>,
     pub on_round: Option<mpsc::UnboundedSender<collector::RoundReport>>,
     pub sequence: Option<Arc<Sequence>>,
+    /// Told the bound addresses of `--listen` and `--tls-listen` once both are bound (port 0
+    /// picks a free port).
+    pub on_listen: Option<tokio::sync::oneshot::Sender<Listening>>,
+    /// A listener already bound for `--listen` (its address must be known before the
+    /// collector starts, e.g. by the gateway cluster that posts to `/relay`); used instead of
+    /// binding `--listen`'s address.
+    pub listener: Option<std::net::TcpListener>,
+}
+
+/// Where the collector's own listeners are bound.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Listening {
+    pub http: Option<std::net::SocketAddr>,
+    pub https: Option<std::net::SocketAddr>,
 }
 
 /// Starts discovery; returns the targets channel and the task(s) feeding it.
@@ -243,37 +269,90 @@ pub async fn run(
     let (mut targets_rx, mut tasks) = start_discovery(&cfg).await?;
     let (latest_tx, latest_rx) = watch::channel::<Option<Arc<Published>>>(None);
 
+    let hub = cfg
+        .relay
+        .as_ref()
+        .map(|r| Arc::new(RelayHub::new(r.token.clone(), r.allowed.clone(), r.max_bytes)));
+    let state = server::ServerState {
+        latest: latest_rx.clone(),
+        metrics: metrics.clone(),
+        relay: hub.clone(),
+    };
+    let mut listening = Listening::default();
     if let Some(addr) = cfg.listen {
-        let listener = server::bind(addr).await.map_err(|e| format!("--listen {addr}: {e}"))?;
-        tracing::info!(%addr, "listening");
-        let state = server::ServerState {
-            latest: latest_rx.clone(),
-            metrics: metrics.clone(),
+        let listener = match opts.listener {
+            Some(l) => l
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpListener::from_std(l))
+                .map_err(|e| format!("--listen {addr}: {e}"))?,
+            None => server::bind(addr).await.map_err(|e| format!("--listen {addr}: {e}"))?,
         };
-        tasks.push(tokio::spawn(server::serve(listener, state)));
+        let bound = listener.local_addr().map_err(|e| format!("--listen {addr}: {e}"))?;
+        tracing::info!(addr = %bound, relay = hub.is_some(), "listening");
+        listening.http = Some(bound);
+        tasks.push(tokio::spawn(server::serve(listener, state.clone())));
+    }
+    if let Some((addr, cert, key)) = &cfg.tls_listen {
+        let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let acceptor = tls::acceptor(&read(cert)?, &read(key)?).map_err(|e| format!("--tls-listen: {e}"))?;
+        let listener = server::bind(*addr)
+            .await
+            .map_err(|e| format!("--tls-listen {addr}: {e}"))?;
+        let bound = listener.local_addr().map_err(|e| format!("--tls-listen {addr}: {e}"))?;
+        tracing::info!(addr = %bound, relay = hub.is_some(), "listening (TLS)");
+        listening.https = Some(bound);
+        tasks.push(tokio::spawn(server::serve_tls(listener, acceptor, state)));
+    }
+    if let Some(tx) = opts.on_listen {
+        let _ = tx.send(listening);
     }
 
+    let tls = match &cfg.push_tls {
+        Some(t) => Some(Arc::new(
+            tls::TlsClient::new(&t.ca_pem, t.server_name.as_deref()).map_err(|e| format!("--push-ca: {e}"))?,
+        )),
+        None => None,
+    };
     let ctx = PushContext {
         token: cfg.token.clone().unwrap_or_default().into(),
         sequence: sequence.clone(),
         metrics: metrics.clone(),
         on_pushed: opts.on_pushed,
+        tls,
     };
     for u in &cfg.push {
         let url = push::parse_url(u)?;
+        if let Some(hub) = &hub {
+            tasks.push(tokio::spawn(relay::relay_loop(url.clone(), hub.clone(), ctx.clone())));
+        }
         tasks.push(tokio::spawn(push::push_loop(url, latest_rx.clone(), ctx.clone())));
     }
+    let pods = |selector: String, snapshots: bool, port: u16, path: String| GatewayPods {
+        selector,
+        port,
+        path,
+        tls: cfg.push_pods_tls,
+        snapshots: snapshots.then(|| latest_rx.clone()),
+        relay: hub.clone(),
+    };
+    let mut watched = Vec::new();
     if let Some((selector, port, path)) = cfg.push_gateways.clone() {
+        watched.push(pods(selector, true, port, path));
+    }
+    if let (Some(hub), Some(r)) = (&hub, &cfg.relay) {
+        for u in &r.peers {
+            let url = push::parse_url(u)?;
+            tasks.push(tokio::spawn(relay::relay_loop(url, hub.clone(), ctx.clone())));
+        }
+        if let (Some(selector), Some(port)) = (r.peer_selector.clone(), cfg.push_port) {
+            watched.push(pods(selector, false, port, cfg.push_path.clone()));
+        }
+    }
+    for g in watched {
         let client = k8s::Client::from_env(cfg.namespace.as_deref()).await?;
         let (gw_tx, gw_rx) = watch::channel(Vec::new());
-        tasks.push(tokio::spawn(k8s::watch_pods(client, selector, gw_tx)));
-        tasks.push(tokio::spawn(manage_gateway_pushes(
-            gw_rx,
-            port,
-            path,
-            latest_rx.clone(),
-            ctx.clone(),
-        )));
+        tasks.push(tokio::spawn(k8s::watch_pods(client, g.selector.clone(), gw_tx)));
+        tasks.push(tokio::spawn(manage_gateway_pushes(gw_rx, g, ctx.clone())));
     }
 
     let mut collector = Collector::new(scrape_config(&cfg), metrics.clone());
@@ -312,15 +391,21 @@ pub async fn run(
     })
 }
 
-/// Central mode: keeps one push task per ready gateway pod.
-async fn manage_gateway_pushes(
-    mut gateways: watch::Receiver<Vec<Target>>,
+/// Gateway pods found by a label selector, and what each gets.
+struct GatewayPods {
+    selector: String,
     port: u16,
     path: String,
-    latest: watch::Receiver<Option<Arc<Published>>>,
-    ctx: PushContext,
-) {
-    let mut running: HashMap<std::net::IpAddr, JoinHandle<()>> = HashMap::new();
+    tls: bool,
+    /// Snapshots (`--push-gateways`), or relay batches only (`--relay-peers`).
+    snapshots: Option<watch::Receiver<Option<Arc<Published>>>>,
+    relay: Option<Arc<RelayHub>>,
+}
+
+/// Keeps one snapshot push task (central mode) and one relay push task (`--relay`) per ready
+/// gateway pod.
+async fn manage_gateway_pushes(mut gateways: watch::Receiver<Vec<Target>>, g: GatewayPods, ctx: PushContext) {
+    let mut running: HashMap<std::net::IpAddr, Vec<JoinHandle<()>>> = HashMap::new();
     loop {
         let want: Vec<std::net::IpAddr> = gateways
             .borrow_and_update()
@@ -328,10 +413,10 @@ async fn manage_gateway_pushes(
             .filter(|t| t.ready)
             .map(|t| t.addr.ip())
             .collect();
-        running.retain(|ip, h| {
+        running.retain(|ip, hs| {
             let keep = want.contains(ip);
             if !keep {
-                h.abort();
+                hs.iter().for_each(JoinHandle::abort);
             }
             keep
         });
@@ -339,18 +424,27 @@ async fn manage_gateway_pushes(
             running.entry(ip).or_insert_with(|| {
                 let url = PushUrl {
                     host: ip.to_string(),
-                    port,
-                    path: path.clone(),
+                    port: g.port,
+                    path: g.path.clone(),
+                    tls: g.tls,
                 };
-                tracing::info!(url = %url, "pushing to gateway pod");
-                tokio::spawn(push::push_loop(url, latest.clone(), ctx.clone()))
+                let mut hs = Vec::new();
+                if let Some(latest) = &g.snapshots {
+                    tracing::info!(url = %url, "pushing to gateway pod");
+                    hs.push(tokio::spawn(push::push_loop(url.clone(), latest.clone(), ctx.clone())));
+                }
+                if let Some(hub) = &g.relay {
+                    tracing::info!(url = %url.relay(), "relaying to gateway pod");
+                    hs.push(tokio::spawn(relay::relay_loop(url, hub.clone(), ctx.clone())));
+                }
+                hs
             });
         }
         if gateways.changed().await.is_err() {
             break;
         }
     }
-    for (_, h) in running {
-        h.abort();
+    for (_, hs) in running {
+        hs.iter().for_each(JoinHandle::abort);
     }
 }

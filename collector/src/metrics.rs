@@ -73,6 +73,8 @@ pub struct Metrics {
     pub scrape_to_push: Histogram,
     /// Push outcomes by (url, status) where status is the HTTP code or `error`.
     push_results: Mutex<BTreeMap<(String, String), u64>>,
+    /// `POST /relay` answers by HTTP status.
+    relay_results: Mutex<BTreeMap<u16, u64>>,
 }
 
 impl Metrics {
@@ -107,6 +109,20 @@ impl Metrics {
         if let Ok(mut m) = self.push_results.lock() {
             *m.entry((url.to_string(), status.to_string())).or_default() += 1;
         }
+    }
+
+    pub fn relay_result(&self, status: u16) {
+        if let Ok(mut m) = self.relay_results.lock() {
+            *m.entry(status).or_default() += 1;
+        }
+    }
+
+    pub fn relay_count(&self, status: u16) -> u64 {
+        self.relay_results
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&status).copied())
+            .unwrap_or(0)
     }
 
     pub fn push_count(&self, url: &str, status: &str) -> u64 {
@@ -170,6 +186,14 @@ impl Metrics {
             for ((url, status), n) in m.iter() {
                 let url = url.replace('\\', "\\\\").replace('"', "\\\"");
                 let _ = writeln!(out, "collector_pushes_total{{url=\"{url}\",status=\"{status}\"}} {n}");
+            }
+        }
+        if let Ok(m) = self.relay_results.lock() {
+            if !m.is_empty() {
+                out.push_str("# HELP collector_relay_batches_total Relay batches posted to /relay, by answer.\n# TYPE collector_relay_batches_total counter\n");
+            }
+            for (status, n) in m.iter() {
+                let _ = writeln!(out, "collector_relay_batches_total{{status=\"{status}\"}} {n}");
             }
         }
         out

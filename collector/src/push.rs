@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 use crate::collector::Sequence;
 use crate::http::Conn;
 use crate::metrics::Metrics;
+use crate::tls::TlsClient;
 
 pub const DEFAULT_PATH: &str = "/.well-known/wasm-epp/snapshot";
 /// Most bytes read from a gateway's answer.
@@ -39,28 +40,45 @@ pub struct Published {
     pub last_scrape: Instant,
 }
 
-/// A parsed `http://host:port/path` URL.
+/// A parsed `http[s]://host:port/path` URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PushUrl {
     pub host: String,
     pub port: u16,
     pub path: String,
+    /// https: TLS, the certificate checked against `--push-ca`.
+    pub tls: bool,
+}
+
+impl PushUrl {
+    /// The same gateway's relay path: `<path>/relay`.
+    pub fn relay(&self) -> PushUrl {
+        PushUrl {
+            path: format!("{}/relay", self.path.trim_end_matches('/')),
+            ..self.clone()
+        }
+    }
 }
 
 impl std::fmt::Display for PushUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "https" } else { "http" };
         if self.host.contains(':') {
-            write!(f, "http://[{}]:{}{}", self.host, self.port, self.path)
+            write!(f, "{scheme}://[{}]:{}{}", self.host, self.port, self.path)
         } else {
-            write!(f, "http://{}:{}{}", self.host, self.port, self.path)
+            write!(f, "{scheme}://{}:{}{}", self.host, self.port, self.path)
         }
     }
 }
 
 pub fn parse_url(u: &str) -> Result<PushUrl, String> {
-    let rest = u
-        .strip_prefix("http://")
-        .ok_or("only http:// URLs are supported (the gateway listener is local or in-cluster)")?;
+    let (tls, rest) = if let Some(r) = u.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = u.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err("only http:// and https:// URLs are supported".into());
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
         None => (rest, DEFAULT_PATH),
@@ -72,7 +90,11 @@ pub fn parse_url(u: &str) -> Result<PushUrl, String> {
         authority.rsplit_once(':').unwrap_or((authority, ""))
     };
     let port = if port.is_empty() {
-        80
+        if tls {
+            443
+        } else {
+            80
+        }
     } else {
         port.parse::<u16>().map_err(|_| "bad port")?
     };
@@ -83,6 +105,7 @@ pub fn parse_url(u: &str) -> Result<PushUrl, String> {
         host: host.to_string(),
         port,
         path: path.to_string(),
+        tls,
     })
 }
 
@@ -103,9 +126,26 @@ pub struct PushContext {
     pub metrics: Arc<Metrics>,
     /// Benchmark hook: (push latency, last scrape → push done) per successful push.
     pub on_pushed: Option<mpsc::UnboundedSender<(Duration, Duration)>>,
+    /// The client side of https:// gateways (`--push-ca`).
+    pub tls: Option<Arc<TlsClient>>,
 }
 
-async fn resolve(url: &PushUrl) -> Option<SocketAddr> {
+impl PushContext {
+    /// A connection to `url` (resolved to `addr`): TLS for https://.
+    pub fn conn(&self, url: &PushUrl, addr: SocketAddr) -> Result<Conn, String> {
+        if !url.tls {
+            return Ok(Conn::new(addr));
+        }
+        let tls = self
+            .tls
+            .as_ref()
+            .ok_or("an https:// gateway needs --push-ca")?
+            .for_host(&url.host)?;
+        Ok(Conn::with_tls(addr, Some(tls)))
+    }
+}
+
+pub async fn resolve(url: &PushUrl) -> Option<SocketAddr> {
     if let Ok(ip) = url.host.parse::<std::net::IpAddr>() {
         return Some(SocketAddr::new(ip, url.port));
     }
@@ -180,7 +220,7 @@ async fn push_once(url: &PushUrl, conn: &mut Option<Conn>, snap: &Published, ctx
         let addr = resolve(url)
             .await
             .ok_or_else(|| format!("cannot resolve {}", url.host))?;
-        *conn = Some(Conn::new(addr));
+        *conn = Some(ctx.conn(url, addr)?);
     }
     let c = conn.as_mut().ok_or("no connection")?;
     let host = if url.host.contains(':') {
@@ -237,7 +277,12 @@ mod tests {
         let u = parse_url("http://[::1]:9000").unwrap();
         assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("::1", 9000, DEFAULT_PATH));
         assert_eq!(u.to_string(), "http://[::1]:9000/.well-known/wasm-epp/snapshot");
-        assert!(parse_url("https://x:1/").is_err());
+        let u = parse_url("https://gw.example:8443/in").unwrap();
+        assert!(u.tls);
+        assert_eq!(u.to_string(), "https://gw.example:8443/in");
+        assert_eq!(u.relay().to_string(), "https://gw.example:8443/in/relay");
+        assert_eq!(parse_url("https://gw").unwrap().port, 443);
+        assert!(parse_url("ftp://x:1/").is_err());
         assert!(parse_url("http://:1/").is_err());
         assert!(parse_url("http://x:99999/").is_err());
     }

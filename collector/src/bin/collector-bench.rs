@@ -175,6 +175,8 @@ async fn bench(pods: usize, interval: Duration, seconds: u64, base_port: u16, gw
         on_pushed: Some(push_tx),
         on_round: Some(round_tx),
         sequence: None,
+        on_listen: None,
+        listener: None,
     };
     let warmup = Duration::from_secs(2);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
