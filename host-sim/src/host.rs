@@ -14,6 +14,7 @@ use crate::abi::{
     deserialize_map, serialize_map_into, serialized_len, to_pairs_or_empty, BufferType, Headers, LogLevel, MapType,
     MetricType, Status, StreamType,
 };
+use crate::history::{keep_recent, HISTORY_CAP};
 use crate::options::{CallResponse, HostOptions, Profile};
 use crate::shared::VmGroup;
 
@@ -427,17 +428,6 @@ const GCP_ALLOWED: &[&str] = &[
     "proxy_done",
     "proxy_set_effective_context",
 ];
-
-/// History kept per VM when [`HostState::bounded_history`] is on (at most twice this).
-pub const HISTORY_CAP: usize = 4096;
-
-/// Drops the oldest entries once `v` holds twice `cap`, keeping the newest `cap` (amortised
-/// O(1) per push).
-pub fn keep_recent<T>(v: &mut Vec<T>, cap: usize) {
-    if v.len() > cap.saturating_mul(2) {
-        v.drain(..v.len() - cap);
-    }
-}
 
 fn finish(c: &mut C<'_>, call: &'static str, r: Hc) -> wasmtime::Result<i32> {
     match r {
@@ -1521,19 +1511,6 @@ mod tests {
         b.extend_from_slice(&[0x18, 1]);
         assert_eq!(decode_filter_state_args(&b), Some(("a".into(), b"1.2.3.4:80".to_vec())));
         assert_eq!(decode_filter_state_args(&[0x0a, 5, b'a']), None);
-    }
-
-    #[test]
-    fn keep_recent_bounds_and_keeps_the_newest() {
-        let mut v = Vec::new();
-        for i in 0..10_000u32 {
-            v.push(i);
-            keep_recent(&mut v, 100);
-            assert!(v.len() <= 200);
-        }
-        assert_eq!(v.last(), Some(&9_999));
-        assert!(v.len() >= 100);
-        assert!(v.windows(2).all(|w| w[1] == w[0] + 1), "a contiguous newest run");
     }
 
     #[test]

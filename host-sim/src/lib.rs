@@ -184,6 +184,7 @@
 pub mod abi;
 pub mod bench;
 pub mod case;
+pub mod history;
 pub mod host;
 pub mod options;
 pub mod serve;

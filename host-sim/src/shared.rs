@@ -224,7 +224,7 @@ impl VmGroup {
             MetricType::Histogram => {
                 m.samples.push(value);
                 if let Some(cap) = sample_cap {
-                    crate::host::keep_recent(&mut m.samples, cap);
+                    crate::history::keep_recent(&mut m.samples, cap);
                 }
             }
         }

@@ -137,11 +137,11 @@ pub struct Worker {
 impl Worker {
     /// For a worker that runs until stopped (the `serve` gateway): no per-invocation history,
     /// and log lines, hostcall errors and histogram samples kept to the most recent
-    /// [`crate::host::HISTORY_CAP`]..2× that, also across VM reloads. Tests and benches keep
+    /// [`crate::history::HISTORY_CAP`]..2× that, also across VM reloads. Tests and benches keep
     /// everything (the default).
     pub fn bound_history(&mut self) {
         self.bounded_history = true;
-        self.group.bound_histograms(crate::host::HISTORY_CAP);
+        self.group.bound_histograms(crate::history::HISTORY_CAP);
         if let Some(vm) = self.vm.as_mut() {
             vm.record_invocations = false;
             vm.store.data_mut().bounded_history = true;
@@ -263,8 +263,8 @@ impl Worker {
                         self.retired_errors.extend(old.state().errors.iter().cloned());
                         self.retired_invocations.extend(old.invocations.iter().cloned());
                         if self.bounded_history {
-                            crate::host::keep_recent(&mut self.retired_logs, crate::host::HISTORY_CAP);
-                            crate::host::keep_recent(&mut self.retired_errors, crate::host::HISTORY_CAP);
+                            crate::history::keep_recent(&mut self.retired_logs, crate::history::HISTORY_CAP);
+                            crate::history::keep_recent(&mut self.retired_errors, crate::history::HISTORY_CAP);
                         }
                     }
                     match Vm::start(&self.plugin, self.opts.clone(), self.group.clone(), self.index) {
