@@ -183,6 +183,11 @@ impl LogLevel {
 /// `LowerCaseString` does for every key a plugin adds or looks up.
 pub type Headers = Vec<(String, String)>;
 
+/// `h` with every name lower-cased, as Envoy keeps names (`LowerCaseString`); values as given.
+pub fn lower_names(h: Headers) -> Headers {
+    h.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect()
+}
+
 /// Serialize pairs in the v0.2.1 wire format: `u32` count, then `(u32 key_len, u32 value_len)` per
 /// pair, then each key and value followed by a NUL byte (spec "Header maps"; little-endian).
 pub fn serialize_map(pairs: &[(String, String)]) -> Vec<u8> {

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::abi::{Action, Headers};
+use crate::abi::{lower_names, Action, Headers};
 use crate::host::{LocalReply, LogLine};
 use crate::options::{CallResponse, FailurePolicy, HostOptions, Profile};
 use crate::shared::VmGroup;
@@ -397,7 +397,7 @@ impl Worker {
     // --- request path ---
 
     pub fn request_headers(&mut self, id: StreamId, headers: Headers, eos: bool) -> Step {
-        let headers = lower(headers);
+        let headers = lower_names(headers);
         let Some(ctx) = self.live(id) else {
             return self.pass_headers(id, true, headers, eos);
         };
@@ -473,7 +473,7 @@ impl Worker {
     }
 
     pub fn request_trailers(&mut self, id: StreamId, trailers: Headers) -> Step {
-        let trailers = lower(trailers);
+        let trailers = lower_names(trailers);
         let Some(ctx) = self.live(id) else {
             let d = self.drv(id);
             if !d.ended && d.bypass {
@@ -536,7 +536,7 @@ impl Worker {
     // --- response path ---
 
     pub fn response_headers(&mut self, id: StreamId, headers: Headers, eos: bool) -> Step {
-        let headers = lower(headers);
+        let headers = lower_names(headers);
         {
             let d = self.drv(id);
             if d.in_local_reply {
@@ -620,7 +620,7 @@ impl Worker {
     }
 
     pub fn response_trailers(&mut self, id: StreamId, trailers: Headers) -> Step {
-        let trailers = lower(trailers);
+        let trailers = lower_names(trailers);
         let Some(ctx) = self.live(id) else {
             let d = self.drv(id);
             if d.bypass && !d.ended {
@@ -1200,8 +1200,4 @@ fn flush_bypass(d: &mut StreamDriver) {
             out.end = true;
         }
     }
-}
-
-fn lower(h: Headers) -> Headers {
-    h.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect()
 }

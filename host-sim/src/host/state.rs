@@ -1,0 +1,248 @@
+//! The state of one VM instance (the wasmtime `Store` data) and the host-side records the
+//! hostcalls keep: stream contexts, log lines, hostcall errors, local replies, pending calls.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+use wasmtime::{Memory, ResourceLimiter, TypedFunc};
+
+use crate::abi::{Headers, LogLevel, Status};
+use crate::options::{CallResponse, HostOptions, Profile};
+use crate::shared::VmGroup;
+
+/// Which guest callback is running. Drives the buffer/map access rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Idle,
+    Init,
+    ContextCreate,
+    VmStart,
+    Configure,
+    Tick,
+    QueueReady,
+    RequestHeaders,
+    RequestBody,
+    RequestTrailers,
+    ResponseHeaders,
+    ResponseBody,
+    ResponseTrailers,
+    HttpCallResponse,
+    Log,
+    Done,
+    Delete,
+}
+
+/// One line the guest logged (`proxy_log`, or WASI stdout/stderr at `Info`/`Error`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogLine {
+    pub level: LogLevel,
+    pub context_id: u32,
+    pub message: String,
+}
+
+/// A hostcall that returned an error status to the guest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostcallError {
+    pub call: &'static str,
+    pub status: Status,
+    pub phase: Phase,
+    pub context_id: u32,
+}
+
+/// A local reply requested with `proxy_send_local_response`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalReply {
+    pub status: u32,
+    pub details: String,
+    pub body: Vec<u8>,
+    pub headers: Headers,
+    pub grpc_status: i32,
+}
+
+/// An outstanding `proxy_http_call`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingCall {
+    pub token: u32,
+    pub context_id: u32,
+    pub cluster: String,
+    pub headers: Headers,
+    pub body: Vec<u8>,
+    pub trailers: Headers,
+    pub timeout_ms: u32,
+}
+
+/// Host-side data of one HTTP stream context.
+#[derive(Debug, Clone, Default)]
+pub struct StreamIo {
+    pub req_headers: Headers,
+    /// Envoy keeps `request_headers_` only until `decodeHeaders` returns Continue (§0.3).
+    pub req_headers_live: bool,
+    /// Headers already went to the router: later writes have no upstream effect.
+    pub req_headers_sent: bool,
+    pub req_trailers: Headers,
+    pub req_trailers_live: bool,
+    pub resp_headers: Headers,
+    pub resp_headers_live: bool,
+    pub resp_headers_sent: bool,
+    pub resp_trailers: Headers,
+    pub resp_trailers_live: bool,
+    /// The body buffer the guest sees (`getBuffer(HttpRequestBody)`).
+    pub req_body: Vec<u8>,
+    pub req_body_live: bool,
+    pub resp_body: Vec<u8>,
+    pub resp_body_live: bool,
+    pub local_reply: Option<LocalReply>,
+    pub continue_request: bool,
+    pub continue_response: bool,
+    pub close_request: bool,
+    pub close_response: bool,
+    /// `set_envoy_filter_state` writes (key → bytes).
+    pub filter_state: BTreeMap<String, Vec<u8>>,
+    /// `proxy_set_property` writes (dotted path → bytes).
+    pub set_properties: BTreeMap<String, Vec<u8>>,
+    /// Properties the host knows about this stream (`upstream.address`, …).
+    pub stream_properties: BTreeMap<String, Vec<u8>>,
+    /// Envoy with ABI 0.2.1 clears the route cache on every request-header mutation, and the
+    /// `clear_route_cache` foreign function does it explicitly (§4.8).
+    pub route_cache_clears: u32,
+    /// Header writes made after the headers were forwarded (they return Ok in Envoy but change
+    /// nothing upstream).
+    pub late_mutations: Vec<String>,
+    /// GCP: the clock is frozen at stream creation (§6.1).
+    pub frozen_ns: u64,
+    pub done_called: bool,
+}
+
+/// Stream contexts by context id. Almost every hostcall looks up the effective context, so the
+/// map hashes the host-assigned `u32` id with one multiply instead of SipHash (Envoy holds a
+/// pointer to the context; no untrusted input chooses these keys).
+pub type Streams = HashMap<u32, StreamIo, BuildHasherDefault<ContextIdHasher>>;
+
+/// Fibonacci hashing of a context id (see [`Streams`]).
+#[derive(Default)]
+pub struct ContextIdHasher(u64);
+
+impl Hasher for ContextIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        self.0 = (u64::from(id) ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// Memory cap per VM (wasmtime `ResourceLimiter`).
+#[derive(Debug)]
+pub struct MemLimiter {
+    pub max_bytes: usize,
+    pub denied: bool,
+}
+
+impl ResourceLimiter for MemLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.denied = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// The state of one VM instance (one `Store`).
+pub struct HostState {
+    pub opts: Arc<HostOptions>,
+    pub group: VmGroup,
+    pub worker: usize,
+    pub memory: Option<Memory>,
+    /// The guest allocator. An `Arc` because cloning a `TypedFunc` clones its registered type
+    /// (several atomic reference counts), and every value copied out to the guest calls it.
+    pub alloc: Option<Arc<TypedFunc<i32, i32>>>,
+    pub effective: u32,
+    pub phase: Phase,
+    pub root_context: u32,
+    pub streams: Streams,
+    pub tick_period_ms: u32,
+    pub logs: Vec<LogLine>,
+    pub errors: Vec<HostcallError>,
+    /// Keep only the most recent [`HISTORY_CAP`]..2×[`HISTORY_CAP`] log lines and hostcall
+    /// errors (the `serve` gateway, which runs for as long as it is left running); tests and
+    /// benches keep everything.
+    pub bounded_history: bool,
+    pub next_call_token: u32,
+    pub calls: Vec<PendingCall>,
+    /// The response being delivered by `on_http_call_response`.
+    pub call_response: Option<CallResponse>,
+    pub rng: u64,
+    pub limiter: MemLimiter,
+    pub done_contexts: Vec<u32>,
+    /// Bytes written to WASI stdout/stderr that do not yet end in a newline.
+    pub stdio_partial: [Vec<u8>; 2],
+}
+
+impl HostState {
+    pub fn new(opts: Arc<HostOptions>, group: VmGroup, worker: usize) -> HostState {
+        let max = opts.memory_limit;
+        let seed = opts.random_seed ^ ((worker as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        HostState {
+            opts,
+            group,
+            worker,
+            memory: None,
+            alloc: None,
+            effective: 0,
+            phase: Phase::Idle,
+            root_context: 0,
+            streams: Streams::default(),
+            tick_period_ms: 0,
+            logs: Vec::new(),
+            errors: Vec::new(),
+            bounded_history: false,
+            next_call_token: 0,
+            calls: Vec::new(),
+            call_response: None,
+            rng: seed | 1,
+            limiter: MemLimiter {
+                max_bytes: max,
+                denied: false,
+            },
+            done_contexts: Vec::new(),
+            stdio_partial: [Vec::new(), Vec::new()],
+        }
+    }
+
+    pub(crate) fn now_ns(&self) -> u64 {
+        if self.opts.profile == Profile::Gcp {
+            if let Some(s) = self.streams.get(&self.effective) {
+                // GCP: "clock time is set at context creation … and kept frozen" (§6.1).
+                return s.frozen_ns;
+            }
+        }
+        self.opts.clock.now_ns()
+    }
+
+    pub(crate) fn next_random(&mut self) -> u64 {
+        // xorshift64*: deterministic per seed and worker.
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub(crate) fn stream(&mut self) -> Option<&mut StreamIo> {
+        self.streams.get_mut(&self.effective)
+    }
+}
