@@ -637,6 +637,14 @@ impl Worker {
         }
         let d = self.drv(id);
         d.resp.eos_in = true;
+        if d.resp.stop_all {
+            // StopAllIteration holds trailers too: the plugin's callback is not called.
+            d.resp.trailers_in = Some(trailers);
+            return Step {
+                action: None,
+                flow: Flow::Paused,
+            };
+        }
         let n = trailers.len();
         if let Some(io) = self.io(ctx) {
             io.resp_trailers = trailers;
