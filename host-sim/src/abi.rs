@@ -115,6 +115,51 @@ impl BufferType {
     }
 }
 
+/// One direction of an HTTP stream: the request (client to upstream) or the response (upstream
+/// to client). The ABI names the two in pairs (`HttpRequestHeaders`/`HttpResponseHeaders`,
+/// `proxy_on_request_body`/`proxy_on_response_body`, `StreamType::HttpRequest`/`HttpResponse`);
+/// host-sim keeps one record per direction and parameterises the code by this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    Request,
+    Response,
+}
+
+impl Direction {
+    /// Both directions, request first (the order Envoy runs them in after a VM call).
+    pub const BOTH: [Direction; 2] = [Direction::Request, Direction::Response];
+
+    /// The direction of an HTTP-stream header or trailer map and whether it is the trailers;
+    /// None for other maps (gRPC metadata, http-call responses).
+    pub fn of_map(t: MapType) -> Option<(Direction, bool)> {
+        match t {
+            MapType::HttpRequestHeaders => Some((Direction::Request, false)),
+            MapType::HttpRequestTrailers => Some((Direction::Request, true)),
+            MapType::HttpResponseHeaders => Some((Direction::Response, false)),
+            MapType::HttpResponseTrailers => Some((Direction::Response, true)),
+            _ => None,
+        }
+    }
+
+    /// The direction whose body `t` is, if it is an HTTP-stream body.
+    pub fn of_body(t: BufferType) -> Option<Direction> {
+        match t {
+            BufferType::HttpRequestBody => Some(Direction::Request),
+            BufferType::HttpResponseBody => Some(Direction::Response),
+            _ => None,
+        }
+    }
+
+    /// The direction `proxy_continue_stream`/`proxy_close_stream` name, if an HTTP one.
+    pub fn of_stream(t: StreamType) -> Option<Direction> {
+        match t {
+            StreamType::HttpRequest => Some(Direction::Request),
+            StreamType::HttpResponse => Some(Direction::Response),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamType {
     HttpRequest,

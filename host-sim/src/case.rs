@@ -812,7 +812,7 @@ fn check_phase(
         let up = w.upstream(s).cloned().unwrap_or_default();
         let h = match up.headers {
             Some(h) => h,
-            None => w.stream_io(s).map(|io| io.req_headers.clone()).unwrap_or_default(),
+            None => w.stream_io(s).map(|io| io.request.headers.clone()).unwrap_or_default(),
         };
         (h, up.body)
     };

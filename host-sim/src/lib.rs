@@ -194,7 +194,7 @@ pub mod worker;
 
 use std::sync::Arc;
 
-pub use abi::{Action, Headers, LogLevel, Status};
+pub use abi::{Action, Direction, Headers, LogLevel, Status};
 pub use host::{HostcallError, LogLine};
 pub use options::{CallResponse, Clock, FailurePolicy, HostOptions, Profile};
 pub use shared::VmGroup;

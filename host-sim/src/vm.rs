@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use wasmtime::{Engine, ExternType, Instance, Linker, Module, Store, TypedFunc, Val};
 
-use crate::abi::Action;
+use crate::abi::{Action, Direction};
 use crate::host::{define_imports, HostState, Phase, StreamIo, ERRNO_NOSYS};
 use crate::options::HostOptions;
 use crate::shared::VmGroup;
@@ -184,10 +184,33 @@ pub struct Vm {
     pub trap: Option<TrapInfo>,
     /// Keep the per-invocation history (off for long-running serve/bench loops).
     pub record_invocations: bool,
-    on_req_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
-    on_req_body: Option<TypedFunc<(i32, i32, i32), i32>>,
-    on_resp_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
-    on_resp_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    /// The headers and body callbacks of the request, then of the response, looked up once.
+    http: [HttpCallbacks; 2],
+}
+
+type HttpCallback = TypedFunc<(i32, i32, i32), i32>;
+
+/// The per-chunk callbacks of one direction (`proxy_on_{request,response}_{headers,body}`).
+#[derive(Clone)]
+struct HttpCallbacks {
+    headers: Option<HttpCallback>,
+    body: Option<HttpCallback>,
+}
+
+/// The module's export names of `dir`'s headers, body and trailers callbacks.
+fn callback_names(dir: Direction) -> [&'static str; 3] {
+    match dir {
+        Direction::Request => [
+            "proxy_on_request_headers",
+            "proxy_on_request_body",
+            "proxy_on_request_trailers",
+        ],
+        Direction::Response => [
+            "proxy_on_response_headers",
+            "proxy_on_response_body",
+            "proxy_on_response_trailers",
+        ],
+    }
 }
 
 /// What one invocation's CPU figure includes of the clock reads themselves: the least of many
@@ -250,13 +273,13 @@ impl Vm {
         }
         store.data_mut().memory = Some(memory);
         store.data_mut().alloc = Some(Arc::new(alloc));
-        let hf = |store: &mut Store<HostState>, n: &str| {
-            instance.get_typed_func::<(i32, i32, i32), i32>(&mut *store, n).ok()
-        };
-        let on_req_headers = hf(&mut store, "proxy_on_request_headers");
-        let on_req_body = hf(&mut store, "proxy_on_request_body");
-        let on_resp_headers = hf(&mut store, "proxy_on_response_headers");
-        let on_resp_body = hf(&mut store, "proxy_on_response_body");
+        let http = Direction::BOTH.map(|dir| {
+            let [headers, body, _] = callback_names(dir);
+            HttpCallbacks {
+                headers: instance.get_typed_func(&mut store, headers).ok(),
+                body: instance.get_typed_func(&mut store, body).ok(),
+            }
+        });
         let mut vm = Vm {
             store,
             instance,
@@ -264,10 +287,7 @@ impl Vm {
             invocations: Vec::new(),
             trap: None,
             record_invocations: true,
-            on_req_headers,
-            on_req_body,
-            on_resp_headers,
-            on_resp_body,
+            http,
         };
         for init in ["_initialize", "_start"] {
             if let Ok(f) = vm.instance.get_typed_func::<(), ()>(&mut vm.store, init) {
@@ -435,56 +455,21 @@ impl Vm {
         Ok(id)
     }
 
-    pub fn on_request_headers(&mut self, ctx: u32, n: usize, eos: bool) -> Result<Action, TrapInfo> {
-        self.http_cb(
-            self.on_req_headers.clone(),
-            "proxy_on_request_headers",
-            Phase::RequestHeaders,
-            ctx,
-            n,
-            eos,
-        )
+    /// `proxy_on_request_headers` / `proxy_on_response_headers`.
+    pub fn on_headers(&mut self, dir: Direction, ctx: u32, n: usize, eos: bool) -> Result<Action, TrapInfo> {
+        let f = self.http[dir as usize].headers.clone();
+        self.http_cb(f, callback_names(dir)[0], Phase::headers(dir), ctx, n, eos)
     }
 
-    pub fn on_request_body(&mut self, ctx: u32, size: usize, eos: bool) -> Result<Action, TrapInfo> {
-        self.http_cb(
-            self.on_req_body.clone(),
-            "proxy_on_request_body",
-            Phase::RequestBody,
-            ctx,
-            size,
-            eos,
-        )
+    /// `proxy_on_request_body` / `proxy_on_response_body`.
+    pub fn on_body(&mut self, dir: Direction, ctx: u32, size: usize, eos: bool) -> Result<Action, TrapInfo> {
+        let f = self.http[dir as usize].body.clone();
+        self.http_cb(f, callback_names(dir)[1], Phase::body(dir), ctx, size, eos)
     }
 
-    pub fn on_response_headers(&mut self, ctx: u32, n: usize, eos: bool) -> Result<Action, TrapInfo> {
-        self.http_cb(
-            self.on_resp_headers.clone(),
-            "proxy_on_response_headers",
-            Phase::ResponseHeaders,
-            ctx,
-            n,
-            eos,
-        )
-    }
-
-    pub fn on_response_body(&mut self, ctx: u32, size: usize, eos: bool) -> Result<Action, TrapInfo> {
-        self.http_cb(
-            self.on_resp_body.clone(),
-            "proxy_on_response_body",
-            Phase::ResponseBody,
-            ctx,
-            size,
-            eos,
-        )
-    }
-
-    pub fn on_request_trailers(&mut self, ctx: u32, n: usize) -> Result<Action, TrapInfo> {
-        self.trailers_cb("proxy_on_request_trailers", Phase::RequestTrailers, ctx, n)
-    }
-
-    pub fn on_response_trailers(&mut self, ctx: u32, n: usize) -> Result<Action, TrapInfo> {
-        self.trailers_cb("proxy_on_response_trailers", Phase::ResponseTrailers, ctx, n)
+    /// `proxy_on_request_trailers` / `proxy_on_response_trailers`.
+    pub fn on_trailers(&mut self, dir: Direction, ctx: u32, n: usize) -> Result<Action, TrapInfo> {
+        self.trailers_cb(callback_names(dir)[2], Phase::trailers(dir), ctx, n)
     }
 
     fn http_cb(

@@ -3,7 +3,7 @@
 
 use wasmtime::Linker;
 
-use crate::abi::{BufferType, Status};
+use crate::abi::{BufferType, Direction, Status};
 use crate::options::Profile;
 
 use super::guest::{copy_out_from, read, write_u32};
@@ -21,24 +21,15 @@ pub(super) fn buffer_ref(st: &HostState, t: BufferType) -> Result<&[u8], Status>
         BufferType::VmConfiguration if st.phase == Phase::VmStart => Ok(&st.opts.vm_config),
         BufferType::PluginConfiguration if st.phase == Phase::Configure => Ok(&st.opts.plugin_config),
         BufferType::VmConfiguration | BufferType::PluginConfiguration => Err(Status::NotFound),
-        BufferType::HttpRequestBody => {
+        BufferType::HttpRequestBody | BufferType::HttpResponseBody => {
+            let dir = Direction::of_body(t).ok_or(Status::NotFound)?;
             let s = st.streams.get(&st.effective).ok_or(Status::NotFound)?;
-            if gcp && st.phase != Phase::RequestBody {
+            if gcp && st.phase != Phase::body(dir) {
                 return Err(Status::NotFound);
             }
-            if s.req_body_live {
-                Ok(&s.req_body)
-            } else {
-                Err(Status::NotFound)
-            }
-        }
-        BufferType::HttpResponseBody => {
-            let s = st.streams.get(&st.effective).ok_or(Status::NotFound)?;
-            if gcp && st.phase != Phase::ResponseBody {
-                return Err(Status::NotFound);
-            }
-            if s.resp_body_live {
-                Ok(&s.resp_body)
+            let h = s.half(dir);
+            if h.body_live {
+                Ok(&h.body)
             } else {
                 Err(Status::NotFound)
             }
@@ -83,7 +74,8 @@ pub(super) fn define(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         let t = BufferType::from_raw(t).ok_or(Status::BadArgument)?;
         let st = c.data();
         let gcp = st.opts.profile == Profile::Gcp;
-        let is_body = matches!(t, BufferType::HttpRequestBody | BufferType::HttpResponseBody);
+        let body_of = Direction::of_body(t);
+        let is_body = body_of.is_some();
         if gcp && !is_body {
             return Err(Status::Unimplemented.into());
         }
@@ -92,16 +84,12 @@ pub(super) fn define(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         // body (a configuration, an http-call response body: `BufferBase` over a string)
         // refuses writes in `BufferBase::copyFrom` with BadArgument.
         buffer_ref(st, t)?;
-        if !is_body {
+        let Some(dir) = body_of else {
             return Err(Status::BadArgument.into());
-        }
+        };
         let data = read(c, ptr, len)?;
         let s = c.data_mut().stream().ok_or(Status::NotFound)?;
-        let buf = if t == BufferType::HttpRequestBody {
-            &mut s.req_body
-        } else {
-            &mut s.resp_body
-        };
+        let buf = &mut s.half_mut(dir).body;
         // Envoy Buffer::copyFrom: start 0 drains `size` bytes then prepends; start >= len
         // appends; anything else is BadArgument (§1.3 "rewrite body").
         let (start, size) = (start as u32 as usize, size as u32 as usize);

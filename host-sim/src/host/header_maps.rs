@@ -3,7 +3,7 @@
 
 use wasmtime::Linker;
 
-use crate::abi::{serialize_map_into, serialized_len, to_pairs_or_empty, Headers, MapType, Status};
+use crate::abi::{serialize_map_into, serialized_len, to_pairs_or_empty, Direction, Headers, MapType, Status};
 use crate::options::Profile;
 
 use super::guest::{copy_out_from, guest, guest2, guest_alloc, guest_dst, mem, read, write_u32};
@@ -48,12 +48,12 @@ pub(super) fn map_access(st: &HostState, t: MapType, write: bool) -> Result<MapA
     if st.phase == Phase::Log && !write {
         return Ok(MapAccess::Live);
     }
-    let (live, sent) = match t {
-        MapType::HttpRequestHeaders => (s.req_headers_live, s.req_headers_sent),
-        MapType::HttpRequestTrailers => (s.req_trailers_live, false),
-        MapType::HttpResponseHeaders => (s.resp_headers_live, s.resp_headers_sent),
-        MapType::HttpResponseTrailers => (s.resp_trailers_live, false),
-        _ => return Err(Status::BadArgument),
+    let (dir, trailers) = Direction::of_map(t).ok_or(Status::BadArgument)?;
+    let h = s.half(dir);
+    let (live, sent) = if trailers {
+        (h.trailers_live, false)
+    } else {
+        (h.headers_live, h.headers_sent)
     };
     match (live, sent) {
         (false, _) => Err(Status::BadArgument),
@@ -68,13 +68,9 @@ pub(super) fn map_ref(st: &HostState, t: MapType) -> Option<&Headers> {
         MapType::HttpCallResponseTrailers => st.call_response.as_ref().map(|r| &r.trailers),
         _ => {
             let s = st.streams.get(&st.effective)?;
-            Some(match t {
-                MapType::HttpRequestHeaders => &s.req_headers,
-                MapType::HttpRequestTrailers => &s.req_trailers,
-                MapType::HttpResponseHeaders => &s.resp_headers,
-                MapType::HttpResponseTrailers => &s.resp_trailers,
-                _ => return None,
-            })
+            let (dir, trailers) = Direction::of_map(t)?;
+            let h = s.half(dir);
+            Some(if trailers { &h.trailers } else { &h.headers })
         }
     }
 }
@@ -90,13 +86,9 @@ pub(super) fn map_mut<'a>(st: &'a mut HostState, t: MapType, call: &str) -> Resu
         // ABI 0.2.1: Envoy clears the route cache on request-header mutation (§0.7, §4.8).
         s.route_cache_clears += 1;
     }
-    Ok(match t {
-        MapType::HttpRequestHeaders => &mut s.req_headers,
-        MapType::HttpRequestTrailers => &mut s.req_trailers,
-        MapType::HttpResponseHeaders => &mut s.resp_headers,
-        MapType::HttpResponseTrailers => &mut s.resp_trailers,
-        _ => return Err(Status::BadArgument),
-    })
+    let (dir, trailers) = Direction::of_map(t).ok_or(Status::BadArgument)?;
+    let h = s.half_mut(dir);
+    Ok(if trailers { &mut h.trailers } else { &mut h.headers })
 }
 
 pub(super) fn map_type(v: i32) -> Result<MapType, Status> {

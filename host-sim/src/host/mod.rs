@@ -30,7 +30,8 @@ mod wasi;
 use wasmtime::Linker;
 
 pub use state::{
-    ContextIdHasher, HostState, HostcallError, LocalReply, LogLine, MemLimiter, PendingCall, Phase, StreamIo, Streams,
+    ContextIdHasher, HalfStream, HostState, HostcallError, LocalReply, LogLine, MemLimiter, PendingCall, Phase,
+    StreamIo, Streams,
 };
 pub(crate) use wasi::{ERRNO_NOSYS, WASI_DEFINED};
 

@@ -38,7 +38,8 @@ pub(super) fn property(st: &HostState, path: &str) -> Result<Vec<u8>, Status> {
             return Ok(v.clone());
         }
         let hdr = |k: &str| {
-            s.req_headers
+            s.request
+                .headers
                 .iter()
                 .find(|(n, _)| n == k)
                 .map(|(_, v)| v.clone().into_bytes())
@@ -55,7 +56,8 @@ pub(super) fn property(st: &HostState, path: &str) -> Result<Vec<u8>, Status> {
             "request.id" => hdr("x-request-id"),
             "request.protocol" => Some(b"HTTP/1.1".to_vec()),
             "response.code" => s
-                .resp_headers
+                .response
+                .headers
                 .iter()
                 .find(|(n, _)| n == ":status")
                 .and_then(|(_, v)| v.parse::<i64>().ok())

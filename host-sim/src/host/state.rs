@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use wasmtime::{Memory, ResourceLimiter, TypedFunc};
 
-use crate::abi::{Headers, LogLevel, Status};
+use crate::abi::{Direction, Headers, LogLevel, Status};
 use crate::options::{CallResponse, HostOptions, Profile};
 use crate::shared::VmGroup;
 
@@ -31,6 +31,32 @@ pub enum Phase {
     Log,
     Done,
     Delete,
+}
+
+impl Phase {
+    /// The headers callback of `dir`.
+    pub fn headers(dir: Direction) -> Phase {
+        match dir {
+            Direction::Request => Phase::RequestHeaders,
+            Direction::Response => Phase::ResponseHeaders,
+        }
+    }
+
+    /// The body callback of `dir`.
+    pub fn body(dir: Direction) -> Phase {
+        match dir {
+            Direction::Request => Phase::RequestBody,
+            Direction::Response => Phase::ResponseBody,
+        }
+    }
+
+    /// The trailers callback of `dir`.
+    pub fn trailers(dir: Direction) -> Phase {
+        match dir {
+            Direction::Request => Phase::RequestTrailers,
+            Direction::Response => Phase::ResponseTrailers,
+        }
+    }
 }
 
 /// One line the guest logged (`proxy_log`, or WASI stdout/stderr at `Info`/`Error`).
@@ -72,31 +98,34 @@ pub struct PendingCall {
     pub timeout_ms: u32,
 }
 
+/// Host-side data of one direction of an HTTP stream context: its header map, trailers and
+/// body buffer as the guest sees them, and what the guest asked the host to do with it.
+#[derive(Debug, Clone, Default)]
+pub struct HalfStream {
+    pub headers: Headers,
+    /// Envoy keeps `request_headers_` (`response_headers_`) only until `decodeHeaders`
+    /// (`encodeHeaders`) returns Continue (§0.3).
+    pub headers_live: bool,
+    /// Headers already went on (to the router, or to the client): later writes have no effect
+    /// there.
+    pub headers_sent: bool,
+    pub trailers: Headers,
+    pub trailers_live: bool,
+    /// The body buffer the guest sees (`getBuffer(HttpRequestBody)` / `HttpResponseBody`).
+    pub body: Vec<u8>,
+    pub body_live: bool,
+    /// `proxy_continue_stream` was called for this direction.
+    pub continue_requested: bool,
+    /// `proxy_close_stream` was called for this direction.
+    pub close_requested: bool,
+}
+
 /// Host-side data of one HTTP stream context.
 #[derive(Debug, Clone, Default)]
 pub struct StreamIo {
-    pub req_headers: Headers,
-    /// Envoy keeps `request_headers_` only until `decodeHeaders` returns Continue (§0.3).
-    pub req_headers_live: bool,
-    /// Headers already went to the router: later writes have no upstream effect.
-    pub req_headers_sent: bool,
-    pub req_trailers: Headers,
-    pub req_trailers_live: bool,
-    pub resp_headers: Headers,
-    pub resp_headers_live: bool,
-    pub resp_headers_sent: bool,
-    pub resp_trailers: Headers,
-    pub resp_trailers_live: bool,
-    /// The body buffer the guest sees (`getBuffer(HttpRequestBody)`).
-    pub req_body: Vec<u8>,
-    pub req_body_live: bool,
-    pub resp_body: Vec<u8>,
-    pub resp_body_live: bool,
+    pub request: HalfStream,
+    pub response: HalfStream,
     pub local_reply: Option<LocalReply>,
-    pub continue_request: bool,
-    pub continue_response: bool,
-    pub close_request: bool,
-    pub close_response: bool,
     /// `set_envoy_filter_state` writes (key → bytes).
     pub filter_state: BTreeMap<String, Vec<u8>>,
     /// `proxy_set_property` writes (dotted path → bytes).
@@ -189,6 +218,22 @@ pub struct HostState {
     pub done_contexts: Vec<u32>,
     /// Bytes written to WASI stdout/stderr that do not yet end in a newline.
     pub stdio_partial: [Vec<u8>; 2],
+}
+
+impl StreamIo {
+    pub fn half(&self, dir: Direction) -> &HalfStream {
+        match dir {
+            Direction::Request => &self.request,
+            Direction::Response => &self.response,
+        }
+    }
+
+    pub fn half_mut(&mut self, dir: Direction) -> &mut HalfStream {
+        match dir {
+            Direction::Request => &mut self.request,
+            Direction::Response => &mut self.response,
+        }
+    }
 }
 
 impl HostState {

@@ -3,7 +3,7 @@
 
 use wasmtime::Linker;
 
-use crate::abi::{deserialize_map, lower_names, Status, StreamType};
+use crate::abi::{deserialize_map, lower_names, Direction, Status, StreamType};
 use crate::options::Profile;
 
 use super::guest::{copy_out, read, read_str, write_u32};
@@ -15,21 +15,15 @@ pub(super) fn define(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     hostcall!(l, "proxy_continue_stream", |c, t| {
         let t = StreamType::from_raw(t).ok_or(Status::BadArgument)?;
         let s = c.data_mut().stream().ok_or(Status::NotFound)?;
-        match t {
-            StreamType::HttpRequest => s.continue_request = true,
-            StreamType::HttpResponse => s.continue_response = true,
-            _ => return Err(Status::BadArgument.into()),
-        }
+        let dir = Direction::of_stream(t).ok_or(Status::BadArgument)?;
+        s.half_mut(dir).continue_requested = true;
         Ok(())
     });
     hostcall!(l, "proxy_close_stream", |c, t| {
         let t = StreamType::from_raw(t).ok_or(Status::BadArgument)?;
         let s = c.data_mut().stream().ok_or(Status::NotFound)?;
-        match t {
-            StreamType::HttpRequest => s.close_request = true,
-            StreamType::HttpResponse => s.close_response = true,
-            _ => return Err(Status::BadArgument.into()),
-        }
+        let dir = Direction::of_stream(t).ok_or(Status::BadArgument)?;
+        s.half_mut(dir).close_requested = true;
         Ok(())
     });
     hostcall!(l, "proxy_get_status", |c, code_ptr, msg_ptr_ptr, msg_size_ptr| {
