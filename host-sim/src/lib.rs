@@ -22,9 +22,9 @@
 //!
 //! ## Driving a filter from Rust
 //! ```no_run
-//! use host_sim::{Host, HostOptions, Plugin, Profile, Flow};
+//! use host_sim::{Host, HostOptions, Plugin, HostProfile, Flow};
 //! let plugin = Plugin::from_file("target/host-sim-modules/probe.wasm")?;
-//! let mut opts = HostOptions::new(Profile::Envoy);
+//! let mut opts = HostOptions::new(HostProfile::Envoy);
 //! opts.vm_id = "picker".into();
 //! opts.allow_on_headers_stop_iteration = true;   // Envoy PluginConfig field (§4.7)
 //! opts.plugin_config = br#"{"mode":"body"}"#.to_vec();
@@ -196,7 +196,7 @@ use std::sync::Arc;
 
 pub use abi::{Action, Direction, Headers, LogLevel, Status};
 pub use host::{HostcallError, LogLine};
-pub use options::{CallResponse, Clock, FailurePolicy, HostOptions, Profile};
+pub use options::{CallResponse, Clock, FailurePolicy, HostOptions, HostProfile};
 pub use shared::VmGroup;
 pub use vm::{Plugin, TrapInfo, Vm};
 pub use worker::{Flow, Forwarded, Immediate, Step, StreamId, Worker};

@@ -11,7 +11,7 @@ use crate::abi::{Headers, LogLevel};
 /// Which real host is modelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Profile {
+pub enum HostProfile {
     /// Envoy (also Istio): proxy-wasm-cpp-host inside Envoy's HTTP wasm filter.
     #[default]
     Envoy,
@@ -111,7 +111,7 @@ impl Clock {
 /// Everything that configures one plugin on one host.
 #[derive(Debug, Clone)]
 pub struct HostOptions {
-    pub profile: Profile,
+    pub profile: HostProfile,
     /// Shared-data namespace (Envoy `vm_config.vm_id`; Istio sets none, §5.2).
     pub vm_id: String,
     pub root_id: String,
@@ -144,7 +144,7 @@ pub struct HostOptions {
 }
 
 impl HostOptions {
-    pub fn new(profile: Profile) -> HostOptions {
+    pub fn new(profile: HostProfile) -> HostOptions {
         HostOptions {
             profile,
             vm_id: String::new(),
@@ -156,12 +156,12 @@ impl HostOptions {
             failure_policy: FailurePolicy::FailClosed,
             buffer_limit: 1 << 20,
             memory_limit: match profile {
-                Profile::Envoy => 1 << 30,
-                Profile::Gcp => 16 << 20,
+                HostProfile::Envoy => 1 << 30,
+                HostProfile::Gcp => 16 << 20,
             },
             cpu_budget_ns: match profile {
-                Profile::Envoy => None,
-                Profile::Gcp => Some(1_000_000),
+                HostProfile::Envoy => None,
+                HostProfile::Gcp => Some(1_000_000),
             },
             log_level: LogLevel::Trace,
             properties: BTreeMap::new(),
@@ -175,6 +175,6 @@ impl HostOptions {
 
 impl Default for HostOptions {
     fn default() -> Self {
-        HostOptions::new(Profile::Envoy)
+        HostOptions::new(HostProfile::Envoy)
     }
 }

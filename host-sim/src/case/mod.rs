@@ -36,7 +36,7 @@ use regex::Regex;
 use serde::Deserialize;
 
 use crate::abi::Direction;
-use crate::options::{CallResponse, Clock, FailurePolicy, HostOptions, Profile};
+use crate::options::{CallResponse, Clock, FailurePolicy, HostOptions, HostProfile};
 use crate::Error;
 
 pub use run::{load, run_file, CaseReport, Runner};
@@ -63,7 +63,7 @@ pub struct Env {
     #[serde(default)]
     pub vm_config: Option<String>,
     #[serde(default)]
-    pub profile: Profile,
+    pub profile: HostProfile,
     #[serde(default = "default_time")]
     pub time_secs: u64,
     #[serde(default = "one")]
@@ -107,7 +107,7 @@ impl Default for Env {
             config: None,
             config_file: None,
             vm_config: None,
-            profile: Profile::Envoy,
+            profile: HostProfile::Envoy,
             time_secs: default_time(),
             workers: 1,
             strict: true,

@@ -4,7 +4,7 @@
 use wasmtime::Linker;
 
 use crate::abi::{BufferType, Direction, Status};
-use crate::options::Profile;
+use crate::options::HostProfile;
 
 use super::guest::{copy_out_from, read, write_u32};
 use super::hostcall::hostcall;
@@ -13,7 +13,7 @@ use super::{HostState, Phase};
 /// The buffer the guest asks for, borrowed: Envoy hands out a pointer to its own buffer and
 /// copies only the requested range into the VM.
 pub(super) fn buffer_ref(st: &HostState, t: BufferType) -> Result<&[u8], Status> {
-    let gcp = st.opts.profile == Profile::Gcp;
+    let gcp = st.opts.profile == HostProfile::Gcp;
     match t {
         // Spec v0.2.1 "Buffers": VM configuration only in on_vm_start, plugin configuration
         // only in on_configure; elsewhere there is no buffer (NotFound).
@@ -73,7 +73,7 @@ pub(super) fn define(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     hostcall!(l, "proxy_set_buffer_bytes", |c, t, start, size, ptr, len| {
         let t = BufferType::from_raw(t).ok_or(Status::BadArgument)?;
         let st = c.data();
-        let gcp = st.opts.profile == Profile::Gcp;
+        let gcp = st.opts.profile == HostProfile::Gcp;
         let body_of = Direction::of_body(t);
         let is_body = body_of.is_some();
         if gcp && !is_body {

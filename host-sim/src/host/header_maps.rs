@@ -4,7 +4,7 @@
 use wasmtime::Linker;
 
 use crate::abi::{serialize_map_into, serialized_len, to_pairs_or_empty, Direction, Headers, MapType, Status};
-use crate::options::Profile;
+use crate::options::HostProfile;
 
 use super::guest::{copy_out_from, guest, guest2, guest_alloc, guest_dst, mem, read, write_u32};
 use super::header_map_impl::{add_copy, first_of, remove_all, set_copy, set_pairs};
@@ -32,7 +32,7 @@ pub(super) fn map_access(st: &HostState, t: MapType, write: bool) -> Result<MapA
         return Err(Status::BadArgument);
     }
     let s = st.streams.get(&st.effective).ok_or(Status::BadArgument)?;
-    if st.opts.profile == Profile::Gcp {
+    if st.opts.profile == HostProfile::Gcp {
         let ok = matches!(
             (t, st.phase),
             (MapType::HttpRequestHeaders, Phase::RequestHeaders)
@@ -82,7 +82,7 @@ pub(super) fn map_mut<'a>(st: &'a mut HostState, t: MapType, call: &str) -> Resu
     if late {
         s.late_mutations.push(format!("{call} on {t:?} after it was forwarded"));
     }
-    if t == MapType::HttpRequestHeaders && st.opts.profile == Profile::Envoy && !late {
+    if t == MapType::HttpRequestHeaders && st.opts.profile == HostProfile::Envoy && !late {
         // ABI 0.2.1: Envoy clears the route cache on request-header mutation (§0.7, §4.8).
         s.route_cache_clears += 1;
     }

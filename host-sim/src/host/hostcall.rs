@@ -3,7 +3,7 @@
 
 use crate::abi::Status;
 use crate::history::{keep_recent, HISTORY_CAP};
-use crate::options::Profile;
+use crate::options::HostProfile;
 
 use super::guest::{Hc, HcErr, C};
 use super::HostcallError;
@@ -55,7 +55,7 @@ pub(super) fn finish(c: &mut C<'_>, call: &'static str, r: Hc) -> wasmtime::Resu
 }
 
 pub(super) fn gcp_gate(c: &C<'_>, call: &'static str) -> Hc {
-    if c.data().opts.profile == Profile::Gcp && !GCP_ALLOWED.contains(&call) {
+    if c.data().opts.profile == HostProfile::Gcp && !GCP_ALLOWED.contains(&call) {
         return Err(Status::Unimplemented.into());
     }
     Ok(())

@@ -3,7 +3,7 @@
 use wasmtime::Linker;
 
 use crate::abi::Status;
-use crate::options::Profile;
+use crate::options::HostProfile;
 
 use super::guest::{copy_out, read};
 use super::hostcall::hostcall;
@@ -25,7 +25,7 @@ pub(super) fn property(st: &HostState, path: &str) -> Result<Vec<u8>, Status> {
         // plugin_root_id. Test-supplied properties are served in both profiles.
         return Ok(v.clone());
     }
-    if o.profile == Profile::Gcp {
+    if o.profile == HostProfile::Gcp {
         return Err(Status::NotFound);
     }
     match path {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use wasmtime::{Memory, ResourceLimiter, TypedFunc};
 
 use crate::abi::{Direction, Headers, LogLevel, Status};
-use crate::options::{CallResponse, HostOptions, Profile};
+use crate::options::{CallResponse, HostOptions, HostProfile};
 use crate::shared::VmGroup;
 
 /// Which guest callback is running. Drives the buffer/map access rules.
@@ -268,7 +268,7 @@ impl HostState {
     }
 
     pub(crate) fn now_ns(&self) -> u64 {
-        if self.opts.profile == Profile::Gcp {
+        if self.opts.profile == HostProfile::Gcp {
             if let Some(s) = self.streams.get(&self.effective) {
                 // GCP: "clock time is set at context creation … and kept frozen" (§6.1).
                 return s.frozen_ns;

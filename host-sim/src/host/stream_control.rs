@@ -4,7 +4,7 @@
 use wasmtime::Linker;
 
 use crate::abi::{deserialize_map, lower_names, Direction, Status, StreamType};
-use crate::options::Profile;
+use crate::options::HostProfile;
 
 use super::guest::{copy_out, read, read_str, write_u32};
 use super::hostcall::hostcall;
@@ -41,7 +41,7 @@ pub(super) fn define(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let body = read(c, bp, bl)?;
             let headers = lower_names(deserialize_map(&read(c, hp, hl)?)?);
             let st = c.data_mut();
-            let gcp = st.opts.profile == Profile::Gcp;
+            let gcp = st.opts.profile == HostProfile::Gcp;
             // GCP's tester allows local replies in request headers, request body and response
             // headers only (§6.4); we answer BadArgument elsewhere (assumption).
             if gcp

@@ -33,7 +33,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::options::{Clock, FailurePolicy, HostOptions, Profile};
+use crate::options::{Clock, FailurePolicy, HostOptions, HostProfile};
 use crate::shared::VmGroup;
 use crate::worker::Worker;
 use crate::{Error, Plugin};
@@ -60,7 +60,7 @@ pub struct GatewayConfig {
     #[serde(default)]
     pub root_id: String,
     #[serde(default)]
-    pub profile: Profile,
+    pub profile: HostProfile,
     #[serde(default = "default_workers")]
     pub workers: usize,
     #[serde(default)]

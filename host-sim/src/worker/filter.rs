@@ -3,7 +3,7 @@
 //! …) hands them to the plugin, and what goes on to the next hop.
 
 use crate::abi::{lower_names, Action, Direction, Headers};
-use crate::options::Profile;
+use crate::options::HostProfile;
 
 use super::{Flow, Side, Step, StreamDriver, StreamId, Worker};
 
@@ -69,7 +69,7 @@ impl Worker {
             }
             None => Action::Continue,
         };
-        let stop_iteration_ok = self.opts.allow_on_headers_stop_iteration || self.opts.profile == Profile::Gcp;
+        let stop_iteration_ok = self.opts.allow_on_headers_stop_iteration || self.opts.profile == HostProfile::Gcp;
         match action {
             Action::Continue => {
                 // Envoy decodeHeaders/encodeHeaders: Continue → request_headers_ (response_headers_)
@@ -147,7 +147,7 @@ impl Worker {
             }
             return self.step(id, None, dir);
         };
-        if self.opts.profile == Profile::Gcp {
+        if self.opts.profile == HostProfile::Gcp {
             // "HTTP trailer events are not supported" (§6.1): trailers pass untouched.
             let side = self.drv(id).side(dir);
             side.trailers_in = Some(trailers);
@@ -213,7 +213,7 @@ impl Worker {
 
     /// Body chunk delivery, modelled on Envoy `decodeData`/`encodeData`.
     pub(super) fn deliver_body(&mut self, id: StreamId, ctx: u32, dir: Direction, chunk: Vec<u8>, eos: bool) -> Step {
-        let accumulate = self.opts.profile == Profile::Envoy;
+        let accumulate = self.opts.profile == HostProfile::Envoy;
         let limit = self.opts.buffer_limit;
         let side = self.drv(id).side(dir);
         let mut visible = Vec::new();

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use crate::abi::{Action, Direction, Headers};
 use crate::history::{keep_recent, HISTORY_CAP};
 use crate::host::{HostcallError, LogLine, StreamIo};
-use crate::options::{FailurePolicy, HostOptions, Profile};
+use crate::options::{FailurePolicy, HostOptions, HostProfile};
 use crate::shared::VmGroup;
 use crate::vm::{Invocation, Plugin, TrapInfo, Vm};
 use crate::Error;
@@ -370,7 +370,7 @@ impl Worker {
         if vm_gen != self.reloads || self.vm.as_ref().map(|v| v.trap.is_some()).unwrap_or(true) {
             return;
         }
-        let gcp = self.opts.profile == Profile::Gcp;
+        let gcp = self.opts.profile == HostProfile::Gcp;
         let Some(vm) = self.vm.as_mut() else { return };
         let r = (|| -> Result<(), TrapInfo> {
             let done = vm.on_done(ctx)?;
@@ -457,7 +457,7 @@ impl Worker {
     /// notifications. Returns the number of callbacks run. Bounded.
     pub fn run_timers_and_queues(&mut self) -> usize {
         let mut n = 0;
-        if self.opts.profile == Profile::Gcp {
+        if self.opts.profile == HostProfile::Gcp {
             // No timers or queues on GCP (§6.1).
             return 0;
         }

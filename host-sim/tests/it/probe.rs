@@ -1,6 +1,6 @@
 //! Host semantics checked with host-sim's own probe module (testdata/probe).
 
-use host_sim::{CallResponse, FailurePolicy, Flow, Host, HostOptions, LogLevel, Profile, Status};
+use host_sim::{CallResponse, FailurePolicy, Flow, Host, HostOptions, HostProfile, LogLevel, Status};
 
 use crate::common::*;
 
@@ -472,7 +472,7 @@ fn gcp_reports_cpu_per_invocation_and_has_no_on_log() {
         .logs()
         .iter()
         .any(|l| l.message.ends_with(" log") && l.level == LogLevel::Info));
-    assert_eq!(h.opts.profile, Profile::Gcp);
+    assert_eq!(h.opts.profile, HostProfile::Gcp);
 }
 
 #[test]

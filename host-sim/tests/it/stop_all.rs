@@ -3,7 +3,7 @@
 //! (Envoy `FilterManager::decodeTrailers`/`encodeTrailers` return at a filter that `stoppedAll()`,
 //! `source/common/http/filter_manager.cc`). Hand-written WAT: a trailers callback traps.
 
-use host_sim::{Flow, Headers, Host, HostOptions, Plugin, Profile};
+use host_sim::{Flow, Headers, Host, HostOptions, HostProfile, Plugin};
 
 /// Request and response headers callbacks return `req`/`resp` (0 Continue, 1 Pause); both
 /// trailers callbacks trap.
@@ -32,7 +32,7 @@ fn hs(pairs: &[(&str, &str)]) -> Headers {
 
 #[test]
 fn request_trailers_wait_while_request_headers_stop_all() {
-    let mut host = Host::new(&module(1, 0), HostOptions::new(Profile::Envoy), 1).unwrap();
+    let mut host = Host::new(&module(1, 0), HostOptions::new(HostProfile::Envoy), 1).unwrap();
     let w = host.worker(0);
     let s = w.new_stream();
     assert_eq!(w.request_headers(s, hs(&[(":path", "/")]), false).flow, Flow::Paused);
@@ -45,7 +45,7 @@ fn request_trailers_wait_while_request_headers_stop_all() {
 
 #[test]
 fn response_trailers_wait_while_response_headers_stop_all() {
-    let mut host = Host::new(&module(0, 1), HostOptions::new(Profile::Envoy), 1).unwrap();
+    let mut host = Host::new(&module(0, 1), HostOptions::new(HostProfile::Envoy), 1).unwrap();
     let w = host.worker(0);
     let s = w.new_stream();
     assert_eq!(w.request_headers(s, hs(&[(":path", "/")]), true).flow, Flow::Continued);
