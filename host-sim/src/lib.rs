@@ -9,7 +9,7 @@
 //!
 //! ## Layout
 //! - [`abi`]: status/map/buffer constants and the header-map wire format.
-//! - [`host`]: per-VM [`host::HostState`] (the `Store` data: no globals) and every import:
+//! - [`hostcalls`]: per-VM [`hostcalls::HostState`] (the `Store` data: no globals) and every import:
 //!   all `env.proxy_*` hostcalls of ABI v0.2.1 plus WASI preview1 limited to stdout/stderr,
 //!   clocks and random (other WASI calls answer ENOSYS).
 //! - [`shared`]: [`VmGroup`], one `vm_id` namespace: shared data (Envoy CAS semantics),
@@ -185,7 +185,7 @@ pub mod abi;
 pub mod bench;
 pub mod case;
 pub mod history;
-pub mod host;
+pub mod hostcalls;
 pub mod options;
 pub mod serve;
 pub mod shared;
@@ -195,7 +195,7 @@ pub mod worker;
 use std::sync::Arc;
 
 pub use abi::{Action, Direction, Headers, LogLevel, Status};
-pub use host::{HostcallError, LogLine};
+pub use hostcalls::{HostcallError, LogLine};
 pub use options::{CallResponse, Clock, FailurePolicy, HostOptions, HostProfile};
 pub use shared::VmGroup;
 pub use vm::{Plugin, TrapInfo, Vm};

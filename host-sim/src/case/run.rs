@@ -151,7 +151,7 @@ impl Runner {
                     if !e.status.is_benign() && !case.allow_errors.iter().any(|a| a == e.call) {
                         failures.push(format!(
                             "strict: {} returned {} in {:?} (context {})",
-                            e.call, e.status, e.phase, e.context_id
+                            e.call, e.status, e.callback, e.context_id
                         ));
                     }
                 }

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::abi::{Direction, Headers};
-use crate::host::PendingCall;
+use crate::hostcalls::PendingCall;
 use crate::options::CallResponse;
 use crate::worker::StreamId;
 

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use crate::abi::{Action, Direction, Headers};
 use crate::history::{keep_recent, HISTORY_CAP};
-use crate::host::{HostcallError, LogLine, StreamIo};
+use crate::hostcalls::{HostcallError, LogLine, StreamIo};
 use crate::options::{FailurePolicy, HostOptions, HostProfile};
 use crate::shared::VmGroup;
 use crate::vm::{Invocation, Plugin, TrapInfo, Vm};

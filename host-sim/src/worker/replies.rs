@@ -3,7 +3,7 @@
 //! failure policy after a trap.
 
 use crate::abi::{Direction, Headers};
-use crate::host::{LocalReply, PendingCall};
+use crate::hostcalls::{LocalReply, PendingCall};
 use crate::options::{CallResponse, FailurePolicy};
 use crate::vm::TrapInfo;
 

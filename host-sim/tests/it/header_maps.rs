@@ -4,7 +4,7 @@
 //! and their public sources are listed in host-sim's crate docs ("Envoy profile: what is
 //! modelled").
 
-use host_sim::host::Phase;
+use host_sim::hostcalls::Callback;
 use host_sim::{CallResponse, Forwarded, Headers, Host, HostOptions, HostProfile, Plugin, Status};
 
 /// Imports, memory, a bump allocator and `$check` (traps when its argument is 0), shared by every
@@ -354,14 +354,14 @@ fn header_map_size_of_an_http_call_response_is_bad_argument() {
     let errors: Vec<_> = w
         .hostcall_errors()
         .iter()
-        .map(|e| (e.call, e.status, e.phase))
+        .map(|e| (e.call, e.status, e.callback))
         .collect();
     assert_eq!(
         errors,
         [(
             "proxy_get_header_map_size",
             Status::BadArgument,
-            Phase::HttpCallResponse
+            Callback::HttpCallResponse
         )]
     );
 }

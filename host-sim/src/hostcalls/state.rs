@@ -11,9 +11,11 @@ use crate::abi::{Direction, Headers, LogLevel, Status};
 use crate::options::{CallResponse, HostOptions, HostProfile};
 use crate::shared::VmGroup;
 
-/// Which guest callback is running. Drives the buffer/map access rules.
+/// A guest callback, as the host tracks which one is running ([`HostState::callback`]; `Idle`
+/// between calls). Drives the buffer and map access rules. Not to be confused with a test
+/// case's [`crate::case::Phase`] (an input step and what it should produce).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub enum Callback {
     Idle,
     Init,
     ContextCreate,
@@ -33,28 +35,28 @@ pub enum Phase {
     Delete,
 }
 
-impl Phase {
+impl Callback {
     /// The headers callback of `dir`.
-    pub fn headers(dir: Direction) -> Phase {
+    pub fn headers(dir: Direction) -> Callback {
         match dir {
-            Direction::Request => Phase::RequestHeaders,
-            Direction::Response => Phase::ResponseHeaders,
+            Direction::Request => Callback::RequestHeaders,
+            Direction::Response => Callback::ResponseHeaders,
         }
     }
 
     /// The body callback of `dir`.
-    pub fn body(dir: Direction) -> Phase {
+    pub fn body(dir: Direction) -> Callback {
         match dir {
-            Direction::Request => Phase::RequestBody,
-            Direction::Response => Phase::ResponseBody,
+            Direction::Request => Callback::RequestBody,
+            Direction::Response => Callback::ResponseBody,
         }
     }
 
     /// The trailers callback of `dir`.
-    pub fn trailers(dir: Direction) -> Phase {
+    pub fn trailers(dir: Direction) -> Callback {
         match dir {
-            Direction::Request => Phase::RequestTrailers,
-            Direction::Response => Phase::ResponseTrailers,
+            Direction::Request => Callback::RequestTrailers,
+            Direction::Response => Callback::ResponseTrailers,
         }
     }
 }
@@ -72,7 +74,7 @@ pub struct LogLine {
 pub struct HostcallError {
     pub call: &'static str,
     pub status: Status,
-    pub phase: Phase,
+    pub callback: Callback,
     pub context_id: u32,
 }
 
@@ -140,7 +142,6 @@ pub struct StreamIo {
     pub late_mutations: Vec<String>,
     /// GCP: the clock is frozen at stream creation (§6.1).
     pub frozen_ns: u64,
-    pub done_called: bool,
 }
 
 /// Stream contexts by context id. Almost every hostcall looks up the effective context, so the
@@ -198,16 +199,18 @@ pub struct HostState {
     /// The guest allocator. An `Arc` because cloning a `TypedFunc` clones its registered type
     /// (several atomic reference counts), and every value copied out to the guest calls it.
     pub alloc: Option<Arc<TypedFunc<i32, i32>>>,
+    /// The context hostcalls act on (`proxy_set_effective_context` changes it).
     pub effective: u32,
-    pub phase: Phase,
+    /// The guest callback that is running.
+    pub callback: Callback,
     pub root_context: u32,
     pub streams: Streams,
     pub tick_period_ms: u32,
     pub logs: Vec<LogLine>,
     pub errors: Vec<HostcallError>,
-    /// Keep only the most recent [`HISTORY_CAP`]..2×[`HISTORY_CAP`] log lines and hostcall
-    /// errors (the `serve` gateway, which runs for as long as it is left running); tests and
-    /// benches keep everything.
+    /// Keep only the most recent [`HISTORY_CAP`](crate::history::HISTORY_CAP)..2× that log
+    /// lines and hostcall errors (the `serve` gateway, which runs for as long as it is left
+    /// running); tests and benches keep everything.
     pub bounded_history: bool,
     pub next_call_token: u32,
     pub calls: Vec<PendingCall>,
@@ -247,7 +250,7 @@ impl HostState {
             memory: None,
             alloc: None,
             effective: 0,
-            phase: Phase::Idle,
+            callback: Callback::Idle,
             root_context: 0,
             streams: Streams::default(),
             tick_period_ms: 0,

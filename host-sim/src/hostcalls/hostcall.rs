@@ -38,11 +38,11 @@ pub(super) fn finish(c: &mut C<'_>, call: &'static str, r: Hc) -> wasmtime::Resu
         Err(HcErr::Status(s)) => {
             if s != Status::Ok {
                 let st = c.data_mut();
-                let (phase, context_id) = (st.phase, st.effective);
+                let (callback, context_id) = (st.callback, st.effective);
                 st.errors.push(HostcallError {
                     call,
                     status: s,
-                    phase,
+                    callback,
                     context_id,
                 });
                 if st.bounded_history {
@@ -67,16 +67,16 @@ macro_rules! hostcall {
         $l.func_wrap(
             "env",
             $name,
-            |mut $c: ::wasmtime::Caller<'_, $crate::host::HostState> $(, $a: i32)*| -> ::wasmtime::Result<i32> {
+            |mut $c: ::wasmtime::Caller<'_, $crate::hostcalls::HostState> $(, $a: i32)*| -> ::wasmtime::Result<i32> {
                 #[allow(clippy::redundant_closure_call)] // the closure scopes `?` to one hostcall
-                let r = match $crate::host::hostcall::gcp_gate(&$c, $name) {
-                    Ok(()) => (|| -> $crate::host::guest::Hc {
+                let r = match $crate::hostcalls::hostcall::gcp_gate(&$c, $name) {
+                    Ok(()) => (|| -> $crate::hostcalls::guest::Hc {
                         let $c = &mut $c;
                         $body
                     })(),
                     Err(e) => Err(e),
                 };
-                $crate::host::hostcall::finish(&mut $c, $name, r)
+                $crate::hostcalls::hostcall::finish(&mut $c, $name, r)
             },
         )?;
     };

@@ -8,7 +8,7 @@ use crate::options::HostProfile;
 
 use super::guest::{copy_out, read, read_str, write_u32};
 use super::hostcall::hostcall;
-use super::{HostState, LocalReply, Phase};
+use super::{Callback, HostState, LocalReply};
 
 /// Stream control and local replies.
 pub(super) fn define(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
@@ -46,8 +46,8 @@ pub(super) fn define(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             // headers only (§6.4); we answer BadArgument elsewhere (assumption).
             if gcp
                 && !matches!(
-                    st.phase,
-                    Phase::RequestHeaders | Phase::RequestBody | Phase::ResponseHeaders
+                    st.callback,
+                    Callback::RequestHeaders | Callback::RequestBody | Callback::ResponseHeaders
                 )
             {
                 return Err(Status::BadArgument.into());

@@ -8,7 +8,7 @@ use crate::options::HostProfile;
 
 use super::guest::{copy_out_from, read, write_u32};
 use super::hostcall::hostcall;
-use super::{HostState, Phase};
+use super::{Callback, HostState};
 
 /// The buffer the guest asks for, borrowed: Envoy hands out a pointer to its own buffer and
 /// copies only the requested range into the VM.
@@ -18,13 +18,13 @@ pub(super) fn buffer_ref(st: &HostState, t: BufferType) -> Result<&[u8], Status>
         // Spec v0.2.1 "Buffers": VM configuration only in on_vm_start, plugin configuration
         // only in on_configure; elsewhere there is no buffer (NotFound).
         BufferType::VmConfiguration if gcp => Err(Status::Unimplemented),
-        BufferType::VmConfiguration if st.phase == Phase::VmStart => Ok(&st.opts.vm_config),
-        BufferType::PluginConfiguration if st.phase == Phase::Configure => Ok(&st.opts.plugin_config),
+        BufferType::VmConfiguration if st.callback == Callback::VmStart => Ok(&st.opts.vm_config),
+        BufferType::PluginConfiguration if st.callback == Callback::Configure => Ok(&st.opts.plugin_config),
         BufferType::VmConfiguration | BufferType::PluginConfiguration => Err(Status::NotFound),
         BufferType::HttpRequestBody | BufferType::HttpResponseBody => {
             let dir = Direction::of_body(t).ok_or(Status::NotFound)?;
             let s = st.streams.get(&st.effective).ok_or(Status::NotFound)?;
-            if gcp && st.phase != Phase::body(dir) {
+            if gcp && st.callback != Callback::body(dir) {
                 return Err(Status::NotFound);
             }
             let h = s.half(dir);

@@ -30,7 +30,7 @@ mod wasi;
 use wasmtime::Linker;
 
 pub use state::{
-    ContextIdHasher, HalfStream, HostState, HostcallError, LocalReply, LogLine, MemLimiter, PendingCall, Phase,
+    Callback, ContextIdHasher, HalfStream, HostState, HostcallError, LocalReply, LogLine, MemLimiter, PendingCall,
     StreamIo, Streams,
 };
 pub(crate) use wasi::{ERRNO_NOSYS, WASI_DEFINED};

@@ -9,7 +9,7 @@ use crate::options::HostProfile;
 use super::guest::{copy_out_from, guest, guest2, guest_alloc, guest_dst, mem, read, write_u32};
 use super::header_map_impl::{add_copy, first_of, remove_all, set_copy, set_pairs};
 use super::hostcall::hostcall;
-use super::{HostState, Phase};
+use super::{Callback, HostState};
 
 pub(super) enum MapAccess {
     Live,
@@ -34,9 +34,9 @@ pub(super) fn map_access(st: &HostState, t: MapType, write: bool) -> Result<MapA
     let s = st.streams.get(&st.effective).ok_or(Status::BadArgument)?;
     if st.opts.profile == HostProfile::Gcp {
         let ok = matches!(
-            (t, st.phase),
-            (MapType::HttpRequestHeaders, Phase::RequestHeaders)
-                | (MapType::HttpResponseHeaders, Phase::ResponseHeaders)
+            (t, st.callback),
+            (MapType::HttpRequestHeaders, Callback::RequestHeaders)
+                | (MapType::HttpResponseHeaders, Callback::ResponseHeaders)
         );
         return if ok {
             Ok(MapAccess::Live)
@@ -45,7 +45,7 @@ pub(super) fn map_access(st: &HostState, t: MapType, write: bool) -> Result<MapA
         };
     }
     // on_log reads the access-log copies of the headers (read only).
-    if st.phase == Phase::Log && !write {
+    if st.callback == Callback::Log && !write {
         return Ok(MapAccess::Live);
     }
     let (dir, trailers) = Direction::of_map(t).ok_or(Status::BadArgument)?;
