@@ -5,11 +5,10 @@
 use wasmtime::Linker;
 
 use crate::abi::{LogLevel, Status};
-use crate::history::{keep_recent, HISTORY_CAP};
 
 use super::guest::{read_str, write_bytes, write_u32};
 use super::hostcall::hostcall;
-use super::{HostState, LogLine};
+use super::HostState;
 
 /// Logging, time, ticks and contexts.
 pub(super) fn define(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
@@ -20,15 +19,7 @@ pub(super) fn define(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         if st.opts.echo_logs {
             eprintln!("[wasm {:?} #{}] {}", level, st.effective, msg);
         }
-        let context_id = st.effective;
-        st.logs.push(LogLine {
-            level,
-            context_id,
-            message: msg,
-        });
-        if st.bounded_history {
-            keep_recent(&mut st.logs, HISTORY_CAP);
-        }
+        st.push_log(level, msg);
         Ok(())
     });
     hostcall!(l, "proxy_get_log_level", |c, ret| {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use wasmtime::{Memory, ResourceLimiter, TypedFunc};
 
 use crate::abi::{Direction, Headers, LogLevel, Status};
+use crate::history::{keep_recent, HISTORY_CAP};
 use crate::options::{CallResponse, HostOptions, HostProfile};
 use crate::shared::VmGroup;
 
@@ -288,6 +289,20 @@ impl HostState {
         x ^= x >> 27;
         self.rng = x;
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Record a line the guest logged, on the effective context (bounded when
+    /// [`HostState::bounded_history`] is on).
+    pub(crate) fn push_log(&mut self, level: LogLevel, message: String) {
+        let context_id = self.effective;
+        self.logs.push(LogLine {
+            level,
+            context_id,
+            message,
+        });
+        if self.bounded_history {
+            keep_recent(&mut self.logs, HISTORY_CAP);
+        }
     }
 
     pub(crate) fn stream(&mut self) -> Option<&mut StreamIo> {

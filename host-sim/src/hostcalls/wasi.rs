@@ -4,10 +4,9 @@
 use wasmtime::Linker;
 
 use crate::abi::{LogLevel, Status};
-use crate::history::{keep_recent, HISTORY_CAP};
 
 use super::guest::{read, write_bytes, write_u32, C};
-use super::{HostState, LogLine};
+use super::HostState;
 
 const WASI: &str = "wasi_snapshot_preview1";
 const ERRNO_SUCCESS: i32 = 0;
@@ -59,15 +58,7 @@ fn wasi_fd_write(c: &mut C<'_>, fd: i32, iovs: i32, n: i32, nwritten: i32) -> Re
             eprintln!("[wasm fd{fd}] {msg}");
         }
         let level = if fd == 1 { LogLevel::Info } else { LogLevel::Error };
-        let context_id = st.effective;
-        st.logs.push(LogLine {
-            level,
-            context_id,
-            message: msg,
-        });
-        if st.bounded_history {
-            keep_recent(&mut st.logs, HISTORY_CAP);
-        }
+        st.push_log(level, msg);
     }
     Ok(ERRNO_SUCCESS)
 }
