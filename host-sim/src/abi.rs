@@ -1,12 +1,12 @@
 //! proxy-wasm ABI v0.2.1 constants and the header-map wire format.
 //!
-//! Source: proxy-wasm/spec `abi-versions/v0.2.1/README.md` (reference `proxywasm.md` §2) and the
+//! Source: proxy-wasm/spec `abi-versions/v0.2.1/README.md` (docs/proxy-wasm.md#the-abi) and the
 //! discriminants the Rust SDK 0.2.5 uses (`src/types.rs`).
 
 use std::fmt;
 
 /// Hostcall status (`WasmResult` in cpp-host). `Unimplemented` (12) exists in the spec but not in
-/// the Rust SDK's enum (reference §0.2), so a guest that receives it panics.
+/// the Rust SDK's enum (docs/proxy-wasm.md#unexpected-statuses-panic), so a guest that receives it panics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum Status {
@@ -267,7 +267,8 @@ pub fn serialize_map_into(pairs: &[(String, String)], out: &mut [u8]) {
     }
 }
 
-/// cpp-host caps deserialized maps at 1 MiB and 1024 pairs (`include/proxy-wasm/limits.h`, §7.3).
+/// cpp-host caps deserialized maps at 1 MiB and 1024 pairs (`include/proxy-wasm/limits.h`,
+/// docs/proxy-wasm.md#memory-limits).
 pub const MAX_MAP_BYTES: usize = 1 << 20;
 pub const MAX_MAP_PAIRS: usize = 1024;
 

@@ -121,7 +121,7 @@ impl Plugin {
         let mut linker = Linker::new(&engine);
         define_imports(&mut linker).map_err(|e| Error::Load(format!("{e:#}")))?;
         // WASI functions outside the documented subset answer ENOSYS instead of failing to
-        // link (cpp-host registers stubs for capabilities it does not grant, §2).
+        // link (cpp-host registers stubs for capabilities it does not grant, docs/proxy-wasm.md#capabilities-and-wasi).
         for imp in module.imports() {
             if imp.module() == "wasi_snapshot_preview1" && !crate::hostcalls::WASI_DEFINED.contains(&imp.name()) {
                 if let ExternType::Func(ft) = imp.ty() {
@@ -251,7 +251,7 @@ fn thread_cpu_ns() -> u64 {
 
 impl Vm {
     /// Instantiate, run `_initialize`, create the root context, then `on_vm_start` and
-    /// `on_configure`. Either returning false rejects the configuration (Envoy NACKs, §4.2).
+    /// `on_configure`. Either returning false rejects the configuration (Envoy NACKs, docs/proxy-wasm.md#plugin-configuration).
     pub fn start(plugin: &Plugin, opts: Arc<HostOptions>, group: VmGroup, worker: usize) -> Result<Vm, Error> {
         let mut store = Store::new(&plugin.engine, HostState::new(opts.clone(), group, worker));
         store.limiter(|s| &mut s.limiter);

@@ -1,5 +1,6 @@
 //! Declarative test cases: a YAML DSL in the spirit of GCP's plugin tester `tests.yaml`
-//! (`plugins/test/runner.proto`, reference §6.4) and a Rust builder for the same structures.
+//! (`plugins/test/runner.proto`, docs/proxy-wasm.md#the-plugin-tester) and a Rust builder for the same
+//! structures.
 //!
 //! ```yaml
 //! env:

@@ -91,7 +91,7 @@ pub(super) fn define(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         let s = c.data_mut().stream().ok_or(Status::NotFound)?;
         let buf = &mut s.half_mut(dir).body;
         // Envoy Buffer::copyFrom: start 0 drains `size` bytes then prepends; start >= len
-        // appends; anything else is BadArgument (§1.3 "rewrite body").
+        // appends; anything else is BadArgument (docs/proxy-wasm.md#buffers).
         let (start, size) = (start as u32 as usize, size as u32 as usize);
         if start == 0 {
             let n = size.min(buf.len());

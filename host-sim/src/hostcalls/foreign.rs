@@ -79,7 +79,7 @@ pub(super) fn define(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let name = read_str(c, np, nl)?;
             let args = read(c, ap, al)?;
             match name.as_str() {
-                // envoy source/extensions/common/wasm/foreign.cc (§4.8)
+                // envoy source/extensions/common/wasm/foreign.cc (docs/proxy-wasm.md#route-cache)
                 "clear_route_cache" => {
                     let s = c.data_mut().stream().ok_or(Status::NotFound)?;
                     s.route_cache_clears += 1;
@@ -90,7 +90,8 @@ pub(super) fn define(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     let s = c.data_mut().stream().ok_or(Status::NotFound)?;
                     s.filter_state.insert(key, value);
                 }
-                // cpp-host exports.cc call_foreign_function: unknown name → NotFound (§1.3).
+                // cpp-host exports.cc call_foreign_function: unknown name → NotFound
+                // (docs/proxy-wasm.md#foreign-functions-and-filter-state).
                 _ => return Err(Status::NotFound.into()),
             }
             copy_out(c, &[], res_ptr, res_size)

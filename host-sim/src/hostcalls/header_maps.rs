@@ -18,8 +18,9 @@ pub(super) enum MapAccess {
     Late,
 }
 
-/// Envoy `getMap`/`getConstMap`: a null map gives `BadArgument` (§1.3 "set header" row).
-/// GCP: a header map is reachable only during its own header callback (§0.8, §6.4).
+/// Envoy `getMap`/`getConstMap`: a null map gives `BadArgument` (docs/proxy-wasm.md#header-and-body-phases).
+/// GCP: a header map is reachable only during its own header callback
+/// (docs/proxy-wasm.md#the-plugin-tester).
 pub(super) fn map_access(st: &HostState, t: MapType, write: bool) -> Result<MapAccess, Status> {
     if let (MapType::HttpCallResponseHeaders | MapType::HttpCallResponseTrailers, false) = (t, write) {
         return if st.call_response.is_some() {
@@ -83,7 +84,7 @@ pub(super) fn map_mut<'a>(st: &'a mut HostState, t: MapType, call: &str) -> Resu
         s.late_mutations.push(format!("{call} on {t:?} after it was forwarded"));
     }
     if t == MapType::HttpRequestHeaders && st.opts.profile == HostProfile::Envoy && !late {
-        // ABI 0.2.1: Envoy clears the route cache on request-header mutation (§0.7, §4.8).
+        // ABI 0.2.1: Envoy clears the route cache on request-header mutation (docs/proxy-wasm.md#route-cache).
         s.route_cache_clears += 1;
     }
     let (dir, trailers) = Direction::of_map(t).ok_or(Status::BadArgument)?;

@@ -8,9 +8,9 @@ use crate::options::HostProfile;
 use super::guest::{Hc, HcErr, C};
 use super::HostcallError;
 
-/// Hostcalls GCP Service Extensions documents (reference §6.1); every other call answers
-/// `Unimplemented` (12), as GCP's plugin tester does for calls cpp-host leaves unimplemented
-/// (§6.4). WASI is handled separately.
+/// Hostcalls GCP Service Extensions documents (docs/proxy-wasm.md#supported-subset); every other call
+/// answers `Unimplemented` (12), as GCP's plugin tester does for calls cpp-host leaves
+/// unimplemented (docs/proxy-wasm.md#the-plugin-tester). WASI is handled separately.
 pub(super) const GCP_ALLOWED: &[&str] = &[
     "proxy_log",
     "proxy_get_log_level",

@@ -33,7 +33,7 @@ pub(super) fn define(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         Ok(())
     });
     hostcall!(l, "proxy_set_tick_period_milliseconds", |c, period| {
-        // Per root context timer, re-armed after each on_tick; 0 disables (§4.5).
+        // Per root context timer, re-armed after each on_tick; 0 disables (docs/proxy-wasm.md#timers).
         c.data_mut().tick_period_ms = period as u32;
         Ok(())
     });

@@ -21,7 +21,7 @@ pub(super) fn property(st: &HostState, path: &str) -> Result<Vec<u8>, Status> {
         }
     }
     if let Some(v) = o.properties.get(path) {
-        // GCP's tester answers from Test.properties (§6.4); production answers only
+        // GCP's tester answers from Test.properties (docs/proxy-wasm.md#the-plugin-tester); production answers only
         // plugin_root_id. Test-supplied properties are served in both profiles.
         return Ok(v.clone());
     }
@@ -72,7 +72,7 @@ pub(super) fn property(st: &HostState, path: &str) -> Result<Vec<u8>, Status> {
     Err(Status::NotFound)
 }
 
-/// A property path as the guest sends it: NUL-separated segments (§1.3), joined with `.`; a
+/// A property path as the guest sends it: NUL-separated segments (docs/proxy-wasm.md#properties), joined with `.`; a
 /// trailing NUL is allowed.
 fn dotted_path(raw: &[u8]) -> String {
     String::from_utf8_lossy(raw)

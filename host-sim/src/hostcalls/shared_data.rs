@@ -24,7 +24,7 @@ pub(super) fn define(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
     hostcall!(l, "proxy_register_shared_queue", |c, np, nl, ret| {
         let name = read_str(c, np, nl)?;
         let st = c.data();
-        // A registration from a stream context uses its root context (§4.4).
+        // A registration from a stream context uses its root context (docs/proxy-wasm.md#shared-queues).
         let tok = st.group.register_queue(&name, st.worker, st.root_context);
         write_u32(c, ret, tok)?;
         Ok(())

@@ -107,7 +107,7 @@ pub struct PendingCall {
 pub struct HalfStream {
     pub headers: Headers,
     /// Envoy keeps `request_headers_` (`response_headers_`) only until `decodeHeaders`
-    /// (`encodeHeaders`) returns Continue (§0.3).
+    /// (`encodeHeaders`) returns Continue (docs/proxy-wasm.md#header-and-body-phases).
     pub headers_live: bool,
     /// Headers already went on (to the router, or to the client): later writes have no effect
     /// there.
@@ -136,12 +136,12 @@ pub struct StreamIo {
     /// Properties the host knows about this stream (`upstream.address`, …).
     pub stream_properties: BTreeMap<String, Vec<u8>>,
     /// Envoy with ABI 0.2.1 clears the route cache on every request-header mutation, and the
-    /// `clear_route_cache` foreign function does it explicitly (§4.8).
+    /// `clear_route_cache` foreign function does it explicitly (docs/proxy-wasm.md#route-cache).
     pub route_cache_clears: u32,
     /// Header writes made after the headers were forwarded (they return Ok in Envoy but change
     /// nothing upstream).
     pub late_mutations: Vec<String>,
-    /// GCP: the clock is frozen at stream creation (§6.1).
+    /// GCP: the clock is frozen at stream creation (docs/proxy-wasm.md#supported-subset).
     pub frozen_ns: u64,
 }
 
@@ -209,9 +209,9 @@ pub struct HostState {
     pub tick_period_ms: u32,
     pub logs: Vec<LogLine>,
     pub errors: Vec<HostcallError>,
-    /// Keep only the most recent [`HISTORY_CAP`](crate::history::HISTORY_CAP)..2× that log
-    /// lines and hostcall errors (the `serve` gateway, which runs for as long as it is left
-    /// running); tests and benches keep everything.
+    /// Keep only the most recent [`HISTORY_CAP`]..2×[`HISTORY_CAP`] log lines and hostcall
+    /// errors (the `serve` gateway, which runs for as long as it is left running); tests and
+    /// benches keep everything.
     pub bounded_history: bool,
     pub next_call_token: u32,
     pub calls: Vec<PendingCall>,
@@ -274,7 +274,7 @@ impl HostState {
     pub(crate) fn now_ns(&self) -> u64 {
         if self.opts.profile == HostProfile::Gcp {
             if let Some(s) = self.streams.get(&self.effective) {
-                // GCP: "clock time is set at context creation … and kept frozen" (§6.1).
+                // GCP: the clock is set at context creation and kept frozen (docs/proxy-wasm.md#supported-subset).
                 return s.frozen_ns;
             }
         }

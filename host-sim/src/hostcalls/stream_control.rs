@@ -43,7 +43,7 @@ pub(super) fn define(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let st = c.data_mut();
             let gcp = st.opts.profile == HostProfile::Gcp;
             // GCP's tester allows local replies in request headers, request body and response
-            // headers only (§6.4); we answer BadArgument elsewhere (assumption).
+            // headers only (docs/proxy-wasm.md#the-plugin-tester); we answer BadArgument elsewhere (assumption).
             if gcp
                 && !matches!(
                     st.callback,
@@ -53,7 +53,8 @@ pub(super) fn define(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 return Err(Status::BadArgument.into());
             }
             let s = st.stream().ok_or(Status::NotFound)?;
-            // Envoy defers the reply until the VM call returns (addAfterVmCallAction, §1.3).
+            // Envoy defers the reply until the VM call returns (addAfterVmCallAction,
+            // docs/proxy-wasm.md#local-replies).
             s.local_reply = Some(LocalReply {
                 status: status as u32,
                 details,

@@ -2,15 +2,15 @@
 //!
 //! - A listener (hyper 1 on tokio) accepts clients; each request is assigned round-robin to a
 //!   worker thread that owns one VM instance ([`Worker`]); all workers share one `vm_id`
-//!   namespace ([`VmGroup`]), like Envoy's per-worker VMs (reference §4.3).
+//!   namespace ([`VmGroup`]), like Envoy's per-worker VMs (docs/proxy-wasm.md#vms-per-worker-and-vm_id).
 //! - After the filter releases the request headers, the router picks the upstream from the
 //!   forwarded `x-gateway-destination-endpoint` header (an ordered list, walked on connect
-//!   failure, as the GIE contract asks, §4.9) or, without it, from the route cluster's own
+//!   failure, as the GIE contract asks, docs/proxy-wasm.md#how-a-pick-reaches-the-router) or, without it, from the route cluster's own
 //!   round-robin. The served endpoint is reported to the filter as property `upstream.address`
 //!   before the response headers callback.
 //! - Without the header, filter state `envoy.network.transport_socket.original_dst_address`
 //!   (set with the `set_envoy_filter_state` foreign function) routes like an ORIGINAL_DST
-//!   cluster (DESIGN "How the pick reaches the router", path 2).
+//!   cluster (docs/proxy-wasm.md#how-a-pick-reaches-the-router, path 2).
 //! - Bodies stream both ways; data the filter lets through goes on at once (SSE works).
 //! - `dispatch_http_call` to a named cluster performs a real HTTP/1.1 call to that cluster.
 //!

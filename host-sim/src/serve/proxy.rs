@@ -295,8 +295,8 @@ fn header_pairs(h: &hyper::HeaderMap) -> Headers {
         .collect()
 }
 
-/// Filter state read by an ORIGINAL_DST cluster (DESIGN "How the pick reaches the router",
-/// path 2; reference §4.9).
+/// Filter state read by an ORIGINAL_DST cluster (docs/proxy-wasm.md#how-a-pick-reaches-the-router,
+/// path 2).
 pub(super) const ORIGINAL_DST_KEY: &str = "envoy.network.transport_socket.original_dst_address";
 
 /// Endpoint candidates: the forwarded destination list (override_host header source, or

@@ -73,7 +73,7 @@ impl Worker {
         match action {
             Action::Continue => {
                 // Envoy decodeHeaders/encodeHeaders: Continue → request_headers_ (response_headers_)
-                // = nullptr (§4.7.3).
+                // = nullptr (docs/proxy-wasm.md#header-and-body-phases).
                 let hdrs = self.io(ctx).map(|io| {
                     let h = io.half_mut(dir);
                     h.headers_live = false;
@@ -89,8 +89,9 @@ impl Worker {
                 let side = self.drv(id).side(dir);
                 side.headers_paused = true;
                 // cpp-host convertVmCallResultToFilterHeadersStatus: StopIteration becomes
-                // StopAllIterationAndWatermark unless allow_on_headers_stop_iteration (§4.7.1).
-                // GCP's tester delivers body chunks regardless (§6.4); we model that.
+                // StopAllIterationAndWatermark unless allow_on_headers_stop_iteration
+                // (docs/proxy-wasm.md#header-and-body-phases). GCP's tester delivers body chunks regardless
+                // (docs/proxy-wasm.md#the-plugin-tester); we model that.
                 side.stop_all = !stop_iteration_ok;
             }
         }
@@ -125,7 +126,8 @@ impl Worker {
         side.eos_in |= eos;
         if side.stop_all {
             // StopAllIterationAndWatermark: the plugin's body callback is not called; data
-            // waits in the host (flow control, no 413) until the stream is continued (§4.7.2).
+            // waits in the host (flow control, no 413) until the stream is continued
+            // (docs/proxy-wasm.md#header-and-body-phases).
             side.held.extend_from_slice(chunk);
             return Step {
                 action: None,
@@ -148,7 +150,8 @@ impl Worker {
             return self.step(id, None, dir);
         };
         if self.opts.profile == HostProfile::Gcp {
-            // "HTTP trailer events are not supported" (§6.1): trailers pass untouched.
+            // "HTTP trailer events are not supported" (docs/proxy-wasm.md#supported-subset): trailers pass
+            // untouched.
             let side = self.drv(id).side(dir);
             side.trailers_in = Some(trailers);
             side.eos_in = true;
@@ -157,7 +160,8 @@ impl Worker {
         let side = self.drv(id).side(dir);
         side.eos_in = true;
         if side.stop_all {
-            // StopAllIteration holds trailers too: the plugin's callback is not called.
+            // StopAllIteration holds trailers too: the plugin's callback is not called
+            // (docs/proxy-wasm.md#trailers).
             side.trailers_in = Some(trailers);
             return Step {
                 action: None,
@@ -190,9 +194,7 @@ impl Worker {
         side.trailers_in = tr;
         let stopped_all = side.stop_all;
         // Continue from trailers resumes everything held, headers paused by StopIteration
-        // included (Envoy `source/common/http/filter_manager.cc`,
-        // `ActiveStreamFilterBase::commonHandleAfterTrailersCallback`: Continue while
-        // `StopSingleIteration` calls `commonContinue()`).
+        // included (docs/proxy-wasm.md#trailers).
         if action == Action::Continue && !stopped_all {
             self.forward_held(id, ctx, dir);
         }
@@ -221,7 +223,7 @@ impl Worker {
         let mut prefix = Vec::new();
         if side.buffering && accumulate {
             // addDecodedData: the new chunk joins the buffered body; overflow → local reply
-            // 413 (request) before the VM is called (§4.10, Envoy decodeData "local reply (413)").
+            // 413 (request) before the VM is called (docs/proxy-wasm.md#body-buffering-and-limits).
             if side.held.len() + chunk.len() > limit {
                 let (status, details) = match dir {
                     Direction::Request => (413, "request_payload_too_large"),
@@ -233,7 +235,7 @@ impl Worker {
             visible.append(&mut side.held);
         } else {
             // GCP's tester keeps no body across Pause: each chunk replaces the buffer the
-            // plugin sees (§6.4); what was held still goes on, in order.
+            // plugin sees (docs/proxy-wasm.md#the-plugin-tester); what was held still goes on, in order.
             prefix = std::mem::take(&mut side.held);
         }
         visible.extend_from_slice(&chunk);
@@ -323,7 +325,7 @@ impl Worker {
         let side = d.side(dir);
         if side.stop_all && !side.held.is_empty() {
             // After StopAll the buffered data is dispatched to this filter's data callback on
-            // continue (iteration restarts at the current filter).
+            // continue (iteration restarts at the current filter, docs/proxy-wasm.md#header-and-body-phases).
             side.stop_all = false;
             side.headers_paused = false;
             let held = std::mem::take(&mut side.held);

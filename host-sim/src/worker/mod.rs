@@ -1,16 +1,23 @@
 //! One worker: a VM instance plus the HTTP filter state machine that drives it the way Envoy's
 //! wasm filter (or GCP's host) would.
 //!
-//! Envoy rules modelled here, each cited where it is applied (reference `proxywasm.md`):
+//! Envoy rules modelled here, each with its section of `docs/proxy-wasm.md`:
 //! - headers callback returns Continue → the header map is gone (`request_headers_ = nullptr`),
-//!   later reads/writes get `BadArgument` (§0.3, §4.7.3);
+//!   later reads/writes get `BadArgument` (docs/proxy-wasm.md#header-and-body-phases);
 //! - Pause at headers → `StopAllIterationAndWatermark` unless `allow_on_headers_stop_iteration`
-//!   (then `StopIteration`): body is not delivered to the plugin while stopped-all (§4.7.1-2, §4.7.4);
+//!   (then `StopIteration`): body and trailers are not delivered to the plugin while stopped-all
+//!   (docs/proxy-wasm.md#header-and-body-phases, #trailers);
 //! - Pause in a body callback → `StopIterationAndBuffer`: the host accumulates the body and the
-//!   next callback sees the whole buffer; over the buffer limit → 413 (§1.3, §4.10);
+//!   next callback sees the whole buffer; over the buffer limit → 413
+//!   (docs/proxy-wasm.md#body-buffering-and-limits);
 //! - `send_local_response` runs after the VM call returns and the reply passes through the
-//!   plugin's own response callbacks (Envoy `encodeHeaders`, skipped only for `failStream`);
-//! - a trap follows the failure policy (§4.2).
+//!   plugin's own response callbacks (Envoy `encodeHeaders`, skipped only for `failStream`;
+//!   docs/proxy-wasm.md#local-replies);
+//! - a trap follows the failure policy (docs/proxy-wasm.md#failure-policies).
+//!
+//! Layout: this module (the [`Worker`], its streams, views, timers and queues), `filter` (the
+//! filter state machine, one path for both directions) and `replies` (what happens after a VM
+//! call: local replies, continue/close, http-call answers, the failure policy).
 
 mod filter;
 mod replies;
@@ -239,7 +246,7 @@ impl Worker {
     }
 
     /// Fault injection: the VM dies now, as on a runtime error the module did not cause
-    /// (Envoy fails the VM for any `RuntimeError`, §4.2). Its open streams get no further
+    /// (Envoy fails the VM for any `RuntimeError`, docs/proxy-wasm.md#failure-policies). Its open streams get no further
     /// callback, not even `on_done`; the failure policy applies to them and to new streams
     /// (`FailReload`: the next stream starts a fresh VM). Shared data outlives the VM, as in
     /// Envoy, so this is how tests check that shared state heals after a VM dies mid-stream.
@@ -263,7 +270,7 @@ impl Worker {
 
     /// Open a stream. Depending on the worker's failure state the filter is live, skipped
     /// (fail-open), replaced by a fresh VM (fail-reload) or the stream is answered 503
-    /// (fail-closed: "All plugins associated with the VM will return an HTTP 503", §4.2).
+    /// (fail-closed: every stream of the failed VM is answered 503, docs/proxy-wasm.md#failure-policies).
     pub fn new_stream(&mut self) -> StreamId {
         let id = StreamId(self.next_stream);
         self.next_stream += 1;
@@ -355,8 +362,8 @@ impl Worker {
         self.vm.as_mut()?.state_mut().streams.get_mut(&ctx)
     }
 
-    /// End the stream: `on_done`, `on_log` (Envoy only; not in GCP's list, §6.1), `on_delete`.
-    /// Spec order: on_log runs after done and before delete (§1.3 lifecycle row).
+    /// End the stream: `on_done`, `on_log` (Envoy only; not in GCP's list, docs/proxy-wasm.md#supported-subset),
+    /// `on_delete`. Spec order: on_log runs after done and before delete (docs/proxy-wasm.md#context-lifecycle).
     pub fn finish(&mut self, id: StreamId) {
         let d = self.drv(id);
         if d.finished {
@@ -453,12 +460,12 @@ impl Worker {
         }
     }
 
-    /// Fire due ticks (re-armed after each callback, §4.5) and deliver posted queue-ready
+    /// Fire due ticks (re-armed after each callback, docs/proxy-wasm.md#timers) and deliver posted queue-ready
     /// notifications. Returns the number of callbacks run. Bounded.
     pub fn run_timers_and_queues(&mut self) -> usize {
         let mut n = 0;
         if self.opts.profile == HostProfile::Gcp {
-            // No timers or queues on GCP (§6.1).
+            // No timers or queues on GCP (docs/proxy-wasm.md#supported-subset).
             return 0;
         }
         self.rearm_tick();

@@ -51,7 +51,7 @@ impl Worker {
         match policy {
             FailurePolicy::FailOpen => {
                 // CHECK_FAIL_HTTP returns Continue under fail-open: the filter is skipped and
-                // whatever it held goes on (§4.2).
+                // whatever it held goes on (docs/proxy-wasm.md#failure-policies).
                 d.bypass = true;
                 for (dir, h) in Direction::BOTH.into_iter().zip(headers) {
                     let side: &mut Side = d.side(dir);
