@@ -14,7 +14,7 @@ use crate::shared::VmGroup;
 
 /// A guest callback, as the host tracks which one is running ([`HostState::callback`]; `Idle`
 /// between calls). Drives the buffer and map access rules. Not to be confused with a test
-/// case's [`crate::case::Phase`] (an input step and what it should produce).
+/// case's `case::Phase` (an input step and what it should produce).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Callback {
     Idle,
