@@ -37,6 +37,14 @@ setup() {
     log "installing cargo-fuzz"
     cargo install --locked cargo-fuzz
   fi
+  # wasm-bindgen-test's runner must be the exact wasm-bindgen version the lock file resolves.
+  # Not --locked: the crate's own lock file names a webpki-roots release crates.io no longer has.
+  local wbg
+  wbg=$(wasm_bindgen_version)
+  if [ "$(wasm-bindgen-test-runner --version 2>/dev/null)" != "wasm-bindgen-test-runner $wbg" ]; then
+    log "installing wasm-bindgen-cli $wbg (wasm-bindgen-test-runner)"
+    cargo install wasm-bindgen-cli --version "$wbg"
+  fi
   # Debian packages: wasm-opt (binaryen), Node.js (runs the wasm32-wasip1 test binaries) and npm
   # (the manifest validators), Python with venv (the manifest validators).
   local pkgs=()
@@ -48,6 +56,11 @@ setup() {
     log "installing ${pkgs[*]}"
     apt-get update -qq && apt-get install -y -qq "${pkgs[@]}" >/dev/null
   fi
+}
+
+# The wasm-bindgen version in Cargo.lock (wasm-bindgen-test's runner must match it).
+wasm_bindgen_version() {
+  awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock
 }
 
 # Every tool setup installs answers (prints its version); exits 1 naming those that do not.
@@ -72,6 +85,8 @@ check_tools() {
   tool "cargo clippy" cargo clippy --version
   tool "cargo nextest" cargo nextest --version
   tool "cargo fuzz" cargo fuzz --version
+  tool "wasm-bindgen-test-runner $(wasm_bindgen_version)" sh -c \
+    "wasm-bindgen-test-runner --version | grep -x 'wasm-bindgen-test-runner $(wasm_bindgen_version)'"
   tool "target wasm32-wasip1" target wasm32-wasip1
   tool "target wasm32-unknown-unknown" target wasm32-unknown-unknown
   tool "wasm-opt" wasm-opt --version
@@ -140,6 +155,9 @@ test_all() {
   log "picker-core tests compiled to wasm32-wasip1, run under Node's WASI"
   CARGO_TARGET_WASM32_WASIP1_RUNNER="node $PWD/tools/wasi-run.mjs" \
     cargo test --quiet -p picker-core --lib --target wasm32-wasip1
+  log "the same tests compiled to wasm32-unknown-unknown, run by wasm-bindgen-test under Node"
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+    cargo test -p picker-core --lib --target wasm32-unknown-unknown 2>&1 | tail -n 3
   log "manifests: every document through a third-party schema tool; broken ones must fail"
   bash manifests/validate/run.sh
   log "fuzz targets: build all, run the scanner for 30 s and the collector's page and framing targets for 20 s each"

@@ -135,8 +135,11 @@ impl ModelPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // On wasm32-unknown-unknown the same tests run under wasm-bindgen-test (Node).
     use crate::rng::SplitMix64;
     use alloc::vec;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn policy(rewrites: Vec<Rewrite>) -> Result<ModelPolicy, PolicyError> {
         ModelPolicy::try_new(vec!["a".into(), "b".into()], BTreeMap::new(), rewrites, BTreeMap::new())

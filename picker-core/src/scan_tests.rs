@@ -1,8 +1,11 @@
 use super::*;
+// On wasm32-unknown-unknown the same tests run under wasm-bindgen-test (Node).
 use alloc::format;
 use alloc::string::ToString;
 use alloc::vec;
 use proptest::prelude::*;
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 #[track_caller]
 fn ok(body: &str, api: Api) -> Scanned<'_> {
