@@ -19,11 +19,11 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`scan`] | one-pass validating JSON scanner for `/v1/completions`, `/v1/chat/completions`, `/v1/responses`, `/v1/embeddings` |
+//! | [`scan`](mod@scan) | one-pass validating JSON scanner for `/v1/completions`, `/v1/chat/completions`, `/v1/responses`, `/v1/embeddings` |
 //! | [`prefix`] | GIE-compatible prefix block hashing and the bounded prefix index (per-endpoint LRU) |
 //! | [`snapshot`] | the load snapshot, its versioned binary codec, and [`Pool`] |
 //! | [`config`] | DTO → validated [`Config`]; profiles `gie-default`, `llm-d-optimized-baseline`, `wasm-epp-default` |
-//! | [`pick`] | candidates, admission, filters, scorers, max-score picker, [`Decision`] |
+//! | [`pick`](mod@pick) | candidates, admission, filters, scorers, max-score picker, [`Decision`] |
 //! | [`chash`] | bounded-load rendezvous hashing on the prompt prefix |
 //! | [`sync`] | replicating the prefix index between proxy workers through a shared-data ring |
 //! | [`rng`], [`time`] | the injected randomness and time types |

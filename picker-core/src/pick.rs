@@ -106,7 +106,7 @@ pub fn prefix_hashes(config: &Config, req: &Request<'_>, pool: &Pool) -> PrefixH
 /// benchmarks separate hashing, which is linear in the prompt, from the decision).
 ///
 /// The stages, in the order GIE's scheduler runs them: [`candidates`] → admission
-/// ([`admit`]) → [`prefix_matches`] → filters ([`filter`]) → scorers ([`score`]) → the
+/// ([`admit`]) → [`prefix_matches`] → filters (`filter`) → scorers (`score`) → the
 /// max-score picker ([`max_score`]).
 #[allow(clippy::too_many_arguments)]
 pub fn pick_hashed(
