@@ -1,7 +1,7 @@
 //! # picker-core: the scheduling brain of wasm-epp
 //!
 //! Everything wasm-epp decides is decided here, as pure functions over plain data; the proxy-wasm
-//! filter only translates hostcalls into these calls and back (DESIGN.md). The crate is
+//! filter only translates hostcalls into these calls and back. The crate is
 //! `#![no_std]` + `alloc`, sans-IO, reads no clock and owns no RNG: time (`now`) and randomness
 //! (`&mut impl Rng`) are parameters, so every decision is reproducible from its inputs.
 //!
