@@ -100,7 +100,8 @@ check_tools() {
 }
 
 # The module: release + lto + panic=abort (profile `wasm` in Cargo.toml), then wasm-opt.
-# binaryen 108 (Debian) rejects rustc 1.95 output unless features are enabled (proxywasm.md §7.2);
+# binaryen 108 (Debian) rejects rustc 1.95 output unless features are enabled (measured: without
+# them wasm-opt stops with "error validating input");
 # exactly the features rustc emits are named, because --all-features lets wasm-opt write types
 # (GC, exceptions) that hosts such as wasmtime reject.
 wasm() {

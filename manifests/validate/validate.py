@@ -13,7 +13,7 @@ files), by its path. A document no validator claims is an error: nothing is skip
                      envoy-data-plane (unknown fields rejected)
   gateway-models     npm @kubernetes-models/gateway-api: schema + tsc check      Gateway, HTTPRoute
   inferencepool      structural check written here from GIE's v1 types           InferencePool
-                     (epp.md §4.1): NOT schema-validated, no registry package
+                     (docs/epp.md "InferencePool"): NOT schema-validated, no registry package
                      ships the InferencePool schema
   envoy-bootstrap    PyPI envoy-data-plane (betterproto2): Bootstrap parse,       envoy/*.yaml
                      unknown fields rejected, every Any decoded, round trip
@@ -416,7 +416,7 @@ def check_plugin_config(conf, doc: Doc, what: str) -> None:
 # ---------------------------------------------------------------- InferencePool (structural)
 
 def check_inferencepool(doc: Doc) -> None:
-    """GIE inference.networking.k8s.io/v1 InferencePool (epp.md §4.1). Not a schema validation."""
+    """GIE inference.networking.k8s.io/v1 InferencePool (docs/epp.md "InferencePool"). Not a schema validation."""
     d, err = doc.data, doc.errors
 
     def only(obj, allowed, path):

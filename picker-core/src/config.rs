@@ -1,5 +1,5 @@
 //! Picker configuration: a raw DTO (serde, camelCase, unknown fields rejected) validated into
-//! the domain type [`Config`] with private fields (CONVENTIONS.md §6).
+//! the domain type [`Config`] with private fields and a typed error ([`ConfigError`]).
 //!
 //! A config starts from a named profile and may override any part of it:
 //!
@@ -88,6 +88,8 @@ impl Profile {
         Profile::WasmEppDefault,
     ];
 
+    /// The profile's configuration name (`"gie-default"`, `"llm-d-optimized-baseline"`,
+    /// `"wasm-epp-default"`), as the `profile` field of the JSON config spells it.
     pub fn name(self) -> &'static str {
         match self {
             Profile::GieDefault => "gie-default",
@@ -174,27 +176,37 @@ pub struct ConfigDto {
     pub filters: Option<Vec<FilterDto>>,
     /// Endpoints returned as an ordered fallback list (1..=16; GIE default 1).
     pub max_endpoints: Option<u32>,
+    /// Overrides the saturation detector's thresholds (admission and the utilization filter).
     pub saturation: Option<SaturationDto>,
+    /// Overrides the approximate prefix cache's hashing and index parameters.
     pub prefix: Option<PrefixDto>,
+    /// Overrides the prefix-cache-affinity filter's parameters.
     pub affinity: Option<AffinityDto>,
+    /// Overrides the token-load scorer's threshold.
     pub token_load: Option<TokenLoadDto>,
+    /// Overrides the consistent-hash scorer's parameters.
     pub consistent_hash: Option<ConsistentHashDto>,
     /// Snapshot age (ms) past which the picker degrades to consistent hashing + in-flight
     /// counts only (default 5000; 0 disables degradation).
     pub degrade_after_ms: Option<u64>,
 }
 
+/// One entry of `scorers`: `{"type": "<scorer>", "weight": <w>}`.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ScorerDto {
+    /// The scorer (JSON `type`, e.g. `"queue-scorer"`).
     #[serde(rename = "type")]
     pub kind: ScorerKind,
+    /// Its weight in the total; finite and > 0; absent means 1.0 (GIE's default scorer weight).
     pub weight: Option<f64>,
 }
 
+/// One entry of `filters`: `{"type": "<filter>"}` (at most 4 entries).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FilterDto {
+    /// The filter (JSON `type`, e.g. `"utilization-filter"`).
     #[serde(rename = "type")]
     pub kind: FilterKind,
 }
@@ -203,9 +215,15 @@ pub struct FilterDto {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SaturationDto {
+    /// Waiting requests at which a pod counts as saturated (5; must be > 0).
     pub queue_depth_threshold: Option<u32>,
+    /// KV-cache utilisation fraction at which a pod counts as saturated (0.8; in (0, 1]).
     pub kv_cache_util_threshold: Option<f64>,
+    /// Age in ms past which a pod's metrics are stale: it counts as fully saturated (1.0) and
+    /// the utilization filter drops it (200; must be > 0).
     pub metrics_staleness_threshold_ms: Option<u64>,
+    /// Slack on both thresholds for the utilization *filter*, which keeps a pod below
+    /// `threshold × (1 + headroom)` (0.0; in [0, 10]). Admission does not read it.
     pub headroom: Option<f64>,
 }
 
@@ -236,40 +254,46 @@ pub struct PrefixDto {
     pub max_prefix_tokens_to_match: Option<u32>,
 }
 
+/// llm-d `prefix-cache-affinity-filter` parameters (defaults as llm-d-router's `DefaultConfig`).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AffinityDto {
-    /// Prefix score a pod needs to be sticky (0.8).
+    /// Prefix score a pod needs to be sticky (0.8; in (0, 1]).
     pub threshold: Option<f64>,
     /// The TTFT gate (llm-d `maxTTFTPenaltyMs`, 18,000): stickiness breaks when the best sticky
-    /// pod's estimated TTFT exceeds the best non-sticky pod's by more than this; 0 never breaks.
+    /// pod's estimated TTFT exceeds the best non-sticky pod's by more than this; 0 never breaks
+    /// (finite, ≥ 0).
     #[serde(rename = "maxTTFTPenaltyMs")]
     pub max_ttft_penalty_ms: Option<f64>,
     /// Prefill throughput (tokens/s) that turns in-flight tokens into an estimated TTFT (llm-d
-    /// `peakPrefillThroughput`, 15,928, calibrated for Qwen3-32B on 2×H100).
+    /// `peakPrefillThroughput`, 15,928, calibrated for Qwen3-32B on 2×H100; finite, > 0).
     pub peak_prefill_throughput: Option<f64>,
-    /// Probability of skipping the filter to explore (llm-d default 0).
+    /// Probability of skipping the filter to explore (llm-d default 0; in [0, 1]).
     pub exploration_probability: Option<f64>,
 }
 
+/// llm-d `token-load-scorer` parameters.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TokenLoadDto {
-    /// In-flight tokens at which the score reaches 0 (llm-d default 4,194,304).
+    /// In-flight tokens at which the score reaches 0 (llm-d default 4,194,304; must be > 0).
     pub threshold_tokens: Option<u64>,
 }
 
+/// Parameters of our bounded-load consistent-hash scorer (see [`crate::chash`]).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConsistentHashDto {
-    /// Load bound: no endpoint takes a request while at ≥ ⌈(1+ε) × average⌉ in flight (0.5).
+    /// Load bound: no endpoint takes a request while at ≥ ⌈(1+ε) × average⌉ in flight (0.5;
+    /// in (0, 10]).
     pub epsilon: Option<f64>,
     /// Most leading prompt blocks in the hashing key (256 = 16 KiB). The key covers the first
     /// half of the prompt's blocks, capped here: a tenant's shared system prompt or document
     /// leads the prompt and its new question trails it, so the half is shared within a tenant
-    /// or conversation and differs between them (`PrefixHashes::affinity_key`).
+    /// or conversation and differs between them (`PrefixHashes::affinity_key`). In 1..=256.
     pub prefix_blocks: Option<u32>,
-    /// In-flight requests an endpoint may always take before the (1+ε) bound applies (8).
+    /// In-flight requests an endpoint may always take before the (1+ε) bound applies (8;
+    /// at most 100,000).
     pub min_bound: Option<u32>,
 }
 
@@ -281,7 +305,12 @@ pub enum ConfigError {
     /// The JSON did not parse or had an unknown field (serde's message names it).
     Json(String),
     /// A field's value is out of range.
-    Invalid { field: &'static str, reason: String },
+    Invalid {
+        /// The field's JSON path, e.g. `"saturation.kvCacheUtilThreshold"`.
+        field: &'static str,
+        /// What is wrong with the value, and the accepted range.
+        reason: String,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -297,48 +326,77 @@ impl fmt::Display for ConfigError {
 
 impl core::error::Error for ConfigError {}
 
+/// A scorer of the profile with its weight.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct WeightedScorer {
+    /// The scoring signal.
     pub kind: ScorerKind,
+    /// Its weight in `total = Σ weight × score`: finite and > 0.
     pub weight: f64,
 }
 
+/// Validated saturation-detector parameters (see [`SaturationDto`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Saturation {
+    /// Waiting requests at which a pod counts as saturated (> 0; default 5).
     pub queue_threshold: u32,
+    /// KV-cache utilisation fraction at which a pod counts as saturated (in (0, 1]; default 0.8).
     pub kv_threshold: f64,
+    /// Metrics older than this count as fully saturated (1.0) in the pool saturation and are
+    /// dropped by the utilization filter; default 200 ms.
     pub staleness: Duration,
+    /// The utilization filter's slack on both thresholds (in [0, 10]; default 0).
     pub headroom: f64,
 }
 
+/// Validated approximate prefix-cache parameters (see [`PrefixDto`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PrefixParams {
+    /// Tokens per block when the pods report none or autoTune is off (1..=4096; default 16).
     pub block_size_tokens: u32,
+    /// Bytes per token estimate (1..=64; default 4).
     pub chars_per_token: u32,
+    /// Blocks hashed at most (1..=4096; default 256).
     pub max_blocks: u32,
+    /// Take the block size from the first candidate's reported `block_size` (default true).
     pub auto_tune: bool,
+    /// Per-endpoint LRU capacity in entries when the pod reports no `num_gpu_blocks`
+    /// (> 0; default 31,250).
     pub lru_capacity: u32,
-    /// `None`: no global cap.
+    /// Cap on index entries per picker state; `None`: no global cap.
     pub max_index_entries: Option<u32>,
+    /// Which end of a prompt stays most recent in an endpoint's LRU.
     pub insert_order: InsertOrder,
-    /// 0: no floor.
+    /// Floor on the block size in tokens (0..=4096); 0: no floor.
     pub min_block_size_tokens: u32,
-    /// 0: `max_blocks` applies.
+    /// Cap on hashed prompt tokens (0..=4,194,304); 0: `max_blocks` applies.
     pub max_prefix_tokens: u32,
 }
 
+/// Validated prefix-cache-affinity filter parameters (see [`AffinityDto`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Affinity {
+    /// Prefix score (matched / request blocks) a pod needs to be sticky (in (0, 1]; default 0.8).
     pub threshold: f64,
+    /// TTFT lead in ms of the best sticky pod over the best non-sticky pod past which the
+    /// filter keeps every pod (≥ 0; 0 disables the gate; default 18,000).
     pub max_ttft_penalty_ms: f64,
+    /// Prefill tokens per second that turn in-flight tokens into an estimated TTFT (> 0;
+    /// default 15,928).
     pub peak_prefill_throughput: f64,
+    /// Probability in [0, 1] that the filter is skipped for a pick (default 0).
     pub exploration: f64,
 }
 
+/// Validated consistent-hash scorer parameters (see [`ConsistentHashDto`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ConsistentHash {
+    /// Load bound ε: an endpoint at ≥ ⌈(1+ε) × average⌉ in-flight requests is passed over
+    /// (in (0, 10]; default 0.5).
     pub epsilon: f64,
+    /// Most leading prompt blocks in the hashing key (1..=256; default 256).
     pub prefix_blocks: u32,
+    /// In-flight requests an endpoint may always take (0..=100,000; default 8).
     pub min_bound: u32,
 }
 
@@ -460,33 +518,44 @@ impl Config {
         Config::try_from(dto)
     }
 
+    /// The profile this configuration started from.
     pub fn profile_kind(&self) -> Profile {
         self.profile
     }
+    /// The scorers, in the order their columns appear in a [`crate::Decision`] (1..=8).
     pub fn scorers(&self) -> &[WeightedScorer] {
         &self.scorers
     }
+    /// The filters, in the order they run (0..=4).
     pub fn filters(&self) -> &[FilterKind] {
         &self.filters
     }
+    /// Endpoints returned per pick: the primary plus fallbacks (1..=[`MAX_FALLBACK`]; default 1).
     pub fn max_endpoints(&self) -> u32 {
         self.max_endpoints
     }
+    /// The saturation detector's parameters.
     pub fn saturation(&self) -> &Saturation {
         &self.saturation
     }
+    /// The approximate prefix cache's parameters.
     pub fn prefix(&self) -> &PrefixParams {
         &self.prefix
     }
+    /// The prefix-cache-affinity filter's parameters.
     pub fn affinity(&self) -> &Affinity {
         &self.affinity
     }
+    /// In-flight tokens at which the token-load score reaches 0 (> 0; default 4,194,304).
     pub fn token_load_threshold(&self) -> u64 {
         self.token_load_threshold
     }
+    /// The consistent-hash scorer's parameters.
     pub fn consistent_hash(&self) -> &ConsistentHash {
         &self.chash
     }
+    /// Snapshot age past which the picker degrades to consistent hashing plus in-flight counts;
+    /// `None`: never (default 5 s).
     pub fn degrade_after(&self) -> Option<Duration> {
         self.degrade_after
     }

@@ -1,9 +1,10 @@
-//! Injected randomness (CONVENTIONS.md §2). The picker never owns a global RNG: every random
+//! Injected randomness. The picker never owns a global RNG: every random
 //! choice (tie-breaks, weighted model rewrites, exploration) draws from the `&mut impl Rng`
 //! the caller passes, so a seed makes every decision reproducible in tests and simulations.
 
 /// The one operation the picker needs from a random source.
 pub trait Rng {
+    /// The next 64 uniformly distributed random bits.
     fn next_u64(&mut self) -> u64;
 
     /// A uniform value in `0..bound` (`bound > 0`), by Lemire's multiply-shift with rejection,
@@ -42,6 +43,7 @@ pub struct SplitMix64 {
 }
 
 impl SplitMix64 {
+    /// A generator seeded with `seed`; equal seeds give equal sequences.
     pub const fn new(seed: u64) -> Self {
         SplitMix64 { state: seed }
     }

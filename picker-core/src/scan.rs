@@ -34,7 +34,8 @@ use core::fmt;
 pub const MAX_DEPTH: usize = 128;
 
 /// Longest accepted `model` / `cache_salt`, in bytes after decoding. GIE's legacy
-/// `InferenceModel.modelName` was limited to 256 characters (epp.md §4.4).
+/// `InferenceModel.modelName` was limited to 256 characters (`docs/epp.md`, "InferenceModel
+/// (legacy)").
 pub const MAX_NAME_LEN: usize = 256;
 
 /// Which OpenAI-style API a body belongs to; decides where the prompt lives.
@@ -83,9 +84,17 @@ pub enum ScanError {
     /// The top-level JSON value is not an object.
     NotAnObject,
     /// The bytes are not valid JSON.
-    Malformed { offset: usize, reason: &'static str },
+    Malformed {
+        /// Byte position of the error in the body.
+        offset: usize,
+        /// What was expected or wrong there.
+        reason: &'static str,
+    },
     /// Nesting deeper than [`MAX_DEPTH`].
-    TooDeep { offset: usize },
+    TooDeep {
+        /// Byte position of the container that went too deep.
+        offset: usize,
+    },
     /// No `model` key at the top level.
     MissingModel,
     /// `model` is present but not a non-empty string.
@@ -141,6 +150,8 @@ impl<'a> Prompt<'a> {
         Prompt { parts: [bytes, &[]] }
     }
 
+    /// A prompt of two segments hashed as `first` then `second` (e.g. a Responses API body's
+    /// `instructions` then `input`).
     pub const fn from_parts(first: &'a [u8], second: &'a [u8]) -> Self {
         Prompt { parts: [first, second] }
     }
@@ -155,6 +166,7 @@ impl<'a> Prompt<'a> {
         self.parts[0].len() + self.parts[1].len()
     }
 
+    /// Whether the prompt has no bytes (no prompt field, or empty ones).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -163,12 +175,16 @@ impl<'a> Prompt<'a> {
 /// What [`scan`] extracts from a body.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Scanned<'a> {
+    /// The decoded `model` (1..=[`MAX_NAME_LEN`] bytes, a valid HTTP field value).
     pub model: String,
     /// Byte range of the (last) `model` value in the body, quotes included, so a proxy can
     /// rewrite the model (GIE `InferenceModelRewrite`) by splicing the body.
     pub model_range: core::ops::Range<usize>,
+    /// `stream`: `Some(true)` / `Some(false)`, `None` when absent or `null`.
     pub stream: Option<bool>,
+    /// The decoded `cache_salt` (at most [`MAX_NAME_LEN`] bytes), when present.
     pub cache_salt: Option<String>,
+    /// The prompt bytes of the API's prompt fields, borrowed from the body (empty when absent).
     pub prompt: Prompt<'a>,
 }
 

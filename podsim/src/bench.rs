@@ -76,7 +76,8 @@ impl WorkloadKind {
 
     /// llm-d's published result for the inference-perf catalog shapes: matched-router
     /// throughput vs round-robin, each at its own knee ("Sticky Until Saturated", llm-d.github.io
-    /// `blog/2026-08-17_sticky-until-saturated-token-aware-routing.mdx`; calibration.md §5.1).
+    /// `blog/2026-08-17_bottleneck-aware-scheduling-for-llm-inference.mdx` @25e593b2; `docs/epp.md`,
+    /// "Published EPP performance figures").
     pub fn published_vs_round_robin(self) -> Option<&'static str> {
         match self {
             WorkloadKind::CodeGen => Some("2.9× (46k vs 16k input tok/s; knee at concurrency 60 vs 30)"),
@@ -106,7 +107,8 @@ pub struct Plan {
 impl Plan {
     /// The default sweep, or the CI-sized `quick` one.
     ///
-    /// shared-prefix: rates 3 → 60 QPS as llm-d (epp.md §6.4), each run 90 s of Poisson arrivals
+    /// shared-prefix: rates 3 → 60 QPS as llm-d (`docs/engines.md`, "Shared-prefix workload"),
+    /// each run 90 s of Poisson arrivals
     /// (the first 30 s are warm-up) then drained. llm-d's stages ramp one cluster through the
     /// rates; here each rate starts cold and runs for 90 s, which keeps the whole sweep well under
     /// two minutes. Quick: 5 and 25 QPS, 25 s (5 s warm-up).
@@ -164,7 +166,8 @@ impl Plan {
             qps,
             horizon_s,
             warmup_s,
-            // llm-d ran code-gen and reasoning on 10 servers, b2b-saas on 8 (calibration.md §3).
+            // llm-d ran code-gen and reasoning on 10 servers, b2b-saas on 8 (`docs/engines.md`,
+            // "Shared-prefix workload").
             servers: if workload.closed_loop() { 10 } else { 8 },
             seed: 20_260_817,
             policies,

@@ -16,9 +16,8 @@
 //!                                           model_server::Server × N  (kv::KvCache each; calib::ServerParams)
 //! ```
 //!
-//! The core is sans-clock and sans-global-RNG (CONVENTIONS.md §1–2): simulated time is a `u64`
-//! of microseconds, every random draw comes from a [`picker_core::SplitMix64`] seeded from the
-//! run's seed, and `clippy.toml` forbids `Instant::now`/`SystemTime::now` (only the CLI's
+//! The core is sans-clock and sans-global-RNG: simulated time is a `u64` of microseconds, every
+//! random draw comes from a [`picker_core::SplitMix64`] seeded from the run's seed, and `clippy.toml` forbids `Instant::now`/`SystemTime::now` (only the CLI's
 //! progress line reads the wall clock). A run is a pure function of (trace, policy, config): the
 //! same inputs give the same table on any machine and thread count.
 //!
@@ -98,13 +97,13 @@
 //! | parameter | value | source |
 //! |---|---|---|
 //! | scrape interval | 50 ms | \[src\] llm-d-router `datalayer/runtime.go` `defaultRefreshInterval` |
-//! | shared-prefix workload | 150 groups × 5 users, 6000 + 1200 tokens in, 1000 out, 8 servers, 3 → 60 QPS Poisson | \[src\] epp.md §6.3–6.4; calibration.md §3 |
+//! | shared-prefix workload | 150 groups × 5 users, 6000 + 1200 tokens in, 1000 out, 8 servers, 3 → 60 QPS Poisson | \[src\] llm-d optimized-baseline benchmark (`docs/engines.md`, "Shared-prefix workload") |
 //! | bursts workload | shared-prefix prompts with 300 output tokens; 10 s at 1.8× the mean rate, 10 s at 0.2×; 50 % sheddable | \[assumption\] |
-//! | multi-lora workload | ShareGPT-like requests over 15 adapters, 60/30/10 % classes (12/6/2 % each) | \[src\] GIE `multilora-workload` (epp.md §6.3) |
-//! | ShareGPT-like workload | log-normal lengths, means 229.7 in / 203.1 out, σ = 1.0, vLLM `is_valid_sequence` filter | means and filter \[src\] calibration.md §3; σ \[assumption\] (no citable median/p90 exists) |
-//! | code-gen workload | closed loop, concurrency 10 → 100, 10 servers; system prompt 3,000 shared + uniform 15k–120k per conversation; turns normal 2–20 (mean 6); per turn log-normal 100–10k in (mean 1,500) and 50–4k out (mean 800) | \[src\] inference-perf catalog `code-generation` as llm-d ran it (calibration.md §3; [`workload::ConversationReplay::CODE_GENERATION`]); no think time \[assumption\] |
-//! | reasoning workload | closed loop, concurrency 50 → 450, 10 servers; 250-token shared system prompt, one turn, log-normal 100–5k in (mean 1,000), exponential 500–32k out (mean 8,000) | \[src\] inference-perf `workload-catalog/reasoning/inference-perf.yaml` @5cbfb21c (calibration.md §3); exponential's shift \[assumption\] |
-//! | b2b-saas workload | the shared-prefix shape at 10 → 60 QPS (including llm-d's knees, 18 and 38), client cap 800, 240 s per rate (90 s warm-up) | shape \[src\] calibration.md §3, §5.1; cap and duration \[assumption\] |
+//! | multi-lora workload | ShareGPT-like requests over 15 adapters, 60/30/10 % classes (12/6/2 % each) | \[src\] GIE `multilora-workload` (`docs/engines.md`, "Multi-LoRA workload") |
+//! | ShareGPT-like workload | log-normal lengths, means 229.7 in / 203.1 out, σ = 1.0, vLLM `is_valid_sequence` filter | means and filter \[src\] `docs/engines.md`, "ShareGPT-like lengths"; σ \[assumption\] (no citable median/p90 found) |
+//! | code-gen workload | closed loop, concurrency 10 → 100, 10 servers; system prompt 3,000 shared + uniform 15k–120k per conversation; turns normal 2–20 (mean 6); per turn log-normal 100–10k in (mean 1,500) and 50–4k out (mean 800) | \[src\] inference-perf catalog `code-generation` as llm-d ran it (`docs/engines.md`, "Conversation workloads"; [`workload::ConversationReplay::CODE_GENERATION`]); no think time \[assumption\] |
+//! | reasoning workload | closed loop, concurrency 50 → 450, 10 servers; 250-token shared system prompt, one turn, log-normal 100–5k in (mean 1,000), exponential 500–32k out (mean 8,000) | \[src\] inference-perf `workload-catalog/reasoning/inference-perf.yaml` @5cbfb21c (`docs/engines.md`, "Conversation workloads"); exponential's shift \[assumption\] |
+//! | b2b-saas workload | the shared-prefix shape at 10 → 60 QPS (including llm-d's knees, 18 and 38), client cap 800, 240 s per rate (90 s warm-up) | shape and knees \[src\] `docs/engines.md`, "Shared-prefix workload", and `docs/epp.md`, "Published EPP performance figures"; cap and duration \[assumption\] |
 //!
 //! ## Reproducing llm-d's optimized-baseline benchmark (`podsim validate`, [`validate`])
 //!

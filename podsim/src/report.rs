@@ -180,7 +180,8 @@ pub fn csv(workload: &str, rows: &[Summary]) -> String {
 
 /// Where a policy's throughput stops growing: the lowest rate at which its `metric` reaches
 /// 95 % of the policy's best over the sweep. llm-d's catalog runs compare each router's
-/// throughput at its own knee with round-robin's (calibration.md §5.1); the blog does not define
+/// throughput at its own knee with round-robin's (`docs/epp.md`, "Published EPP performance
+/// figures"); the blog does not define
 /// the knee numerically, so this threshold is ours.
 pub fn knee<'a>(rows: &'a [Summary], policy: &str, metric: fn(&Summary) -> f64) -> Option<&'a Summary> {
     let mine: Vec<&Summary> = rows.iter().filter(|r| r.policy == policy).collect();

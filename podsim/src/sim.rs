@@ -33,7 +33,8 @@ pub struct SimConfig {
     pub servers: usize,
     pub params: ServerParams,
     /// **\[src\]** 50 ms: llm-d-router `pkg/epp/datalayer/runtime.go` `defaultRefreshInterval`
-    /// (epp.md §2 "Scrape"); BLIS uses the same staleness (calibration.md §4).
+    /// (`docs/engines.md`, "Scrape interval"); the peer simulator BLIS
+    /// (inference-sim/inference-sim) models the same lag with its `--snapshot-refresh-interval`.
     pub scrape_interval: Micros,
     /// Requests arriving before this are warm-up: served, but not in the latency statistics;
     /// throughput counts tokens generated in `[warmup, horizon)`.
@@ -50,7 +51,8 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
-    /// 8 servers (the llm-d b2b-saas cluster, epp.md §6.4), Qwen3-32B TP2 H100 each.
+    /// 8 servers (the llm-d b2b-saas cluster, `docs/engines.md`, "Shared-prefix workload"),
+    /// Qwen3-32B TP2 H100 each.
     pub fn llmd_cluster(horizon_s: u64, warmup_s: u64, seed: u64) -> Self {
         SimConfig {
             servers: 8,
