@@ -42,6 +42,7 @@
 #![no_std]
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations)]
+#![warn(missing_docs)]
 
 extern crate alloc;
 #[cfg(any(test, feature = "std"))]
