@@ -139,6 +139,8 @@ test_all() {
   setup
   log "format"
   cargo fmt --all --check
+  log "house rules: file and function sizes and import loops in picker-core, filter and host-sim; no pointer outside the repository"
+  python3 tools/house-rules.py
   log "clippy (host, all targets)"
   cargo clippy --workspace --all-targets --quiet -- -D warnings
   log "picker-core is no_std: build for wasm32-unknown-unknown and wasm32-wasip1"

@@ -1,6 +1,7 @@
 //! Every plugin configuration shipped in `manifests/` must be accepted by the module's own
 //! config validation: Istio `WasmPlugin.spec.pluginConfig` objects, the JSON strings in Envoy and
-//! EnvoyFilter `configuration` (`google.protobuf.StringValue`), and GCP's `plugin-config.json`.
+//! EnvoyFilter `configuration` (`google.protobuf.StringValue`), Envoy Gateway
+//! `EnvoyExtensionPolicy.spec.wasm[].config`, and GCP's `plugin-config.json`.
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +27,10 @@ fn configs(v: &Value, out: &mut Vec<Vec<u8>>) {
     match v {
         Value::Mapping(m) => {
             if let Some(pc) = m.get("pluginConfig") {
+                out.push(serde_json::to_vec(pc).expect("YAML to JSON"));
+            }
+            // Envoy Gateway's Wasm extension: `{name, rootID, code, config}`.
+            if let (Some(pc), true) = (m.get("config"), m.contains_key("code")) {
                 out.push(serde_json::to_vec(pc).expect("YAML to JSON"));
             }
             let string_value =
@@ -54,7 +59,12 @@ fn every_plugin_config_in_the_manifests_is_valid() {
         let text = std::fs::read_to_string(p).expect("read manifest");
         let mut found = Vec::new();
         if p.extension().is_some_and(|x| x == "json") {
-            found.push(text.into_bytes());
+            // Other JSON in manifests/ (the Grafana dashboard) is not a plugin configuration.
+            if p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("plugin-config"))
+            {
+                found.push(text.into_bytes());
+            }
         } else {
             for doc in serde_yaml::Deserializer::from_str(&text) {
                 if let Ok(v) = Value::deserialize(doc) {
@@ -69,6 +79,7 @@ fn every_plugin_config_in_the_manifests_is_valid() {
             checked += 1;
         }
     }
-    // Envoy bootstrap, two WasmPlugins, the body-mode EnvoyFilter and GCP at least.
-    assert!(checked >= 5, "found only {checked} plugin configs");
+    // Envoy bootstrap, the WasmPlugins, the body-mode EnvoyFilter, the Envoy Gateway policies
+    // and GCP at least.
+    assert!(checked >= 7, "found only {checked} plugin configs");
 }

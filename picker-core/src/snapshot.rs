@@ -463,70 +463,8 @@ impl Snapshot {
 
         let mut endpoints: Vec<Endpoint> = Vec::with_capacity(ep_count.min(body.len() / 32));
         for _ in 0..ep_count {
-            let ip = match r.u8()? {
-                4 => {
-                    let mut o = [0u8; 4];
-                    o.copy_from_slice(r.take(4)?);
-                    IpAddr::V4(Ipv4Addr::from(o))
-                }
-                6 => {
-                    let mut o = [0u8; 16];
-                    o.copy_from_slice(r.take(16)?);
-                    IpAddr::V6(Ipv6Addr::from(o))
-                }
-                _ => return Err(r.invalid(1, "address family is not 4 or 6")),
-            };
-            let port = r.u16()?;
-            if port == 0 {
-                return Err(r.invalid(2, "port 0"));
-            }
-            let addr = SocketAddr::new(ip, port);
-            if endpoints.iter().any(|e| e.addr == addr) {
-                return Err(r.invalid(2, "duplicate endpoint"));
-            }
-            let flags = r.u8()?;
-            if flags & !(FLAG_READY | FLAG_LORA | FLAG_BLOCK | FLAG_GPU_BLOCKS) != 0 {
-                return Err(r.invalid(1, "unknown endpoint flags"));
-            }
-            let waiting = r.u32()?;
-            let running = r.u32()?;
-            let kv_usage = f32::from_le_bytes(r.array::<4>()?);
-            if !(kv_usage.is_finite() && (0.0..=1.0).contains(&kv_usage)) {
-                return Err(r.invalid(4, "kv_usage outside [0, 1]"));
-            }
-            let positive = |present: bool, r: &mut Reader<'_>| -> Result<Option<u32>, DecodeError> {
-                if !present {
-                    return Ok(None);
-                }
-                match r.u32()? {
-                    0 => Err(r.invalid(4, "block_size or gpu_blocks is 0")),
-                    v => Ok(Some(v)),
-                }
-            };
-            let block_size = positive(flags & FLAG_BLOCK != 0, &mut r)?;
-            let gpu_blocks = positive(flags & FLAG_GPU_BLOCKS != 0, &mut r)?;
-            let lora = if flags & FLAG_LORA != 0 {
-                let max = r.u16()?;
-                let running = r.names(&names)?;
-                let waiting = r.names(&names)?;
-                Some(LoraState { running, waiting, max })
-            } else {
-                None
-            };
-            let models = r.names(&names)?;
-            let scraped_at = Instant::from_millis(r.u64()?);
-            endpoints.push(Endpoint {
-                addr,
-                ready: flags & FLAG_READY != 0,
-                waiting,
-                running,
-                kv_usage,
-                block_size,
-                gpu_blocks,
-                lora,
-                models,
-                scraped_at,
-            });
+            let e = decode_endpoint(&mut r, &names, &endpoints)?;
+            endpoints.push(e);
         }
         if r.i != body.len() {
             return Err(DecodeError::TrailingBytes { offset: r.i });
@@ -551,6 +489,75 @@ impl Snapshot {
 }
 
 // === impl Reader ===
+
+/// One endpoint record of the body (see the module docs for the layout); `seen` are the
+/// endpoints decoded before it (an address may appear once).
+fn decode_endpoint(r: &mut Reader<'_>, names: &[String], seen: &[Endpoint]) -> Result<Endpoint, DecodeError> {
+    let ip = match r.u8()? {
+        4 => {
+            let mut o = [0u8; 4];
+            o.copy_from_slice(r.take(4)?);
+            IpAddr::V4(Ipv4Addr::from(o))
+        }
+        6 => {
+            let mut o = [0u8; 16];
+            o.copy_from_slice(r.take(16)?);
+            IpAddr::V6(Ipv6Addr::from(o))
+        }
+        _ => return Err(r.invalid(1, "address family is not 4 or 6")),
+    };
+    let port = r.u16()?;
+    if port == 0 {
+        return Err(r.invalid(2, "port 0"));
+    }
+    let addr = SocketAddr::new(ip, port);
+    if seen.iter().any(|e| e.addr == addr) {
+        return Err(r.invalid(2, "duplicate endpoint"));
+    }
+    let flags = r.u8()?;
+    if flags & !(FLAG_READY | FLAG_LORA | FLAG_BLOCK | FLAG_GPU_BLOCKS) != 0 {
+        return Err(r.invalid(1, "unknown endpoint flags"));
+    }
+    let waiting = r.u32()?;
+    let running = r.u32()?;
+    let kv_usage = f32::from_le_bytes(r.array::<4>()?);
+    if !(kv_usage.is_finite() && (0.0..=1.0).contains(&kv_usage)) {
+        return Err(r.invalid(4, "kv_usage outside [0, 1]"));
+    }
+    let positive = |present: bool, r: &mut Reader<'_>| -> Result<Option<u32>, DecodeError> {
+        if !present {
+            return Ok(None);
+        }
+        match r.u32()? {
+            0 => Err(r.invalid(4, "block_size or gpu_blocks is 0")),
+            v => Ok(Some(v)),
+        }
+    };
+    let block_size = positive(flags & FLAG_BLOCK != 0, r)?;
+    let gpu_blocks = positive(flags & FLAG_GPU_BLOCKS != 0, r)?;
+    let lora = if flags & FLAG_LORA != 0 {
+        let max = r.u16()?;
+        let running = r.names(names)?;
+        let waiting = r.names(names)?;
+        Some(LoraState { running, waiting, max })
+    } else {
+        None
+    };
+    let models = r.names(names)?;
+    let scraped_at = Instant::from_millis(r.u64()?);
+    Ok(Endpoint {
+        addr,
+        ready: flags & FLAG_READY != 0,
+        waiting,
+        running,
+        kv_usage,
+        block_size,
+        gpu_blocks,
+        lora,
+        models,
+        scraped_at,
+    })
+}
 
 struct Reader<'a> {
     b: &'a [u8],

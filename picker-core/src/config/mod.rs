@@ -36,6 +36,11 @@ use crate::prefix::{
 };
 use crate::time::Duration;
 
+mod dto;
+pub use dto::{
+    AffinityDto, ConfigDto, ConsistentHashDto, FilterDto, PrefixDto, SaturationDto, ScorerDto, TokenLoadDto,
+};
+
 /// Most scorers one profile may hold (fixed so that per-candidate scores live inline).
 pub const MAX_SCORERS: usize = 8;
 /// Most endpoints the picker may return as an ordered fallback list.
@@ -160,141 +165,6 @@ pub enum FilterKind {
     /// TTFT exceeds the best non-sticky pod's by more than `maxTTFTPenaltyMs`).
     #[serde(rename = "prefix-cache-affinity-filter")]
     PrefixAffinity,
-}
-
-// === DTO ===
-
-/// Raw configuration as written by users (JSON). Validated by [`Config::try_from`].
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ConfigDto {
-    /// Starting profile; default `wasm-epp-default`.
-    pub profile: Option<Profile>,
-    /// Replaces the profile's scorers (1..=8 entries, weights finite and > 0; default weight 1).
-    pub scorers: Option<Vec<ScorerDto>>,
-    /// Replaces the profile's filters.
-    pub filters: Option<Vec<FilterDto>>,
-    /// Endpoints returned as an ordered fallback list (1..=16; GIE default 1).
-    pub max_endpoints: Option<u32>,
-    /// Overrides the saturation detector's thresholds (admission and the utilization filter).
-    pub saturation: Option<SaturationDto>,
-    /// Overrides the approximate prefix cache's hashing and index parameters.
-    pub prefix: Option<PrefixDto>,
-    /// Overrides the prefix-cache-affinity filter's parameters.
-    pub affinity: Option<AffinityDto>,
-    /// Overrides the token-load scorer's threshold.
-    pub token_load: Option<TokenLoadDto>,
-    /// Overrides the consistent-hash scorer's parameters.
-    pub consistent_hash: Option<ConsistentHashDto>,
-    /// Snapshot age (ms) past which the picker degrades to consistent hashing + in-flight
-    /// counts only (default 5000; 0 disables degradation).
-    pub degrade_after_ms: Option<u64>,
-}
-
-/// One entry of `scorers`: `{"type": "<scorer>", "weight": <w>}`.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ScorerDto {
-    /// The scorer (JSON `type`, e.g. `"queue-scorer"`).
-    #[serde(rename = "type")]
-    pub kind: ScorerKind,
-    /// Its weight in the total; finite and > 0; absent means 1.0 (GIE's default scorer weight).
-    pub weight: Option<f64>,
-}
-
-/// One entry of `filters`: `{"type": "<filter>"}` (at most 4 entries).
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct FilterDto {
-    /// The filter (JSON `type`, e.g. `"utilization-filter"`).
-    #[serde(rename = "type")]
-    pub kind: FilterKind,
-}
-
-/// GIE `utilization-detector` parameters (defaults 5 / 0.8 / 200 ms / 0).
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SaturationDto {
-    /// Waiting requests at which a pod counts as saturated (5; must be > 0).
-    pub queue_depth_threshold: Option<u32>,
-    /// KV-cache utilisation fraction at which a pod counts as saturated (0.8; in (0, 1]).
-    pub kv_cache_util_threshold: Option<f64>,
-    /// Age in ms past which a pod's metrics are stale: it counts as fully saturated (1.0) and
-    /// the utilization filter drops it (200; must be > 0).
-    pub metrics_staleness_threshold_ms: Option<u64>,
-    /// Slack on both thresholds for the utilization *filter*, which keeps a pod below
-    /// `threshold × (1 + headroom)` (0.0; in [0, 10]). Admission does not read it.
-    pub headroom: Option<f64>,
-}
-
-/// Approximate prefix-cache parameters (GIE names where GIE has them).
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PrefixDto {
-    /// Tokens per block (16).
-    pub block_size_tokens: Option<u32>,
-    /// Bytes per token estimate (4).
-    pub chars_per_token: Option<u32>,
-    /// Blocks hashed at most (256).
-    pub max_prefix_blocks_to_match: Option<u32>,
-    /// Take the block size from the first candidate's `block_size` metric (true).
-    pub auto_tune: Option<bool>,
-    /// Per-endpoint LRU capacity when the pod reports no `num_gpu_blocks` (31,250).
-    pub lru_capacity_per_server: Option<u32>,
-    /// Cap on index entries per picker state, shared equally by the pods (0: no cap, each pod
-    /// keeps its own LRU capacity, as GIE and llm-d do). A memory budget for the proxy:
-    /// `wasm-epp-default` sets 49,152 (≈ 2 MiB); the baselines set none.
-    pub max_index_entries: Option<u32>,
-    /// `gie` (first block least recent) or `headMostRecent`.
-    pub insert_order: Option<InsertOrder>,
-    /// Floor on the block size in tokens, whatever the pods report (llm-d 64, GIE none = 0).
-    pub min_block_size_tokens: Option<u32>,
-    /// Cap on hashed prompt tokens; when > 0 it sets the block cap to this / block size,
-    /// overriding `maxPrefixBlocksToMatch` (llm-d 131,072; GIE none = 0).
-    pub max_prefix_tokens_to_match: Option<u32>,
-}
-
-/// llm-d `prefix-cache-affinity-filter` parameters (defaults as llm-d-router's `DefaultConfig`).
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct AffinityDto {
-    /// Prefix score a pod needs to be sticky (0.8; in (0, 1]).
-    pub threshold: Option<f64>,
-    /// The TTFT gate (llm-d `maxTTFTPenaltyMs`, 18,000): stickiness breaks when the best sticky
-    /// pod's estimated TTFT exceeds the best non-sticky pod's by more than this; 0 never breaks
-    /// (finite, ≥ 0).
-    #[serde(rename = "maxTTFTPenaltyMs")]
-    pub max_ttft_penalty_ms: Option<f64>,
-    /// Prefill throughput (tokens/s) that turns in-flight tokens into an estimated TTFT (llm-d
-    /// `peakPrefillThroughput`, 15,928, calibrated for Qwen3-32B on 2×H100; finite, > 0).
-    pub peak_prefill_throughput: Option<f64>,
-    /// Probability of skipping the filter to explore (llm-d default 0; in [0, 1]).
-    pub exploration_probability: Option<f64>,
-}
-
-/// llm-d `token-load-scorer` parameters.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TokenLoadDto {
-    /// In-flight tokens at which the score reaches 0 (llm-d default 4,194,304; must be > 0).
-    pub threshold_tokens: Option<u64>,
-}
-
-/// Parameters of our bounded-load consistent-hash scorer (see [`crate::chash`]).
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ConsistentHashDto {
-    /// Load bound: no endpoint takes a request while at ≥ ⌈(1+ε) × average⌉ in flight (0.5;
-    /// in (0, 10]).
-    pub epsilon: Option<f64>,
-    /// Most leading prompt blocks in the hashing key (256 = 16 KiB). The key covers the first
-    /// half of the prompt's blocks, capped here: a tenant's shared system prompt or document
-    /// leads the prompt and its new question trails it, so the half is shared within a tenant
-    /// or conversation and differs between them (`PrefixHashes::affinity_key`). In 1..=256.
-    pub prefix_blocks: Option<u32>,
-    /// In-flight requests an endpoint may always take before the (1+ε) bound applies (8;
-    /// at most 100,000).
-    pub min_bound: Option<u32>,
 }
 
 // === domain ===
@@ -624,27 +494,7 @@ impl TryFrom<ConfigDto> for Config {
     fn try_from(d: ConfigDto) -> Result<Config, ConfigError> {
         let mut c = Config::profile(d.profile.unwrap_or(Profile::WasmEppDefault));
         if let Some(scorers) = d.scorers {
-            if scorers.is_empty() || scorers.len() > MAX_SCORERS {
-                return Err(invalid(
-                    "scorers",
-                    format!("need 1..={MAX_SCORERS} scorers, got {}", scorers.len()),
-                ));
-            }
-            c.scorers.clear();
-            for s in scorers {
-                // GIE `DefaultScorerWeight`: a scorer without a weight counts 1.0.
-                let weight = s.weight.unwrap_or(1.0);
-                if !(weight.is_finite() && weight > 0.0) {
-                    return Err(invalid(
-                        "scorers[].weight",
-                        format!("{weight} is not a finite number > 0"),
-                    ));
-                }
-                if c.scorers.iter().any(|w| w.kind == s.kind) {
-                    return Err(invalid("scorers[].type", "each scorer may appear once"));
-                }
-                c.scorers.push(WeightedScorer { kind: s.kind, weight });
-            }
+            c.apply_scorers(scorers)?;
         }
         if let Some(filters) = d.filters {
             if filters.len() > 4 {
@@ -659,112 +509,13 @@ impl TryFrom<ConfigDto> for Config {
             c.max_endpoints = n;
         }
         if let Some(s) = d.saturation {
-            if let Some(q) = s.queue_depth_threshold {
-                if q == 0 {
-                    return Err(invalid("saturation.queueDepthThreshold", "must be > 0"));
-                }
-                c.saturation.queue_threshold = q;
-            }
-            if let Some(kv) = s.kv_cache_util_threshold {
-                c.saturation.kv_threshold = fraction("saturation.kvCacheUtilThreshold", kv, false)?;
-            }
-            if let Some(ms) = s.metrics_staleness_threshold_ms {
-                if ms == 0 {
-                    return Err(invalid("saturation.metricsStalenessThresholdMs", "must be > 0"));
-                }
-                c.saturation.staleness = Duration::from_millis(ms);
-            }
-            if let Some(h) = s.headroom {
-                if !(h.is_finite() && (0.0..=10.0).contains(&h)) {
-                    return Err(invalid("saturation.headroom", format!("{h} is not in [0, 10]")));
-                }
-                c.saturation.headroom = h;
-            }
+            c.apply_saturation(s)?;
         }
         if let Some(p) = d.prefix {
-            if let Some(v) = p.block_size_tokens {
-                if !(1..=4096).contains(&v) {
-                    return Err(invalid("prefix.blockSizeTokens", format!("{v} is not in 1..=4096")));
-                }
-                c.prefix.block_size_tokens = v;
-            }
-            if let Some(v) = p.chars_per_token {
-                if !(1..=64).contains(&v) {
-                    return Err(invalid("prefix.charsPerToken", format!("{v} is not in 1..=64")));
-                }
-                c.prefix.chars_per_token = v;
-            }
-            if let Some(v) = p.max_prefix_blocks_to_match {
-                if !(1..=4096).contains(&v) {
-                    return Err(invalid(
-                        "prefix.maxPrefixBlocksToMatch",
-                        format!("{v} is not in 1..=4096"),
-                    ));
-                }
-                c.prefix.max_blocks = v;
-            }
-            if let Some(v) = p.auto_tune {
-                c.prefix.auto_tune = v;
-            }
-            if let Some(v) = p.lru_capacity_per_server {
-                if v == 0 {
-                    return Err(invalid("prefix.lruCapacityPerServer", "must be > 0"));
-                }
-                c.prefix.lru_capacity = v;
-            }
-            if let Some(v) = p.max_index_entries {
-                if v > 1 << 24 {
-                    return Err(invalid(
-                        "prefix.maxIndexEntries",
-                        format!("{v} is not in 0..=16777216 (0: no cap)"),
-                    ));
-                }
-                c.prefix.max_index_entries = (v > 0).then_some(v);
-            }
-            if let Some(v) = p.insert_order {
-                c.prefix.insert_order = v;
-            }
-            if let Some(v) = p.min_block_size_tokens {
-                if v > 4096 {
-                    return Err(invalid("prefix.minBlockSizeTokens", format!("{v} is not in 0..=4096")));
-                }
-                c.prefix.min_block_size_tokens = v;
-            }
-            if let Some(v) = p.max_prefix_tokens_to_match {
-                if v > 1 << 22 {
-                    return Err(invalid(
-                        "prefix.maxPrefixTokensToMatch",
-                        format!("{v} is not in 0..=4194304 (0: maxPrefixBlocksToMatch applies)"),
-                    ));
-                }
-                c.prefix.max_prefix_tokens = v;
-            }
+            c.apply_prefix(p)?;
         }
         if let Some(a) = d.affinity {
-            if let Some(t) = a.threshold {
-                c.affinity.threshold = fraction("affinity.threshold", t, false)?;
-            }
-            if let Some(v) = a.max_ttft_penalty_ms {
-                if !(v.is_finite() && v >= 0.0) {
-                    return Err(invalid(
-                        "affinity.maxTTFTPenaltyMs",
-                        format!("{v} is not a finite number >= 0"),
-                    ));
-                }
-                c.affinity.max_ttft_penalty_ms = v;
-            }
-            if let Some(v) = a.peak_prefill_throughput {
-                if !(v.is_finite() && v > 0.0) {
-                    return Err(invalid(
-                        "affinity.peakPrefillThroughput",
-                        format!("{v} is not a finite number > 0"),
-                    ));
-                }
-                c.affinity.peak_prefill_throughput = v;
-            }
-            if let Some(p) = a.exploration_probability {
-                c.affinity.exploration = fraction("affinity.explorationProbability", p, true)?;
-            }
+            c.apply_affinity(a)?;
         }
         if let Some(t) = d.token_load.and_then(|t| t.threshold_tokens) {
             if t == 0 {
@@ -773,29 +524,182 @@ impl TryFrom<ConfigDto> for Config {
             c.token_load_threshold = t;
         }
         if let Some(ch) = d.consistent_hash {
-            if let Some(e) = ch.epsilon {
-                if !(e.is_finite() && e > 0.0 && e <= 10.0) {
-                    return Err(invalid("consistentHash.epsilon", format!("{e} is not in (0, 10]")));
-                }
-                c.chash.epsilon = e;
-            }
-            if let Some(m) = ch.min_bound {
-                if m > 100_000 {
-                    return Err(invalid("consistentHash.minBound", format!("{m} is not in 0..=100000")));
-                }
-                c.chash.min_bound = m;
-            }
-            if let Some(b) = ch.prefix_blocks {
-                if !(1..=256).contains(&b) {
-                    return Err(invalid("consistentHash.prefixBlocks", format!("{b} is not in 1..=256")));
-                }
-                c.chash.prefix_blocks = b;
-            }
+            c.apply_consistent_hash(ch)?;
         }
         if let Some(ms) = d.degrade_after_ms {
             c.degrade_after = if ms == 0 { None } else { Some(Duration::from_millis(ms)) };
         }
         Ok(c)
+    }
+}
+
+// === one function per section of the configuration ===
+
+impl Config {
+    fn apply_scorers(&mut self, scorers: Vec<ScorerDto>) -> Result<(), ConfigError> {
+        if scorers.is_empty() || scorers.len() > MAX_SCORERS {
+            return Err(invalid(
+                "scorers",
+                format!("need 1..={MAX_SCORERS} scorers, got {}", scorers.len()),
+            ));
+        }
+        self.scorers.clear();
+        for s in scorers {
+            // GIE `DefaultScorerWeight`: a scorer without a weight counts 1.0.
+            let weight = s.weight.unwrap_or(1.0);
+            if !(weight.is_finite() && weight > 0.0) {
+                return Err(invalid(
+                    "scorers[].weight",
+                    format!("{weight} is not a finite number > 0"),
+                ));
+            }
+            if self.scorers.iter().any(|w| w.kind == s.kind) {
+                return Err(invalid("scorers[].type", "each scorer may appear once"));
+            }
+            self.scorers.push(WeightedScorer { kind: s.kind, weight });
+        }
+
+        Ok(())
+    }
+
+    fn apply_saturation(&mut self, s: SaturationDto) -> Result<(), ConfigError> {
+        if let Some(q) = s.queue_depth_threshold {
+            if q == 0 {
+                return Err(invalid("saturation.queueDepthThreshold", "must be > 0"));
+            }
+            self.saturation.queue_threshold = q;
+        }
+        if let Some(kv) = s.kv_cache_util_threshold {
+            self.saturation.kv_threshold = fraction("saturation.kvCacheUtilThreshold", kv, false)?;
+        }
+        if let Some(ms) = s.metrics_staleness_threshold_ms {
+            if ms == 0 {
+                return Err(invalid("saturation.metricsStalenessThresholdMs", "must be > 0"));
+            }
+            self.saturation.staleness = Duration::from_millis(ms);
+        }
+        if let Some(h) = s.headroom {
+            if !(h.is_finite() && (0.0..=10.0).contains(&h)) {
+                return Err(invalid("saturation.headroom", format!("{h} is not in [0, 10]")));
+            }
+            self.saturation.headroom = h;
+        }
+
+        Ok(())
+    }
+
+    fn apply_prefix(&mut self, p: PrefixDto) -> Result<(), ConfigError> {
+        if let Some(v) = p.block_size_tokens {
+            if !(1..=4096).contains(&v) {
+                return Err(invalid("prefix.blockSizeTokens", format!("{v} is not in 1..=4096")));
+            }
+            self.prefix.block_size_tokens = v;
+        }
+        if let Some(v) = p.chars_per_token {
+            if !(1..=64).contains(&v) {
+                return Err(invalid("prefix.charsPerToken", format!("{v} is not in 1..=64")));
+            }
+            self.prefix.chars_per_token = v;
+        }
+        if let Some(v) = p.max_prefix_blocks_to_match {
+            if !(1..=4096).contains(&v) {
+                return Err(invalid(
+                    "prefix.maxPrefixBlocksToMatch",
+                    format!("{v} is not in 1..=4096"),
+                ));
+            }
+            self.prefix.max_blocks = v;
+        }
+        if let Some(v) = p.auto_tune {
+            self.prefix.auto_tune = v;
+        }
+        if let Some(v) = p.lru_capacity_per_server {
+            if v == 0 {
+                return Err(invalid("prefix.lruCapacityPerServer", "must be > 0"));
+            }
+            self.prefix.lru_capacity = v;
+        }
+        if let Some(v) = p.max_index_entries {
+            if v > 1 << 24 {
+                return Err(invalid(
+                    "prefix.maxIndexEntries",
+                    format!("{v} is not in 0..=16777216 (0: no cap)"),
+                ));
+            }
+            self.prefix.max_index_entries = (v > 0).then_some(v);
+        }
+        if let Some(v) = p.insert_order {
+            self.prefix.insert_order = v;
+        }
+        if let Some(v) = p.min_block_size_tokens {
+            if v > 4096 {
+                return Err(invalid("prefix.minBlockSizeTokens", format!("{v} is not in 0..=4096")));
+            }
+            self.prefix.min_block_size_tokens = v;
+        }
+        if let Some(v) = p.max_prefix_tokens_to_match {
+            if v > 1 << 22 {
+                return Err(invalid(
+                    "prefix.maxPrefixTokensToMatch",
+                    format!("{v} is not in 0..=4194304 (0: maxPrefixBlocksToMatch applies)"),
+                ));
+            }
+            self.prefix.max_prefix_tokens = v;
+        }
+
+        Ok(())
+    }
+
+    fn apply_affinity(&mut self, a: AffinityDto) -> Result<(), ConfigError> {
+        if let Some(t) = a.threshold {
+            self.affinity.threshold = fraction("affinity.threshold", t, false)?;
+        }
+        if let Some(v) = a.max_ttft_penalty_ms {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(invalid(
+                    "affinity.maxTTFTPenaltyMs",
+                    format!("{v} is not a finite number >= 0"),
+                ));
+            }
+            self.affinity.max_ttft_penalty_ms = v;
+        }
+        if let Some(v) = a.peak_prefill_throughput {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(invalid(
+                    "affinity.peakPrefillThroughput",
+                    format!("{v} is not a finite number > 0"),
+                ));
+            }
+            self.affinity.peak_prefill_throughput = v;
+        }
+        if let Some(p) = a.exploration_probability {
+            self.affinity.exploration = fraction("affinity.explorationProbability", p, true)?;
+        }
+
+        Ok(())
+    }
+
+    fn apply_consistent_hash(&mut self, ch: ConsistentHashDto) -> Result<(), ConfigError> {
+        if let Some(e) = ch.epsilon {
+            if !(e.is_finite() && e > 0.0 && e <= 10.0) {
+                return Err(invalid("consistentHash.epsilon", format!("{e} is not in (0, 10]")));
+            }
+            self.chash.epsilon = e;
+        }
+        if let Some(m) = ch.min_bound {
+            if m > 100_000 {
+                return Err(invalid("consistentHash.minBound", format!("{m} is not in 0..=100000")));
+            }
+            self.chash.min_bound = m;
+        }
+        if let Some(b) = ch.prefix_blocks {
+            if !(1..=256).contains(&b) {
+                return Err(invalid("consistentHash.prefixBlocks", format!("{b} is not in 1..=256")));
+            }
+            self.chash.prefix_blocks = b;
+        }
+
+        Ok(())
     }
 }
 
