@@ -306,10 +306,28 @@ pub fn scan(body: &[u8], api: Api) -> Result<Scanned<'_>, ScanError> {
 /// ([`ScanError::ModelNotFieldValue`]) rather than written, because a CR LF in a header value
 /// is request smuggling over an HTTP/1 upstream.
 pub fn is_field_value(b: &[u8]) -> bool {
-    let vchar = |c: u8| (0x21..=0x7e).contains(&c) || c >= 0x80;
-    b.iter().all(|&c| vchar(c) || c == b' ' || c == b'\t')
-        && b.first().is_none_or(|&c| vchar(c))
-        && b.last().is_none_or(|&c| vchar(c))
+    // Visible ASCII, SP and obs-text are the bytes >= 0x20 other than DEL; HTAB is the one
+    // control byte allowed.
+    let byte_ok = |c: u8| (c >= 0x20 && c != 0x7f) || c == b'\t';
+    let edge_ok = |c: u8| c != b' ' && c != b'\t';
+    if !(b.first().is_none_or(|&c| edge_ok(c)) && b.last().is_none_or(|&c| edge_ok(c))) {
+        return false;
+    }
+    // Eight bytes at a time: a word with no byte below 0x20 and no DEL is all valid. A word
+    // that has one (a tab, or an invalid byte) is checked byte by byte.
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let (words, rest) = b.as_chunks::<8>();
+    for w in words {
+        let x = u64::from_le_bytes(*w);
+        let below_space = x.wrapping_sub(ONES * 0x20) & !x & HIGHS;
+        let d = x ^ (ONES * 0x7f);
+        let del = d.wrapping_sub(ONES) & !d & HIGHS;
+        if (below_space | del) != 0 && !w.iter().all(|&c| byte_ok(c)) {
+            return false;
+        }
+    }
+    rest.iter().all(|&c| byte_ok(c))
 }
 
 /// Decodes a raw JSON string value (with quotes). `None` if the value is not a string,
