@@ -385,7 +385,8 @@ def rust_structs() -> dict[str, dict[str, str]]:
     if _STRUCTS is not None:
         return _STRUCTS
     structs: dict[str, dict[str, str]] = {}
-    for src in (REPO / "filter/src/config.rs", REPO / "picker-core/src/config.rs"):
+    # Every source file of the two crates: the structs move between files as the code is reorganised.
+    for src in sorted([*(REPO / "filter/src").rglob("*.rs"), *(REPO / "picker-core/src").rglob("*.rs")]):
         text = src.read_text()
         for m in re.finditer(r'rename_all = "camelCase", deny_unknown_fields\)\]\s*pub struct (\w+) \{(.*?)\n\}',
                              text, re.S):
