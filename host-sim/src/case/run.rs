@@ -29,7 +29,7 @@ impl CaseReport {
 
 impl Suite {
     pub fn from_yaml(text: &str) -> Result<Suite, Error> {
-        serde_yaml::from_str(text).map_err(|e| Error::Case(format!("parsing YAML: {e}")))
+        serde_saphyr::from_str(text).map_err(|e| Error::Case(format!("parsing YAML: {e}")))
     }
 
     pub fn from_file(path: &Path) -> Result<Suite, Error> {

@@ -100,7 +100,7 @@ impl GatewayConfig {
             source: e,
         })?;
         let cfg: GatewayConfig =
-            serde_yaml::from_str(&text).map_err(|e| Error::Case(format!("gateway config: {e}")))?;
+            serde_saphyr::from_str(&text).map_err(|e| Error::Case(format!("gateway config: {e}")))?;
         Ok((cfg, path.parent().map(Path::to_path_buf).unwrap_or_default()))
     }
 
