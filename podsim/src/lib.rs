@@ -10,7 +10,8 @@
 //! ```text
 //!  workload ─▶ Trace (prompt text + Poisson arrivals) ──▶ sim::run ──▶ RunResult ──▶ report::Summary
 //!                                                          │  gateway: PolicySpec (W workers × R replicas,
-//!                                                          │           own picker State each, exact in-flight)
+//!                                                          │           own picker State each, exact in-flight;
+//!                                                          │           deploy: ideal, +proxy, +relay, +epp)
 //!                                                          │  scraper: 50 ms snapshots (waiting, running, KV)
 //!                                                          ▼
 //!                                           model_server::Server × N  (kv::KvCache each; calib::ServerParams)
@@ -53,7 +54,11 @@
 //!   shared bytes, so picker-core scans and hashes exactly what it would in production.
 //! * **Gateway topology**: `policy@WxR` runs W workers × R replicas, each (worker, replica) with
 //!   its own picker `State` (prefix index), each replica with its own in-flight counts; requests
-//!   are spread uniformly over replicas and workers.
+//!   are spread uniformly over replicas and workers. `+sync` shares the index between the workers
+//!   of a replica; `+relay` also between replicas (see *Deployment shapes*).
+//! * **Deployment** ([`deploy`]): untagged policies decide instantly and for free (every table
+//!   before issue 16); `+proxy` and `+relay` pay the in-proxy decision cost; `+epp` is a central
+//!   EPP with one view, a queue and a per-decision hop.
 //! * **Client**: open-loop Poisson by default; `--max-concurrency N` models a load generator with
 //!   N sender slots (inference-perf's `num_workers × worker_max_concurrency`): arrivals beyond N
 //!   wait in the client, and latency is measured from when a request is sent.
@@ -181,7 +186,7 @@
 //!   README's "15" row reports cannot be told from the README. Shorter-than-1,000-token
 //!   outputs in that arm would also explain it; podsim always generates exactly 1,000.
 //!
-//! //! ## Policies ([`policy`])
+//! ## Policies ([`policy`])
 //!
 //! `random`, `round-robin`, `least-request` (fewest in flight, random tie-break),
 //! `gie-default`, `llm-d-optimized-baseline`, `wasm-epp-default` (picker-core profiles), `wasm-epp-tuned`
@@ -192,13 +197,56 @@
 //! (the tuned weights with the truth in place of the approximate index). It is perfect
 //! *information*, not a perfect *policy*: below saturation it is the best row; deep in overload
 //! it loses to sticky consistent hashing, because it follows blocks that are about to be evicted
-//! and spreads a group over pods that then thrash (see the 50–60 QPS rows).
+//! and spreads a group over pods that then thrash (see the 50–60 QPS rows). It is no longer in
+//! the default tables (`--policies oracle` still runs it); the `bound` row replaced it.
+//!
+//! ## The upper bound (`bound`, [`bound`])
+//!
+//! `bench` prints a `bound` row computed from the trace and the engine's own step-time model,
+//! not simulated: TTFT and E2E columns are **floors** and out tok/s a **ceiling** that no policy,
+//! whatever it knows, can pass on the same trace. In short ([`bound`] has the derivation):
+//!
+//! * each request can reuse at most the blocks an earlier-sent prompt had (infinite KV, perfect
+//!   placement), and vLLM recomputes at least the last block; its TTFT is at least its uncached
+//!   chunks' steps alone on an idle server, and its E2E that plus `out − 1` single-sequence decode
+//!   steps;
+//! * a step that yields G tokens holds ≥ G sequences with ≥ the shortest prompt of context each,
+//!   so a server generates at most `cap = max over G ≤ max_num_seqs of G / step(G, G·P_min)`
+//!   (≈ 2,250 tok/s for the default engine and 7,200-token prompts: ≈ 18,000 for 8 servers),
+//!   whatever the KV holds (perfect sharing: no KV limit below `max_num_seqs`);
+//! * the additive parts of the roofline (FLOPs, KV bytes, all-reduce, per-sequence overhead) give
+//!   each request a minimum amount of server time for its prefill and per token; a window's
+//!   tokens are at most what a fractional knapsack of those costs fits into servers × window;
+//! * out tok/s ≤ min(what the requests can produce in the window given their floors, servers ×
+//!   cap × window, that knapsack) (+ one straddling step per server); for a ladder stage, tokens /
+//!   the shortest span the floors, the cap and the work allow.
+//!
+//! Percentile floors hold for a policy that completes every request (shedding removes requests
+//! from a policy's own percentiles). The bound is loose where the KV limit or the interplay of
+//! prefill and decode binds (a cold, short window: the quick 25 QPS ceiling is 17,342 against
+//! 8,083 for the best policy) and tight where one request alone sets the figure (quick 5 QPS:
+//! TTFT floor 0.432 s against 0.435 s measured).
+//!
+//! ## Deployment shapes ([`deploy`])
+//!
+//! | tag | shape | parameters (flag, default, source) |
+//! |---|---|---|
+//! | `+proxy` | in the proxy: the request leaves after the decision cost | `--decision-cost-ms` 0.05: the order of the module's measured time in callbacks (README, `bench-filter`: p50 15–32 µs at 4.7 KiB, 221–229 µs at 220 KiB; these prompts are ≈ 28 KiB) |
+//! | `+relay[:D[:L[:I]]]` | `+sync+proxy`, and every replica's ring receives every other replica's insertions (picker-core `Served` records, origin kept, applied by `prefixSync`) `D` after they were made, unless lost; each replica routes on its own exact in-flight counts plus every other replica's section as last received (docs/replicas.md) | `--relay-delay-ms` 100 (docs/replicas.md: ≤ two collector intervals of 50 ms), `--relay-loss` 0 (per batch and receiver), `--relay-interval-ms` 0 (every change leaves at once; with I > 0 each replica sends a batch every I, so information is D to D + I old) |
+//! | `+epp[:C[:P50[:P95]]]` | a central EPP: one view; the request queues FIFO for the EPP (deterministic service 1/C), then a log-normal hop; the pick is made (and counted in flight) when the hop ends, and the request reaches its server then | `--epp-hop-p50-ms` 1.8 and `--epp-hop-p95-ms` 30: llm-d/llm-d-router issue #1348 (2026-07-17 report: `optimized-baseline` EPP, 1 replica, ≈ 3.8 cores peak, 10 simulated servers, 100k-token prompts at 10 QPS: P50 1.80 ms, P95 30.06 ms); log-normal through both (σ = ln(30/1.8)/1.645 = 1.71: mean 7.8 ms, p99 96 ms). `--epp-capacity` 324 req/s: llm-d/llm-d-router PR #2024 (one classic EPP replica: 324.2 req/s at concurrency 25, 388.1 at 100, simulated backends); GIE's EPP plateaus at 120–133 req/s with 220 KB prompts (kubernetes-sigs/gateway-api-inference-extension issue #2928: TTFT p50 156 ms → 1,153 ms as concurrency rises 20 → 150), run as `+epp:130` |
+//!
+//! A zero-delay, lossless relay routes exactly as one view (`sim` test
+//! `relayed_replicas_with_no_delay_route_like_one_view`; on the full llm-d ladder, seed 1,
+//! `wasm-epp-default@4x2+relay:0` and `@4x4+relay:0` match `wasm-epp-default+proxy` at every
+//! stage), so every difference the relay shows comes from its delay and loss. The simulation
+//! is sequential: two workers of one replica cannot race between a pick and its push, and the
+//! relay receiver appends without CAS contention.
 //!
 //! ## Running the benchmark
 //!
 //! ```text
 //! export CARGO_TARGET_DIR=target-podsim
-//! cargo run --release -p podsim -- bench --workload shared-prefix            # 7 rates × 11 policies, ≈ 1 min
+//! cargo run --release -p podsim -- bench --workload shared-prefix            # 7 rates × 12 policies + the bound, ≈ 1 min
 //! cargo run --release -p podsim -- bench --workload code-gen                 # closed loop, ≈ 45 s
 //! cargo run --release -p podsim -- bench --workload reasoning                # closed loop, ≈ 20 s
 //! cargo run --release -p podsim -- bench --workload b2b-saas                 # ≈ 1 min
@@ -207,6 +255,7 @@
 //! cargo run --release -p podsim -- bench --workload bursts                   # shedding
 //! cargo run --release -p podsim -- bench --workload multi-lora
 //! cargo run --release -p podsim -- bench --workload shared-prefix --max-concurrency 800
+//! cargo run --release -p podsim -- bench --workload shared-prefix --ladder llm-d --seeds 1,2,3,4   # as deployed, ≈ 2 min
 //! cargo run --release -p podsim -- bench --workload shared-prefix --qps 10,30,60 \
 //!     --policies gie-default,wasm-epp-tuned,wasm-epp-tuned-split@4x2 \
 //!     --picker 'mine={"scorers":[{"type":"prefix-cache-scorer","weight":5},{"type":"in-flight-scorer"}]}' \
@@ -231,6 +280,20 @@
 //! under two minutes on two cores. Above capacity (≈ 10 QPS here) an open-loop queue grows for
 //! the whole horizon, so absolute TTFTs there scale with the horizon; compare policies, not
 //! absolute numbers, or use `--max-concurrency`.
+//!
+//! `--ladder llm-d` (shared-prefix only) runs the as-deployed comparison instead
+//! ([`bench::LadderPlan::as_deployed`]): llm-d's optimized-baseline ladder exactly as
+//! `validate` replays it (warm-up 15 QPS × 50 s, then 3 → 60 QPS, each stage drained before the
+//! next, per-stage figures as inference-perf computes them), for each seed of `--seeds`, with
+//! round-robin, `gie-default+epp`, `llm-d-optimized-baseline+epp`, `wasm-epp-default+epp`,
+//! `wasm-epp-default+proxy` (one global view in the proxy: the reference), `@4x2` and `@4x4`
+//! with `+relay` and with `+sync+proxy` only, and `bound`. It prints one table per rate (means
+//! over seeds with their range, share of the bound's tok/s, ratios to the reference) and, for
+//! every `+relay` row, the 5 % goal per rate; `target/podsim-bench/as-deployed.csv` has every
+//! (seed, policy, stage). The ladder rather than the open-loop sweep: it is the method llm-d
+//! published and `validate` checks, each stage starts from a drained, warm cluster, so a stage's
+//! figures do not depend on how long an overloaded queue was allowed to grow (the open-loop
+//! sweep's TTFTs above capacity scale with its horizon).
 //!
 //! The `--quick` table is kept in `tests/snapshots/shared-prefix-quick.md` and compared by
 //! `tests/snapshot.rs`; regenerate with `PODSIM_UPDATE_SNAPSHOTS=1 cargo test -p podsim --test
@@ -392,7 +455,9 @@
 #![warn(missing_debug_implementations)]
 
 pub mod bench;
+pub mod bound;
 pub mod calib;
+pub mod deploy;
 pub mod engine;
 pub mod kv;
 pub mod ladder;
