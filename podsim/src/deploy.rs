@@ -82,7 +82,7 @@ impl Default for RelayParams {
 ///
 /// Sources (each excerpt read in the public thread):
 ///
-/// * **Hop latency**: llm-d/llm-d-router issue #1348 ("[Scalability] Load test precise prefix
+/// * **Hop latency**: llm-d/llm-d-router issue #1348 ("\[Scalability\] Load test precise prefix
 ///   scorer HA", report of 2026-07-17): llm-d's `optimized-baseline` EPP, one replica, 10
 ///   simulator replicas, a 100k-token shared-prefix prompt (`shared_prefix_100k-1k-10qps.yaml`)
 ///   at 10 QPS: **P50 1.80 ms, P95 30.06 ms** latency, EPP peak CPU 3,781 m (≈ 3.8 cores). The
@@ -90,7 +90,7 @@ impl Default for RelayParams {
 ///   time from the request reaching the gateway to the request leaving it for the model server.
 ///   Its prompts are 14× longer than the shared-prefix workload's 7,200 tokens, so for these
 ///   prompts the figure is, if anything, pessimistic for the EPP.
-/// * **Capacity**: llm-d/llm-d-router PR #2024 ("[Draft] Shared Scheduling State for
+/// * **Capacity**: llm-d/llm-d-router PR #2024 ("\[Draft\] Shared Scheduling State for
 ///   Horizontally Scalable EPP", comment of 2026-07-17): one classic EPP replica reaches
 ///   **324.2 req/s** at concurrency 25 and 388.1 req/s at 100 (llm-d-inference-sim backends;
 ///   prompt size not stated). The default takes the lower figure.
