@@ -1,8 +1,8 @@
 //! An upper bound on what any routing policy can get from the simulated cluster.
 //!
 //! The `oracle` policy (true cache contents, no lag, greedy scoring) was reported as if it were
-//! the best possible; it is not (at 60 QPS with a client cap of 800 it generated 9,026 out tok/s
-//! where `gie-default` generated 10,484). This module replaces it with a bound derived from the
+//! the best possible; it is not (shared-prefix, client cap 800, 60 QPS, seeds 1–4: 10,101 out
+//! tok/s where `gie-default` generated 13,280). This module replaces it with a bound derived from the
 //! trace and the engine's own step-time model ([`crate::engine::StepModel`]), which no policy can
 //! beat, whatever it knows:
 //!
