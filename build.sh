@@ -11,6 +11,8 @@
 #   ./build.sh bench    criterion benches of the request path (scan, hash, pick)
 #   ./build.sh bench-filter   the compiled module in host-sim: 4 KiB and 220 KiB chat bodies, 64 endpoints
 #   ./build.sh bench-collector   the collector against 256 podsim pods at 50 ms: CPU, round and push latency
+#   ./build.sh bench-e2e    inference-perf (PyPI, Python >= 3.12) against the stack, shared prefix,
+#                       picker and round-robin side by side; flags: --help
 #   ./build.sh fuzz [TARGET] [SECONDS]   coverage-guided fuzzing from the checked-in seeds (targets:
 #                       scan snapshot config subset exposition framing)
 #   ./build.sh setup    only the installs: every tool any command here runs
@@ -170,6 +172,19 @@ sdk_test() {
   fi
 }
 
+# An interpreter for inference-perf: every release on PyPI declares Requires-Python >= 3.12.
+# Debian 12 has 3.11 at most; this machine image has 3.12 under pyenv.
+python312() {
+  local p
+  for p in python3 python3.14 python3.13 python3.12 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.1[2-9]*/bin/python3; do
+    if "$p" -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 12)' >/dev/null 2>&1; then
+      echo "$p"
+      return 0
+    fi
+  done
+  return 1
+}
+
 test_all() {
   setup
   log "format"
@@ -225,6 +240,22 @@ case "${1:-}" in
     log "building the stack (podsim pods, collector, host-sim gateway)"
     cargo build --quiet --profile tools -p e2e --bin wasm-epp-stack
     exec "$CARGO_TARGET_DIR/tools/wasm-epp-stack" "$@"
+    ;;
+  bench-e2e)
+    shift
+    if ! py=$(python312); then
+      echo "bench-e2e: inference-perf needs Python >= 3.12 with venv (every release on PyPI declares" \
+        "Requires-Python >= 3.12); none found: not python3 ($(python3 --version 2>&1)), python3.12-3.14 on PATH" \
+        "or under ${PYENV_ROOT:-$HOME/.pyenv}/versions; Debian 12's newest is 3.11" >&2
+      exit 1
+    fi
+    wasm
+    venv=$(py_venv bench "$py")
+    "$venv/bin/python" e2e/python/make_tokenizer.py "$CARGO_TARGET_DIR/bench-e2e/tokenizer"
+    log "building bench-e2e"
+    cargo build --quiet --profile tools -p e2e --bin bench-e2e
+    "$CARGO_TARGET_DIR/tools/bench-e2e" --inference-perf "$venv/bin/inference-perf" \
+      --tokenizer "$CARGO_TARGET_DIR/bench-e2e/tokenizer" --out "$CARGO_TARGET_DIR/bench-e2e" "$@"
     ;;
   explain)
     shift
