@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod load;
+pub mod progress;
 pub mod stack;
 
 use picker_core::snapshot::Snapshot;
