@@ -3,12 +3,16 @@
 #
 #   ./build.sh demo     the main job: podsim pods + collector + the module in host-sim's gateway, a
 #                       shared-prefix workload with the picker and with round-robin, side by side
+#   ./build.sh serve    the same stack on fixed loopback ports for any OpenAI client (gateway
+#                       http://127.0.0.1:8080/v1), until Ctrl-C; flags: --help
 #   ./build.sh explain  the picker explaining sample decisions, with every reason
 #   ./build.sh test     install what is missing, then every check and test (what CI runs)
 #   ./build.sh wasm     the proxy-wasm module: dist/wasm-epp.wasm and dist/wasm-epp.wasm.sha256
 #   ./build.sh bench    criterion benches of the request path (scan, hash, pick)
 #   ./build.sh bench-filter   the compiled module in host-sim: 4 KiB and 220 KiB chat bodies, 64 endpoints
 #   ./build.sh bench-collector   the collector against 256 podsim pods at 50 ms: CPU, round and push latency
+#   ./build.sh bench-e2e    inference-perf (PyPI, Python >= 3.12) against the stack, shared prefix,
+#                       picker and round-robin side by side; flags: --help
 #   ./build.sh fuzz [TARGET] [SECONDS]   coverage-guided fuzzing from the checked-in seeds (targets:
 #                       scan snapshot config subset exposition framing)
 #   ./build.sh setup    only the installs: every tool any command here runs
@@ -37,6 +41,14 @@ setup() {
     log "installing cargo-fuzz"
     cargo install --locked cargo-fuzz
   fi
+  # wasm-bindgen-test's runner must be the exact wasm-bindgen version the lock file resolves.
+  # Not --locked: the crate's own lock file names a webpki-roots release crates.io no longer has.
+  local wbg
+  wbg=$(wasm_bindgen_version)
+  if [ "$(wasm-bindgen-test-runner --version 2>/dev/null)" != "wasm-bindgen-test-runner $wbg" ]; then
+    log "installing wasm-bindgen-cli $wbg (wasm-bindgen-test-runner)"
+    cargo install wasm-bindgen-cli --version "$wbg"
+  fi
   # Debian packages: wasm-opt (binaryen), Node.js (runs the wasm32-wasip1 test binaries) and npm
   # (the manifest validators), Python with venv (the manifest validators).
   local pkgs=()
@@ -48,6 +60,11 @@ setup() {
     log "installing ${pkgs[*]}"
     apt-get update -qq && apt-get install -y -qq "${pkgs[@]}" >/dev/null
   fi
+}
+
+# The wasm-bindgen version in Cargo.lock (wasm-bindgen-test's runner must match it).
+wasm_bindgen_version() {
+  awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock
 }
 
 # Every tool setup installs answers (prints its version); exits 1 naming those that do not.
@@ -72,6 +89,8 @@ check_tools() {
   tool "cargo clippy" cargo clippy --version
   tool "cargo nextest" cargo nextest --version
   tool "cargo fuzz" cargo fuzz --version
+  tool "wasm-bindgen-test-runner $(wasm_bindgen_version)" sh -c \
+    "wasm-bindgen-test-runner --version | grep -x 'wasm-bindgen-test-runner $(wasm_bindgen_version)'"
   tool "target wasm32-wasip1" target wasm32-wasip1
   tool "target wasm32-unknown-unknown" target wasm32-unknown-unknown
   tool "wasm-opt" wasm-opt --version
@@ -85,7 +104,8 @@ check_tools() {
 }
 
 # The module: release + lto + panic=abort (profile `wasm` in Cargo.toml), then wasm-opt.
-# binaryen 108 (Debian) rejects rustc 1.95 output unless features are enabled (proxywasm.md §7.2);
+# binaryen 108 (Debian) rejects rustc 1.95 output unless features are enabled (measured: without
+# them wasm-opt stops with "error validating input");
 # exactly the features rustc emits are named, because --all-features lets wasm-opt write types
 # (GC, exceptions) that hosts such as wasmtime reject.
 wasm() {
@@ -119,10 +139,58 @@ fuzz() {
   fi
 }
 
+# A venv under the target dir holding e2e/python/requirements-$1.txt (every package pinned, from
+# PyPI), made with interpreter $2 and made again when that file changes. Prints the venv's path.
+py_venv() {
+  local req="e2e/python/requirements-$1.txt" venv="$CARGO_TARGET_DIR/py-$1"
+  if ! cmp -s "$req" "$venv/requirements.txt"; then
+    log "installing $req into $venv ($("$2" --version))"
+    # Inside $(...) errexit is off: every step checks.
+    rm -rf "$venv" && "$2" -m venv "$venv" &&
+      "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req" >&2 &&
+      cp "$req" "$venv/requirements.txt" || return 1
+  fi
+  echo "$venv"
+}
+
+# The stack through the real OpenAI Python SDK (e2e/python/test_openai_sdk.py). The pinned SDK
+# needs Python >= 3.11 with venv (setup installs Debian's); without one the test is skipped, loudly.
+sdk_test() {
+  if ! python3 -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 11)' >/dev/null 2>&1; then
+    log "SKIPPED: the OpenAI SDK test needs python3 >= 3.11 with venv; found: $(python3 --version 2>&1 || true)"
+    return 0
+  fi
+  local venv
+  if ! venv=$(py_venv sdk python3); then
+    echo "the OpenAI SDK test FAILED: installing e2e/python/requirements-sdk.txt failed" >&2
+    return 1
+  fi
+  cargo build --quiet --profile ci -p e2e --bin wasm-epp-stack
+  if ! WASM_EPP_STACK="$CARGO_TARGET_DIR/ci/wasm-epp-stack" "$venv/bin/python" -m unittest -v e2e/python/test_openai_sdk.py; then
+    echo "the OpenAI SDK test FAILED" >&2
+    return 1
+  fi
+}
+
+# An interpreter for inference-perf: every release on PyPI declares Requires-Python >= 3.12.
+# Debian 12 has 3.11 at most; this machine image has 3.12 under pyenv.
+python312() {
+  local p
+  for p in python3 python3.14 python3.13 python3.12 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.1[2-9]*/bin/python3; do
+    if "$p" -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 12)' >/dev/null 2>&1; then
+      echo "$p"
+      return 0
+    fi
+  done
+  return 1
+}
+
 test_all() {
   setup
   log "format"
   cargo fmt --all --check
+  log "house rules: file and function sizes and import loops in picker-core, filter and host-sim; no pointer outside the repository"
+  python3 tools/house-rules.py
   log "clippy (host, all targets)"
   cargo clippy --workspace --all-targets --quiet -- -D warnings
   log "picker-core is no_std: build for wasm32-unknown-unknown and wasm32-wasip1"
@@ -137,9 +205,14 @@ test_all() {
   log "tests (native, profile ci: optimised, our crates with debug assertions; the filter's and the"
   log "end-to-end tests load dist/wasm-epp.wasm into host-sim; the end-to-end ones send 100k requests)"
   cargo nextest run --workspace --cargo-profile ci --no-fail-fast
+  log "the stack (wasm-epp-stack) through the real OpenAI Python SDK: chat, completions, streams with usage, errors"
+  sdk_test
   log "picker-core tests compiled to wasm32-wasip1, run under Node's WASI"
   CARGO_TARGET_WASM32_WASIP1_RUNNER="node $PWD/tools/wasi-run.mjs" \
     cargo test --quiet -p picker-core --lib --target wasm32-wasip1
+  log "the same tests compiled to wasm32-unknown-unknown, run by wasm-bindgen-test under Node"
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+    cargo test -p picker-core --lib --target wasm32-unknown-unknown 2>&1 | tail -n 3
   log "manifests: every document through a third-party schema tool; broken ones must fail"
   bash manifests/validate/run.sh
   log "fuzz targets: build all, run the scanner for 30 s and the collector's page and framing targets for 20 s each"
@@ -160,6 +233,29 @@ case "${1:-}" in
     log "building the demo (podsim pods, collector, host-sim gateway, load client)"
     cargo build --quiet --profile tools -p e2e --bin demo
     "$CARGO_TARGET_DIR/tools/demo" "$@"
+    ;;
+  serve)
+    shift
+    wasm
+    log "building the stack (podsim pods, collector, host-sim gateway)"
+    cargo build --quiet --profile tools -p e2e --bin wasm-epp-stack
+    exec "$CARGO_TARGET_DIR/tools/wasm-epp-stack" "$@"
+    ;;
+  bench-e2e)
+    shift
+    if ! py=$(python312); then
+      echo "bench-e2e: inference-perf needs Python >= 3.12 with venv (every release on PyPI declares" \
+        "Requires-Python >= 3.12); none found: not python3 ($(python3 --version 2>&1)), python3.12-3.14 on PATH" \
+        "or under ${PYENV_ROOT:-$HOME/.pyenv}/versions; Debian 12's newest is 3.11" >&2
+      exit 1
+    fi
+    wasm
+    venv=$(py_venv bench "$py")
+    "$venv/bin/python" e2e/python/make_tokenizer.py "$CARGO_TARGET_DIR/bench-e2e/tokenizer"
+    log "building bench-e2e"
+    cargo build --quiet --profile tools -p e2e --bin bench-e2e
+    "$CARGO_TARGET_DIR/tools/bench-e2e" --inference-perf "$venv/bin/inference-perf" \
+      --tokenizer "$CARGO_TARGET_DIR/bench-e2e/tokenizer" --out "$CARGO_TARGET_DIR/bench-e2e" "$@"
     ;;
   explain)
     shift

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The house rules for the crates a newcomer reads first (picker-core, filter, host-sim):
 no source file over 800 lines and no function over 120 lines, tests aside; and no module
-import loops inside a crate.
+import loops inside a crate. And for the whole repository: no pointer to a document outside it
+(the repository stands alone; `docs/` and public sources are cited instead).
 
     python3 tools/house-rules.py            # prints offenders, exits 1 if any
 
@@ -12,6 +13,7 @@ under `tests/`, and everything from a `#[cfg(test)]` line to the end of its item
 """
 import os
 import re
+import subprocess
 import sys
 
 CRATES = ["picker-core", "filter", "host-sim"]
@@ -94,8 +96,26 @@ def import_loops(crate):
                 yield a, b
 
 
+# Documents that live outside the repository (a clone has none of them).
+OUTSIDE = re.compile(r"\.\./shared|shared/reference|shared/DESIGN|(?<![\w/-])(proxywasm|calibration|baselines)\.md")
+
+
+def outside_pointers():
+    files = subprocess.run(["git", "ls-files"], capture_output=True, text=True, check=True).stdout.split()
+    for path in files:
+        if path == "tools/house-rules.py" or not os.path.isfile(path):
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    if OUTSIDE.search(line):
+                        yield f"{path}:{n}: points outside the repository: {line.strip()[:100]}"
+        except UnicodeDecodeError:
+            continue
+
+
 def main():
-    bad = []
+    bad = list(outside_pointers())
     for crate in CRATES:
         for path in sorted(source_files(crate)):
             with open(path, encoding="utf-8") as f:

@@ -2,7 +2,7 @@
 //!
 //! The table (metric names per engine) is in the crate docs; its source is GIE's model-server
 //! protocol (`docs/proposals/003-model-server-protocol/README.md`) and llm-d-router's built-in
-//! engine configs, as summarised in `shared/reference/epp.md` §2.
+//! engine configs, summarised with citations in `docs/engines.md`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -13,7 +13,7 @@ use crate::prom::{self, ParseError, Sample};
 
 /// Pod label that names the engine (llm-d-router; default `vllm`).
 pub const ENGINE_LABEL: &str = "llm-d.ai/engine-type";
-/// Deprecated fallback label (epp.md §2).
+/// Deprecated fallback label, still read by llm-d-router (`docs/engines.md`, "Engine selection").
 pub const ENGINE_LABEL_DEPRECATED: &str = "inference.networking.k8s.io/engine-type";
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

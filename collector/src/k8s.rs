@@ -220,7 +220,7 @@ impl Client {
         let text = tokio::fs::read_to_string(&path)
             .await
             .map_err(|e| format!("{path}: {e}"))?;
-        let kc: KubeConfig = serde_yaml::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
+        let kc: KubeConfig = serde_saphyr::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
         let ctx = kc
             .contexts
             .iter()

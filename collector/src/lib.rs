@@ -52,7 +52,7 @@
 //! Source: GIE `docs/proposals/003-model-server-protocol/README.md` (model-server protocol)
 //! and llm-d-router's built-in engine configs
 //! (`pkg/epp/framework/plugins/datalayer/extractor/metrics/factories.go`), summarised with
-//! citations in `shared/reference/epp.md` §2.
+//! citations in `docs/engines.md`.
 //!
 //! | field | vLLM | SGLang | trtllm-serve | Triton TensorRT-LLM |
 //! |---|---|---|---|---|

@@ -1,5 +1,5 @@
 //! The collector's own Prometheus metrics (served on `--listen` at `/metrics`). Injected as one
-//! struct (CONVENTIONS.md §8) so tests assert on it directly.
+//! struct, not globals, so tests assert on it directly.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;

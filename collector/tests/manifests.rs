@@ -5,8 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use collector::config::{Cli, Config};
-use serde::Deserialize;
-use serde_yaml::Value;
+use serde_json::Value;
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).expect("manifests dir").flatten() {
@@ -28,14 +27,14 @@ fn collector_args(doc: &Value) -> Vec<Vec<String>> {
         .and_then(|s| s.get("template"))
         .and_then(|t| t.get("spec"))
         .and_then(|s| s.get("containers"))
-        .and_then(Value::as_sequence);
+        .and_then(Value::as_array);
     containers
         .into_iter()
         .flatten()
         .filter(|c| c.get("name").and_then(Value::as_str) == Some("collector"))
         .map(|c| {
             c.get("args")
-                .and_then(Value::as_sequence)
+                .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
                 .filter_map(Value::as_str)
@@ -55,9 +54,10 @@ fn every_collector_container_in_the_manifests_parses() {
     let mut checked = 0;
     for f in &files {
         let text = std::fs::read_to_string(f).expect("read manifest");
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let Ok(doc) = Value::deserialize(doc) else { continue };
-            for args in collector_args(&doc) {
+        let docs: Vec<Value> =
+            serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        for doc in &docs {
+            for args in collector_args(doc) {
                 // The token file is a mounted Secret in the cluster; point it at a local file.
                 let args: Vec<String> = args
                     .into_iter()

@@ -1,6 +1,6 @@
 //! # e2e: wasm-epp end to end, over loopback
 //!
-//! The whole data path of DESIGN.md with nothing mocked:
+//! The whole data path (README "Layout") with nothing mocked:
 //!
 //! ```text
 //!  load (this crate) ──HTTP──▶ host-sim gateway ──▶ podsim pods (fake vLLM, simulated H100 timing)
@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod load;
+pub mod progress;
 pub mod stack;
 
 use picker_core::snapshot::Snapshot;

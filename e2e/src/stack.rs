@@ -56,6 +56,8 @@ pub struct GatewaySpec {
     pub plugin_config: Value,
     pub cluster: Vec<SocketAddr>,
     pub workers: usize,
+    /// Where the gateway listens (port 0 picks a free port).
+    pub listen: SocketAddr,
 }
 
 impl GatewaySpec {
@@ -65,6 +67,7 @@ impl GatewaySpec {
             plugin_config: json!({"snapshot": {"token": TOKEN}, "picker": picker, "metrics": true}),
             cluster: cluster.to_vec(),
             workers: 2,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
 
@@ -75,12 +78,12 @@ impl GatewaySpec {
     }
 }
 
-/// Starts host-sim's gateway on a free loopback port with the compiled module, Envoy profile,
-/// `allow_on_headers_stop_iteration` on (body-aware picking).
+/// Starts host-sim's gateway on `spec.listen` (a free loopback port by default) with the compiled
+/// module, Envoy profile, `allow_on_headers_stop_iteration` on (body-aware picking).
 pub fn gateway(spec: &GatewaySpec) -> Result<Gateway, String> {
     let cluster: Vec<String> = spec.cluster.iter().map(|a| a.to_string()).collect();
     let cfg: GatewayConfig = serde_json::from_value(json!({
-        "listen": "127.0.0.1:0",
+        "listen": spec.listen.to_string(),
         "wasm": "unused.wasm",
         "plugin_config": spec.plugin_config.to_string(),
         "vm_id": "wasm-epp",
@@ -153,5 +156,262 @@ impl Drop for Collector {
         if let Some(t) = self.task.take() {
             t.abort();
         }
+    }
+}
+
+/// How the gateway routes inference requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Routing {
+    /// The module picks (`x-gateway-destination-endpoint`, an ordered fallback list).
+    Picker,
+    /// The same gateway, module and collector, but the module picks on no path
+    /// (`inferencePaths: []`): the route cluster's own round-robin routes every request.
+    RoundRobin,
+}
+
+impl Routing {
+    pub fn name(self) -> &'static str {
+        match self {
+            Routing::Picker => "wasm-epp",
+            Routing::RoundRobin => "round-robin",
+        }
+    }
+}
+
+/// Everything [`Stack::start`] needs; [`StackOptions::default`] is `./build.sh serve`.
+#[derive(Clone, Debug)]
+pub struct StackOptions {
+    pub pods: usize,
+    /// The model every pod serves (podsim answers 404 for any other).
+    pub model: String,
+    /// Simulated seconds per real second.
+    pub speed: f64,
+    /// Gateway listen address (port 0: a free port).
+    pub gateway: SocketAddr,
+    /// First pod port on 127.0.0.1; pod `i` listens on `pod_port + i` (0: free ports).
+    pub pod_port: u16,
+    pub routing: Routing,
+    /// Picker profile (`wasm-epp-default`, `gie-default`, `llm-d-optimized-baseline`).
+    pub profile: String,
+    /// Length of the ordered fallback list the picker returns.
+    pub max_endpoints: u32,
+    /// `models.allow`: other models get 404 from the module. Empty: the served model only.
+    pub allow: Vec<String>,
+    /// Collector scrape and push interval.
+    pub interval: Duration,
+    /// Run the collector (without it the module never has a snapshot: 503, FailClose).
+    pub collector: bool,
+    /// Module configuration merged over the generated one (objects merge key by key).
+    pub extra: Value,
+}
+
+impl Default for StackOptions {
+    fn default() -> StackOptions {
+        StackOptions {
+            pods: 4,
+            model: podsim::workload::MODEL.to_string(),
+            speed: 1.0,
+            gateway: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            pod_port: 8100,
+            routing: Routing::Picker,
+            profile: "wasm-epp-default".into(),
+            max_endpoints: 2,
+            allow: Vec::new(),
+            interval: Duration::from_millis(50),
+            collector: true,
+            extra: json!({}),
+        }
+    }
+}
+
+impl StackOptions {
+    /// The module's JSON configuration for these options.
+    pub fn module_config(&self, cluster: &[SocketAddr]) -> GatewaySpec {
+        let picker = json!({"profile": self.profile, "maxEndpoints": self.max_endpoints});
+        let mut spec = GatewaySpec::picker(picker, cluster);
+        match self.routing {
+            Routing::Picker => {
+                let allow = if self.allow.is_empty() {
+                    vec![self.model.clone()]
+                } else {
+                    self.allow.clone()
+                };
+                spec = spec.with("models", json!({ "allow": allow }));
+            }
+            Routing::RoundRobin => spec = spec.with("inferencePaths", json!([])),
+        }
+        merge(&mut spec.plugin_config, &self.extra);
+        spec.listen = self.gateway;
+        spec
+    }
+}
+
+/// Merges `over` into `base`: objects key by key, recursively; anything else replaces.
+pub fn merge(base: &mut Value, over: &Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                merge(b.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+/// Pods, the module in the gateway and the collector, started together and stopped together.
+pub struct Stack {
+    pub pods: Vec<PodHandle>,
+    pub gateway: Gateway,
+    pub collector: Option<Collector>,
+    /// The module configuration the gateway runs.
+    pub module_config: Value,
+}
+
+impl Stack {
+    /// Starts the pods, the gateway and (unless disabled) the collector, and waits until the
+    /// collector's first snapshot, with every pod ready, has reached the module.
+    pub async fn start(o: &StackOptions) -> Result<Stack, String> {
+        let config = PodConfig {
+            model: o.model.clone(),
+            params: podsim::calib::ServerParams::default(),
+            speed: o.speed,
+        };
+        let pods = podsim::serve::start_pods(o.pods, o.pod_port, config)
+            .await
+            .map_err(|e| format!("starting {} pods from 127.0.0.1:{}: {e}", o.pods, o.pod_port))?;
+        let addrs: Vec<SocketAddr> = pods.iter().map(|p| p.addr).collect();
+        let spec = o.module_config(&addrs);
+        let gateway = gateway(&spec).map_err(|e| format!("{e} (listen {})", o.gateway))?;
+        let collector = if o.collector {
+            let c = Collector::sidecar(&addrs, gateway.addr(), o.interval).await?;
+            if !crate::wait_for_ready(&gateway, o.pods, Duration::from_secs(10)).await {
+                return Err("the collector's first snapshot did not reach the gateway within 10 s".into());
+            }
+            Some(c)
+        } else {
+            None
+        };
+        Ok(Stack {
+            pods,
+            gateway,
+            collector,
+            module_config: spec.plugin_config,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.gateway.addr()
+    }
+
+    /// What each pod served so far.
+    pub fn pod_stats(&self) -> Vec<PodStats> {
+        self.pods.iter().map(PodStats::of).collect()
+    }
+
+    /// Stops the collector, then the gateway, then the pods.
+    pub async fn stop(self) -> Result<(), String> {
+        let Stack {
+            pods,
+            gateway,
+            collector,
+            ..
+        } = self;
+        let stopped = match collector {
+            Some(c) => c.stop().await,
+            None => Ok(()),
+        };
+        // Gateway::shutdown joins its threads: off the async workers.
+        tokio::task::spawn_blocking(move || gateway.shutdown())
+            .await
+            .map_err(|e| format!("gateway shutdown: {e}"))?;
+        drop(pods);
+        stopped
+    }
+}
+
+/// One pod's totals, read off its own `/metrics` text (what a Prometheus scrape would see).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodStats {
+    pub addr: String,
+    /// Requests finished (`vllm:request_success_total`).
+    pub finished: u64,
+    /// Prompt tokens queried in / found in the prefix cache.
+    pub prefix_queries: f64,
+    pub prefix_hits: f64,
+}
+
+impl PodStats {
+    pub fn of(pod: &PodHandle) -> PodStats {
+        let text = pod.metrics_text();
+        PodStats {
+            addr: pod.addr.to_string(),
+            finished: pod.finished(),
+            prefix_queries: sample(&text, "vllm:prefix_cache_queries_total"),
+            prefix_hits: sample(&text, "vllm:prefix_cache_hits_total"),
+        }
+    }
+
+    /// Prefix-cache hit rate over several pods (hits / queried tokens); 0 with no queries.
+    pub fn hit_rate(stats: &[PodStats]) -> f64 {
+        let q: f64 = stats.iter().map(|s| s.prefix_queries).sum();
+        let h: f64 = stats.iter().map(|s| s.prefix_hits).sum();
+        if q > 0.0 {
+            h / q
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The value of the first sample of `family` in Prometheus text (0 when absent).
+fn sample(text: &str, family: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(family) && l[family.len()..].starts_with(['{', ' ']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_is_recursive_for_objects_and_replaces_the_rest() {
+        let mut base = json!({"picker": {"profile": "a", "maxEndpoints": 2}, "metrics": true, "x": [1]});
+        merge(
+            &mut base,
+            &json!({"picker": {"maxEndpoints": 1}, "x": [2, 3], "failureMode": "FailOpen"}),
+        );
+        assert_eq!(
+            base,
+            json!({"picker": {"profile": "a", "maxEndpoints": 1}, "metrics": true, "x": [2, 3], "failureMode": "FailOpen"})
+        );
+    }
+
+    #[test]
+    fn round_robin_picks_on_no_path_and_picker_allows_the_served_model() {
+        let o = StackOptions::default();
+        let pods = [SocketAddr::from(([127, 0, 0, 1], 9))];
+        let c = o.module_config(&pods).plugin_config;
+        assert_eq!(c["models"]["allow"], json!([podsim::workload::MODEL]));
+        assert!(c.get("inferencePaths").is_none());
+        let rr = StackOptions {
+            routing: Routing::RoundRobin,
+            ..StackOptions::default()
+        };
+        let c = rr.module_config(&pods).plugin_config;
+        assert_eq!(c["inferencePaths"], json!([]));
+        assert!(c.get("models").is_none());
+    }
+
+    #[test]
+    fn samples_are_read_by_family_name() {
+        let text = "# HELP vllm:prefix_cache_hits_total x\nvllm:prefix_cache_hits_total{engine=\"0\"} 12.0\n\
+                    vllm:prefix_cache_queries_total{engine=\"0\"} 48.0\n";
+        assert_eq!(sample(text, "vllm:prefix_cache_hits_total"), 12.0);
+        assert_eq!(sample(text, "vllm:prefix_cache_queries_total"), 48.0);
+        assert_eq!(sample(text, "vllm:prefix_cache"), 0.0);
     }
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests over loopback: podsim pods ⇄ collector ⇄ the compiled module in host-sim's
 //! gateway ⇄ a real HTTP client. The first group reproduces the data-plane assertions of the GIE
-//! conformance suite (epp.md §6.2) against this stack; the second injects faults.
+//! conformance suite (`docs/epp.md`, "Conformance suite: data-plane assertions") against this
+//! stack; the second injects faults.
 //!
 //! Which pod served a request is read from podsim's own `x-podsim-endpoint` response header,
 //! never from the gateway, so routing is checked against ground truth.
@@ -15,7 +16,8 @@ use e2e::{inflight_total, stored_snapshot, wait_for_ready};
 use podsim::serve::{PodConfig, PodHandle};
 use serde_json::{json, Value};
 
-/// The GIE conformance suite's model and prompt (epp.md §6.1).
+/// The GIE conformance suite's model and prompt (`docs/epp.md`, "Conformance suite: data-plane
+/// assertions").
 const MODEL: &str = "conformance-fake-model";
 const PROMPT: &str = "Write as if you were a critic: San Francisco";
 const STEER: &str = "test-epp-endpoint-selection";

@@ -52,7 +52,7 @@ pub enum HostProfile {
 #[serde(rename_all = "camelCase")]
 pub enum InputMode {
     /// Pause at headers, buffer the body, scan it. Needs Envoy ≥ 1.35 with
-    /// `allow_on_headers_stop_iteration: true` (proxywasm.md §4.7); without it the request hangs.
+    /// `allow_on_headers_stop_iteration: true` (docs/proxy-wasm.md#the-allow_on_headers_stop_iteration-field); without it the request hangs.
     Body,
     /// Pick from headers only: the model from `headersOnly.modelHeader`, affinity from
     /// `headersOnly.affinityHeader`. For proxies where pausing at headers is not allowed.
@@ -88,7 +88,7 @@ pub struct FilterConfigDto {
     /// What to do while the module knows no endpoint at all (no snapshot yet and no static
     /// `endpoints`): `FailClose` (default) answers 503; `FailOpen` forwards without a destination
     /// header, so the cluster's own load balancer picks. The values and the default are GIE's
-    /// `InferencePool.spec.endpointPickerRef.failureMode` (epp.md §4.1).
+    /// `InferencePool.spec.endpointPickerRef.failureMode` (docs/epp.md#failuremode).
     pub failure_mode: Option<FailureMode>,
     /// Replicate the prefix index between worker VMs through shared data, so a prefix routed
     /// by one worker is recognised by the others (picker-core `sync`). Envoy only; on by
@@ -289,12 +289,12 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> FilterConfigError 
     }
 }
 
-/// GIE's default body bound is 4 MiB (Higress's picker uses the same, proxywasm.md §4.10).
+/// GIE's default body bound is 4 MiB (Higress's picker uses the same; docs/proxy-wasm.md#body-buffering-and-limits).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 pub const DEFAULT_SNAPSHOT_PATH: &str = "/.well-known/wasm-epp/snapshot";
 pub const DEFAULT_SNAPSHOT_MAX_BYTES: usize = 1024 * 1024;
 pub const DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
-/// BBR's model header (epp.md §4.5).
+/// BBR's model header (docs/epp.md#model-name-header).
 pub const MODEL_HEADER: &str = "x-gateway-model-name";
 /// Default [`FilterConfig::inflight_ttl_ms`]: a phantom request from a dead VM lasts at most
 /// 10 s, and a live VM writes a heartbeat every 2.5 s (a few shared-data writes a second over

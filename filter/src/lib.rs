@@ -10,7 +10,7 @@
 //!    `…-served`, `…-subset`, the model header, and the conformance steering header unless
 //!    `testMode`), so a client can never choose the pod. Snapshot pushes are taken here (below).
 //!    Inference requests (`inferencePaths`, POST) return `Pause`: Envoy must run with
-//!    `allow_on_headers_stop_iteration: true` (proxywasm.md §4.7).
+//!    `allow_on_headers_stop_iteration: true` (docs/proxy-wasm.md#the-allow_on_headers_stop_iteration-field).
 //! 2. Request body: `Pause` until end of stream (Envoy buffers), 413 above `maxBodyBytes`; then
 //!    scan once, pick, set `x-gateway-destination-endpoint` (ordered list) and the model header,
 //!    `Continue`. Errors are OpenAI-style local replies: 400, 404, 413, 429 (`Retry-After`), 503.

@@ -1,12 +1,12 @@
 //! Every plugin configuration shipped in `manifests/` must be accepted by the module's own
 //! config validation: Istio `WasmPlugin.spec.pluginConfig` objects, the JSON strings in Envoy and
-//! EnvoyFilter `configuration` (`google.protobuf.StringValue`), and GCP's `plugin-config.json`.
+//! EnvoyFilter `configuration` (`google.protobuf.StringValue`), Envoy Gateway
+//! `EnvoyExtensionPolicy.spec.wasm[].config`, and GCP's `plugin-config.json`.
 
 use std::path::{Path, PathBuf};
 
 use filter::config::FilterConfig;
-use serde::Deserialize;
-use serde_yaml::Value;
+use serde_json::Value;
 
 fn files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).expect("manifests dir").flatten() {
@@ -24,8 +24,12 @@ fn files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// Plugin configurations found anywhere inside a YAML value, as JSON bytes.
 fn configs(v: &Value, out: &mut Vec<Vec<u8>>) {
     match v {
-        Value::Mapping(m) => {
+        Value::Object(m) => {
             if let Some(pc) = m.get("pluginConfig") {
+                out.push(serde_json::to_vec(pc).expect("YAML to JSON"));
+            }
+            // Envoy Gateway's Wasm extension: `{name, rootID, code, config}`.
+            if let (Some(pc), true) = (m.get("config"), m.contains_key("code")) {
                 out.push(serde_json::to_vec(pc).expect("YAML to JSON"));
             }
             let string_value =
@@ -38,8 +42,7 @@ fn configs(v: &Value, out: &mut Vec<Vec<u8>>) {
             }
             m.values().for_each(|x| configs(x, out));
         }
-        Value::Sequence(s) => s.iter().for_each(|x| configs(x, out)),
-        Value::Tagged(t) => configs(&t.value, out),
+        Value::Array(s) => s.iter().for_each(|x| configs(x, out)),
         _ => {}
     }
 }
@@ -54,13 +57,17 @@ fn every_plugin_config_in_the_manifests_is_valid() {
         let text = std::fs::read_to_string(p).expect("read manifest");
         let mut found = Vec::new();
         if p.extension().is_some_and(|x| x == "json") {
-            found.push(text.into_bytes());
-        } else {
-            for doc in serde_yaml::Deserializer::from_str(&text) {
-                if let Ok(v) = Value::deserialize(doc) {
-                    configs(&v, &mut found);
-                }
+            // Other JSON in manifests/ (the Grafana dashboard) is not a plugin configuration.
+            if p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("plugin-config"))
+            {
+                found.push(text.into_bytes());
             }
+        } else {
+            // A manifest that does not parse is a defect of its own, not something to skip.
+            let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            docs.iter().for_each(|v| configs(v, &mut found));
         }
         for c in found {
             if let Err(e) = FilterConfig::from_json(&c) {
@@ -69,6 +76,7 @@ fn every_plugin_config_in_the_manifests_is_valid() {
             checked += 1;
         }
     }
-    // Envoy bootstrap, two WasmPlugins, the body-mode EnvoyFilter and GCP at least.
-    assert!(checked >= 5, "found only {checked} plugin configs");
+    // Envoy bootstrap, the WasmPlugins, the body-mode EnvoyFilter, the Envoy Gateway policies
+    // and GCP at least.
+    assert!(checked >= 7, "found only {checked} plugin configs");
 }

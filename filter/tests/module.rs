@@ -3,7 +3,7 @@
 //! upstream, local replies, shared data, traps.
 use std::sync::OnceLock;
 
-use host_sim::{Flow, Host, HostOptions, Plugin, Profile, StreamId};
+use host_sim::{Flow, Host, HostOptions, HostProfile, Plugin, StreamId};
 use picker_core::{Endpoint, Instant, Snapshot};
 use proptest::prelude::*;
 
@@ -33,7 +33,7 @@ fn base_config(extra: &str) -> String {
     )
 }
 
-fn host_with(profile: Profile, config: &str, workers: usize, allow_stop: bool) -> Host {
+fn host_with(profile: HostProfile, config: &str, workers: usize, allow_stop: bool) -> Host {
     let mut o = HostOptions::new(profile);
     o.vm_id = "wasm-epp".into();
     o.plugin_config = config.as_bytes().to_vec();
@@ -44,7 +44,7 @@ fn host_with(profile: Profile, config: &str, workers: usize, allow_stop: bool) -
 }
 
 fn host(extra: &str) -> Host {
-    host_with(Profile::Envoy, &base_config(extra), 1, true)
+    host_with(HostProfile::Envoy, &base_config(extra), 1, true)
 }
 
 fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -289,7 +289,7 @@ fn a_custom_destination_header_is_stripped_too() {
     // destination header must not survive to the router.
     let config =
         format!(r#"{{"snapshot":{{"token":"{TOKEN}"}},"destinationHeader":"x-pod","failureMode":"FailOpen"}}"#);
-    let mut host = host_with(Profile::Envoy, &config, 1, true);
+    let mut host = host_with(HostProfile::Envoy, &config, 1, true);
     let sent = send(&mut host, 0, &[("x-pod", "10.6.6.6:80")], &chat_body(MODEL, "s", "q"));
     assert_eq!(sent.status, None, "forwarded");
     assert_eq!(sent.header("x-pod"), None);
@@ -307,11 +307,16 @@ fn static_endpoints_serve_until_the_first_snapshot() {
 #[test]
 fn with_no_load_view_fail_close_answers_503_and_fail_open_lets_the_cluster_pick() {
     let no_endpoints = |mode: &str| format!(r#"{{"snapshot":{{"token":"{TOKEN}"}}{mode}}}"#);
-    let mut closed = host_with(Profile::Envoy, &no_endpoints(""), 1, true);
+    let mut closed = host_with(HostProfile::Envoy, &no_endpoints(""), 1, true);
     let sent = send(&mut closed, 0, &[], &chat_body(MODEL, "s", "q"));
     assert_eq!(sent.status, Some(503), "FailClose is the default");
 
-    let mut open = host_with(Profile::Envoy, &no_endpoints(r#","failureMode":"FailOpen""#), 1, true);
+    let mut open = host_with(
+        HostProfile::Envoy,
+        &no_endpoints(r#","failureMode":"FailOpen""#),
+        1,
+        true,
+    );
     let sent = send(
         &mut open,
         0,
@@ -335,7 +340,7 @@ fn with_no_load_view_fail_close_answers_503_and_fail_open_lets_the_cluster_pick(
 
 #[test]
 fn prefix_affinity_holds_across_workers() {
-    let mut host = host_with(Profile::Envoy, &base_config(""), 2, true);
+    let mut host = host_with(HostProfile::Envoy, &base_config(""), 2, true);
     let pods: Vec<(String, u32, f32)> = (1..=8).map(|i| (format!("10.0.1.{i}:8000"), 0, 0.1)).collect();
     let pods_ref: Vec<(&str, u32, f32)> = pods.iter().map(|(a, q, k)| (a.as_str(), *q, *k)).collect();
     assert_eq!(push(&mut host, 0, &snapshot(1, &pods_ref), TOKEN), 204);
@@ -363,7 +368,7 @@ fn prefix_sync_shares_the_index_between_workers() {
     let pods_ref: Vec<(&str, u32, f32)> = pods.iter().map(|(a, q, k)| (a.as_str(), *q, *k)).collect();
     let run = |sync: bool| -> (usize, u64) {
         let extra = format!(r#""picker":{{"profile":"gie-default"}},"prefixSync":{{"enabled":{sync}}}"#);
-        let mut host = host_with(Profile::Envoy, &base_config(&extra), 2, true);
+        let mut host = host_with(HostProfile::Envoy, &base_config(&extra), 2, true);
         assert_eq!(push(&mut host, 0, &snapshot(1, &pods_ref), TOKEN), 204);
         let mut same = 0;
         for g in 0..12 {
@@ -424,7 +429,7 @@ fn intake_rejects_and_changes_nothing() {
 
 #[test]
 fn intake_checks_source_method_and_size() {
-    let mut o = HostOptions::new(Profile::Envoy);
+    let mut o = HostOptions::new(HostProfile::Envoy);
     o.vm_id = "wasm-epp".into();
     o.plugin_config = base_config(r#""picker":{}"#)
         .replace(r#"{"token""#, r#"{"maxBytes":200,"token""#)
@@ -458,7 +463,7 @@ fn intake_checks_source_method_and_size() {
     let bytes = snapshot(1, &big_ref);
     assert!(bytes.len() > 1024);
     let mut small = host_with(
-        Profile::Envoy,
+        HostProfile::Envoy,
         &format!(r#"{{"snapshot":{{"token":"{TOKEN}","maxBytes":1024}}}}"#),
         1,
         true,
@@ -552,7 +557,7 @@ fn body_mode_needs_allow_on_headers_stop_iteration() {
     // Without the flag Envoy stops all iteration at Pause: the body never reaches the module
     // and the request waits (it would time out in Envoy). This is why the configure-time log
     // says so.
-    let mut host = host_with(Profile::Envoy, &base_config(""), 1, false);
+    let mut host = host_with(HostProfile::Envoy, &base_config(""), 1, false);
     let sent = send(&mut host, 0, &[], &chat_body(MODEL, "s", "q"));
     assert!(sent.upstream.is_none() && sent.status.is_none(), "request is held");
     let logs = host.worker(0).logs();
@@ -569,7 +574,7 @@ fn headers_only_mode_works_without_the_flag() {
     // static endpoint list.
     let cfg = r#"{"mode":"headersOnly","headersOnly":{"modelHeader":"x-model","affinityHeader":"x-session-id"},
                   "endpoints":["10.0.0.1:8000","10.0.0.2:8000","10.0.0.3:8000"]}"#;
-    let mut host = host_with(Profile::Envoy, cfg, 1, false);
+    let mut host = host_with(HostProfile::Envoy, cfg, 1, false);
     let wk = host.worker(0);
     let s = wk.new_stream();
     let st = wk.request_headers(
@@ -626,7 +631,7 @@ fn test_mode_steers_and_reports_the_served_endpoint() {
 
 #[test]
 fn inflight_counts_track_open_streams_and_never_leak() {
-    let mut host = host_with(Profile::Envoy, &base_config(""), 2, true);
+    let mut host = host_with(HostProfile::Envoy, &base_config(""), 2, true);
     push(&mut host, 0, &snapshot(1, &PODS), TOKEN);
     let mut open = vec![];
     for i in 0..20 {
@@ -650,7 +655,7 @@ fn inflight_counts_track_open_streams_and_never_leak() {
 #[test]
 fn gcp_profile_makes_no_unsupported_hostcall() {
     let cfg = r#"{"hostProfile":"gcp","headersOnly":{"modelHeader":"x-model","affinityHeader":"x-session-id"}}"#;
-    let mut host = host_with(Profile::Gcp, cfg, 1, false);
+    let mut host = host_with(HostProfile::Gcp, cfg, 1, false);
     let wk = host.worker(0);
     let s = wk.new_stream();
     wk.request_headers(
@@ -678,7 +683,7 @@ fn gcp_profile_makes_no_unsupported_hostcall() {
 
 #[test]
 fn bad_plugin_config_is_rejected_at_configure() {
-    let mut o = HostOptions::new(Profile::Envoy);
+    let mut o = HostOptions::new(HostProfile::Envoy);
     o.plugin_config = br#"{"maxBodyBytes":"lots"}"#.to_vec();
     assert!(Host::new(plugin(), o, 1).is_err(), "on_configure returns false");
 }
@@ -792,7 +797,7 @@ fn model_rewrite_splices_the_body_and_splits_by_weight() {
     let cfg = base_config(
         r#""models":{"rewrites":[{"model":"llama","targets":[{"model":"llama-a","weight":70},{"model":"llama-b","weight":30}]}]}"#,
     );
-    let mut host = host_with(Profile::Envoy, &cfg, 1, true);
+    let mut host = host_with(HostProfile::Envoy, &cfg, 1, true);
     // Pods that list no models serve any model.
     let mut s = Snapshot::decode(&snapshot(1, &PODS)).unwrap();
     for e in &mut s.endpoints {
@@ -826,7 +831,7 @@ fn pull_mode_fetches_the_snapshot_on_a_tick() {
     let cfg = format!(
         r#"{{"snapshot":{{"token":"{TOKEN}","pull":{{"cluster":"collector","intervalMs":50}}}},"endpoints":["10.9.9.9:8000"]}}"#
     );
-    let mut o = HostOptions::new(Profile::Envoy);
+    let mut o = HostOptions::new(HostProfile::Envoy);
     o.vm_id = "wasm-epp".into();
     o.plugin_config = cfg.into_bytes();
     o.allow_on_headers_stop_iteration = true;
@@ -893,7 +898,7 @@ fn llmd_profile_counts_uncached_tokens_until_the_first_chunk() {
     w.finish(sent.stream);
     assert_eq!(totals(&host), (0, 0));
     // Our profile reads no token counts: none are kept.
-    let mut ours = host_with(Profile::Envoy, &base_config(""), 1, true);
+    let mut ours = host_with(HostProfile::Envoy, &base_config(""), 1, true);
     push(&mut ours, 0, &snapshot(1, &PODS), TOKEN);
     let sent = send(&mut ours, 0, &[], &body);
     assert_eq!(totals(&ours), (1, 0));

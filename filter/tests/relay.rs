@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 
 use filter::relay::{self, BatchHeader};
-use host_sim::{CallResponse, Host, HostOptions, Plugin, Profile, StreamId};
+use host_sim::{CallResponse, Host, HostOptions, Plugin, HostProfile, StreamId};
 use picker_core::{Endpoint, Instant, Snapshot};
 
 const TOKEN: &str = "test-token-0123456789";
@@ -42,7 +42,7 @@ fn config(relay: bool, extra: &str) -> String {
 /// is not), hence its own replica and VM ids.
 fn proxy(relay: bool, workers: usize, extra: &str) -> Host {
     static SEED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    let mut o = HostOptions::new(Profile::Envoy);
+    let mut o = HostOptions::new(HostProfile::Envoy);
     o.random_seed = SEED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) * 0x1000_0001;
     o.vm_id = "wasm-epp".into();
     o.plugin_config = config(relay, extra).into_bytes();
@@ -513,7 +513,7 @@ fn refused_relay_pushes_change_nothing() {
         assert_eq!(r.status, want, "{method} {token} {} bytes", body.len());
     }
     // From a source that may not push.
-    let mut o = HostOptions::new(Profile::Envoy);
+    let mut o = HostOptions::new(HostProfile::Envoy);
     o.vm_id = "wasm-epp".into();
     o.plugin_config = config(true, "").into_bytes();
     o.allow_on_headers_stop_iteration = true;

@@ -1,12 +1,12 @@
 //! proxy-wasm ABI v0.2.1 constants and the header-map wire format.
 //!
-//! Source: proxy-wasm/spec `abi-versions/v0.2.1/README.md` (reference `proxywasm.md` §2) and the
+//! Source: proxy-wasm/spec `abi-versions/v0.2.1/README.md` (docs/proxy-wasm.md#the-abi) and the
 //! discriminants the Rust SDK 0.2.5 uses (`src/types.rs`).
 
 use std::fmt;
 
 /// Hostcall status (`WasmResult` in cpp-host). `Unimplemented` (12) exists in the spec but not in
-/// the Rust SDK's enum (reference §0.2), so a guest that receives it panics.
+/// the Rust SDK's enum (docs/proxy-wasm.md#unexpected-statuses-panic), so a guest that receives it panics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum Status {
@@ -115,6 +115,51 @@ impl BufferType {
     }
 }
 
+/// One direction of an HTTP stream: the request (client to upstream) or the response (upstream
+/// to client). The ABI names the two in pairs (`HttpRequestHeaders`/`HttpResponseHeaders`,
+/// `proxy_on_request_body`/`proxy_on_response_body`, `StreamType::HttpRequest`/`HttpResponse`);
+/// host-sim keeps one record per direction and parameterises the code by this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    Request,
+    Response,
+}
+
+impl Direction {
+    /// Both directions, request first (the order Envoy runs them in after a VM call).
+    pub const BOTH: [Direction; 2] = [Direction::Request, Direction::Response];
+
+    /// The direction of an HTTP-stream header or trailer map and whether it is the trailers;
+    /// None for other maps (gRPC metadata, http-call responses).
+    pub fn of_map(t: MapType) -> Option<(Direction, bool)> {
+        match t {
+            MapType::HttpRequestHeaders => Some((Direction::Request, false)),
+            MapType::HttpRequestTrailers => Some((Direction::Request, true)),
+            MapType::HttpResponseHeaders => Some((Direction::Response, false)),
+            MapType::HttpResponseTrailers => Some((Direction::Response, true)),
+            _ => None,
+        }
+    }
+
+    /// The direction whose body `t` is, if it is an HTTP-stream body.
+    pub fn of_body(t: BufferType) -> Option<Direction> {
+        match t {
+            BufferType::HttpRequestBody => Some(Direction::Request),
+            BufferType::HttpResponseBody => Some(Direction::Response),
+            _ => None,
+        }
+    }
+
+    /// The direction `proxy_continue_stream`/`proxy_close_stream` name, if an HTTP one.
+    pub fn of_stream(t: StreamType) -> Option<Direction> {
+        match t {
+            StreamType::HttpRequest => Some(Direction::Request),
+            StreamType::HttpResponse => Some(Direction::Response),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamType {
     HttpRequest,
@@ -183,6 +228,11 @@ impl LogLevel {
 /// `LowerCaseString` does for every key a plugin adds or looks up.
 pub type Headers = Vec<(String, String)>;
 
+/// `h` with every name lower-cased, as Envoy keeps names (`LowerCaseString`); values as given.
+pub fn lower_names(h: Headers) -> Headers {
+    h.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect()
+}
+
 /// Serialize pairs in the v0.2.1 wire format: `u32` count, then `(u32 key_len, u32 value_len)` per
 /// pair, then each key and value followed by a NUL byte (spec "Header maps"; little-endian).
 pub fn serialize_map(pairs: &[(String, String)]) -> Vec<u8> {
@@ -217,7 +267,8 @@ pub fn serialize_map_into(pairs: &[(String, String)], out: &mut [u8]) {
     }
 }
 
-/// cpp-host caps deserialized maps at 1 MiB and 1024 pairs (`include/proxy-wasm/limits.h`, §7.3).
+/// cpp-host caps deserialized maps at 1 MiB and 1024 pairs (`include/proxy-wasm/limits.h`,
+/// docs/proxy-wasm.md#memory-limits).
 pub const MAX_MAP_BYTES: usize = 1 << 20;
 pub const MAX_MAP_PAIRS: usize = 1024;
 

@@ -3,30 +3,50 @@
 //! host-sim loads a `wasm32-wasip1` proxy-wasm module (ABI v0.2.1, as built by the Rust SDK
 //! `proxy-wasm` 0.2.5) into wasmtime and drives it the way Envoy (and, in a second profile, GCP
 //! Service Extensions) would. No Envoy, Istio or GCP binary runs on our machines, so this is the
-//! host every filter test runs against: where it is kinder than Envoy, our tests lie. Each
-//! modelled rule cites `shared/reference/proxywasm.md` (§ numbers below refer to it), except the
-//! header-map and buffer rules, which cite Envoy's and proxy-wasm-cpp-host's public sources.
+//! host every filter test runs against: where it is kinder than Envoy, our tests lie. The host
+//! behaviour it models is written down, with public sources, in the repository's
+//! `docs/proxy-wasm.md`; the rules below and the comments in the code point into it by section
+//! (`docs/proxy-wasm.md#<section>`).
 //!
 //! ## Layout
-//! - [`abi`]: status/map/buffer constants and the header-map wire format.
-//! - [`host`]: per-VM [`host::HostState`] (the `Store` data: no globals) and every import:
-//!   all `env.proxy_*` hostcalls of ABI v0.2.1 plus WASI preview1 limited to stdout/stderr,
-//!   clocks and random (other WASI calls answer ENOSYS).
+//! - [`abi`]: status/map/buffer constants, [`Direction`] (request or response) and the
+//!   header-map wire format.
+//! - [`hostcalls`]: every import, one module and one registration function per hostcall family
+//!   (`lifecycle`: logging, time, ticks, contexts; `buffers`; `header_maps` with
+//!   `header_map_impl`, Envoy's `HeaderMapImpl` rules; `stream_control`; `calls`: http/gRPC;
+//!   `shared_data`: shared data and queues; `metrics`; `properties`; `foreign`; `wasi`: WASI
+//!   preview1 limited to stdout/stderr, clocks and random, other WASI calls answer ENOSYS), the
+//!   guest-memory helpers (`guest`), the `hostcall!` macro and GCP gate (`hostcall`), and
+//!   [`hostcalls::state`]: the per-VM [`hostcalls::HostState`] (the `Store` data: no globals)
+//!   with its [`hostcalls::StreamIo`], one [`hostcalls::HalfStream`] per direction.
 //! - [`shared`]: [`VmGroup`], one `vm_id` namespace: shared data (Envoy CAS semantics),
 //!   shared queues (last registrant wins), metrics. Workers hold an `Arc` of it.
+//! - [`history`]: bounded histories for long-running hosts.
 //! - [`vm`]: [`Plugin`] (compile once) and [`Vm`] (one instance: `_initialize`, root context,
-//!   `on_vm_start`, `on_configure`, callbacks, trap capture, per-invocation CPU time).
-//! - [`worker`]: [`Worker`], the HTTP filter state machine (Envoy/GCP rules) over one VM.
+//!   `on_vm_start`, `on_configure`, callbacks by direction, trap capture, per-invocation CPU
+//!   time).
+//! - [`worker`]: [`Worker`], the HTTP filter state machine (Envoy/GCP rules) over one VM:
+//!   `worker` (streams, views, timers), `worker::filter` (headers, body, trailers: one path for
+//!   both directions), `worker::replies` (local replies, continue/close, http-call answers,
+//!   failure policy).
 //! - [`Host`]: several workers sharing one [`VmGroup`], a virtual clock, ticks and queues.
-//! - [`case`]: the YAML test DSL and the Rust builder; [`bench`]; [`serve`] (local gateway).
+//! - [`case`]: the YAML test DSL and the Rust builder (`case`), the runner (`case::run`) and
+//!   the checks (`case::check`); [`bench`](mod@bench); [`serve`]: the local gateway (`serve`:
+//!   configuration, start, stop; `serve::worker_loop`: worker threads; `serve::proxy`:
+//!   connections, routing, upstream requests, callouts).
+//! - [`options`]: [`HostOptions`], [`HostProfile`], [`FailurePolicy`], [`Clock`].
+//!
+//! Apart from the crate root's [`Error`], modules import one way: `abi` and `history` from
+//! nothing; `options` from `abi`; `shared` from `abi`, `history`; `hostcalls` from those; `vm`
+//! from `hostcalls`; `worker` from `vm`; `case` and `serve` from `worker`; `bench` from `case`.
 //!
 //! ## Driving a filter from Rust
 //! ```no_run
-//! use host_sim::{Host, HostOptions, Plugin, Profile, Flow};
+//! use host_sim::{Host, HostOptions, Plugin, HostProfile, Flow};
 //! let plugin = Plugin::from_file("target/host-sim-modules/probe.wasm")?;
-//! let mut opts = HostOptions::new(Profile::Envoy);
+//! let mut opts = HostOptions::new(HostProfile::Envoy);
 //! opts.vm_id = "picker".into();
-//! opts.allow_on_headers_stop_iteration = true;   // Envoy PluginConfig field (§4.7)
+//! opts.allow_on_headers_stop_iteration = true;   // Envoy PluginConfig field
 //! opts.plugin_config = br#"{"mode":"body"}"#.to_vec();
 //! let mut host = Host::new(&plugin, opts, 2)?;    // 2 worker VMs, one shared-data namespace
 //! let w = host.worker(0);
@@ -59,7 +79,7 @@
 //! ```
 //!
 //! ## YAML DSL (`host-sim test --wasm M --config C --case F.yaml`)
-//! In the spirit of GCP's plugin tester `tests.yaml` (§6.4): `env` (wasm, config or
+//! In the spirit of GCP's plugin tester `tests.yaml` (`docs/proxy-wasm.md#the-plugin-tester`): `env` (wasm, config or
 //! config_file, profile, time_secs, workers, vm_id, properties, clusters with canned call
 //! responses, failure_policy, allow_on_headers_stop_iteration, buffer_limit, strict), then
 //! `test:` cases with phases `request_headers`, `request_body`, `request_trailers`,
@@ -72,75 +92,72 @@
 //! it did not allow (`allow_errors`). Cases run in order on one host, so state carries over.
 //!
 //! ## Envoy profile: what is modelled
+//! Each rule names its section of `docs/proxy-wasm.md`.
 //! - Request headers callback returns Continue → the request header map is gone: reads and
-//!   writes get `BadArgument` (the SDK then panics) (§0.3, §4.7.3). Same for response headers.
+//!   writes get `BadArgument` (the SDK then panics). Same for response headers
+//!   (`#header-and-body-phases`).
 //! - Pause at headers → `StopAllIterationAndWatermark` unless
-//!   `allow_on_headers_stop_iteration` (then `StopIteration`): body callbacks are not called,
-//!   the body waits in the host, no 413 (§4.7.1-2). `proxy_continue_stream` releases it and the
-//!   held body is delivered to the plugin's body callback.
+//!   `allow_on_headers_stop_iteration` (then `StopIteration`): body and trailers callbacks are
+//!   not called, the body waits in the host, no 413. `proxy_continue_stream` releases it and the
+//!   held body is delivered to the plugin's body callback (`#header-and-body-phases`,
+//!   `#trailers`).
 //! - Pause in a body callback → `StopIterationAndBuffer`: the next callback sees the whole
-//!   buffered body (`body_size` grows) (§1.3); over `buffer_limit` (default 1 MiB, §4.10) the
-//!   request gets a 413 (response: 500) before the VM is called.
-//! - Header-map and buffer hostcalls do what Envoy's wasm `Context` does with them
-//!   (envoyproxy/envoy `source/extensions/common/wasm/context.cc` at b40935ac07f7), through
-//!   `HeaderMapImpl` (`source/common/http/header_map_impl.cc` and `.h`, as of v1.19.0) and the
-//!   ABI glue of proxy-wasm/proxy-wasm-cpp-host (`src/exports.cc`, `src/pairs_util.cc` at
-//!   52a02917b301):
-//!   - Names are lower-cased (`LowerCaseString`). `get` returns the first value of a repeated
-//!     header, NotFound if there is none (`getHeaderMapValue`: `get(key)[0]`); `remove` drops
-//!     every occurrence (`HeaderMapImpl::remove`).
-//!   - `add` is `addCopy` (via `insertByKey`): a new entry, except for Envoy's default O(1)
-//!     headers (`INLINE_*_HEADERS` in `envoy/http/header_map.h` at e05a2af4b8e1:
-//!     `x-forwarded-for`, `content-type`, `content-length`, `:path`, ...), whose value is appended
-//!     to the existing entry after a `,`, an empty value changing nothing (`appendToHeader`). A
-//!     new entry goes at the end, a pseudo-header after the last pseudo-header
-//!     (`HeaderList::insert`).
-//!   - `replace` is `setCopy`, which since Envoy 1.19 (envoyproxy/envoy#16209) is `remove` then
-//!     `addCopy`: every occurrence goes and one entry is added where a new header goes.
-//!   - In request headers `host` is `:authority` for every call (`HostLegacy` in the request
-//!     map's `StaticLookupTable`).
-//!   - `set_header_map_pairs` empties the map and `addCopy`s each pair (`setHeaderMapPairs`); a
-//!     buffer `PairsUtil::toPairs` cannot read in full is no pairs: the map is emptied, Ok.
-//!   - `get_header_map_pairs` of an empty map writes a null pointer and size 0
-//!     (`copyToPointerSize("")`). `get_header_map_size` is `byteSize()` (names plus values, not
-//!     the serialized size) of the map `getMap` gives, so BadArgument for http-call responses.
+//!   buffered body (`body_size` grows); over `buffer_limit` (default 1 MiB) the request gets a
+//!   413 (response: 500) before the VM is called (`#body-buffering-and-limits`).
+//! - Header-map and buffer hostcalls do what Envoy's wasm `Context` does with them, through
+//!   `HeaderMapImpl` and the ABI glue of proxy-wasm-cpp-host (`#header-maps`, `#buffers`):
+//!   - Names are lower-cased. `get` returns the first value of a repeated header, NotFound if
+//!     there is none; `remove` drops every occurrence.
+//!   - `add` makes a new entry, except for Envoy's default O(1) headers (`x-forwarded-for`,
+//!     `content-type`, `content-length`, `:path`, ...), whose value is appended to the existing
+//!     entry after a `,`, an empty value changing nothing. A new entry goes at the end, a
+//!     pseudo-header after the last pseudo-header.
+//!   - `replace` removes every occurrence and adds one entry where a new header goes.
+//!   - In request headers `host` is `:authority` for every call.
+//!   - `set_header_map_pairs` empties the map and adds each pair; a buffer that cannot be read in
+//!     full is no pairs: the map is emptied, Ok.
+//!   - `get_header_map_pairs` of an empty map writes a null pointer and size 0.
+//!     `get_header_map_size` is names plus values (not the serialized size), BadArgument for
+//!     http-call responses.
 //!   - `get_buffer_status` flags are 0. `get_buffer_bytes` clamps start and length to the
 //!     buffer; an empty range writes a null pointer and size 0.
 //!   - `set_buffer_bytes` looks the buffer up first (none: NotFound, whatever the pointer). On a
-//!     body (`Buffer::copyFrom`): start 0 drains `size` bytes then prepends, start >= len
-//!     appends, else BadArgument. Configurations and http-call response bodies are read-only
-//!     strings (`BufferBase::copyFrom`): BadArgument.
+//!     body: start 0 drains `size` bytes then prepends, start >= len appends, else BadArgument.
+//!     Configurations and http-call response bodies are read-only: BadArgument.
 //! - `send_local_response` takes effect after the callback returns; the reply (with
 //!   `content-length`, `content-type: text/plain`) runs through the plugin's own response
-//!   callbacks (Envoy `Context::encodeHeaders` is skipped only after `failStream`; the SDK's
-//!   `http_headers` README shows the reply's headers logged); after response headers were sent,
-//!   a local reply resets the stream.
-//! - Request-header writes count route-cache clears (ABI 0.2.1, §4.8); writes after headers
-//!   were already forwarded (held by Pause, then continued) return Ok but change nothing
+//!   callbacks; after response headers were sent, a local reply resets the stream
+//!   (`#local-replies`).
+//! - Request-header writes count route-cache clears (ABI 0.2.1, `#route-cache`); writes after
+//!   headers were already forwarded (held by Pause, then continued) return Ok but change nothing
 //!   upstream and are recorded in `StreamIo::late_mutations`.
-//! - Trap (panic=abort, OOB, memory cap) → failure policy (§4.2): fail_closed: 503
+//! - Trap (panic=abort, OOB, memory cap) → failure policy (`#failure-policies`): fail_closed: 503
 //!   `wasm_fail_stream` now and for every later stream; fail_open: the filter is skipped and
 //!   held data goes on; fail_reload: 503 now, a fresh VM for the next stream.
-//! - Shared data: one namespace per `vm_id`, CAS as cpp-host (§0.4, §4.3); remove stores an
-//!   empty value. Queues: last registrant wins, `on_queue_ready` to its worker (§4.4).
-//!   Ticks: per VM, re-armed after each callback, period 0 disables (§4.5).
+//! - Shared data: one namespace per `vm_id`, CAS as cpp-host; remove stores an empty value
+//!   (`#shared-data`). Queues: last registrant wins, `on_queue_ready` to its worker
+//!   (`#shared-queues`). Ticks: per VM, re-armed after each callback, period 0 disables
+//!   (`#timers`).
 //! - `dispatch_http_call`: unknown cluster or missing `:method`/`:path`/authority →
 //!   BadArgument; answers arrive after the dispatching callback returns (canned per cluster, or
-//!   answered by the test with [`Worker::respond_http_call`]; `serve` makes real calls).
+//!   answered by the test with [`Worker::respond_http_call`]; `serve` makes real calls)
+//!   (`#http-calls`).
 //! - Metrics: counters reject deltas <= 0, `record` on a counter adds, histograms record only
-//!   (§1.3). Properties: NUL-separated paths; `plugin_*`, `request.*`, `response.code`,
-//!   test/host-supplied ones (`source.address`, `upstream.address`, metadata…).
+//!   (`#metrics`). Properties: NUL-separated paths; `plugin_*`, `request.*`, `response.code`,
+//!   test/host-supplied ones (`source.address`, `upstream.address`, metadata…) (`#properties`).
 //! - Foreign functions: `clear_route_cache`, `set_envoy_filter_state` (protobuf arguments,
-//!   known keys only: unknown key NotFound, bad value BadArgument); unknown name NotFound.
-//! - Lifecycle order at stream end: `on_done`, `on_log`, `on_delete` (spec order, §1.3).
+//!   known keys only: unknown key NotFound, bad value BadArgument); unknown name NotFound
+//!   (`#foreign-functions-and-filter-state`).
+//! - Lifecycle order at stream end: `on_done`, `on_log`, `on_delete` (`#context-lifecycle`).
 //!
 //! ## GCP profile
-//! Only the documented subset (§6.1): every other `proxy_*` call answers `Unimplemented` (12)
-//! like GCP's tester (the SDK panics on it). Header maps only inside their own header callback
-//! (BadArgument elsewhere), body buffer only inside its body callback and not accumulated
-//! across Pause (as the tester, §6.4), clock frozen at stream creation, no ticks, queues or
-//! `on_log`, trailers pass untouched, 16 MiB linear-memory cap, per-invocation CPU time
-//! recorded and compared against the 1 ms budget by `host-sim bench`.
+//! Only the documented subset (`#supported-subset`): every other `proxy_*` call answers
+//! `Unimplemented` (12) like GCP's tester (the SDK panics on it). Header maps only inside their
+//! own header callback (BadArgument elsewhere), body buffer only inside its body callback and
+//! not accumulated across Pause (as the tester, `#the-plugin-tester`), clock frozen at stream
+//! creation, no ticks, queues or `on_log`, trailers pass untouched, 16 MiB linear-memory cap,
+//! per-invocation CPU time recorded and compared against the 1 ms budget by `host-sim bench`
+//! (`#limits`).
 //!
 //! ## Command line
 //! - `host-sim test --wasm M [--config C] --case F.yaml`: runs a suite, prints PASS/FAIL per
@@ -178,13 +195,16 @@
 //! the 1 ms GCP budget is reported, never enforced (our CPUs differ from GCP's); header maps a
 //! test passes in are taken as given (Envoy's codecs would already have joined repeated O(1)
 //! headers, filed `host` as `:authority` and put pseudo-headers first); O(1) headers that Envoy
-//! extensions register (`RegisterCustomInlineHeader`) join like any other name here.
+//! extensions register (`RegisterCustomInlineHeader`) join like any other name here; after a
+//! stop-all is continued, held trailers go on without the plugin's trailers callback (Envoy
+//! calls it after the held data, `docs/proxy-wasm.md#header-and-body-phases`).
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod abi;
 pub mod bench;
 pub mod case;
-pub mod host;
+pub mod history;
+pub mod hostcalls;
 pub mod options;
 pub mod serve;
 pub mod shared;
@@ -193,9 +213,9 @@ pub mod worker;
 
 use std::sync::Arc;
 
-pub use abi::{Action, Headers, LogLevel, Status};
-pub use host::{HostcallError, LogLine};
-pub use options::{CallResponse, Clock, FailurePolicy, HostOptions, Profile};
+pub use abi::{Action, Direction, Headers, LogLevel, Status};
+pub use hostcalls::{HostcallError, LogLine};
+pub use options::{CallResponse, Clock, FailurePolicy, HostOptions, HostProfile};
 pub use shared::VmGroup;
 pub use vm::{Plugin, TrapInfo, Vm};
 pub use worker::{Flow, Forwarded, Immediate, Step, StreamId, Worker};

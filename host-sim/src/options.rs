@@ -11,15 +11,15 @@ use crate::abi::{Headers, LogLevel};
 /// Which real host is modelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Profile {
+pub enum HostProfile {
     /// Envoy (also Istio): proxy-wasm-cpp-host inside Envoy's HTTP wasm filter.
     #[default]
     Envoy,
-    /// GCP Service Extensions plugins: the documented ABI subset only (reference §6).
+    /// GCP Service Extensions plugins: the documented ABI subset only (docs/proxy-wasm.md#gcp-service-extensions).
     Gcp,
 }
 
-/// Envoy `PluginConfig.failure_policy` (data-plane-api `wasm.proto`; reference §4.2).
+/// Envoy `PluginConfig.failure_policy` (data-plane-api `wasm.proto`; docs/proxy-wasm.md#failure-policies).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailurePolicy {
@@ -111,24 +111,27 @@ impl Clock {
 /// Everything that configures one plugin on one host.
 #[derive(Debug, Clone)]
 pub struct HostOptions {
-    pub profile: Profile,
-    /// Shared-data namespace (Envoy `vm_config.vm_id`; Istio sets none, §5.2).
+    pub profile: HostProfile,
+    /// Shared-data namespace (Envoy `vm_config.vm_id`; Istio sets none, docs/proxy-wasm.md#wasmplugin-rendering).
     pub vm_id: String,
     pub root_id: String,
     pub plugin_name: String,
-    /// `PluginConfig.configuration`, delivered raw (a StringValue arrives unwrapped, §1.3).
+    /// `PluginConfig.configuration`, delivered raw (a StringValue arrives unwrapped,
+    /// docs/proxy-wasm.md#plugin-configuration).
     pub plugin_config: Vec<u8>,
     /// `vm_config.configuration`, readable in `on_vm_start`.
     pub vm_config: Vec<u8>,
-    /// Envoy `allow_on_headers_stop_iteration` (§0.3, §4.7). Default false, as in Envoy.
+    /// Envoy `allow_on_headers_stop_iteration` (docs/proxy-wasm.md#the-allow_on_headers_stop_iteration-field).
+    /// Default false, as in Envoy.
     pub allow_on_headers_stop_iteration: bool,
     pub failure_policy: FailurePolicy,
     /// Per-stream body buffer limit: Envoy's default `per_connection_buffer_limit_bytes` is
-    /// 1 MiB (§4.10).
+    /// 1 MiB (docs/proxy-wasm.md#body-buffering-and-limits).
     pub buffer_limit: usize,
-    /// Linear memory cap per VM: cpp-host allows 1 GiB (§7.3), GCP 16 MiB (§6.2).
+    /// Linear memory cap per VM: cpp-host allows 1 GiB (docs/proxy-wasm.md#memory-limits), GCP 16 MiB
+    /// (docs/proxy-wasm.md#limits).
     pub memory_limit: usize,
-    /// GCP: 1 ms of CPU per invocation (§6.2). Invocations over it are reported.
+    /// GCP: 1 ms of CPU per invocation (docs/proxy-wasm.md#limits). Invocations over it are reported.
     pub cpu_budget_ns: Option<u64>,
     /// The level `proxy_get_log_level` reports.
     pub log_level: LogLevel,
@@ -144,7 +147,7 @@ pub struct HostOptions {
 }
 
 impl HostOptions {
-    pub fn new(profile: Profile) -> HostOptions {
+    pub fn new(profile: HostProfile) -> HostOptions {
         HostOptions {
             profile,
             vm_id: String::new(),
@@ -156,12 +159,12 @@ impl HostOptions {
             failure_policy: FailurePolicy::FailClosed,
             buffer_limit: 1 << 20,
             memory_limit: match profile {
-                Profile::Envoy => 1 << 30,
-                Profile::Gcp => 16 << 20,
+                HostProfile::Envoy => 1 << 30,
+                HostProfile::Gcp => 16 << 20,
             },
             cpu_budget_ns: match profile {
-                Profile::Envoy => None,
-                Profile::Gcp => Some(1_000_000),
+                HostProfile::Envoy => None,
+                HostProfile::Gcp => Some(1_000_000),
             },
             log_level: LogLevel::Trace,
             properties: BTreeMap::new(),
@@ -175,6 +178,6 @@ impl HostOptions {
 
 impl Default for HostOptions {
     fn default() -> Self {
-        HostOptions::new(Profile::Envoy)
+        HostOptions::new(HostProfile::Envoy)
     }
 }

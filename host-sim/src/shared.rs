@@ -2,7 +2,7 @@
 //! metrics. One [`VmGroup`] stands for one `vm_id` namespace; worker VMs hold an `Arc` of it.
 //!
 //! Envoy keeps shared data in one process-global map keyed by `(vm_id, key)` behind a mutex
-//! (cpp-host `src/shared_data.cc`; reference `proxywasm.md` §0.4, §4.3). Here the group *is* that
+//! (cpp-host `src/shared_data.cc`; docs/proxy-wasm.md#shared-data). Here the group *is* that
 //! namespace, so tests get isolation without globals.
 
 use std::collections::{HashMap, VecDeque};
@@ -22,14 +22,15 @@ struct Queue {
     name: String,
     vm_id: String,
     /// Which worker VM and which (root) context receive `on_queue_ready`. Every registration
-    /// overwrites these: the last registrant wins (cpp-host `src/shared_queue.cc`, §4.4).
+    /// overwrites these: the last registrant wins (cpp-host `src/shared_queue.cc`,
+    /// docs/proxy-wasm.md#shared-queues).
     owner_worker: usize,
     owner_context: u32,
     items: VecDeque<Vec<u8>>,
 }
 
 /// One metric as Envoy's stats store would hold it (names live under the `wasmcustom`
-/// namespace in Envoy, §1.3; we keep the plugin's own name).
+/// namespace in Envoy, docs/proxy-wasm.md#metrics; we keep the plugin's own name).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Metric {
     pub name: String,
@@ -46,7 +47,8 @@ struct Inner {
     queues: HashMap<u32, Queue>,
     next_queue: u32,
     metrics: Vec<Metric>,
-    /// Pending `on_queue_ready(context, token)` per worker: the dispatcher posts of §4.4.
+    /// Pending `on_queue_ready(context, token)` per worker: the dispatcher posts of
+    /// docs/proxy-wasm.md#shared-queues.
     ready: HashMap<usize, Vec<(u32, u32)>>,
     /// When set, each histogram keeps only its most recent samples (see `bound_histograms`).
     sample_cap: Option<usize>,
@@ -85,7 +87,8 @@ impl VmGroup {
 
     /// `set`: a non-zero `cas` on an *existing* key must equal its current cas, otherwise
     /// `CasMismatch`; a missing key is always created; every set assigns a fresh cas. A `None`
-    /// value (SDK `remove_shared_data`) stores an empty value, it does not delete (§1.3).
+    /// value (SDK `remove_shared_data`) stores an empty value, it does not delete
+    /// (docs/proxy-wasm.md#shared-data).
     pub fn set_data(&self, key: &str, value: &[u8], cas: u32) -> Result<(), Status> {
         let mut g = self.lock();
         let d = &mut g.data;
@@ -123,7 +126,7 @@ impl VmGroup {
         k
     }
 
-    // === shared queues (cpp-host src/shared_queue.cc, §4.4) ===
+    // === shared queues (cpp-host src/shared_queue.cc, docs/proxy-wasm.md#shared-queues) ===
 
     pub fn register_queue(&self, name: &str, worker: usize, context: u32) -> u32 {
         let mut g = self.lock();
@@ -180,7 +183,7 @@ impl VmGroup {
         self.lock().ready.remove(&worker).unwrap_or_default()
     }
 
-    // === metrics (Envoy context.cc defineMetric/incrementMetric/recordMetric, §1.3) ===
+    // === metrics (Envoy context.cc defineMetric/incrementMetric/recordMetric, docs/proxy-wasm.md#metrics) ===
 
     /// Same name and type give the same id, as the underlying Envoy stat is shared by name.
     /// Ids encode the type in the low 2 bits, like Envoy's `kMetricTypeMask`.
@@ -224,7 +227,7 @@ impl VmGroup {
             MetricType::Histogram => {
                 m.samples.push(value);
                 if let Some(cap) = sample_cap {
-                    crate::host::keep_recent(&mut m.samples, cap);
+                    crate::history::keep_recent(&mut m.samples, cap);
                 }
             }
         }

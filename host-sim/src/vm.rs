@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use wasmtime::{Engine, ExternType, Instance, Linker, Module, Store, TypedFunc, Val};
 
-use crate::abi::Action;
-use crate::host::{define_imports, HostState, Phase, StreamIo, ERRNO_NOSYS};
+use crate::abi::{Action, Direction};
+use crate::hostcalls::{define_imports, Callback, HostState, StreamIo, ERRNO_NOSYS};
 use crate::options::HostOptions;
 use crate::shared::VmGroup;
 use crate::Error;
@@ -121,9 +121,9 @@ impl Plugin {
         let mut linker = Linker::new(&engine);
         define_imports(&mut linker).map_err(|e| Error::Load(format!("{e:#}")))?;
         // WASI functions outside the documented subset answer ENOSYS instead of failing to
-        // link (cpp-host registers stubs for capabilities it does not grant, §2).
+        // link (cpp-host registers stubs for capabilities it does not grant, docs/proxy-wasm.md#capabilities-and-wasi).
         for imp in module.imports() {
-            if imp.module() == "wasi_snapshot_preview1" && !crate::host::WASI_DEFINED.contains(&imp.name()) {
+            if imp.module() == "wasi_snapshot_preview1" && !crate::hostcalls::WASI_DEFINED.contains(&imp.name()) {
                 if let ExternType::Func(ft) = imp.ty() {
                     linker
                         .func_new(imp.module(), imp.name(), ft.clone(), |_c, _args, results| {
@@ -184,10 +184,33 @@ pub struct Vm {
     pub trap: Option<TrapInfo>,
     /// Keep the per-invocation history (off for long-running serve/bench loops).
     pub record_invocations: bool,
-    on_req_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
-    on_req_body: Option<TypedFunc<(i32, i32, i32), i32>>,
-    on_resp_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
-    on_resp_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    /// The headers and body callbacks of the request, then of the response, looked up once.
+    http: [HttpCallbacks; 2],
+}
+
+type HttpCallback = TypedFunc<(i32, i32, i32), i32>;
+
+/// The per-chunk callbacks of one direction (`proxy_on_{request,response}_{headers,body}`).
+#[derive(Clone)]
+struct HttpCallbacks {
+    headers: Option<HttpCallback>,
+    body: Option<HttpCallback>,
+}
+
+/// The module's export names of `dir`'s headers, body and trailers callbacks.
+fn callback_names(dir: Direction) -> [&'static str; 3] {
+    match dir {
+        Direction::Request => [
+            "proxy_on_request_headers",
+            "proxy_on_request_body",
+            "proxy_on_request_trailers",
+        ],
+        Direction::Response => [
+            "proxy_on_response_headers",
+            "proxy_on_response_body",
+            "proxy_on_response_trailers",
+        ],
+    }
 }
 
 /// What one invocation's CPU figure includes of the clock reads themselves: the least of many
@@ -228,7 +251,7 @@ fn thread_cpu_ns() -> u64 {
 
 impl Vm {
     /// Instantiate, run `_initialize`, create the root context, then `on_vm_start` and
-    /// `on_configure`. Either returning false rejects the configuration (Envoy NACKs, §4.2).
+    /// `on_configure`. Either returning false rejects the configuration (Envoy NACKs, docs/proxy-wasm.md#plugin-configuration).
     pub fn start(plugin: &Plugin, opts: Arc<HostOptions>, group: VmGroup, worker: usize) -> Result<Vm, Error> {
         let mut store = Store::new(&plugin.engine, HostState::new(opts.clone(), group, worker));
         store.limiter(|s| &mut s.limiter);
@@ -250,13 +273,13 @@ impl Vm {
         }
         store.data_mut().memory = Some(memory);
         store.data_mut().alloc = Some(Arc::new(alloc));
-        let hf = |store: &mut Store<HostState>, n: &str| {
-            instance.get_typed_func::<(i32, i32, i32), i32>(&mut *store, n).ok()
-        };
-        let on_req_headers = hf(&mut store, "proxy_on_request_headers");
-        let on_req_body = hf(&mut store, "proxy_on_request_body");
-        let on_resp_headers = hf(&mut store, "proxy_on_response_headers");
-        let on_resp_body = hf(&mut store, "proxy_on_response_body");
+        let http = Direction::BOTH.map(|dir| {
+            let [headers, body, _] = callback_names(dir);
+            HttpCallbacks {
+                headers: instance.get_typed_func(&mut store, headers).ok(),
+                body: instance.get_typed_func(&mut store, body).ok(),
+            }
+        });
         let mut vm = Vm {
             store,
             instance,
@@ -264,16 +287,13 @@ impl Vm {
             invocations: Vec::new(),
             trap: None,
             record_invocations: true,
-            on_req_headers,
-            on_req_body,
-            on_resp_headers,
-            on_resp_body,
+            http,
         };
         for init in ["_initialize", "_start"] {
             if let Ok(f) = vm.instance.get_typed_func::<(), ()>(&mut vm.store, init) {
-                vm.store.data_mut().phase = Phase::Init;
+                vm.store.data_mut().callback = Callback::Init;
                 let r = f.call(&mut vm.store, ());
-                vm.store.data_mut().phase = Phase::Idle;
+                vm.store.data_mut().callback = Callback::Idle;
                 r.map_err(|e| Error::Start(format!("{init} trapped: {e:#}")))?;
                 break;
             }
@@ -281,18 +301,18 @@ impl Vm {
         let root = vm.next_context;
         vm.next_context += 1;
         vm.store.data_mut().root_context = root;
-        vm.call_unit2("proxy_on_context_create", Phase::ContextCreate, root, root as i32, 0)
+        vm.call_unit2("proxy_on_context_create", Callback::ContextCreate, root, root as i32, 0)
             .map_err(|t| Error::Start(t.message))?;
         let vm_cfg_len = opts.vm_config.len() as i32;
         let ok = vm
-            .call_i32_2("proxy_on_vm_start", Phase::VmStart, root, root as i32, vm_cfg_len)
+            .call_i32_2("proxy_on_vm_start", Callback::VmStart, root, root as i32, vm_cfg_len)
             .map_err(|t| Error::Start(t.message))?;
         if ok == Some(0) {
             return Err(Error::Rejected("on_vm_start returned false".into()));
         }
         let cfg_len = opts.plugin_config.len() as i32;
         let ok = vm
-            .call_i32_2("proxy_on_configure", Phase::Configure, root, root as i32, cfg_len)
+            .call_i32_2("proxy_on_configure", Callback::Configure, root, root as i32, cfg_len)
             .map_err(|t| Error::Start(t.message))?;
         if ok == Some(0) {
             return Err(Error::Rejected("on_configure returned false".into()));
@@ -320,12 +340,12 @@ impl Vm {
         }
     }
 
-    /// Run `f` as one invocation: set the phase and effective context, measure CPU time, and
-    /// turn a trap into a failed VM.
+    /// Run `f` as one invocation of the guest export `name`: set the running callback and the
+    /// effective context, measure CPU time, and turn a trap into a failed VM.
     fn invoke<R>(
         &mut self,
-        callback: &'static str,
-        phase: Phase,
+        name: &'static str,
+        callback: Callback,
         context: u32,
         f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, TrapInfo> {
@@ -334,7 +354,7 @@ impl Vm {
         }
         {
             let st = self.store.data_mut();
-            st.phase = phase;
+            st.callback = callback;
             st.effective = context;
         }
         // The monotonic window is innermost: its reads are cheap (vDSO), while the thread-CPU
@@ -351,14 +371,14 @@ impl Vm {
         };
         if self.record_invocations {
             self.invocations.push(Invocation {
-                callback,
+                callback: name,
                 context_id: context,
                 cpu_ns,
                 wall_ns,
                 fuel,
             });
         }
-        self.store.data_mut().phase = Phase::Idle;
+        self.store.data_mut().callback = Callback::Idle;
         r.map_err(|e| {
             let mut message = format!("{e:#}");
             if self.store.data().limiter.denied {
@@ -367,27 +387,30 @@ impl Vm {
                     self.store.data().opts.memory_limit
                 );
             }
-            let t = TrapInfo { callback, message };
+            let t = TrapInfo {
+                callback: name,
+                message,
+            };
             self.trap = Some(t.clone());
             t
         })
     }
 
-    fn call_unit2(&mut self, name: &'static str, phase: Phase, ctx: u32, a: i32, b: i32) -> Result<(), TrapInfo> {
+    fn call_unit2(&mut self, name: &'static str, callback: Callback, ctx: u32, a: i32, b: i32) -> Result<(), TrapInfo> {
         let f = self
             .instance
             .get_typed_func::<(i32, i32), ()>(&mut self.store, name)
             .ok();
         match f {
-            Some(f) => self.invoke(name, phase, ctx, |s| f.call(s, (a, b))),
+            Some(f) => self.invoke(name, callback, ctx, |s| f.call(s, (a, b))),
             None => Ok(()),
         }
     }
 
-    fn call_unit1(&mut self, name: &'static str, phase: Phase, ctx: u32) -> Result<(), TrapInfo> {
+    fn call_unit1(&mut self, name: &'static str, callback: Callback, ctx: u32) -> Result<(), TrapInfo> {
         let f = self.instance.get_typed_func::<i32, ()>(&mut self.store, name).ok();
         match f {
-            Some(f) => self.invoke(name, phase, ctx, |s| f.call(s, ctx as i32)),
+            Some(f) => self.invoke(name, callback, ctx, |s| f.call(s, ctx as i32)),
             None => Ok(()),
         }
     }
@@ -395,7 +418,7 @@ impl Vm {
     fn call_i32_2(
         &mut self,
         name: &'static str,
-        phase: Phase,
+        callback: Callback,
         ctx: u32,
         a: i32,
         b: i32,
@@ -405,7 +428,7 @@ impl Vm {
             .get_typed_func::<(i32, i32), i32>(&mut self.store, name)
             .ok();
         match f {
-            Some(f) => self.invoke(name, phase, ctx, |s| f.call(s, (a, b))).map(Some),
+            Some(f) => self.invoke(name, callback, ctx, |s| f.call(s, (a, b))).map(Some),
             None => Ok(None),
         }
     }
@@ -427,7 +450,7 @@ impl Vm {
         );
         self.call_unit2(
             "proxy_on_context_create",
-            Phase::ContextCreate,
+            Callback::ContextCreate,
             id,
             id as i32,
             root as i32,
@@ -435,78 +458,43 @@ impl Vm {
         Ok(id)
     }
 
-    pub fn on_request_headers(&mut self, ctx: u32, n: usize, eos: bool) -> Result<Action, TrapInfo> {
-        self.http_cb(
-            self.on_req_headers.clone(),
-            "proxy_on_request_headers",
-            Phase::RequestHeaders,
-            ctx,
-            n,
-            eos,
-        )
+    /// `proxy_on_request_headers` / `proxy_on_response_headers`.
+    pub fn on_headers(&mut self, dir: Direction, ctx: u32, n: usize, eos: bool) -> Result<Action, TrapInfo> {
+        let f = self.http[dir as usize].headers.clone();
+        self.http_cb(f, callback_names(dir)[0], Callback::headers(dir), ctx, n, eos)
     }
 
-    pub fn on_request_body(&mut self, ctx: u32, size: usize, eos: bool) -> Result<Action, TrapInfo> {
-        self.http_cb(
-            self.on_req_body.clone(),
-            "proxy_on_request_body",
-            Phase::RequestBody,
-            ctx,
-            size,
-            eos,
-        )
+    /// `proxy_on_request_body` / `proxy_on_response_body`.
+    pub fn on_body(&mut self, dir: Direction, ctx: u32, size: usize, eos: bool) -> Result<Action, TrapInfo> {
+        let f = self.http[dir as usize].body.clone();
+        self.http_cb(f, callback_names(dir)[1], Callback::body(dir), ctx, size, eos)
     }
 
-    pub fn on_response_headers(&mut self, ctx: u32, n: usize, eos: bool) -> Result<Action, TrapInfo> {
-        self.http_cb(
-            self.on_resp_headers.clone(),
-            "proxy_on_response_headers",
-            Phase::ResponseHeaders,
-            ctx,
-            n,
-            eos,
-        )
-    }
-
-    pub fn on_response_body(&mut self, ctx: u32, size: usize, eos: bool) -> Result<Action, TrapInfo> {
-        self.http_cb(
-            self.on_resp_body.clone(),
-            "proxy_on_response_body",
-            Phase::ResponseBody,
-            ctx,
-            size,
-            eos,
-        )
-    }
-
-    pub fn on_request_trailers(&mut self, ctx: u32, n: usize) -> Result<Action, TrapInfo> {
-        self.trailers_cb("proxy_on_request_trailers", Phase::RequestTrailers, ctx, n)
-    }
-
-    pub fn on_response_trailers(&mut self, ctx: u32, n: usize) -> Result<Action, TrapInfo> {
-        self.trailers_cb("proxy_on_response_trailers", Phase::ResponseTrailers, ctx, n)
+    /// `proxy_on_request_trailers` / `proxy_on_response_trailers`.
+    pub fn on_trailers(&mut self, dir: Direction, ctx: u32, n: usize) -> Result<Action, TrapInfo> {
+        self.trailers_cb(callback_names(dir)[2], Callback::trailers(dir), ctx, n)
     }
 
     fn http_cb(
         &mut self,
         f: Option<TypedFunc<(i32, i32, i32), i32>>,
         name: &'static str,
-        phase: Phase,
+        callback: Callback,
         ctx: u32,
         n: usize,
         eos: bool,
     ) -> Result<Action, TrapInfo> {
         match f {
             Some(f) => self
-                .invoke(name, phase, ctx, |s| f.call(s, (ctx as i32, n as i32, eos as i32)))
+                .invoke(name, callback, ctx, |s| f.call(s, (ctx as i32, n as i32, eos as i32)))
                 .map(Action::from_raw),
             None => Ok(Action::Continue),
         }
     }
 
-    fn trailers_cb(&mut self, name: &'static str, phase: Phase, ctx: u32, n: usize) -> Result<Action, TrapInfo> {
+    fn trailers_cb(&mut self, name: &'static str, callback: Callback, ctx: u32, n: usize) -> Result<Action, TrapInfo> {
         Ok(self
-            .call_i32_2(name, phase, ctx, ctx as i32, n as i32)?
+            .call_i32_2(name, callback, ctx, ctx as i32, n as i32)?
             .map(Action::from_raw)
             .unwrap_or(Action::Continue))
     }
@@ -519,30 +507,36 @@ impl Vm {
             .ok();
         match f {
             Some(f) => self
-                .invoke("proxy_on_done", Phase::Done, ctx, |s| f.call(s, ctx as i32))
+                .invoke("proxy_on_done", Callback::Done, ctx, |s| f.call(s, ctx as i32))
                 .map(|v| v != 0),
             None => Ok(true),
         }
     }
 
     pub fn on_log(&mut self, ctx: u32) -> Result<(), TrapInfo> {
-        self.call_unit1("proxy_on_log", Phase::Log, ctx)
+        self.call_unit1("proxy_on_log", Callback::Log, ctx)
     }
 
     /// `proxy_on_delete`, then the host forgets the stream.
     pub fn on_delete(&mut self, ctx: u32) -> Result<(), TrapInfo> {
-        let r = self.call_unit1("proxy_on_delete", Phase::Delete, ctx);
+        let r = self.call_unit1("proxy_on_delete", Callback::Delete, ctx);
         self.store.data_mut().streams.remove(&ctx);
         r
     }
 
     pub fn on_tick(&mut self) -> Result<(), TrapInfo> {
         let root = self.root_context();
-        self.call_unit1("proxy_on_tick", Phase::Tick, root)
+        self.call_unit1("proxy_on_tick", Callback::Tick, root)
     }
 
     pub fn on_queue_ready(&mut self, ctx: u32, token: u32) -> Result<(), TrapInfo> {
-        self.call_unit2("proxy_on_queue_ready", Phase::QueueReady, ctx, ctx as i32, token as i32)
+        self.call_unit2(
+            "proxy_on_queue_ready",
+            Callback::QueueReady,
+            ctx,
+            ctx as i32,
+            token as i32,
+        )
     }
 
     /// Deliver an http-call response to the context that dispatched the call.
@@ -567,7 +561,7 @@ impl Vm {
             .get_typed_func::<(i32, i32, i32, i32, i32), ()>(&mut self.store, "proxy_on_http_call_response")
             .ok();
         let r = match f {
-            Some(f) => self.invoke("proxy_on_http_call_response", Phase::HttpCallResponse, ctx, |s| {
+            Some(f) => self.invoke("proxy_on_http_call_response", Callback::HttpCallResponse, ctx, |s| {
                 f.call(s, (ctx as i32, token as i32, nh, nb, nt))
             }),
             None => Ok(()),

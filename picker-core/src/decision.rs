@@ -14,11 +14,16 @@ pub enum Rejection {
     /// A subset was given and no eligible endpoint is in it.
     SubsetEmpty,
     /// Sheddable request while the pool is saturated.
-    Shed { saturation: f64 },
+    Shed {
+        /// The pool saturation that triggered the drop (≥ 1.0).
+        saturation: f64,
+    },
 }
 
 impl Rejection {
-    /// The HTTP status the proxy should answer with (epp.md §1.3, §3.8).
+    /// The HTTP status the proxy should answer with: 503 for no endpoint or an empty subset,
+    /// 429 for a shed request, as the Endpoint Picker protocol and GIE's admission code use them
+    /// (`docs/epp.md`, "Destination endpoint" and "Saturation detector and shedding").
     pub fn http_status(&self) -> u16 {
         match self {
             Rejection::NoEndpoints | Rejection::SubsetEmpty => 503,
@@ -42,8 +47,11 @@ impl fmt::Display for Rejection {
 /// Why an endpoint of the snapshot was not a candidate, or was filtered out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
+    /// The collector reports the endpoint not ready.
     NotReady,
+    /// The endpoint lists the models it serves and the request's model is not among them.
     ModelNotServed,
+    /// A subset hint was given and the endpoint is not in it.
     NotInSubset,
     /// Removed by the utilization filter (stale metrics, queue or KV over threshold).
     Saturated,
@@ -80,24 +88,33 @@ pub enum Mode {
 pub struct Scored {
     /// Index into `snapshot.endpoints`.
     pub index: usize,
+    /// Each scorer's score in [0, 1] (after clamping; non-finite scores count 0); slots past
+    /// `Decision::scorers.len()` are 0.
     pub scores: [f32; MAX_SCORERS],
+    /// `Σ weight × score` over the scorers, not normalised by the total weight.
     pub total: f64,
 }
 
+/// What the picker decided.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
     /// Ordered endpoints (indices into `snapshot.endpoints`): the first is the pick, the rest
     /// the fallback list.
     Route(Vec<usize>),
+    /// No endpoint: the proxy answers locally with [`Rejection::http_status`].
     Reject(Rejection),
 }
 
 /// The pick and every reason for it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
+    /// Route (ordered endpoints) or reject (why).
     pub outcome: Outcome,
+    /// Whether the configured profile ran or the stale-snapshot fallback did.
     pub mode: Mode,
-    /// Pool saturation over the candidates (GIE utilization detector).
+    /// Pool saturation over the candidates (GIE utilization detector): the mean over candidates
+    /// of max(waiting / queue threshold, KV / KV threshold), stale pods counting 1.0, no
+    /// candidate 1.0; ≥ 1.0 means saturated. Not bounded above.
     pub saturation: f64,
     /// The scorers that produced `Scored::scores`, in order, with weights.
     pub scorers: Vec<(ScorerKind, f64)>,

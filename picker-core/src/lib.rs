@@ -1,7 +1,7 @@
 //! # picker-core: the scheduling brain of wasm-epp
 //!
 //! Everything wasm-epp decides is decided here, as pure functions over plain data; the proxy-wasm
-//! filter only translates hostcalls into these calls and back (DESIGN.md). The crate is
+//! filter only translates hostcalls into these calls and back. The crate is
 //! `#![no_std]` + `alloc`, sans-IO, reads no clock and owns no RNG: time (`now`) and randomness
 //! (`&mut impl Rng`) are parameters, so every decision is reproducible from its inputs.
 //!
@@ -19,11 +19,11 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`scan`] | one-pass validating JSON scanner for `/v1/completions`, `/v1/chat/completions`, `/v1/responses`, `/v1/embeddings` |
+//! | [`scan`](mod@scan) | one-pass validating JSON scanner for `/v1/completions`, `/v1/chat/completions`, `/v1/responses`, `/v1/embeddings` |
 //! | [`prefix`] | GIE-compatible prefix block hashing and the bounded prefix index (per-endpoint LRU) |
 //! | [`snapshot`] | the load snapshot, its versioned binary codec, and [`Pool`] |
 //! | [`config`] | DTO → validated [`Config`]; profiles `gie-default`, `llm-d-optimized-baseline`, `wasm-epp-default` |
-//! | [`pick`] | candidates, admission, filters, scorers, max-score picker, [`Decision`] |
+//! | [`pick`](mod@pick) | candidates, admission, filters, scorers, max-score picker, [`Decision`] |
 //! | [`chash`] | bounded-load rendezvous hashing on the prompt prefix |
 //! | [`sync`] | replicating the prefix index between proxy workers through a shared-data ring |
 //! | [`rng`], [`time`] | the injected randomness and time types |
@@ -42,6 +42,7 @@
 #![no_std]
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations)]
+#![warn(missing_docs)]
 
 extern crate alloc;
 #[cfg(any(test, feature = "std"))]

@@ -4,13 +4,14 @@
 //! snapshot.endpoints ──ready? serves model? in subset?──▶ candidates ──(empty: 503)
 //!        │                                                    │
 //!        │                   admission: pool saturation over candidates; priority < 0 and
-//!        │                   saturation ≥ 1.0 → 429 (GIE legacy admission, epp.md §3.8)
+//!        │                   saturation ≥ 1.0 → 429 (GIE legacy admission; docs/epp.md,
+//!        │                   "Saturation detector and shedding")
 //!        ▼                                                    ▼
 //!   filters in order (utilization, prefix affinity), each fail-open ──▶ scorers, weighted sum
 //!        ──▶ max-score picker: shuffle (injected RNG), stable sort by score ↓, top N ──▶ Decision
 //! ```
 //!
-//! Scorer formulas (epp.md §3.4; all clamp to [0, 1]):
+//! Scorer formulas (`docs/epp.md`, "Scorers" and "token-load-scorer"; all clamp to [0, 1]):
 //! * queue: `(maxQ − q) / (maxQ − minQ)` over candidates, 1.0 when all equal;
 //! * kv-cache: `1 − kv_usage`;
 //! * prefix: `matched blocks / request blocks` (0 without blocks);
@@ -106,7 +107,7 @@ pub fn prefix_hashes(config: &Config, req: &Request<'_>, pool: &Pool) -> PrefixH
 /// benchmarks separate hashing, which is linear in the prompt, from the decision).
 ///
 /// The stages, in the order GIE's scheduler runs them: [`candidates`] → admission
-/// ([`admit`]) → [`prefix_matches`] → filters ([`filter`]) → scorers ([`score`]) → the
+/// ([`admit`]) → [`prefix_matches`] → filters (`filter`) → scorers (`score`) → the
 /// max-score picker ([`max_score`]).
 #[allow(clippy::too_many_arguments)]
 pub fn pick_hashed(

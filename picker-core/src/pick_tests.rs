@@ -1,4 +1,5 @@
 use super::*;
+// On wasm32-unknown-unknown the same tests run under wasm-bindgen-test (Node).
 use crate::config::Profile;
 use crate::request::{parse_subset, SubsetEntry, SubsetError};
 use crate::rng::SplitMix64;
@@ -9,6 +10,8 @@ use alloc::string::String;
 use alloc::vec;
 use core::net::{IpAddr, SocketAddr};
 use proptest::prelude::*;
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 const MODEL: &str = "meta-llama/Llama-3.1-8B-Instruct";
 const NOW: Instant = Instant::from_millis(10_000);

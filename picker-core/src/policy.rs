@@ -112,15 +112,21 @@ impl ModelPolicy {
             return String::from(model);
         };
         let total: u64 = r.targets.iter().map(|t| t.1 as u64).sum();
-        let mut x = rng.below(total.max(1));
+        if total == 0 {
+            // Every weight is 0: split evenly, as llm-d-router's `selectWeightedModel` does
+            // (llm-d/llm-d-router @ebab687 `pkg/epp/requestcontrol/director.go`).
+            let i = rng.below(r.targets.len().max(1) as u64) as usize;
+            return r.targets.get(i).map_or_else(|| String::from(model), |t| t.0.clone());
+        }
+        let mut x = rng.below(total);
         for (target, weight) in &r.targets {
             if x < *weight as u64 {
                 return target.clone();
             }
             x -= *weight as u64;
         }
-        // Every weight is 0: the first target (GIE gives all-zero weights no traffic split).
-        r.targets.first().map_or_else(|| String::from(model), |t| t.0.clone())
+        // Unreachable: x < total = Σ weights.
+        r.targets.last().map_or_else(|| String::from(model), |t| t.0.clone())
     }
 
     /// The request's priority: its InferenceObjective's, else its target model's, else 0.
@@ -135,8 +141,11 @@ impl ModelPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // On wasm32-unknown-unknown the same tests run under wasm-bindgen-test (Node).
     use crate::rng::SplitMix64;
     use alloc::vec;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn policy(rewrites: Vec<Rewrite>) -> Result<ModelPolicy, PolicyError> {
         ModelPolicy::try_new(vec!["a".into(), "b".into()], BTreeMap::new(), rewrites, BTreeMap::new())

@@ -1,7 +1,7 @@
 //! Prompt-prefix hashing and the approximate prefix-cache index.
 //!
-//! Hashing follows GIE's approximate prefix cache exactly (epp.md §3.6; llm-d-router
-//! `approximateprefix/hashing.go`): the prompt bytes are cut into blocks of
+//! Hashing follows GIE's approximate prefix cache exactly (`docs/epp.md`, "Approximate prefix
+//! cache"; llm-d-router `approximateprefix/hashing.go`): the prompt bytes are cut into blocks of
 //! `block_size_tokens × chars_per_token` bytes (default 16 × 4 = 64); input longer than
 //! `max_blocks` blocks is truncated; input shorter than one block yields no hashes; otherwise
 //!
@@ -35,7 +35,8 @@ pub const DEFAULT_CHARS_PER_TOKEN: u32 = 4;
 /// GIE's `maxPrefixBlocksToMatch` code default.
 pub const DEFAULT_MAX_BLOCKS: u32 = 256;
 /// GIE's per-pod LRU capacity when the pod does not report `num_gpu_blocks`:
-/// (80 GB − 16 GB) / 128 KB per token = 500K tokens / 16 = 31,250 blocks (epp.md §3.6).
+/// (80 GB − 16 GB) / 128 KB per token = 500K tokens / 16 = 31,250 blocks (`docs/epp.md`,
+/// "Approximate prefix cache").
 pub const DEFAULT_LRU_CAPACITY: u32 = 31_250;
 
 /// The chained block hashes of one request's prompt.
@@ -69,14 +70,17 @@ impl PrefixHashes {
         blocks.saturating_sub(matched_blocks as u64) * bt + self.prompt_tokens.saturating_sub(indexed)
     }
 
+    /// The block hashes, first block first (at most the hashing cap's number of blocks).
     pub fn as_slice(&self) -> &[u64] {
         &self.hashes
     }
 
+    /// Blocks hashed (the prefix score's denominator).
     pub fn len(&self) -> usize {
         self.hashes.len()
     }
 
+    /// Whether no block was hashed (a prompt shorter than one block, or no prompt).
     pub fn is_empty(&self) -> bool {
         self.hashes.is_empty()
     }
@@ -265,6 +269,7 @@ impl PrefixIndex {
         }
     }
 
+    /// The global cap on entries (at least 1), or `None` without one.
     pub fn max_entries(&self) -> Option<u32> {
         self.max_entries
     }
@@ -274,6 +279,7 @@ impl PrefixIndex {
         self.eps.iter().map(|e| e.len as usize).sum()
     }
 
+    /// Whether the index holds no entry.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -617,6 +623,7 @@ impl PrefixIndex {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BuildIdentity;
 
+/// The [`core::hash::Hasher`] of [`BuildIdentity`]: returns a `u64` key unchanged.
 #[derive(Debug, Default)]
 pub struct IdentityHasher(u64);
 

@@ -1,6 +1,9 @@
 use super::*;
+// On wasm32-unknown-unknown the same tests run under wasm-bindgen-test (Node).
 use alloc::vec;
 use proptest::prelude::*;
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 #[test]
 fn xxh64_known_answers() {

@@ -9,8 +9,12 @@ use crate::scan::Prompt;
 /// Proxy-side load of one endpoint, counted exactly by the filter across all workers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InFlight {
+    /// Requests sent to the endpoint and not yet finished.
     pub requests: u32,
-    /// Estimated prompt tokens of the requests in flight (bytes / chars-per-token).
+    /// Estimated prompt tokens the endpoint still has to prefill: the sum of
+    /// [`crate::Decision::uncached_tokens`] of the requests sent to it whose first response
+    /// chunk has not arrived (llm-d's in-flight tokens). Callers count them only when
+    /// [`crate::Config::reads_inflight_tokens`]; otherwise 0.
     pub tokens: u64,
 }
 
@@ -18,11 +22,14 @@ pub struct InFlight {
 /// steering header): a bare IP matches every port of that host, `ip:port` matches exactly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SubsetEntry {
+    /// A bare IP: matches the host on any port.
     Ip(IpAddr),
+    /// `ip:port`: matches that endpoint only.
     Addr(SocketAddr),
 }
 
 impl SubsetEntry {
+    /// Whether the endpoint at `addr` is selected by this entry.
     pub fn matches(&self, addr: &SocketAddr) -> bool {
         match self {
             SubsetEntry::Ip(ip) => addr.ip() == *ip,
@@ -78,7 +85,10 @@ pub fn parse_subset(s: &str) -> Result<Vec<SubsetEntry>, SubsetError> {
 pub struct Request<'a> {
     /// The model the pods must serve (after any rewrite).
     pub model: &'a str,
+    /// The body's `cache_salt`, which seeds the prefix hash chain with the model (so tenants
+    /// with different salts never share prefix affinity).
     pub cache_salt: Option<&'a str>,
+    /// The prompt bytes hashed for prefix affinity.
     pub prompt: Prompt<'a>,
     /// InferenceObjective priority; negative means sheddable (GIE `IsSheddable`).
     pub priority: i32,
@@ -87,6 +97,7 @@ pub struct Request<'a> {
 }
 
 impl<'a> Request<'a> {
+    /// A request for `model` with this prompt: no salt, priority 0, no subset.
     pub fn new(model: &'a str, prompt: Prompt<'a>) -> Self {
         Request {
             model,

@@ -1,9 +1,10 @@
-//! Injected randomness (CONVENTIONS.md §2). The picker never owns a global RNG: every random
+//! Injected randomness. The picker never owns a global RNG: every random
 //! choice (tie-breaks, weighted model rewrites, exploration) draws from the `&mut impl Rng`
 //! the caller passes, so a seed makes every decision reproducible in tests and simulations.
 
 /// The one operation the picker needs from a random source.
 pub trait Rng {
+    /// The next 64 uniformly distributed random bits.
     fn next_u64(&mut self) -> u64;
 
     /// A uniform value in `0..bound` (`bound > 0`), by Lemire's multiply-shift with rejection,
@@ -42,6 +43,7 @@ pub struct SplitMix64 {
 }
 
 impl SplitMix64 {
+    /// A generator seeded with `seed`; equal seeds give equal sequences.
     pub const fn new(seed: u64) -> Self {
         SplitMix64 { state: seed }
     }
@@ -68,6 +70,9 @@ pub fn shuffle<T>(items: &mut [T], rng: &mut impl Rng) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // On wasm32-unknown-unknown the same tests run under wasm-bindgen-test (Node).
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn splitmix_matches_reference_sequence() {

@@ -204,6 +204,7 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // On wasm32-unknown-unknown the same tests run under wasm-bindgen-test (Node).
     use crate::config::Profile;
     use crate::policy::Rewrite;
     use crate::rng::SplitMix64;
@@ -212,6 +213,8 @@ mod tests {
     use alloc::collections::BTreeMap;
     use alloc::vec;
     use alloc::vec::Vec;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     const NOW: Instant = Instant::from_millis(10_000);
 

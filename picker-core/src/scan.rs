@@ -34,7 +34,8 @@ use core::fmt;
 pub const MAX_DEPTH: usize = 128;
 
 /// Longest accepted `model` / `cache_salt`, in bytes after decoding. GIE's legacy
-/// `InferenceModel.modelName` was limited to 256 characters (epp.md §4.4).
+/// `InferenceModel.modelName` was limited to 256 characters (`docs/epp.md`, "InferenceModel
+/// (legacy)").
 pub const MAX_NAME_LEN: usize = 256;
 
 /// Which OpenAI-style API a body belongs to; decides where the prompt lives.
@@ -83,9 +84,17 @@ pub enum ScanError {
     /// The top-level JSON value is not an object.
     NotAnObject,
     /// The bytes are not valid JSON.
-    Malformed { offset: usize, reason: &'static str },
+    Malformed {
+        /// Byte position of the error in the body.
+        offset: usize,
+        /// What was expected or wrong there.
+        reason: &'static str,
+    },
     /// Nesting deeper than [`MAX_DEPTH`].
-    TooDeep { offset: usize },
+    TooDeep {
+        /// Byte position of the container that went too deep.
+        offset: usize,
+    },
     /// No `model` key at the top level.
     MissingModel,
     /// `model` is present but not a non-empty string.
@@ -141,6 +150,8 @@ impl<'a> Prompt<'a> {
         Prompt { parts: [bytes, &[]] }
     }
 
+    /// A prompt of two segments hashed as `first` then `second` (e.g. a Responses API body's
+    /// `instructions` then `input`).
     pub const fn from_parts(first: &'a [u8], second: &'a [u8]) -> Self {
         Prompt { parts: [first, second] }
     }
@@ -155,6 +166,7 @@ impl<'a> Prompt<'a> {
         self.parts[0].len() + self.parts[1].len()
     }
 
+    /// Whether the prompt has no bytes (no prompt field, or empty ones).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -163,12 +175,16 @@ impl<'a> Prompt<'a> {
 /// What [`scan`] extracts from a body.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Scanned<'a> {
+    /// The decoded `model` (1..=[`MAX_NAME_LEN`] bytes, a valid HTTP field value).
     pub model: String,
     /// Byte range of the (last) `model` value in the body, quotes included, so a proxy can
     /// rewrite the model (GIE `InferenceModelRewrite`) by splicing the body.
     pub model_range: core::ops::Range<usize>,
+    /// `stream`: `Some(true)` / `Some(false)`, `None` when absent or `null`.
     pub stream: Option<bool>,
+    /// The decoded `cache_salt` (at most [`MAX_NAME_LEN`] bytes), when present.
     pub cache_salt: Option<String>,
+    /// The prompt bytes of the API's prompt fields, borrowed from the body (empty when absent).
     pub prompt: Prompt<'a>,
 }
 
@@ -290,10 +306,28 @@ pub fn scan(body: &[u8], api: Api) -> Result<Scanned<'_>, ScanError> {
 /// ([`ScanError::ModelNotFieldValue`]) rather than written, because a CR LF in a header value
 /// is request smuggling over an HTTP/1 upstream.
 pub fn is_field_value(b: &[u8]) -> bool {
-    let vchar = |c: u8| (0x21..=0x7e).contains(&c) || c >= 0x80;
-    b.iter().all(|&c| vchar(c) || c == b' ' || c == b'\t')
-        && b.first().is_none_or(|&c| vchar(c))
-        && b.last().is_none_or(|&c| vchar(c))
+    // Visible ASCII, SP and obs-text are the bytes >= 0x20 other than DEL; HTAB is the one
+    // control byte allowed.
+    let byte_ok = |c: u8| (c >= 0x20 && c != 0x7f) || c == b'\t';
+    let edge_ok = |c: u8| c != b' ' && c != b'\t';
+    if !(b.first().is_none_or(|&c| edge_ok(c)) && b.last().is_none_or(|&c| edge_ok(c))) {
+        return false;
+    }
+    // Eight bytes at a time: a word with no byte below 0x20 and no DEL is all valid. A word
+    // that has one (a tab, or an invalid byte) is checked byte by byte.
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let (words, rest) = b.as_chunks::<8>();
+    for w in words {
+        let x = u64::from_le_bytes(*w);
+        let below_space = x.wrapping_sub(ONES * 0x20) & !x & HIGHS;
+        let d = x ^ (ONES * 0x7f);
+        let del = d.wrapping_sub(ONES) & !d & HIGHS;
+        if (below_space | del) != 0 && !w.iter().all(|&c| byte_ok(c)) {
+            return false;
+        }
+    }
+    rest.iter().all(|&c| byte_ok(c))
 }
 
 /// Decodes a raw JSON string value (with quotes). `None` if the value is not a string,

@@ -1,8 +1,11 @@
 use super::*;
+// On wasm32-unknown-unknown the same tests run under wasm-bindgen-test (Node).
 use alloc::format;
 use alloc::string::ToString;
 use alloc::vec;
 use proptest::prelude::*;
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 #[track_caller]
 fn ok(body: &str, api: Api) -> Scanned<'_> {
@@ -312,6 +315,18 @@ fn body_strategy() -> impl Strategy<Value = serde_json::Value> {
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// The word-at-a-time check agrees with the byte-by-byte definition on any bytes, long
+    /// ones included (tabs and invalid bytes placed anywhere, words and remainders alike).
+    #[test]
+    fn field_value_check_matches_its_definition(
+        bytes in prop::collection::vec(prop_oneof![4 => 0x20u8..0x7f, 1 => any::<u8>(), 1 => Just(b'\t')], 0..80),
+    ) {
+        let reference = bytes.iter().all(|&c| (0x21..=0x7e).contains(&c) || c >= 0x80 || c == b' ' || c == b'\t')
+            && bytes.first().is_none_or(|&c| c != b' ' && c != b'\t')
+            && bytes.last().is_none_or(|&c| c != b' ' && c != b'\t');
+        prop_assert_eq!(is_field_value(&bytes), reference);
+    }
 
     #[test]
     fn never_panics_on_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {

@@ -36,7 +36,9 @@ use hashbrown::HashMap;
 use crate::prefix::{BuildIdentity, EndpointKey, ENDPOINT_KEY_SEED};
 use crate::time::Instant;
 
+/// The first four bytes of an encoded snapshot.
 pub const MAGIC: [u8; 4] = *b"WEPS";
+/// The wire-format version this build encodes and decodes.
 pub const VERSION: u8 = 1;
 /// Most endpoints one snapshot may carry (an InferencePool is one Deployment; 1,024 is far
 /// beyond any pool we know of, and bounds decode work and memory).
@@ -48,11 +50,14 @@ pub const MAX_NAME_LEN: usize = crate::scan::MAX_NAME_LEN;
 /// Most names in one per-endpoint list (served models, running or waiting adapters).
 pub const MAX_LIST: usize = 255;
 
-/// LoRA adapter state of a pod (vLLM `vllm:lora_requests_info`, newest series; epp.md §2).
+/// LoRA adapter state of a pod (vLLM `vllm:lora_requests_info`, newest series; see
+/// `docs/engines.md`, "LoRA adapters").
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LoraState {
+    /// Adapters loaded and serving requests (`running_lora_adapters`).
     pub running: Vec<String>,
+    /// Adapters requested but waiting to be loaded (`waiting_lora_adapters`).
     pub waiting: Vec<String>,
     /// `max_lora`: adapters the pod can hold at once.
     pub max: u16,
@@ -62,6 +67,7 @@ pub struct LoraState {
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Endpoint {
+    /// The pod's `ip:port` (port ≠ 0), unique within a snapshot.
     pub addr: SocketAddr,
     /// Whether the collector considers the pod ready (its readiness and recent scrapes).
     pub ready: bool,
@@ -75,9 +81,12 @@ pub struct Endpoint {
     pub block_size: Option<u32>,
     /// KV blocks on the GPU (`vllm:cache_config_info{num_gpu_blocks}`), if reported.
     pub gpu_blocks: Option<u32>,
+    /// LoRA adapter state, if the engine reports it.
     pub lora: Option<LoraState>,
     /// Model names the pod serves (base model and adapters). Empty means unknown: serve any.
     pub models: Vec<String>,
+    /// When the collector last scraped the pod successfully (ms since the Unix epoch, the
+    /// collector's clock); older than the staleness threshold means stale.
     pub scraped_at: Instant,
 }
 
@@ -103,6 +112,7 @@ impl Endpoint {
         endpoint_key(&self.addr)
     }
 
+    /// Whether the pod serves `model`: it is listed, or the pod lists no models.
     pub fn serves(&self, model: &str) -> bool {
         self.models.is_empty() || self.models.iter().any(|m| m == model)
     }
@@ -136,12 +146,15 @@ pub fn endpoint_key(addr: &SocketAddr) -> EndpointKey {
 pub struct Snapshot {
     /// Monotonic per collector; an older sequence never replaces a newer one.
     pub sequence: u64,
+    /// When the collector built the snapshot (ms since the Unix epoch); the picker degrades
+    /// when it is older than `degradeAfterMs`.
     pub generated_at: Instant,
+    /// Every pod of the pool (at most [`MAX_ENDPOINTS`], addresses unique).
     pub endpoints: Vec<Endpoint>,
 }
 
-/// A snapshot prepared for picking: built once per snapshot change, off the request path
-/// (CONVENTIONS.md §5), with each endpoint's key precomputed.
+/// A snapshot prepared for picking: built once per snapshot change, off the request path, with
+/// each endpoint's key precomputed so no request hashes an address.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Pool {
     snapshot: Snapshot,
@@ -150,16 +163,19 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// Prepares `snapshot`: computes every endpoint's key and the key → index map.
     pub fn new(snapshot: Snapshot) -> Self {
         let keys: Vec<EndpointKey> = snapshot.endpoints.iter().map(Endpoint::key).collect();
         let by_key = keys.iter().enumerate().map(|(i, k)| (*k, i as u32)).collect();
         Pool { snapshot, keys, by_key }
     }
 
+    /// The snapshot the pool was built from.
     pub fn snapshot(&self) -> &Snapshot {
         &self.snapshot
     }
 
+    /// The endpoints, in snapshot order (the indices every [`crate::Decision`] uses).
     pub fn endpoints(&self) -> &[Endpoint] {
         &self.snapshot.endpoints
     }
@@ -169,6 +185,7 @@ impl Pool {
         self.keys.get(i).copied().unwrap_or(0)
     }
 
+    /// Every endpoint's key, indexed like [`Pool::endpoints`].
     pub fn keys(&self) -> &[EndpointKey] {
         &self.keys
     }
@@ -183,6 +200,7 @@ impl Pool {
         self.snapshot.endpoints.iter().position(|e| e.addr == *addr)
     }
 
+    /// Gives the snapshot back.
     pub fn into_snapshot(self) -> Snapshot {
         self.snapshot
     }
@@ -191,13 +209,34 @@ impl Pool {
 /// Why bytes were not accepted as a snapshot. Offsets are byte positions in the input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DecodeError {
-    Truncated { offset: usize },
+    /// The input ends inside a field.
+    Truncated {
+        /// Where the missing bytes should have started.
+        offset: usize,
+    },
+    /// The input does not start with [`MAGIC`].
     BadMagic,
+    /// The version byte is not [`VERSION`] (the value found).
     UnsupportedVersion(u8),
+    /// The trailing xxh64 does not match the bytes before it.
     Checksum,
-    Invalid { offset: usize, what: &'static str },
-    TooMany { what: &'static str },
-    TrailingBytes { offset: usize },
+    /// A field holds a value the format forbids.
+    Invalid {
+        /// Position of the field.
+        offset: usize,
+        /// Which rule it breaks.
+        what: &'static str,
+    },
+    /// A count exceeds its bound ([`MAX_NAMES`], [`MAX_ENDPOINTS`]).
+    TooMany {
+        /// What there are too many of.
+        what: &'static str,
+    },
+    /// Bytes remain after the last endpoint, before the checksum.
+    TrailingBytes {
+        /// Position of the first extra byte.
+        offset: usize,
+    },
 }
 
 impl fmt::Display for DecodeError {
@@ -225,10 +264,15 @@ impl core::error::Error for DecodeError {}
 /// Why a snapshot could not be encoded (it would not decode).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EncodeError {
+    /// More than [`MAX_ENDPOINTS`] endpoints.
     TooManyEndpoints,
+    /// More than [`MAX_NAMES`] distinct model and adapter names.
     TooManyNames,
+    /// A per-endpoint name list longer than [`MAX_LIST`].
     ListTooLong,
+    /// A name that is empty or longer than [`MAX_NAME_LEN`] bytes.
     BadName,
+    /// A field the decoder would reject (port 0, `kv_usage` outside [0, 1], a zero block count).
     BadField(&'static str),
 }
 
@@ -419,70 +463,8 @@ impl Snapshot {
 
         let mut endpoints: Vec<Endpoint> = Vec::with_capacity(ep_count.min(body.len() / 32));
         for _ in 0..ep_count {
-            let ip = match r.u8()? {
-                4 => {
-                    let mut o = [0u8; 4];
-                    o.copy_from_slice(r.take(4)?);
-                    IpAddr::V4(Ipv4Addr::from(o))
-                }
-                6 => {
-                    let mut o = [0u8; 16];
-                    o.copy_from_slice(r.take(16)?);
-                    IpAddr::V6(Ipv6Addr::from(o))
-                }
-                _ => return Err(r.invalid(1, "address family is not 4 or 6")),
-            };
-            let port = r.u16()?;
-            if port == 0 {
-                return Err(r.invalid(2, "port 0"));
-            }
-            let addr = SocketAddr::new(ip, port);
-            if endpoints.iter().any(|e| e.addr == addr) {
-                return Err(r.invalid(2, "duplicate endpoint"));
-            }
-            let flags = r.u8()?;
-            if flags & !(FLAG_READY | FLAG_LORA | FLAG_BLOCK | FLAG_GPU_BLOCKS) != 0 {
-                return Err(r.invalid(1, "unknown endpoint flags"));
-            }
-            let waiting = r.u32()?;
-            let running = r.u32()?;
-            let kv_usage = f32::from_le_bytes(r.array::<4>()?);
-            if !(kv_usage.is_finite() && (0.0..=1.0).contains(&kv_usage)) {
-                return Err(r.invalid(4, "kv_usage outside [0, 1]"));
-            }
-            let positive = |present: bool, r: &mut Reader<'_>| -> Result<Option<u32>, DecodeError> {
-                if !present {
-                    return Ok(None);
-                }
-                match r.u32()? {
-                    0 => Err(r.invalid(4, "block_size or gpu_blocks is 0")),
-                    v => Ok(Some(v)),
-                }
-            };
-            let block_size = positive(flags & FLAG_BLOCK != 0, &mut r)?;
-            let gpu_blocks = positive(flags & FLAG_GPU_BLOCKS != 0, &mut r)?;
-            let lora = if flags & FLAG_LORA != 0 {
-                let max = r.u16()?;
-                let running = r.names(&names)?;
-                let waiting = r.names(&names)?;
-                Some(LoraState { running, waiting, max })
-            } else {
-                None
-            };
-            let models = r.names(&names)?;
-            let scraped_at = Instant::from_millis(r.u64()?);
-            endpoints.push(Endpoint {
-                addr,
-                ready: flags & FLAG_READY != 0,
-                waiting,
-                running,
-                kv_usage,
-                block_size,
-                gpu_blocks,
-                lora,
-                models,
-                scraped_at,
-            });
+            let e = decode_endpoint(&mut r, &names, &endpoints)?;
+            endpoints.push(e);
         }
         if r.i != body.len() {
             return Err(DecodeError::TrailingBytes { offset: r.i });
@@ -507,6 +489,75 @@ impl Snapshot {
 }
 
 // === impl Reader ===
+
+/// One endpoint record of the body (see the module docs for the layout); `seen` are the
+/// endpoints decoded before it (an address may appear once).
+fn decode_endpoint(r: &mut Reader<'_>, names: &[String], seen: &[Endpoint]) -> Result<Endpoint, DecodeError> {
+    let ip = match r.u8()? {
+        4 => {
+            let mut o = [0u8; 4];
+            o.copy_from_slice(r.take(4)?);
+            IpAddr::V4(Ipv4Addr::from(o))
+        }
+        6 => {
+            let mut o = [0u8; 16];
+            o.copy_from_slice(r.take(16)?);
+            IpAddr::V6(Ipv6Addr::from(o))
+        }
+        _ => return Err(r.invalid(1, "address family is not 4 or 6")),
+    };
+    let port = r.u16()?;
+    if port == 0 {
+        return Err(r.invalid(2, "port 0"));
+    }
+    let addr = SocketAddr::new(ip, port);
+    if seen.iter().any(|e| e.addr == addr) {
+        return Err(r.invalid(2, "duplicate endpoint"));
+    }
+    let flags = r.u8()?;
+    if flags & !(FLAG_READY | FLAG_LORA | FLAG_BLOCK | FLAG_GPU_BLOCKS) != 0 {
+        return Err(r.invalid(1, "unknown endpoint flags"));
+    }
+    let waiting = r.u32()?;
+    let running = r.u32()?;
+    let kv_usage = f32::from_le_bytes(r.array::<4>()?);
+    if !(kv_usage.is_finite() && (0.0..=1.0).contains(&kv_usage)) {
+        return Err(r.invalid(4, "kv_usage outside [0, 1]"));
+    }
+    let positive = |present: bool, r: &mut Reader<'_>| -> Result<Option<u32>, DecodeError> {
+        if !present {
+            return Ok(None);
+        }
+        match r.u32()? {
+            0 => Err(r.invalid(4, "block_size or gpu_blocks is 0")),
+            v => Ok(Some(v)),
+        }
+    };
+    let block_size = positive(flags & FLAG_BLOCK != 0, r)?;
+    let gpu_blocks = positive(flags & FLAG_GPU_BLOCKS != 0, r)?;
+    let lora = if flags & FLAG_LORA != 0 {
+        let max = r.u16()?;
+        let running = r.names(names)?;
+        let waiting = r.names(names)?;
+        Some(LoraState { running, waiting, max })
+    } else {
+        None
+    };
+    let models = r.names(names)?;
+    let scraped_at = Instant::from_millis(r.u64()?);
+    Ok(Endpoint {
+        addr,
+        ready: flags & FLAG_READY != 0,
+        waiting,
+        running,
+        kv_usage,
+        block_size,
+        gpu_blocks,
+        lora,
+        models,
+        scraped_at,
+    })
+}
 
 struct Reader<'a> {
     b: &'a [u8],

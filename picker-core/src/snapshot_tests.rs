@@ -1,7 +1,10 @@
 use super::*;
+// On wasm32-unknown-unknown the same tests run under wasm-bindgen-test (Node).
 use alloc::string::ToString;
 use alloc::vec;
 use proptest::prelude::*;
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 pub(crate) fn sample() -> Snapshot {
     let mut a = Endpoint::new("10.0.0.1:8000".parse().unwrap(), Instant::from_millis(1_000));

@@ -22,6 +22,7 @@ pub struct Served {
 /// between workers.
 #[derive(Clone, Debug)]
 pub struct State {
+    /// This worker's prefix index: which endpoints were sent which prompt-block hashes.
     pub index: PrefixIndex,
     pub(crate) matches: Vec<(EndpointKey, u32)>,
     /// Insertions not yet replicated; `None` unless [`State::enable_outbox`] was called.
@@ -32,6 +33,8 @@ pub struct State {
 pub const OUTBOX_MAX: usize = 8;
 
 impl State {
+    /// An empty state whose index has the configuration's `prefix.maxIndexEntries` cap; the
+    /// outbox is off.
     pub fn new(config: &Config) -> Self {
         State {
             index: PrefixIndex::new(config.prefix().max_index_entries),

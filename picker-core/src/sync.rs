@@ -3,7 +3,8 @@
 //! Envoy runs one VM per worker thread, so each worker has its own [`State`] and, alone, knows
 //! only the prefixes *it* routed: a prompt prefix sent to pod P by worker A looks new to worker
 //! B, which may send it elsewhere and pay the full prefill again. proxy-wasm gives workers one
-//! thing in common, shared data (a key → bytes map with compare-and-swap, proxywasm.md §4.3).
+//! thing in common, shared data (a key → bytes map with compare-and-swap; `docs/proxy-wasm.md`,
+//! "shared data").
 //! This module replicates index insertions through it as a journal:
 //!
 //! ```text
@@ -63,22 +64,35 @@ pub const fn record_len(hashes: usize) -> usize {
 /// A decoded ring record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
+    /// The record's sequence number; it lives in slot `seq mod ring`.
     pub seq: u64,
     /// The worker that appended it (its own records are already in its index).
     pub origin: u64,
+    /// The index insertion it carries.
     pub served: Served,
 }
 
 /// Why a slot did not hold a usable record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordError {
+    /// Shorter than a record header.
     Truncated,
+    /// Does not start with the record magic `"WPX1"`.
     BadMagic,
+    /// Claims more than [`MAX_RECORD_HASHES`] hashes (the count found).
     TooManyHashes(usize),
-    LengthMismatch { expected: usize, got: usize },
+    /// The length is not the header plus 8 bytes per claimed hash.
+    LengthMismatch {
+        /// [`record_len`] of the claimed hash count.
+        expected: usize,
+        /// The slot's actual length.
+        got: usize,
+    },
 }
 
 impl Record {
+    /// Encodes the record into `out` (cleared first), keeping at most [`MAX_RECORD_HASHES`]
+    /// hashes.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         let n = self.served.hashes.len().min(MAX_RECORD_HASHES);
         out.clear();
@@ -137,14 +151,18 @@ impl Record {
 /// Which shared-data entry of the ring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Slot {
+    /// The head: the next sequence number to claim (le64).
     Head,
+    /// Ring slot `i` (0..ring), holding the record with sequence ≡ i mod ring.
     Record(u32),
 }
 
 /// A `set` with a stale CAS token, or another host failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreError {
+    /// The entry changed since the CAS token was read.
     CasMismatch,
+    /// Any other host failure.
     Failed,
 }
 
@@ -152,7 +170,9 @@ pub enum StoreError {
 /// tests and podsim. Semantics are proxy-wasm's: `get` returns the value and its CAS token;
 /// `set` with `Some(cas)` fails with [`StoreError::CasMismatch`] if the entry changed since.
 pub trait SlotStore {
+    /// The slot's bytes and CAS token; `(None, None)` when the slot was never written.
     fn get(&mut self, slot: Slot) -> (Option<Vec<u8>>, Option<u32>);
+    /// Writes the slot; with `Some(cas)`, only if its token is still `cas`.
     fn set(&mut self, slot: Slot, value: &[u8], cas: Option<u32>) -> Result<(), StoreError>;
 }
 
@@ -230,6 +250,7 @@ impl PrefixSync {
         }
     }
 
+    /// This worker's replication counters so far.
     pub fn stats(&self) -> SyncStats {
         self.stats
     }

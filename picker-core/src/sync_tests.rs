@@ -1,4 +1,5 @@
 use super::*;
+// On wasm32-unknown-unknown the same tests run under wasm-bindgen-test (Node).
 use crate::config::Profile;
 use crate::prefix::EndpointKey;
 use crate::prefix::PrefixHashes;
@@ -7,6 +8,8 @@ use crate::time::Instant;
 use alloc::vec;
 use core::net::SocketAddr;
 use proptest::prelude::*;
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 fn endpoint(n: u8) -> Endpoint {
     let mut e = Endpoint::new(SocketAddr::from(([10, 0, 0, n], 8000)), Instant::ZERO);

@@ -1,4 +1,5 @@
-//! Time as plain data. picker-core never reads a clock: callers pass `now` in (CONVENTIONS.md §1).
+//! Time as plain data. picker-core never reads a clock: callers pass `now` in (enforced by
+//! `picker-core/clippy.toml`'s `disallowed-methods`).
 
 use core::fmt;
 use core::ops::{Add, Sub};
@@ -18,12 +19,15 @@ pub struct Duration(u64);
 // === impl Instant ===
 
 impl Instant {
+    /// The Unix epoch (0 ms).
     pub const ZERO: Instant = Instant(0);
 
+    /// The instant `ms` milliseconds after the Unix epoch.
     pub const fn from_millis(ms: u64) -> Self {
         Instant(ms)
     }
 
+    /// Milliseconds since the Unix epoch.
     pub const fn as_millis(self) -> u64 {
         self.0
     }
@@ -58,16 +62,20 @@ impl fmt::Display for Instant {
 // === impl Duration ===
 
 impl Duration {
+    /// No time.
     pub const ZERO: Duration = Duration(0);
 
+    /// A span of `ms` milliseconds.
     pub const fn from_millis(ms: u64) -> Self {
         Duration(ms)
     }
 
+    /// A span of `s` seconds (saturating at `u64::MAX` ms).
     pub const fn from_secs(s: u64) -> Self {
         Duration(s.saturating_mul(1000))
     }
 
+    /// The span in milliseconds.
     pub const fn as_millis(self) -> u64 {
         self.0
     }

@@ -365,8 +365,11 @@ fn avalanche(mut h: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // On wasm32-unknown-unknown the same tests run under wasm-bindgen-test (Node).
     use alloc::vec::Vec;
     use proptest::prelude::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
     use xxhash_rust::xxh64::xxh64;
 
     /// The reference: copy everything together and hash with `xxhash_rust`.

@@ -1,6 +1,6 @@
 //! Golden decisions: a fixed set of scenarios run through every profile, rendered as a table
 //! and compared with `tests/golden/decisions.txt`. A change in scoring shows up as a reviewable
-//! diff of that file (CONVENTIONS.md §11). Regenerate with
+//! diff of that file, like any other change of behaviour. Regenerate with
 //! `UPDATE_GOLDEN=1 cargo test -p picker-core --test golden` and review the diff.
 use std::fmt::Write as _;
 

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::calib::ServerParams;
-use crate::policy::PolicySpec;
+use crate::ladder::{self, Drain, Ladder, StageReport};
+use crate::policy::{PolicyKind, PolicySpec};
 use crate::report::Summary;
 use crate::sim::{run, SimConfig};
 use crate::workload::{Bursts, ConversationReplay, MultiLora, ShareGptLike, SharedPrefix, Trace};
@@ -76,7 +77,8 @@ impl WorkloadKind {
 
     /// llm-d's published result for the inference-perf catalog shapes: matched-router
     /// throughput vs round-robin, each at its own knee ("Sticky Until Saturated", llm-d.github.io
-    /// `blog/2026-08-17_sticky-until-saturated-token-aware-routing.mdx`; calibration.md §5.1).
+    /// `blog/2026-08-17_bottleneck-aware-scheduling-for-llm-inference.mdx` @25e593b2; `docs/epp.md`,
+    /// "Published EPP performance figures").
     pub fn published_vs_round_robin(self) -> Option<&'static str> {
         match self {
             WorkloadKind::CodeGen => Some("2.9× (46k vs 16k input tok/s; knee at concurrency 60 vs 30)"),
@@ -106,7 +108,8 @@ pub struct Plan {
 impl Plan {
     /// The default sweep, or the CI-sized `quick` one.
     ///
-    /// shared-prefix: rates 3 → 60 QPS as llm-d (epp.md §6.4), each run 90 s of Poisson arrivals
+    /// shared-prefix: rates 3 → 60 QPS as llm-d (`docs/engines.md`, "Shared-prefix workload"),
+    /// each run 90 s of Poisson arrivals
     /// (the first 30 s are warm-up) then drained. llm-d's stages ramp one cluster through the
     /// rates; here each rate starts cold and runs for 90 s, which keeps the whole sweep well under
     /// two minutes. Quick: 5 and 25 QPS, 25 s (5 s warm-up).
@@ -159,12 +162,17 @@ impl Plan {
             policies.push(PolicySpec::parse("wasm-epp-default@4x2+sync").expect("known"));
             policies.push(PolicySpec::parse("wasm-epp-tuned@4x2").expect("known"));
         }
+        if !catalog {
+            // The upper bound every policy is measured against (crate::bound), where `oracle` was.
+            policies.push(PolicySpec::parse("bound").expect("known"));
+        }
         Plan {
             workload,
             qps,
             horizon_s,
             warmup_s,
-            // llm-d ran code-gen and reasoning on 10 servers, b2b-saas on 8 (calibration.md §3).
+            // llm-d ran code-gen and reasoning on 10 servers, b2b-saas on 8 (`docs/engines.md`,
+            // "Shared-prefix workload").
             servers: if workload.closed_loop() { 10 } else { 8 },
             seed: 20_260_817,
             policies,
@@ -225,15 +233,142 @@ pub fn run_plan(plan: &Plan, threads: usize, progress: &(dyn Fn(usize, usize, &S
                     let mut slot = traces[q].lock().expect("no panics while held");
                     slot.get_or_insert_with(|| Arc::new(plan.trace(plan.qps[q]))).clone()
                 };
-                let r = run(&cfg, &trace, policy);
+                let summary = if matches!(policy.kind, PolicyKind::Bound) {
+                    crate::bound::window_summary(&policy.name, plan.qps[q], &trace, &cfg)
+                } else {
+                    Summary::of(&policy.name, plan.qps[q], &run(&cfg, &trace, policy))
+                };
                 drop(trace);
                 if left[q].fetch_sub(1, Ordering::Relaxed) == 1 {
                     *traces[q].lock().expect("no panics while held") = None;
                 }
-                let summary = Summary::of(&policy.name, plan.qps[q], &r);
                 let d = done.fetch_add(1, Ordering::Relaxed) + 1;
                 progress(d, jobs.len(), &summary);
                 results.lock().expect("no panics while held")[j] = Some(summary);
+            });
+        }
+    });
+    results
+        .into_inner()
+        .expect("no panics while held")
+        .into_iter()
+        .map(|s| s.expect("every job ran"))
+        .collect()
+}
+
+/// The as-deployed comparison (`bench --ladder`): llm-d's shared-prefix benchmark as
+/// inference-perf runs it ([`crate::ladder`]: drained Poisson stages, per-stage figures), over
+/// several seeds, with each policy in its deployment shape ([`crate::deploy`]).
+#[derive(Clone, Debug)]
+pub struct LadderPlan {
+    pub shape: SharedPrefix,
+    pub ladder: Ladder,
+    pub drain: Drain,
+    pub servers: usize,
+    pub params: ServerParams,
+    pub seeds: Vec<u64>,
+    pub policies: Vec<PolicySpec>,
+}
+
+impl LadderPlan {
+    /// The deployment shapes side by side: round-robin (a Kubernetes Service), GIE's and llm-d's
+    /// profiles as central EPPs, ours in the proxy as one global view (the reference), split over
+    /// 4 workers × 2 and × 4 replicas with the relay, and the same splits without it, ours as a
+    /// central EPP, and the bound.
+    pub fn as_deployed(ladder: Ladder, seeds: Vec<u64>, deploy: &crate::deploy::DeployParams) -> LadderPlan {
+        let policies = [
+            "round-robin",
+            "gie-default+epp",
+            "llm-d-optimized-baseline+epp",
+            "wasm-epp-default+epp",
+            "wasm-epp-default+proxy",
+            "wasm-epp-default@4x2+relay",
+            "wasm-epp-default@4x4+relay",
+            "wasm-epp-default@4x2+sync+proxy",
+            "wasm-epp-default@4x4+sync+proxy",
+            "bound",
+        ]
+        .iter()
+        .map(|n| PolicySpec::parse_with(n, deploy).expect("known policy"))
+        .collect();
+        LadderPlan {
+            shape: SharedPrefix::LLMD,
+            ladder,
+            drain: Drain::Harness,
+            servers: 8,
+            params: ServerParams::default(),
+            seeds,
+            policies,
+        }
+    }
+}
+
+/// One policy's reported stages on one seed.
+#[derive(Clone, Debug)]
+pub struct LadderRun {
+    pub seed: u64,
+    pub policy: String,
+    pub stages: Vec<StageReport>,
+    /// Prefix-cache hit rate over the whole run (NaN for the bound).
+    pub hit_rate: f64,
+    pub preemptions: u64,
+}
+
+/// Runs every (seed, policy) pair on `threads` threads; results in (seed, policy) order.
+pub fn run_ladder_plan(
+    plan: &LadderPlan,
+    threads: usize,
+    progress: &(dyn Fn(usize, usize, &LadderRun) + Sync),
+) -> Vec<LadderRun> {
+    let traces: Vec<Mutex<Option<Arc<Trace>>>> = plan.seeds.iter().map(|_| Mutex::new(None)).collect();
+    let jobs: Vec<(usize, usize)> = (0..plan.seeds.len())
+        .flat_map(|k| (0..plan.policies.len()).map(move |p| (k, p)))
+        .collect();
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<LadderRun>>> = Mutex::new(vec![None; jobs.len()]);
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| loop {
+                let j = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&(k, p)) = jobs.get(j) else { break };
+                let seed = plan.seeds[k];
+                let policy = &plan.policies[p];
+                let trace = {
+                    let mut slot = traces[k].lock().expect("no panics while held");
+                    slot.get_or_insert_with(|| {
+                        Arc::new(ladder::shared_prefix_trace(
+                            &plan.shape,
+                            &plan.ladder,
+                            plan.drain,
+                            plan.params.block_tokens,
+                            seed,
+                        ))
+                    })
+                    .clone()
+                };
+                let cfg = ladder::sim_config(plan.servers, plan.params.clone(), seed);
+                let out = if matches!(policy.kind, PolicyKind::Bound) {
+                    LadderRun {
+                        seed,
+                        policy: policy.name.clone(),
+                        stages: crate::bound::stage_reports(&trace, &cfg),
+                        hit_rate: f64::NAN,
+                        preemptions: 0,
+                    }
+                } else {
+                    let r = run(&cfg, &trace, policy);
+                    LadderRun {
+                        seed,
+                        policy: policy.name.clone(),
+                        stages: ladder::stage_reports(&trace, &r),
+                        hit_rate: r.hit_tokens as f64 / r.query_tokens.max(1) as f64,
+                        preemptions: r.preemptions,
+                    }
+                };
+                let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+                progress(d, jobs.len(), &out);
+                results.lock().expect("no panics while held")[j] = Some(out);
             });
         }
     });

@@ -10,13 +10,17 @@
 //!              [--qps 3,10,60 | --concurrency 10,60] [--horizon S]
 //!              [--warmup S] [--policies a,b@4x2] [--picker NAME=JSON|@file] [--seed N] [--max-concurrency N]
 //!              [--threads N] [--out DIR]
+//!              [--ladder llm-d|RATExSECS,… [--ladder-warmup …|none] [--seeds 1,2,3,4] [--reference NAME]]
+//!              [--decision-cost-ms X] [--relay-delay-ms X] [--relay-loss P] [--relay-interval-ms X]
+//!              [--epp-hop-p50-ms X] [--epp-hop-p95-ms X] [--epp-capacity RPS]
 //! ```
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
 use picker_core::Config;
-use podsim::bench::{run_plan, Plan, WorkloadKind};
+use podsim::bench::{run_ladder_plan, run_plan, LadderPlan, Plan, WorkloadKind};
+use podsim::deploy::DeployParams;
 use podsim::engine::EngineProfile;
 use podsim::ladder::{self, Drain, Ladder};
 use podsim::policy::{PolicyKind, PolicySpec};
@@ -31,7 +35,10 @@ WORKLOAD/LADDER FLAGS: [--servers N] [--groups N] [--prompts-per-group N] [--sys
 [--shared-kv-read-once]\n       \
 podsim serve [--engine FILE] [--pods N] [--base-port P] [--speed X] [--model M]\n       podsim bench [--engine FILE] --workload shared-prefix|sharegpt|bursts|multi-lora|code-gen|reasoning|b2b-saas [--quick] \
 [--qps 3,10,60 | --concurrency 10,60] [--horizon SECS] \
-[--warmup SECS] [--policies NAME[@WxR],...] [--picker NAME=JSON|NAME=@FILE]... [--seed N] [--max-concurrency N] [--threads N] [--out DIR]"
+[--warmup SECS] [--policies NAME[@WxR][+TAG],...] [--picker NAME=JSON|NAME=@FILE]... [--seed N] [--max-concurrency N] [--threads N] [--out DIR] \
+[--ladder llm-d|RATExSECS,... [--ladder-warmup RATExSECS,...|none] [--seeds 1,2,3,4] [--reference NAME]] \
+[--decision-cost-ms X] [--relay-delay-ms X] [--relay-loss P] [--relay-interval-ms X] [--epp-hop-p50-ms X] [--epp-hop-p95-ms X] [--epp-capacity RPS]\n         \
+TAGS: +sync, +proxy, +relay[:DELAY_MS[:LOSS[:INTERVAL_MS]]], +epp[:CAPACITY[:P50_MS[:P95_MS]]]; bound = the upper bound row"
 }
 
 fn main() -> ExitCode {
@@ -111,9 +118,14 @@ fn bench(args: &[String]) -> Result<(), String> {
     let mut qps: Option<Vec<f64>> = None;
     let mut horizon = None;
     let mut warmup = None;
-    let mut policies: Option<Vec<PolicySpec>> = None;
+    let mut policy_names: Option<String> = None;
     let mut extra: Vec<PolicySpec> = Vec::new();
     let mut seed = None;
+    let mut ladder_spec: Option<String> = None;
+    let mut ladder_warmup: Option<String> = None;
+    let mut seeds: Option<Vec<u64>> = None;
+    let mut reference = String::from("wasm-epp-default+proxy");
+    let mut deploy = DeployParams::default();
     let mut max_concurrency = None;
     let mut threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut out_dir = String::from("target/podsim-bench");
@@ -142,13 +154,36 @@ fn bench(args: &[String]) -> Result<(), String> {
             "--threads" => threads = val()?.parse::<usize>().map_err(|e| format!("--threads: {e}"))?,
             "--out" => out_dir = val()?,
             "--engine" => engine = Some(EngineProfile::load(&val()?)?),
-            "--policies" => {
-                policies = Some(
+            "--policies" => policy_names = Some(val()?),
+            "--ladder" => ladder_spec = Some(val()?),
+            "--ladder-warmup" => ladder_warmup = Some(val()?),
+            "--seeds" => {
+                seeds = Some(
                     val()?
                         .split(',')
-                        .map(|n| PolicySpec::parse(n.trim()).ok_or(format!("unknown policy {n}")))
-                        .collect::<Result<_, _>>()?,
+                        .map(|s| s.trim().parse::<u64>())
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| format!("--seeds: {e}"))?,
                 )
+            }
+            "--reference" => reference = val()?,
+            "--decision-cost-ms" => deploy.decision_cost = ms_flag(a, &val()?)?,
+            "--relay-delay-ms" => deploy.relay.delay = ms_flag(a, &val()?)?,
+            "--relay-interval-ms" => deploy.relay.interval = ms_flag(a, &val()?)?,
+            "--relay-loss" => {
+                let p: f64 = val()?.parse().map_err(|e| format!("{a}: {e}"))?;
+                if !(0.0..=1.0).contains(&p) {
+                    return Err(format!("{a}: want 0..=1"));
+                }
+                deploy.relay.loss = p;
+            }
+            "--epp-hop-p50-ms" => deploy.epp.hop_p50_s = ms_flag(a, &val()?)? as f64 / 1e6,
+            "--epp-hop-p95-ms" => deploy.epp.hop_p95_s = ms_flag(a, &val()?)? as f64 / 1e6,
+            "--epp-capacity" => {
+                deploy.epp.capacity = val()?.parse().map_err(|e| format!("{a}: {e}"))?;
+                if !(deploy.epp.capacity.is_finite() && deploy.epp.capacity >= 0.0) {
+                    return Err(format!("{a}: want ≥ 0 (0: unlimited)"));
+                }
             }
             "--picker" => {
                 let v = val()?;
@@ -178,6 +213,33 @@ fn bench(args: &[String]) -> Result<(), String> {
         }
     }
     let workload = workload.ok_or("--workload is required")?;
+    if !(deploy.epp.hop_p50_s > 0.0 && deploy.epp.hop_p95_s >= deploy.epp.hop_p50_s) {
+        return Err("--epp-hop-p50-ms must be > 0 and ≤ --epp-hop-p95-ms".into());
+    }
+    let policies: Option<Vec<PolicySpec>> = policy_names
+        .map(|names| {
+            names
+                .split(',')
+                .map(|n| PolicySpec::parse_with(n.trim(), &deploy).ok_or(format!("unknown policy {n}")))
+                .collect::<Result<_, _>>()
+        })
+        .transpose()?;
+    if let Some(spec) = ladder_spec {
+        if workload != WorkloadKind::SharedPrefix {
+            return Err("--ladder runs the shared-prefix workload only".into());
+        }
+        let ladder = Ladder::parse(&spec, ladder_warmup.as_deref())?;
+        let seeds = seeds.unwrap_or_else(|| vec![seed.unwrap_or(20_260_817)]);
+        let mut plan = LadderPlan::as_deployed(ladder, seeds, &deploy);
+        if let Some(p) = policies {
+            plan.policies = p;
+        }
+        plan.policies.extend(extra);
+        if let Some(e) = engine {
+            plan.params = e.server_params();
+        }
+        return bench_ladder(&plan, &spec, &deploy, &reference, threads, &out_dir);
+    }
     let mut plan = Plan::new(workload, quick);
     if let Some(q) = qps {
         plan.qps = q;
@@ -265,6 +327,71 @@ fn bench(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// Milliseconds (decimal) → microseconds.
+fn ms_flag(flag: &str, v: &str) -> Result<u64, String> {
+    let x: f64 = v.parse().map_err(|e| format!("{flag}: {e}"))?;
+    if !(x.is_finite() && x >= 0.0) {
+        return Err(format!("{flag}: want ≥ 0"));
+    }
+    Ok((x * 1000.0).round() as u64)
+}
+
+/// `bench --ladder`: the as-deployed tables (see [`podsim::bench::LadderPlan`]).
+fn bench_ladder(
+    plan: &LadderPlan,
+    spec: &str,
+    deploy: &DeployParams,
+    reference: &str,
+    threads: usize,
+    out_dir: &str,
+) -> Result<(), String> {
+    eprintln!(
+        "podsim bench --ladder {spec}: {} seeds × {} policies, {} servers, {} threads",
+        plan.seeds.len(),
+        plan.policies.len(),
+        plan.servers,
+        threads
+    );
+    #[allow(clippy::disallowed_methods)] // wall time for the progress report only
+    let started = std::time::Instant::now();
+    let progress = |done: usize, total: usize, r: &podsim::bench::LadderRun| {
+        let peak = r.stages.iter().map(|s| s.output_tok_s).fold(0.0, f64::max);
+        eprintln!(
+            "{done}/{total} {:>7.1}s  seed {} {}: peak {:.0} out tok/s",
+            started.elapsed().as_secs_f64(),
+            r.seed,
+            r.policy,
+            peak
+        );
+    };
+    let runs = run_ladder_plan(plan, threads, &progress);
+    let title = format!(
+        "podsim as deployed: shared-prefix ({} groups × {}, {} + {} tokens in, {} out), ladder {spec} drained as inference-perf, {} servers of {}, seeds {:?}; \
+decision cost in the proxy {} ms; relay delay {} ms, loss {}, interval {} ms; EPP hop p50 {} ms, p95 {} ms, capacity {} req/s",
+        plan.shape.groups,
+        plan.shape.users_per_group,
+        plan.shape.system_tokens,
+        plan.shape.question_tokens,
+        plan.shape.output_tokens,
+        plan.servers,
+        plan.params.profile,
+        plan.seeds,
+        deploy.decision_cost as f64 / 1e3,
+        deploy.relay.delay as f64 / 1e3,
+        deploy.relay.loss,
+        deploy.relay.interval as f64 / 1e3,
+        deploy.epp.hop_p50_s * 1e3,
+        deploy.epp.hop_p95_s * 1e3,
+        deploy.epp.capacity
+    );
+    print!("{}", report::ladder_markdown(&title, &runs, reference, "bound"));
+    std::fs::create_dir_all(out_dir).map_err(|e| format!("{out_dir}: {e}"))?;
+    let path = format!("{out_dir}/as-deployed.csv");
+    std::fs::write(&path, report::ladder_csv(&runs)).map_err(|e| e.to_string())?;
+    eprintln!("wrote {path} in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
 /// `podsim validate` (the published llm-d setup, both arms, compared; `Ok(false)` when outside
 /// tolerance) and `podsim ladder` (any ladder and policies, per-stage table only).
 fn ladder_cmd(validate_mode: bool, args: &[String]) -> Result<bool, String> {
@@ -298,7 +425,13 @@ fn ladder_cmd(validate_mode: bool, args: &[String]) -> Result<bool, String> {
                 policies = Some(
                     val()?
                         .split(',')
-                        .map(|n| PolicySpec::parse(n.trim()).ok_or(format!("unknown policy {n}")))
+                        .map(|n| match PolicySpec::parse(n.trim()) {
+                            Some(p) if matches!(p.kind, PolicyKind::Bound) => {
+                                Err("the bound is printed by `bench --ladder`".to_string())
+                            }
+                            Some(p) => Ok(p),
+                            None => Err(format!("unknown policy {n}")),
+                        })
                         .collect::<Result<_, _>>()?,
                 )
             }

@@ -1,6 +1,8 @@
-//! Routing policies: the baselines, picker-core's profiles, and an oracle.
+//! Routing policies: the baselines, picker-core's profiles, an oracle, and the upper bound.
 
 use picker_core::{Config, Profile};
+
+use crate::deploy::{DeployParams, Deployment, RelayParams};
 
 /// How a policy chooses a server.
 #[derive(Clone, Debug)]
@@ -20,6 +22,9 @@ pub enum PolicyKind {
     /// min-max / `1 − usage` scores of picker-core. It shows what a precise (KV-event driven)
     /// prefix scorer with zero metric lag could buy; it is not a proven optimum.
     Oracle,
+    /// Not a policy: the analytic upper bound on every policy ([`crate::bound`]), computed from
+    /// the trace and the engine instead of simulated. `bench` prints it as a row.
+    Bound,
 }
 
 /// Oracle weights for (true prefix hit, instant queue, instant KV, exact in-flight): the
@@ -64,8 +69,12 @@ pub struct PolicySpec {
     /// Gateway replicas; each counts only its own in-flight requests.
     pub replicas: u32,
     /// Workers of one replica replicate their prefix index through a shared ring
-    /// (`picker_core::sync`, the filter's `prefixSync`); replicas never share.
+    /// (`picker_core::sync`, the filter's `prefixSync`); replicas share only through `relay`.
     pub sync: bool,
+    /// Where the picker runs and what a decision costs ([`crate::deploy`]).
+    pub deploy: Deployment,
+    /// Replicas relay their insertions and in-flight sections to each other (`+relay`).
+    pub relay: Option<RelayParams>,
 }
 
 impl PolicySpec {
@@ -76,6 +85,8 @@ impl PolicySpec {
             workers: 1,
             replicas: 1,
             sync: false,
+            deploy: Deployment::Ideal,
+            relay: None,
         }
     }
 
@@ -98,16 +109,102 @@ impl PolicySpec {
         self
     }
 
-    /// Parses a policy name: `random`, `round-robin`, `least-request`, `oracle`, a picker-core
-    /// profile name, each optionally with a `@WxR` split suffix, and `+sync` after it to
-    /// replicate the prefix index between the workers of a replica.
+    /// Runs in the proxy: every decision costs `decision_cost` (`+proxy`).
+    pub fn in_proxy(mut self, decision_cost: crate::calib::Micros) -> Self {
+        self.deploy = Deployment::InProxy { decision_cost };
+        self.name.push_str("+proxy");
+        self
+    }
+
+    /// Parses a policy name with the default deployment parameters; see [`PolicySpec::parse_with`].
     pub fn parse(s: &str) -> Option<PolicySpec> {
-        let (s, sync) = match s.strip_suffix("+sync") {
-            Some(rest) => (rest, true),
-            None => (s, false),
-        };
-        let spec = Self::parse_split(s)?;
-        Some(if sync { spec.synced() } else { spec })
+        Self::parse_with(s, &DeployParams::default())
+    }
+
+    /// Parses a policy name: `random`, `round-robin`, `least-request`, `oracle`, `bound`, a
+    /// picker-core profile name, each optionally with a `@WxR` split suffix, then tags:
+    /// `+sync` replicates the prefix index between the workers of a replica; `+proxy` runs the
+    /// picker in the proxy (each decision costs `deploy.decision_cost`); `+relay[:DELAY_MS[:LOSS[:INTERVAL_MS]]]`
+    /// is `+sync+proxy` with the replicas relaying to each other (unspecified fields from
+    /// `deploy.relay`); `+epp[:CAPACITY[:P50_MS[:P95_MS]]]` is a central EPP (no split; unspecified
+    /// fields from `deploy.epp`). See [`crate::deploy`].
+    pub fn parse_with(s: &str, deploy: &DeployParams) -> Option<PolicySpec> {
+        let mut parts = s.split('+');
+        let mut spec = Self::parse_split(parts.next()?)?;
+        for tag in parts {
+            let (head, args) = match tag.split_once(':') {
+                Some((h, a)) => (h, Some(a)),
+                None => (tag, None),
+            };
+            let nums = |a: Option<&str>, max: usize| -> Option<Vec<f64>> {
+                let v: Vec<f64> = match a {
+                    None => Vec::new(),
+                    Some(a) => a.split(':').map(|x| x.parse::<f64>().ok()).collect::<Option<_>>()?,
+                };
+                (v.len() <= max && v.iter().all(|x| x.is_finite() && *x >= 0.0)).then_some(v)
+            };
+            let ms = |x: f64| (x * 1000.0).round() as crate::calib::Micros;
+            match head {
+                "sync" if args.is_none() && !spec.sync => spec.sync = true,
+                "proxy" if args.is_none() && spec.deploy == Deployment::Ideal => {
+                    spec.deploy = Deployment::InProxy {
+                        decision_cost: deploy.decision_cost,
+                    }
+                }
+                "relay"
+                    if spec.relay.is_none()
+                        && matches!(spec.deploy, Deployment::Ideal | Deployment::InProxy { .. }) =>
+                {
+                    let v = nums(args, 3)?;
+                    let mut r = deploy.relay;
+                    if let Some(&d) = v.first() {
+                        r.delay = ms(d);
+                    }
+                    if let Some(&l) = v.get(1) {
+                        if l > 1.0 {
+                            return None;
+                        }
+                        r.loss = l;
+                    }
+                    if let Some(&i) = v.get(2) {
+                        r.interval = ms(i);
+                    }
+                    spec.relay = Some(r);
+                    spec.sync = true;
+                    if spec.deploy == Deployment::Ideal {
+                        spec.deploy = Deployment::InProxy {
+                            decision_cost: deploy.decision_cost,
+                        };
+                    }
+                }
+                "epp" if spec.workers == 1 && spec.replicas == 1 && spec.deploy == Deployment::Ideal && !spec.sync => {
+                    let v = nums(args, 3)?;
+                    let mut e = deploy.epp;
+                    if let Some(&c) = v.first() {
+                        e.capacity = c;
+                    }
+                    if let Some(&p) = v.get(1) {
+                        e.hop_p50_s = p / 1000.0;
+                    }
+                    if let Some(&p) = v.get(2) {
+                        e.hop_p95_s = p / 1000.0;
+                    }
+                    if !(e.hop_p50_s > 0.0 && e.hop_p95_s >= e.hop_p50_s) {
+                        return None;
+                    }
+                    spec.deploy = Deployment::CentralEpp(e);
+                }
+                _ => return None,
+            }
+            spec.name.push('+');
+            spec.name.push_str(tag);
+        }
+        if matches!(spec.kind, PolicyKind::Bound)
+            && (spec.deploy != Deployment::Ideal || spec.workers * spec.replicas > 1)
+        {
+            return None;
+        }
+        Some(spec)
     }
 
     fn parse_split(s: &str) -> Option<PolicySpec> {
@@ -123,6 +220,7 @@ impl PolicySpec {
             "round-robin" => PolicySpec::new(base, PolicyKind::RoundRobin),
             "least-request" => PolicySpec::new(base, PolicyKind::LeastRequest),
             "oracle" => PolicySpec::new(base, PolicyKind::Oracle),
+            "bound" => PolicySpec::new(base, PolicyKind::Bound),
             "gie-default" => PolicySpec::profile(Profile::GieDefault),
             "llm-d-optimized-baseline" => PolicySpec::profile(Profile::LlmdOptimizedBaseline),
             "wasm-epp-default" => PolicySpec::profile(Profile::WasmEppDefault),
@@ -146,7 +244,9 @@ impl PolicySpec {
         })
     }
 
-    /// The standard set, in report order.
+    /// The standard set of routing policies, in report order. `oracle` is no longer in it: it
+    /// was never a bound (see [`PolicyKind::Oracle`]); `bench` prints [`PolicyKind::Bound`]
+    /// instead.
     pub fn standard() -> Vec<PolicySpec> {
         [
             "random",
@@ -156,7 +256,6 @@ impl PolicySpec {
             "llm-d-optimized-baseline",
             "wasm-epp-default",
             "wasm-epp-tuned",
-            "oracle",
         ]
         .iter()
         .map(|n| PolicySpec::parse(n).expect("known policy"))
@@ -186,6 +285,50 @@ mod tests {
             ("wasm-epp-default@4x1+sync", 4, true)
         );
         assert!(!PolicySpec::parse("wasm-epp-default@4x1").unwrap().sync);
-        assert_eq!(PolicySpec::standard().len(), 8);
+        assert_eq!(PolicySpec::standard().len(), 7);
+    }
+
+    #[test]
+    fn deployment_tags() {
+        let d = DeployParams::default();
+        let p = PolicySpec::parse("wasm-epp-default@4x2+relay").unwrap();
+        assert_eq!(p.name, "wasm-epp-default@4x2+relay");
+        assert!(p.sync);
+        assert_eq!(p.relay, Some(d.relay));
+        assert_eq!(
+            p.deploy,
+            Deployment::InProxy {
+                decision_cost: d.decision_cost
+            }
+        );
+        let p = PolicySpec::parse("wasm-epp-default@4x4+relay:50:0.1:25").unwrap();
+        assert_eq!(
+            p.relay,
+            Some(RelayParams {
+                delay: 50_000,
+                loss: 0.1,
+                interval: 25_000
+            })
+        );
+        let p = PolicySpec::parse("gie-default+epp:130").unwrap();
+        let Deployment::CentralEpp(e) = p.deploy else { panic!() };
+        assert_eq!((e.capacity, e.hop_p50_s, e.hop_p95_s), (130.0, 0.0018, 0.030));
+        let p = PolicySpec::parse("wasm-epp-default+proxy").unwrap();
+        assert_eq!(p.deploy, Deployment::InProxy { decision_cost: 50 });
+        assert!(matches!(PolicySpec::parse("bound").unwrap().kind, PolicyKind::Bound));
+        // Untagged names keep the idealised deployment.
+        assert_eq!(PolicySpec::parse("gie-default").unwrap().deploy, Deployment::Ideal);
+        for bad in [
+            "gie-default@4x2+epp",
+            "gie-default+epp+relay",
+            "gie-default+relay:1:2",
+            "gie-default+relay:1:0:1:1",
+            "gie-default+nope",
+            "gie-default+sync+sync",
+            "gie-default+epp:100:5:1",
+            "bound+proxy",
+        ] {
+            assert!(PolicySpec::parse(bad).is_none(), "{bad}");
+        }
     }
 }

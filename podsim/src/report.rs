@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use crate::bench::LadderRun;
 use crate::sim::RunResult;
 
 /// What one (policy, rate) run measured, over requests arriving in `[warmup, horizon)`.
@@ -129,7 +130,7 @@ pub fn markdown_in(title: &str, rows: &[Summary], unit: &str) -> String {
         for r in rows.iter().filter(|r| r.qps == q) {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.1}% | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} | {} |",
                 r.policy,
                 r.requests,
                 r.completed,
@@ -141,11 +142,224 @@ pub fn markdown_in(title: &str, rows: &[Summary], unit: &str) -> String {
                 secs(r.e2e_p50),
                 secs(r.e2e_p90),
                 r.output_tok_s,
-                r.hit_rate * 100.0,
+                if r.hit_rate.is_nan() {
+                    "-".to_string()
+                } else {
+                    format!("{:.1}%", r.hit_rate * 100.0)
+                },
                 r.preemptions
             );
         }
+        if rows.iter().any(|r| r.qps == q && r.hit_rate.is_nan()) {
+            let _ = writeln!(
+                out,
+                "\n`bound`: TTFT and E2E are floors no policy that completes every request can go under, out tok/s a ceiling (crate::bound); its other columns are not bounded."
+            );
+        }
         out.push('\n');
+    }
+    out
+}
+
+/// Mean of the finite values, NaN when there is none.
+fn mean(v: &[f64]) -> f64 {
+    let f: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if f.is_empty() {
+        f64::NAN
+    } else {
+        f.iter().sum::<f64>() / f.len() as f64
+    }
+}
+
+fn lo_hi(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .filter(|x| x.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &x| (l.min(x), h.max(x)))
+}
+
+/// Whether a split deployment is within `tol` of the reference at one stage: TTFT p90 at most
+/// `(1 + tol)` × the reference's and out tok/s at least `(1 − tol)` × the reference's.
+pub fn within(p90: f64, tok: f64, ref_p90: f64, ref_tok: f64, tol: f64) -> bool {
+    p90 <= (1.0 + tol) * ref_p90 && tok >= (1.0 - tol) * ref_tok
+}
+
+/// The as-deployed tables of `bench --ladder`: per stage (rate), one row per policy with TTFT
+/// p50/p90 and out tok/s as means over the seeds (p90 and tok/s with their range), out tok/s as a
+/// share of the bound's ceiling, and TTFT p90 and tok/s as ratios to `reference` (one global
+/// view). Then, for every `+relay` policy, the 5 % goal against `reference` per rate.
+pub fn ladder_markdown(title: &str, runs: &[LadderRun], reference: &str, bound: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "## {title}\n");
+    let mut policies: Vec<&str> = Vec::new();
+    let mut seeds: Vec<u64> = Vec::new();
+    for r in runs {
+        if !policies.contains(&r.policy.as_str()) {
+            policies.push(&r.policy);
+        }
+        if !seeds.contains(&r.seed) {
+            seeds.push(r.seed);
+        }
+    }
+    let Some(stages) = runs.first().map(|r| r.stages.len()) else {
+        return out;
+    };
+    // (policy, stage) → per-seed (p50, p90, tok/s)
+    let values = |p: &str, k: usize| -> Vec<(u64, f64, f64, f64)> {
+        runs.iter()
+            .filter(|r| r.policy == p)
+            .filter_map(|r| {
+                r.stages.get(k).map(|s| {
+                    (
+                        r.seed,
+                        s.ttft_p50.unwrap_or(f64::NAN),
+                        s.ttft_p90.unwrap_or(f64::NAN),
+                        s.output_tok_s,
+                    )
+                })
+            })
+            .collect()
+    };
+    let col =
+        |v: &[(u64, f64, f64, f64)], f: fn(&(u64, f64, f64, f64)) -> f64| -> Vec<f64> { v.iter().map(f).collect() };
+    let has_ref = policies.contains(&reference);
+    let has_bound = policies.contains(&bound);
+    for k in 0..stages {
+        let st = &runs[0].stages[k];
+        let _ = writeln!(
+            out,
+            "### rate {} ({} s, {} requests)\n",
+            st.rate, st.duration_s, st.requests
+        );
+        let _ = writeln!(
+            out,
+            "| deployment | TTFT p50 s | TTFT p90 s (range) | out tok/s (range) | % of bound tok/s | p90 ÷ one view | tok/s ÷ one view | hit % |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        let rv = values(reference, k);
+        let (ref_p90, ref_tok) = (mean(&col(&rv, |x| x.2)), mean(&col(&rv, |x| x.3)));
+        let bound_tok = mean(&col(&values(bound, k), |x| x.3));
+        for p in &policies {
+            let v = values(p, k);
+            let (p50, p90, tok) = (col(&v, |x| x.1), col(&v, |x| x.2), col(&v, |x| x.3));
+            let (m90, mtok) = (mean(&p90), mean(&tok));
+            let (l90, h90) = lo_hi(&p90);
+            let (ltok, htok) = lo_hi(&tok);
+            let hit = mean(
+                &runs
+                    .iter()
+                    .filter(|r| r.policy == *p)
+                    .map(|r| r.hit_rate)
+                    .collect::<Vec<_>>(),
+            );
+            let ratio = |a: f64, b: f64, on: bool| {
+                if on && b > 0.0 && a.is_finite() {
+                    format!("{:.2}", a / b)
+                } else {
+                    "-".into()
+                }
+            };
+            let _ = writeln!(
+                out,
+                "| {p} | {} | {} ({}–{}) | {mtok:.0} ({ltok:.0}–{htok:.0}) | {} | {} | {} | {} |",
+                secs(mean(&p50)),
+                secs(m90),
+                secs(l90),
+                secs(h90),
+                if has_bound && *p != bound {
+                    format!("{:.0}", 100.0 * mtok / bound_tok)
+                } else {
+                    "-".into()
+                },
+                ratio(m90, ref_p90, has_ref && *p != bound),
+                ratio(mtok, ref_tok, has_ref && *p != bound),
+                if hit.is_nan() {
+                    "-".into()
+                } else {
+                    format!("{:.1}", hit * 100.0)
+                },
+            );
+        }
+        out.push('\n');
+    }
+    if has_bound {
+        let _ = writeln!(
+            out,
+            "`{bound}`: TTFT columns are floors, out tok/s a ceiling (crate::bound); means over seeds {seeds:?}.\n"
+        );
+    }
+    if has_ref {
+        for p in policies.iter().filter(|p| p.contains("+relay")) {
+            let _ = writeln!(out, "### 5 % goal: {p} vs {reference}\n");
+            let _ = writeln!(
+                out,
+                "| rate | p90 ÷ one view (mean) | tok/s ÷ one view (mean) | within 5 % (means) | seeds within 5 % | worst seed p90 ÷ | worst seed tok/s ÷ |"
+            );
+            let _ = writeln!(out, "|---:|---:|---:|---|---:|---:|---:|");
+            let mut failing: Vec<f64> = Vec::new();
+            for k in 0..stages {
+                let (v, rv) = (values(p, k), values(reference, k));
+                let (m90, mtok) = (mean(&col(&v, |x| x.2)), mean(&col(&v, |x| x.3)));
+                let (r90, rtok) = (mean(&col(&rv, |x| x.2)), mean(&col(&rv, |x| x.3)));
+                let ok = within(m90, mtok, r90, rtok, 0.05);
+                if !ok {
+                    failing.push(runs[0].stages[k].rate);
+                }
+                let mut seeds_ok = 0;
+                let (mut worst90, mut worsttok) = (0.0f64, f64::INFINITY);
+                for &(seed, _, p90, tok) in &v {
+                    if let Some(&(_, _, q90, qtok)) = rv.iter().find(|x| x.0 == seed) {
+                        seeds_ok += within(p90, tok, q90, qtok, 0.05) as usize;
+                        worst90 = worst90.max(p90 / q90);
+                        worsttok = worsttok.min(tok / qtok);
+                    }
+                }
+                let _ = writeln!(
+                    out,
+                    "| {} | {:.3} | {:.3} | {} | {seeds_ok}/{} | {worst90:.3} | {worsttok:.3} |",
+                    runs[0].stages[k].rate,
+                    m90 / r90,
+                    mtok / rtok,
+                    if ok { "yes" } else { "**no**" },
+                    v.len(),
+                );
+            }
+            let _ = writeln!(
+                out,
+                "\n{p}: {}\n",
+                if failing.is_empty() {
+                    "within 5 % of one view at every rate (means over seeds)".to_string()
+                } else {
+                    format!("not within 5 % at rates {failing:?} (means over seeds)")
+                }
+            );
+        }
+    }
+    out
+}
+
+/// Every (seed, policy, stage) of a ladder plan as CSV.
+pub fn ladder_csv(runs: &[LadderRun]) -> String {
+    let mut out = String::from("seed,policy,rate,duration_s,requests,successes,output_tok_s,ttft_p50_s,ttft_p90_s,ntpot_p50_s,hit_rate,preemptions\n");
+    let f = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.5}"));
+    for r in runs {
+        for s in &r.stages {
+            let _ = writeln!(
+                out,
+                "{},{},{},{},{},{},{:.1},{},{},{},{:.4},{}",
+                r.seed,
+                r.policy,
+                s.rate,
+                s.duration_s,
+                s.requests,
+                s.successes,
+                s.output_tok_s,
+                f(s.ttft_p50),
+                f(s.ttft_p90),
+                f(s.ntpot_p50),
+                r.hit_rate,
+                r.preemptions
+            );
+        }
     }
     out
 }
@@ -180,7 +394,8 @@ pub fn csv(workload: &str, rows: &[Summary]) -> String {
 
 /// Where a policy's throughput stops growing: the lowest rate at which its `metric` reaches
 /// 95 % of the policy's best over the sweep. llm-d's catalog runs compare each router's
-/// throughput at its own knee with round-robin's (calibration.md §5.1); the blog does not define
+/// throughput at its own knee with round-robin's (`docs/epp.md`, "Published EPP performance
+/// figures"); the blog does not define
 /// the knee numerically, so this threshold is ours.
 pub fn knee<'a>(rows: &'a [Summary], policy: &str, metric: fn(&Summary) -> f64) -> Option<&'a Summary> {
     let mine: Vec<&Summary> = rows.iter().filter(|r| r.policy == policy).collect();

@@ -22,6 +22,7 @@ use picker_core::{
 };
 
 use crate::calib::{micros, Micros, ServerParams};
+use crate::deploy::{Deployment, Epp, Relay, RelayStats};
 use crate::ladder::{Drain, Staging, LEAD};
 use crate::model_server::{EngineEvent, SeqSpec, Server};
 use crate::policy::{PolicyKind, PolicySpec, ORACLE_WEIGHTS};
@@ -33,7 +34,8 @@ pub struct SimConfig {
     pub servers: usize,
     pub params: ServerParams,
     /// **\[src\]** 50 ms: llm-d-router `pkg/epp/datalayer/runtime.go` `defaultRefreshInterval`
-    /// (epp.md §2 "Scrape"); BLIS uses the same staleness (calibration.md §4).
+    /// (`docs/engines.md`, "Scrape interval"); the peer simulator BLIS
+    /// (inference-sim/inference-sim) models the same lag with its `--snapshot-refresh-interval`.
     pub scrape_interval: Micros,
     /// Requests arriving before this are warm-up: served, but not in the latency statistics;
     /// throughput counts tokens generated in `[warmup, horizon)`.
@@ -50,7 +52,8 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
-    /// 8 servers (the llm-d b2b-saas cluster, epp.md §6.4), Qwen3-32B TP2 H100 each.
+    /// 8 servers (the llm-d b2b-saas cluster, `docs/engines.md`, "Shared-prefix workload"),
+    /// Qwen3-32B TP2 H100 each.
     pub fn llmd_cluster(horizon_s: u64, warmup_s: u64, seed: u64) -> Self {
         SimConfig {
             servers: 8,
@@ -98,11 +101,15 @@ pub struct RunResult {
     pub end: Micros,
     pub warmup: Micros,
     pub horizon: Micros,
+    /// The replica relay's counters (`+relay`; zero otherwise).
+    pub relay: RelayStats,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
     StepDone(u32),
+    /// The pick for this request is due (after the decision cost or the EPP hop).
+    Decide(u32),
 }
 
 /// Address of simulated server `i`: 10.0.(i / 250).(i % 250 + 1):8000.
@@ -126,6 +133,10 @@ struct Gateway {
     rng: SplitMix64,
     /// Chooses the replica and worker of each request (connection spreading).
     topo_rng: SplitMix64,
+    /// The replicas' relay (`+relay`).
+    relay: Option<Relay>,
+    /// The central EPP's queue and hop (`+epp`).
+    epp: Option<Epp>,
 }
 
 /// Runs `trace` through a cluster routed by `policy`.
@@ -156,7 +167,22 @@ pub fn run(cfg: &SimConfig, trace: &Trace, policy: &PolicySpec) -> RunResult {
         rr_next: 0,
         rng: SplitMix64::new(cfg.seed ^ 0x5EED_0001),
         topo_rng: SplitMix64::new(cfg.seed ^ 0x5EED_0002),
+        relay: policy
+            .relay
+            .map(|p| Relay::new(p, replicas, n, SyncParams::default().ring, cfg.seed ^ 0x5EED_0004)),
+        epp: match policy.deploy {
+            Deployment::CentralEpp(e) => Some(Epp::new(e, cfg.seed ^ 0x5EED_0003)),
+            _ => None,
+        },
     };
+    assert!(
+        !matches!(policy.kind, PolicyKind::Bound),
+        "the bound is computed (crate::bound), not simulated"
+    );
+    // Requests whose pick is due (their Decide event fired); they hold a client slot already.
+    let mut ready: std::collections::VecDeque<usize> = std::collections::VecDeque::new();
+    // Replica r's in-flight view for the pick in progress.
+    let mut view: Vec<InFlight> = Vec::with_capacity(n);
     // Which replica sent each request (to release its in-flight count), and the in-flight tokens
     // it still holds there (its uncached prompt tokens until its first token, then 0).
     let mut sent_by: Vec<u32> = vec![0; trace.arrivals.len()];
@@ -219,8 +245,11 @@ pub fn run(cfg: &SimConfig, trace: &Trace, policy: &PolicySpec) -> RunResult {
         if t > stop_at {
             break;
         }
-        // Scrapes strictly before this event see the state before it.
+        // Scrapes and relay batches strictly before this event see the state before it.
         scraper.advance(t, &servers, trace);
+        if let Some(r) = &mut gw.relay {
+            r.tick_until(t, &gw.inflight);
+        }
         now = t;
 
         if is_arrival {
@@ -230,13 +259,17 @@ pub fn run(cfg: &SimConfig, trace: &Trace, policy: &PolicySpec) -> RunResult {
             client_queue.push_back(cursor);
             cursor += 1;
         } else {
-            let Reverse((_, _, Ev::StepDone(s))) = heap.pop().expect("peeked");
-            let srv = &mut servers[s as usize];
-            let tokens = srv.finish_step(&mut engine_out);
-            if now >= cfg.warmup && now < cfg.horizon {
-                window_tokens += tokens as u64;
+            match heap.pop().expect("peeked") {
+                Reverse((_, _, Ev::StepDone(s))) => {
+                    let srv = &mut servers[s as usize];
+                    let tokens = srv.finish_step(&mut engine_out);
+                    if now >= cfg.warmup && now < cfg.horizon {
+                        window_tokens += tokens as u64;
+                    }
+                    start(srv, s as usize, now, &mut heap, &mut ev_seq, &mut engine_out);
+                }
+                Reverse((_, _, Ev::Decide(id))) => ready.push_back(id as usize),
             }
-            start(srv, s as usize, now, &mut heap, &mut ev_seq, &mut engine_out);
         }
 
         // Settle this instant: record engine events, then send what the client may send.
@@ -247,10 +280,15 @@ pub fn run(cfg: &SimConfig, trace: &Trace, policy: &PolicySpec) -> RunResult {
                         records[id].first_token = Some(now);
                         // llm-d's in-flight producer: the pending prefill ends with the first chunk.
                         let s = records[id].server.expect("routed") as usize;
-                        let f = &mut gw.inflight[sent_by[id] as usize][s];
+                        let r = sent_by[id] as usize;
+                        let f = &mut gw.inflight[r][s];
                         debug_assert!(f.tokens >= held[id]);
                         total_inflight_tokens -= held[id];
                         f.tokens -= std::mem::take(&mut held[id]);
+                        if let Some(relay) = &mut gw.relay {
+                            let head = Relay::head(&mut gw.rings[r]);
+                            relay.changed(r, now, &mut gw.rings[r], head, &gw.inflight[r]);
+                        }
                         if now >= cfg.warmup && now < cfg.horizon {
                             window_prompt_tokens += trace.prompts[trace.arrivals[id].prompt as usize].tokens as u64;
                         }
@@ -263,12 +301,17 @@ pub fn run(cfg: &SimConfig, trace: &Trace, policy: &PolicySpec) -> RunResult {
                         }
                         outstanding -= 1;
                         let s = records[id].server.expect("routed") as usize;
-                        let f = &mut gw.inflight[sent_by[id] as usize][s];
+                        let r = sent_by[id] as usize;
+                        let f = &mut gw.inflight[r][s];
                         debug_assert!(f.requests >= 1 && f.tokens >= held[id]);
                         f.requests -= 1;
                         // Nonzero only when the request ended without a first token (aborted).
                         total_inflight_tokens -= held[id];
                         f.tokens -= std::mem::take(&mut held[id]);
+                        if let Some(relay) = &mut gw.relay {
+                            let head = Relay::head(&mut gw.rings[r]);
+                            relay.changed(r, now, &mut gw.rings[r], head, &gw.inflight[r]);
+                        }
                         release(id, now, &mut records, &mut client_queue);
                         if let Some(g) = &mut gate {
                             g.ended(id, now);
@@ -276,13 +319,31 @@ pub fn run(cfg: &SimConfig, trace: &Trace, policy: &PolicySpec) -> RunResult {
                     }
                 }
             }
-            if outstanding >= cap {
-                break;
-            }
-            let Some(idx) = client_queue.pop_front() else { break };
+            // A request whose pick is due goes first; it already holds a client slot.
+            let (idx, counted) = match ready.pop_front() {
+                Some(i) => (i, true),
+                None => {
+                    if outstanding >= cap {
+                        break;
+                    }
+                    let Some(i) = client_queue.pop_front() else { break };
+                    records[i].sent = now;
+                    let delay = match policy.deploy {
+                        Deployment::Ideal => 0,
+                        Deployment::InProxy { decision_cost } => decision_cost,
+                        Deployment::CentralEpp(_) => gw.epp.as_mut().expect("built for +epp").delay(now),
+                    };
+                    if delay > 0 {
+                        outstanding += 1;
+                        ev_seq += 1;
+                        heap.push(Reverse((now + delay, ev_seq, Ev::Decide(i as u32))));
+                        continue;
+                    }
+                    (i, false)
+                }
+            };
             let a = trace.arrivals[idx];
             let prompt = &trace.prompts[a.prompt as usize];
-            records[idx].sent = now;
             let pool = scraper.pool();
             let replica = if replicas > 1 {
                 gw.topo_rng.below(replicas as u64) as usize
@@ -294,6 +355,20 @@ pub fn run(cfg: &SimConfig, trace: &Trace, policy: &PolicySpec) -> RunResult {
             } else {
                 0
             };
+            // The replica's in-flight view: its own exact counts, plus (with the relay) every
+            // other replica's as last received.
+            let since = match &mut gw.relay {
+                Some(relay) => {
+                    relay.deliver(now, &mut gw.rings);
+                    relay.view(replica, &gw.inflight[replica], &mut view);
+                    Relay::head(&mut gw.rings[replica])
+                }
+                None => {
+                    view.clear();
+                    view.extend_from_slice(&gw.inflight[replica]);
+                    0
+                }
+            };
             let choice = route(
                 &mut gw,
                 replica,
@@ -303,11 +378,18 @@ pub fn run(cfg: &SimConfig, trace: &Trace, policy: &PolicySpec) -> RunResult {
                 a.priority,
                 a.adapter,
                 pool,
+                &view,
                 &servers,
                 now,
             );
             let Some((s, tokens)) = choice else {
                 records[idx].shed = true;
+                if counted {
+                    outstanding -= 1;
+                }
+                if let Some(relay) = &mut gw.relay {
+                    relay.changed(replica, now, &mut gw.rings[replica], since, &gw.inflight[replica]);
+                }
                 release(idx, now, &mut records, &mut client_queue);
                 if let Some(g) = &mut gate {
                     g.ended(idx, now);
@@ -320,8 +402,13 @@ pub fn run(cfg: &SimConfig, trace: &Trace, policy: &PolicySpec) -> RunResult {
             held[idx] = tokens;
             total_inflight_tokens += tokens;
             max_inflight_tokens = max_inflight_tokens.max(total_inflight_tokens);
-            outstanding += 1;
+            if !counted {
+                outstanding += 1;
+            }
             sent_by[idx] = replica as u32;
+            if let Some(relay) = &mut gw.relay {
+                relay.changed(replica, now, &mut gw.rings[replica], since, &gw.inflight[replica]);
+            }
             records[idx].server = Some(s as u32);
             let srv = &mut servers[s];
             srv.enqueue(SeqSpec {
@@ -361,6 +448,7 @@ pub fn run(cfg: &SimConfig, trace: &Trace, policy: &PolicySpec) -> RunResult {
         end: now,
         warmup: cfg.warmup,
         horizon: cfg.horizon,
+        relay: gw.relay.map_or_else(RelayStats::default, |r| r.stats),
     }
 }
 
@@ -530,12 +618,12 @@ fn route(
     priority: i32,
     adapter: Option<u16>,
     pool: &Pool,
+    inflight: &[InFlight],
     servers: &[Server],
     now: Micros,
 ) -> Option<(usize, u64)> {
     let n = servers.len();
     let whole = (trace.prompts[prompt_idx].len() / BYTES_PER_TOKEN) as u64;
-    let inflight = &gw.inflight[replica];
     match &gw.kind {
         PolicyKind::Random => Some((gw.rng.below(n as u64) as usize, whole)),
         PolicyKind::RoundRobin => {
@@ -598,6 +686,7 @@ fn route(
                 Routing::ModelNotAllowed => None,
             }
         }
+        PolicyKind::Bound => unreachable!("checked in run"),
     }
 }
 
@@ -772,6 +861,85 @@ mod tests {
         let one = servers("gie-default");
         assert_eq!(servers("gie-default@4x1+sync"), one);
         assert_ne!(servers("gie-default@4x1"), one);
+    }
+
+    #[test]
+    fn relayed_replicas_with_no_delay_route_like_one_view() {
+        // With a zero-delay, lossless relay every replica's ring gets every insertion before the
+        // next pick and every replica sees every count: the decisions of one view (same decision
+        // cost, same gateway RNG).
+        let cfg = tiny_cluster();
+        let trace = tiny_trace(8.0);
+        let run_named = |name: &str| run(&cfg, &trace, &PolicySpec::parse(name).unwrap());
+        let servers = |r: &RunResult| -> Vec<Option<u32>> { r.records.iter().map(|x| x.server).collect() };
+        for base in ["gie-default", "wasm-epp-default", "llm-d-optimized-baseline"] {
+            let one = run_named(&format!("{base}+proxy"));
+            let relayed = run_named(&format!("{base}@2x2+relay:0"));
+            assert_eq!(servers(&relayed), servers(&one), "{base}");
+            assert_eq!(relayed.relay.lost, 0);
+            let routed = relayed.records.iter().filter(|x| x.server.is_some()).count() as u64;
+            // Each insertion reaches the other replica (batches are applied before the next pick,
+            // so the last request's is still on its way when the run ends).
+            let applied = relayed.relay.records_applied;
+            assert!(
+                (routed - 1..=routed).contains(&applied),
+                "{base}: {applied} of {routed}"
+            );
+            assert_eq!(relayed.inflight_left, (0, 0));
+            let late = run_named(&format!("{base}@2x2+relay:100"));
+            assert_eq!(late.inflight_left, (0, 0));
+        }
+        // Without the relay, replicas learn alone.
+        let one = run_named("gie-default+proxy");
+        assert_ne!(servers(&run_named("gie-default@2x2+sync+proxy")), servers(&one));
+        // Lossy and batched relays stay deterministic and account every request.
+        let a = run_named("wasm-epp-default@2x3+relay:50:0.3:20");
+        assert_eq!(a, run_named("wasm-epp-default@2x3+relay:50:0.3:20"));
+        assert!(a.relay.lost > 0 && a.relay.lost < a.relay.sent, "{:?}", a.relay);
+        assert!(a.records.iter().all(|r| r.finish.is_some()));
+    }
+
+    #[test]
+    fn the_central_epp_delays_every_request_by_its_hop() {
+        let cfg = tiny_cluster();
+        let trace = tiny_trace(8.0);
+        let ideal = run(&cfg, &trace, &PolicySpec::parse("gie-default").unwrap());
+        let epp = run(&cfg, &trace, &PolicySpec::parse("gie-default+epp:1000:20:20").unwrap());
+        // A fixed 20 ms hop: every request is sent when it arrives and reaches its server 20 ms
+        // later, so its TTFT is at least 20 ms plus a step.
+        for r in &epp.records {
+            assert_eq!(r.sent, r.arrival);
+            assert!(r.first_token.unwrap() >= r.sent + 20_000 + 10_000);
+        }
+        let ttft = |r: &RunResult| {
+            let v: Vec<Micros> = r.records.iter().map(|x| x.first_token.unwrap() - x.sent).collect();
+            v.iter().sum::<Micros>() / v.len() as Micros
+        };
+        assert!(
+            ttft(&epp) >= ttft(&ideal) + 15_000,
+            "{} vs {}",
+            ttft(&epp),
+            ttft(&ideal)
+        );
+        assert_eq!(epp.inflight_left, (0, 0));
+        // With a client cap the held requests count as outstanding while they wait for the EPP.
+        let capped = SimConfig {
+            max_concurrency: Some(2),
+            ..tiny_cluster()
+        };
+        let r = run(&capped, &trace, &PolicySpec::parse("gie-default+epp").unwrap());
+        assert!(r.records.iter().all(|x| x.finish.is_some()));
+        let mut ev: Vec<(Micros, i32)> = r
+            .records
+            .iter()
+            .flat_map(|x| [(x.sent, 1), (x.finish.unwrap(), -1)])
+            .collect();
+        ev.sort();
+        let mut open = 0;
+        for (_, d) in ev {
+            open += d;
+            assert!(open <= 2);
+        }
     }
 
     #[test]

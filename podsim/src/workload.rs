@@ -3,7 +3,8 @@
 //!
 //! Text is made of 4-byte "tokens" (three lowercase letters and a space), so a prompt of `n`
 //! tokens is exactly `4n` bytes, matching the 4 characters per token that GIE's approximate prefix
-//! cache assumes (epp.md §3.6) and making one 16-token KV block exactly one 64-byte picker block.
+//! cache assumes (`docs/epp.md`, "Approximate prefix cache") and making one 16-token KV block
+//! exactly one 64-byte picker block.
 //! Shared prefixes are shared *bytes*: every user of a group sends the same system-prompt bytes.
 
 use std::sync::Arc;
@@ -163,7 +164,8 @@ pub struct SharedPrefix {
 impl SharedPrefix {
     /// **\[src\]** 150 groups × 5 users, 6,000-token system prompt, 1,200-token question,
     /// 1,000 output tokens (GIE `benchmarking/prefix-cache-aware` short-questions config; llm-d
-    /// `guides/inference-scheduling/README.md` @086f217; epp.md §6.3–6.4; calibration.md §3).
+    /// `guides/inference-scheduling/README.md` @086f217; `docs/engines.md`, "Shared-prefix
+    /// workload").
     pub const LLMD: SharedPrefix = SharedPrefix {
         groups: 150,
         users_per_group: 5,
@@ -215,10 +217,11 @@ impl SharedPrefix {
 /// ShareGPT-like lengths with no prefix sharing.
 ///
 /// **\[src\]** means: 229.7 input / 203.1 output tokens (vLLM PR #18566, 1000 ShareGPT requests,
-/// Llama-3.1 tokenizer; calibration.md §3). **\[src\]** filter: vLLM `is_valid_sequence` drops
-/// prompt < 4 or output < 4, prompt > 1024, prompt + output > 2048. **\[assumption\]** the shape:
-/// no citable median or p90 exists (calibration.md "Gaps"), so both lengths are log-normal with
-/// σ = 1.0 (log space) and the cited means, resampled until they pass the filter.
+/// Llama-3.1 tokenizer; `docs/engines.md`, "ShareGPT-like lengths"). **\[src\]** filter: vLLM
+/// `is_valid_sequence` drops prompt < 4 or output < 4, prompt > 1024, prompt + output > 2048.
+/// **\[assumption\]** the shape: no citable median or p90 was found, so both lengths are
+/// log-normal with σ = 1.0 (log space) and the cited means, resampled until they pass the
+/// filter.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ShareGptLike {
     pub mean_in: f64,
@@ -284,7 +287,7 @@ impl ShareGptLike {
 
 /// On/off arrivals over the shared-prefix prompt set, half of them sheddable: exercises
 /// picker-core's admission (GIE legacy shedding of negative-priority requests when the pool's
-/// saturation reaches 1, epp.md §3.8).
+/// saturation reaches 1, `docs/epp.md`, "Saturation detector and shedding").
 ///
 /// **\[assumption\]** the shape: `on` seconds at `on_factor × qps` alternate with `off` seconds at
 /// `off_factor × qps` (mean rate `qps` when the factors average to 1); each request is sheddable
@@ -365,7 +368,7 @@ impl Bursts {
 
 /// Multi-LoRA traffic: ShareGPT-like requests (no prefix sharing) spread over 15 adapters in
 /// three traffic classes. **\[src\]** 15 adapters at 60/30/10 % (12/6/2 % each), GIE
-/// `site-src/performance/regression-testing/index.md` `multilora-workload` (epp.md §6.3).
+/// `site-src/performance/regression-testing/index.md` @1748e829 `multilora-workload`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MultiLora {
     pub lengths: ShareGptLike,
@@ -506,8 +509,8 @@ pub struct ConversationReplay {
 
 impl ConversationReplay {
     /// **\[src\]** llm-d's code-generation run (llm-d.github.io
-    /// `blog/2026-08-17_sticky-until-saturated-token-aware-routing.mdx`; calibration.md §3
-    /// "2026-08 Sticky Until Saturated blog"), the catalog entry of that time, kubernetes-sigs/inference-perf
+    /// `blog/2026-08-17_bottleneck-aware-scheduling-for-llm-inference.mdx` @25e593b2, "Sticky Until
+    /// Saturated"), the catalog entry of that time, kubernetes-sigs/inference-perf
     /// @e2c6268c `workload-catalog/code-generation/inference-perf.yaml`: shared system prompt
     /// 3,000 tokens; dynamic system prompt uniform 15,000–120,000; turns normal 2–20 (mean 6,
     /// sd 3.5); input per turn log-normal 100–10,000 (mean 1,500, sd 1,200); output per turn
@@ -541,7 +544,7 @@ impl ConversationReplay {
         stagger_s: 10.0,
     };
 
-    /// **\[src\]** llm-d's reasoning run (same blog; calibration.md §3) and
+    /// **\[src\]** llm-d's reasoning run (same blog; `docs/engines.md`, "Conversation workloads") and
     /// kubernetes-sigs/inference-perf `workload-catalog/reasoning/inference-perf.yaml` @5cbfb21c:
     /// shared system prompt 250 tokens, no dynamic part, one turn, input log-normal 100–5,000
     /// (mean 1,000, sd 800), output exponential 500–32,000 (mean 8,000; the file's sd 6,500 has

@@ -1,4 +1,4 @@
-//! Tuning is reviewed as diffs of deterministic simulation tables (CONVENTIONS.md §11): the
+//! Tuning is reviewed as diffs of deterministic simulation tables: the
 //! `--quick` shared-prefix table is kept under version control and compared here.
 //!
 //! After an intended behaviour change (in podsim or in picker-core), regenerate with

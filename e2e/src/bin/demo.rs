@@ -5,7 +5,8 @@
 //! shared-prefix workload (llm-d's shape, scaled down) through the gateway twice, once with the
 //! picker and once with the cluster's plain round-robin, each on fresh pods; prints TTFT p50/p90,
 //! throughput and prefix-cache hit rate side by side. Everything runs in this process, so
-//! Ctrl-C or a failure stops all of it.
+//! Ctrl-C or a failure stops all of it. Progress is an indicatif bar on a terminal and a plain
+//! line every 10 s otherwise (`e2e::progress`).
 //!
 //! ```text
 //! demo [--pods 4] [--qps 14] [--seconds 150] [--speed 5] [--groups 96] [--users 5]
@@ -17,6 +18,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use e2e::load::{run_trace, Summary};
+use e2e::progress::Progress;
 use e2e::stack::{self, Collector, GatewaySpec};
 use podsim::workload::{SharedPrefix, MODEL};
 use serde_json::json;
@@ -103,15 +105,15 @@ async fn run_arm(arm: &Arm, a: &Args) -> Result<(Summary, usize), String> {
     );
     let started = Instant::now();
     let name = arm.name;
+    let mut progress = Progress::new(name, n as u64);
+    let mut last_done = 0;
     let outcomes = run_trace(gw.addr(), &trace, a.speed, |sent, done| {
-        eprint!(
-            "\r  {name:<16} sent {sent:>5}/{n}  finished {done:>5}  ({:>4.0} s)   ",
-            started.elapsed().as_secs_f64()
-        );
+        last_done = done as u64;
+        progress.update(done as u64, &format!("finished ({sent}/{n} sent)"));
     })
     .await;
     let wall = started.elapsed();
-    eprintln!();
+    progress.finish(last_done, &format!("finished in {:.0} s", wall.as_secs_f64()));
     let failed = outcomes.iter().filter(|o| o.status != 200 || !o.complete).count();
     if let Some(o) = outcomes.iter().find(|o| o.status != 200 || !o.complete) {
         eprintln!(

@@ -77,7 +77,7 @@ fn send_headers_only(host: &mut Host, chunks: usize) -> StreamId {
 #[test]
 fn headers_only_mode_passes_bodies_through_without_a_second_pick() {
     for allow_stop in [false, true] {
-        let mut host = host_with(Profile::Envoy, &headers_only_config("envoy"), 1, allow_stop);
+        let mut host = host_with(HostProfile::Envoy, &headers_only_config("envoy"), 1, allow_stop);
         for chunks in [0, 1, 2, 7] {
             for _ in 0..3 {
                 let s = send_headers_only(&mut host, chunks);
@@ -95,7 +95,7 @@ fn headers_only_mode_passes_bodies_through_without_a_second_pick() {
 
 #[test]
 fn gcp_headers_only_passes_bodies_through() {
-    let mut host = host_with(Profile::Gcp, &headers_only_config("gcp"), 1, false);
+    let mut host = host_with(HostProfile::Gcp, &headers_only_config("gcp"), 1, false);
     for chunks in [0, 1, 2, 7] {
         let body = chat_body(MODEL, "system", "question");
         let wk = host.worker(0);
@@ -210,7 +210,7 @@ proptest! {
                 "endpoints":["10.0.0.1:8000","10.0.0.2:8000"]}}"#
         );
         let cfg = if gcp { cfg.replace(&format!(r#""snapshot":{{"token":"{TOKEN}"}},"#), "") } else { cfg };
-        let mut host = host_with(if gcp { Profile::Gcp } else { Profile::Envoy }, &cfg, 1, allow_stop);
+        let mut host = host_with(if gcp { HostProfile::Gcp } else { HostProfile::Envoy }, &cfg, 1, allow_stop);
         let body = chat_body(MODEL, "s", "q");
         for _ in 0..streams {
             let wk = host.worker(0);
@@ -261,7 +261,7 @@ proptest! {
 #[test]
 fn counts_heal_after_a_vm_dies_mid_stream() {
     let ttl_ms = 2_000;
-    let mut o = HostOptions::new(Profile::Envoy);
+    let mut o = HostOptions::new(HostProfile::Envoy);
     o.vm_id = "wasm-epp".into();
     o.plugin_config = base_config(&format!(r#""inflightTtlMs":{ttl_ms}"#)).into_bytes();
     o.allow_on_headers_stop_iteration = true;
@@ -356,7 +356,7 @@ fn a_model_that_is_not_a_header_value_is_refused() {
 #[test]
 fn a_rewrite_target_that_is_not_a_header_value_is_a_config_error() {
     let cfg = base_config(r#""models":{"rewrites":[{"model":"a","targets":[{"model":"b\r\nx: 1","weight":1}]}]}"#);
-    let mut o = HostOptions::new(Profile::Envoy);
+    let mut o = HostOptions::new(HostProfile::Envoy);
     o.plugin_config = cfg.into_bytes();
     assert!(Host::new(plugin(), o, 1).is_err(), "on_configure returns false");
 }

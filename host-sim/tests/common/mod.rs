@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
-use host_sim::{Headers, Host, HostOptions, Plugin, Profile};
+use host_sim::{Headers, Host, HostOptions, HostProfile, Plugin};
 
 /// Directory of the built modules: `$HOST_SIM_MODULES`, else `<repo>/target/host-sim-modules`.
 pub fn modules_dir() -> PathBuf {
@@ -40,11 +40,11 @@ pub fn plugin(name: &str) -> Plugin {
 }
 
 pub fn envoy() -> HostOptions {
-    HostOptions::new(Profile::Envoy)
+    HostOptions::new(HostProfile::Envoy)
 }
 
 pub fn gcp() -> HostOptions {
-    HostOptions::new(Profile::Gcp)
+    HostOptions::new(HostProfile::Gcp)
 }
 
 #[track_caller]

@@ -108,7 +108,7 @@ fn config_adds_configured_header_and_rejects_bad_config() {
     w.response_headers(s, hdrs(&[(":status", "200")]), true);
     let dh = w.downstream(s).unwrap().headers.clone().unwrap();
     assert_eq!(get(&dh, "x-config"), Some("my-value"));
-    // on_configure returns false: Envoy NACKs the config (§4.2).
+    // on_configure returns false: Envoy NACKs the config (docs/proxy-wasm.md#plugin-configuration).
     let mut o = envoy();
     o.plugin_config = vec![0xff, 0xfe];
     let r = host_sim::Host::new(&plugin("config"), o, 1);

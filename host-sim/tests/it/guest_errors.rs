@@ -1,6 +1,6 @@
 //! Guest misbehaviour is a status or a reported trap, never a host panic (hand-written WAT).
 
-use host_sim::{Host, HostOptions, Plugin, Profile, Status};
+use host_sim::{Host, HostOptions, HostProfile, Plugin, Status};
 
 const WAT: &str = r#"
 (module
@@ -43,7 +43,8 @@ const WAT: &str = r#"
 #[test]
 fn bad_guest_arguments_get_statuses_and_a_trap_is_contained() {
     let plugin = Plugin::from_bytes(WAT.as_bytes()).unwrap();
-    let mut h = Host::new(&plugin, HostOptions::new(Profile::Envoy), 1).expect("on_vm_start saw the right statuses");
+    let mut h =
+        Host::new(&plugin, HostOptions::new(HostProfile::Envoy), 1).expect("on_vm_start saw the right statuses");
     let errs: Vec<(&str, Status)> = h.workers[0]
         .hostcall_errors()
         .iter()
@@ -72,6 +73,6 @@ fn bad_guest_arguments_get_statuses_and_a_trap_is_contained() {
 fn gcp_answers_unimplemented_for_metrics() {
     let plugin = Plugin::from_bytes(WAT.as_bytes()).unwrap();
     // Under GCP define_metric is not in the documented subset: 12, so on_vm_start fails.
-    let r = Host::new(&plugin, HostOptions::new(Profile::Gcp), 1);
+    let r = Host::new(&plugin, HostOptions::new(HostProfile::Gcp), 1);
     assert!(matches!(r, Err(host_sim::Error::Rejected(_))), "{:?}", r.err());
 }

@@ -4,8 +4,8 @@
 //! and their public sources are listed in host-sim's crate docs ("Envoy profile: what is
 //! modelled").
 
-use host_sim::host::Phase;
-use host_sim::{CallResponse, Forwarded, Headers, Host, HostOptions, Plugin, Profile, Status};
+use host_sim::hostcalls::Callback;
+use host_sim::{CallResponse, Forwarded, Headers, Host, HostOptions, HostProfile, Plugin, Status};
 
 /// Imports, memory, a bump allocator and `$check` (traps when its argument is 0), shared by every
 /// module below. Modules put their data below 4096 and use 16..48 as out-parameter slots.
@@ -43,7 +43,7 @@ fn hs(pairs: &[(&str, &str)]) -> Headers {
 /// Runs one request with `headers` (and `body`, if any) through the module and returns the host
 /// and what it forwarded upstream; panics if a check in the module trapped.
 fn forwarded(module: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> (Host, Forwarded) {
-    let mut host = Host::new(&plugin(module), HostOptions::new(Profile::Envoy), 1).unwrap();
+    let mut host = Host::new(&plugin(module), HostOptions::new(HostProfile::Envoy), 1).unwrap();
     let w = host.worker(0);
     let s = w.new_stream();
     w.request_headers(s, hs(headers), body.is_none());
@@ -340,7 +340,7 @@ fn header_map_size_of_an_http_call_response_is_bad_argument() {
         call = wat_bytes(&call),
         len = call.len()
     );
-    let mut opts = HostOptions::new(Profile::Envoy);
+    let mut opts = HostOptions::new(HostProfile::Envoy);
     let answer = CallResponse {
         headers: hs(&[(":status", "200")]),
         ..CallResponse::default()
@@ -354,14 +354,14 @@ fn header_map_size_of_an_http_call_response_is_bad_argument() {
     let errors: Vec<_> = w
         .hostcall_errors()
         .iter()
-        .map(|e| (e.call, e.status, e.phase))
+        .map(|e| (e.call, e.status, e.callback))
         .collect();
     assert_eq!(
         errors,
         [(
             "proxy_get_header_map_size",
             Status::BadArgument,
-            Phase::HttpCallResponse
+            Callback::HttpCallResponse
         )]
     );
 }
@@ -405,7 +405,7 @@ fn set_buffer_bytes_refuses_configurations_and_checks_the_buffer_first() {
         (call $check (i32.eq (call $bset (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0xffff0000) (i32.const 0x1000)) (i32.const 1)))
         (i32.const 1))
     "#;
-    let mut opts = HostOptions::new(Profile::Envoy);
+    let mut opts = HostOptions::new(HostProfile::Envoy);
     opts.vm_config = b"vm".to_vec();
     opts.plugin_config = b"plugin".to_vec();
     let host = Host::new(&plugin(module), opts, 1);

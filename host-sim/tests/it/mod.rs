@@ -4,3 +4,4 @@ mod guest_errors;
 mod header_maps;
 mod probe;
 mod serve;
+mod stop_all;

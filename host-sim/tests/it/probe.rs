@@ -1,6 +1,6 @@
 //! Host semantics checked with host-sim's own probe module (testdata/probe).
 
-use host_sim::{CallResponse, FailurePolicy, Flow, Host, HostOptions, LogLevel, Profile, Status};
+use host_sim::{CallResponse, FailurePolicy, Flow, Host, HostOptions, HostProfile, LogLevel, Status};
 
 use crate::common::*;
 
@@ -16,7 +16,7 @@ fn has_log(h: &Host, needle: &str) -> bool {
     h.logs().iter().any(|l| l.message.contains(needle))
 }
 
-// === Envoy header/body timing (reference §0.3, §4.7) ===
+// === Envoy header/body timing (docs/proxy-wasm.md#header-and-body-phases) ===
 
 #[test]
 fn envoy_header_write_after_continue_is_bad_argument_and_panics_the_sdk() {
@@ -119,11 +119,11 @@ fn client_routing_header_is_stripped() {
         ),
         None
     );
-    // A request-header mutation clears the route cache under ABI 0.2.1 (§4.8).
+    // A request-header mutation clears the route cache under ABI 0.2.1 (docs/proxy-wasm.md#route-cache).
     assert!(w.stream_io(s).unwrap().route_cache_clears >= 1);
 }
 
-// === failure policy (§4.2) ===
+// === failure policy (docs/proxy-wasm.md#failure-policies) ===
 
 #[test]
 fn fail_open_skips_the_filter() {
@@ -181,7 +181,7 @@ fn on_configure_false_rejects_the_config() {
     assert!(matches!(r, Err(host_sim::Error::Rejected(_))), "{:?}", r.err());
 }
 
-// === shared data, queues, ticks, metrics (§4.3-4.5, §1.3) ===
+// === shared data, queues, ticks, metrics (docs/proxy-wasm.md#shared-data and the sections after it) ===
 
 #[test]
 fn shared_data_is_shared_by_workers_with_cas() {
@@ -375,7 +375,7 @@ fn w_finish(h: &mut Host, s: host_sim::StreamId) {
     h.worker(0).finish(s);
 }
 
-// === GCP profile (§6) ===
+// === GCP profile (docs/proxy-wasm.md#gcp-service-extensions) ===
 
 #[test]
 fn gcp_unsupported_hostcalls_are_unimplemented() {
@@ -472,7 +472,7 @@ fn gcp_reports_cpu_per_invocation_and_has_no_on_log() {
         .logs()
         .iter()
         .any(|l| l.message.ends_with(" log") && l.level == LogLevel::Info));
-    assert_eq!(h.opts.profile, Profile::Gcp);
+    assert_eq!(h.opts.profile, HostProfile::Gcp);
 }
 
 #[test]
@@ -483,7 +483,8 @@ fn gcp_body_pause_does_not_accumulate_but_forwards_everything() {
     w.request_headers(s, probe_req("buffer_body"), false);
     w.request_body(s, b"abc", false);
     w.request_body(s, b"defg", true);
-    // The second callback sees only its own chunk (GCP tester semantics, §6.4)...
+    // The second callback sees only its own chunk (GCP tester semantics,
+    // docs/proxy-wasm.md#the-plugin-tester)...
     assert!(has_log(&h, "request body size=3 eos=false"));
     assert!(has_log(&h, "request body size=4 eos=true"));
     // ...and nothing is lost on the way upstream.

@@ -99,7 +99,7 @@ fn gateway(cluster: &[SocketAddr], extra_clusters: &str, allow_stop: bool, worke
         wasm = module_path("probe").display(),
         eps = eps.join(", "),
     );
-    let cfg: GatewayConfig = serde_yaml::from_str(&yaml).unwrap();
+    let cfg: GatewayConfig = serde_saphyr::from_str(&yaml).unwrap();
     Gateway::start_with_plugin(cfg, std::path::Path::new("."), plugin("probe")).expect("gateway starts")
 }
 
