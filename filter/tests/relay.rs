@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 
 use filter::relay::{self, BatchHeader};
-use host_sim::{CallResponse, Host, HostOptions, Plugin, HostProfile, StreamId};
+use host_sim::{CallResponse, Host, HostOptions, HostProfile, Plugin, StreamId};
 use picker_core::{Endpoint, Instant, Snapshot};
 
 const TOKEN: &str = "test-token-0123456789";
