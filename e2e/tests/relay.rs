@@ -140,6 +140,10 @@ async fn one(
     let at = pods.iter().position(|p| p.to_string() == ch).expect("a pool pod");
     let pinned = pods[(at + 1) % pods.len()].to_string();
 
+    // Each prompt starts at another phase of the senders' timers: the wait for B's view of A's
+    // in-flight count to clear (below) ends just after one of A's batches, so without this
+    // offset every prompt would wait most of an interval for the next one.
+    tokio::time::sleep(Duration::from_millis((i as u64 * 23) % INTERVAL_MS)).await;
     let (a_head, b_head) = (ring_head(a), ring_head(b));
     let t0 = Instant::now();
     let steered = call.clone().header(STEER, &pinned);

@@ -83,7 +83,10 @@ impl Sender {
         if self.call.is_some() || now < self.next_ms {
             return;
         }
-        self.next_ms = now + cfg.interval_ms;
+        // Half a timer period early is on time: a host whose ticks come at a fixed rate (or a
+        // ms clock that truncates) may deliver the next one a little under a period after this
+        // one, and skipping it would double the interval.
+        self.next_ms = now + cfg.interval_ms - super::tick_period_ms(&w.config) / 2;
         let ring = w.config.prefix_sync.map_or(1, |p| p.ring);
         let records = match w.appended.as_mut() {
             Some(a) if !a.is_empty() => a.take_records(
