@@ -9,7 +9,8 @@
 #   ./build.sh test     install what is missing, then every check and test (what CI runs)
 #   ./build.sh wasm     the proxy-wasm module: dist/wasm-epp.wasm and dist/wasm-epp.wasm.sha256
 #   ./build.sh bench    criterion benches of the request path (scan, hash, pick)
-#   ./build.sh bench-filter   the compiled module in host-sim: 4 KiB and 220 KiB chat bodies, 64 endpoints
+#   ./build.sh bench-filter   the compiled module in host-sim: 4 KiB and 220 KiB chat bodies, 64 endpoints;
+#                       then the 4 KiB body with the relay off and on (HOST_SIM_FUEL=1: wasm operators)
 #   ./build.sh bench-collector   the collector against 256 podsim pods at 50 ms: CPU, round and push latency
 #   ./build.sh bench-e2e    inference-perf (PyPI, Python >= 3.12) against the stack, shared prefix,
 #                       picker and round-robin side by side; flags: --help
@@ -281,6 +282,12 @@ case "${1:-}" in
     python3 tools/filter-bench-cases.py "$out" >/dev/null
     for c in chat-4k chat-220k; do
       "$CARGO_TARGET_DIR/tools/host-sim" bench --wasm dist/wasm-epp.wasm --config "$out/config.json" --case "$out/$c.yaml"
+    done
+    # The relay's per-request cost (docs/replicas.md): the same case with the relay off, then on.
+    # Compare operators (HOST_SIM_FUEL=1), not times; config-control.json shows the noise floor.
+    for r in off on; do
+      log "relay $r (config-relay-$r.json)"
+      "$CARGO_TARGET_DIR/tools/host-sim" bench --wasm dist/wasm-epp.wasm --config "$out/config-relay-$r.json" --case "$out/chat-4k.yaml"
     done
     ;;
   *)

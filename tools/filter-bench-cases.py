@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Writes host-sim bench inputs for the compiled filter: a plugin config with 64 static
-endpoints, OpenAI chat bodies of ~4 KiB and ~220 KiB, and one case file per body.
+endpoints, OpenAI chat bodies of ~4 KiB and ~220 KiB, and one case file per body; for the relay's
+A/B, configs with the relay off and on (and a control) and a sweep of smaller bodies.
 
 Usage: filter-bench-cases.py OUT_DIR        (./build.sh bench-filter runs it)
 """
@@ -15,6 +16,21 @@ endpoints = [f"10.1.{i // 250}.{i % 250 + 1}:8000" for i in range(64)]
 config = {"endpoints": endpoints, "picker": {"profile": "wasm-epp-default"}, "metrics": True}
 with open(os.path.join(out, "config.json"), "w") as f:
     json.dump(config, f)
+# The relay's per-request cost, A/B (docs/replicas.md): the same module and cases with the relay
+# off and on; both with snapshot intake, which the relay needs (its path is the snapshot's).
+# config-control.json is relay off with a longer snapshot token: no code path changes, only the
+# heap layout, which alone moves a request's wasm operator count by a few hundred either way.
+#   HOST_SIM_FUEL=1 host-sim bench --wasm dist/wasm-epp.wasm --config OUT/config-relay-off.json --case OUT/chat-4k.yaml
+for name, relay, token in [
+    ("config-relay-off.json", None, "bench-snapshot-token-0123456789"),
+    ("config-relay-on.json", {"cluster": "collector"}, "bench-snapshot-token-0123456789"),
+    ("config-control.json", None, "bench-snapshot-token-" + "0123456789" * 20),
+]:
+    c = dict(config, snapshot={"token": token})
+    if relay:
+        c["relay"] = relay
+    with open(os.path.join(out, name), "w") as f:
+        json.dump(c, f)
 
 sentence = "The quick brown fox jumps over the lazy dog; caf\u00e9 na\u00efve co\u00f6perate.\n "
 
@@ -28,7 +44,9 @@ def chat(size):
     return json.dumps({"model": "meta-llama/Llama-3.1-8B-Instruct", "messages": msgs, "stream": True, "max_tokens": 512})
 
 
-for name, size in [("chat-4k", 4096), ("chat-220k", 225280)]:
+# chat-4k and chat-220k are the bench-filter cases; ab-* are the sweep of the relay A/B.
+sweep = [(f"ab-{n}", n) for n in (1500, 3000, 6000, 9000, 12000, 20000)]
+for name, size in [("chat-4k", 4096), ("chat-220k", 225280)] + sweep:
     body = chat(size)
     with open(os.path.join(out, f"{name}.json"), "w") as f:
         f.write(body)

@@ -441,9 +441,6 @@ impl RootContext for Root {
                             appended: None,
                         });
                     }
-                    if config.relay.is_some() {
-                        relay::init_shared(unique_id(0x4e91));
-                    }
                     // The in-flight heartbeat (a quarter of the time-to-live), the snapshot pull
                     // and the relay share the one timer a root context has.
                     let pull = config.snapshot.as_ref().and_then(|s| s.pull.as_ref());
@@ -461,7 +458,13 @@ impl RootContext for Root {
                         ),
                     }
                 }
+                let relay = config.host == HostProfile::Envoy && config.relay.is_some();
                 self.worker = Some(Rc::new(RefCell::new(Worker::new(config))));
+                // After the worker's ids and seed are drawn, so turning the relay on leaves
+                // them as they were: an exact A/B of its per-request cost (docs/replicas.md).
+                if relay {
+                    relay::init_shared(unique_id(0x4e91));
+                }
                 true
             }
             Err(e) => {

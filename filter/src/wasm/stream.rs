@@ -547,24 +547,22 @@ impl HttpContext for Stream {
         }
         let path = header_value(&headers, ":path").unwrap_or_default();
         let method = header_value(&headers, ":method").unwrap_or_default();
-        let (intake_path, relay_path, mode, api, max_body, test_mode) = {
+        let bare = path.split('?').next().unwrap_or("");
+        // Compared in place: no copy of the configured paths per request.
+        let (intake, mode, api, max_body, test_mode) = {
             let w = self.worker.borrow();
             let c = &w.config;
-            (
-                c.snapshot.as_ref().map(|s| s.path.clone()),
-                c.relay.as_ref().map(|r| r.intake_path.clone()),
-                c.mode,
-                c.api_for(&path),
-                c.max_body_bytes,
-                c.test_mode,
-            )
+            let intake = if c.snapshot.as_ref().is_some_and(|s| s.path == bare) {
+                Some(Intake::Snapshot)
+            } else if c.relay.as_ref().is_some_and(|r| r.intake_path == bare) {
+                Some(Intake::Relay)
+            } else {
+                None
+            };
+            (intake, c.mode, c.api_for(&path), c.max_body_bytes, c.test_mode)
         };
-        let bare = path.split('?').next().unwrap_or("");
-        if intake_path.as_deref() == Some(bare) {
-            return self.intake_headers(Intake::Snapshot, map, &headers, &method, end_of_stream);
-        }
-        if relay_path.as_deref() == Some(bare) {
-            return self.intake_headers(Intake::Relay, map, &headers, &method, end_of_stream);
+        if let Some(kind) = intake {
+            return self.intake_headers(kind, map, &headers, &method, end_of_stream);
         }
         let Some(api) = api.filter(|_| method == "POST") else {
             self.phase = Phase::Forwarded;
