@@ -191,9 +191,9 @@
 //! `gie-default`, `llm-d-optimized-baseline`, `wasm-epp-default` (picker-core profiles), `wasm-epp-tuned`
 //! and `wasm-epp-tuned-split` (the tuning results, [`policy::WASM_EPP_TUNED`] and
 //! [`policy::WASM_EPP_TUNED_SPLIT`]), any picker-core JSON config (`--picker NAME=JSON` or
-//! `NAME=@file`, `NAME@WxR` to split it), and `oracle`: perfect information (true
-//! cache contents, instant queue and KV, exact in-flight) scored `6·hit + 1·kv + 2·in-flight`
-//! (the tuned weights with the truth in place of the approximate index). It is perfect
+//! `NAME=@file`, `NAME@WxR` to split it, then the tags of named policies:
+//! `NAME@4x4+relay=@file`), and `oracle`: perfect information (true cache contents, instant
+//! queue and KV, exact in-flight) scored `6·hit + 1·kv + 2·in-flight` (the tuned weights with the truth in place of the approximate index). It is perfect
 //! *information*, not a perfect *policy*: below saturation it is the best row; deep in overload
 //! it loses to sticky consistent hashing, because it follows blocks that are about to be evicted
 //! and spreads a group over pods that then thrash (see the 50–60 QPS rows). It is no longer in

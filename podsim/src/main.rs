@@ -8,7 +8,7 @@
 //!             [--drain harness|none] [--seed N] [--shared-kv-read-once]
 //! podsim bench [--engine FILE] --workload shared-prefix|sharegpt|bursts|multi-lora|code-gen|reasoning|b2b-saas [--quick]
 //!              [--qps 3,10,60 | --concurrency 10,60] [--horizon S]
-//!              [--warmup S] [--policies a,b@4x2] [--picker NAME=JSON|@file] [--seed N] [--max-concurrency N]
+//!              [--warmup S] [--policies a,b@4x2] [--picker NAME[@WxR][+TAG]=JSON|@file] [--seed N] [--max-concurrency N]
 //!              [--threads N] [--out DIR]
 //!              [--ladder llm-d|RATExSECS,… [--ladder-warmup …|none] [--seeds 1,2,3,4] [--reference NAME]]
 //!              [--decision-cost-ms X] [--relay-delay-ms X] [--relay-loss P] [--relay-interval-ms X]
@@ -35,7 +35,7 @@ WORKLOAD/LADDER FLAGS: [--servers N] [--groups N] [--prompts-per-group N] [--sys
 [--shared-kv-read-once]\n       \
 podsim serve [--engine FILE] [--pods N] [--base-port P] [--speed X] [--model M]\n       podsim bench [--engine FILE] --workload shared-prefix|sharegpt|bursts|multi-lora|code-gen|reasoning|b2b-saas [--quick] \
 [--qps 3,10,60 | --concurrency 10,60] [--horizon SECS] \
-[--warmup SECS] [--policies NAME[@WxR][+TAG],...] [--picker NAME=JSON|NAME=@FILE]... [--seed N] [--max-concurrency N] [--threads N] [--out DIR] \
+[--warmup SECS] [--policies NAME[@WxR][+TAG],...] [--picker NAME[@WxR][+TAG]=JSON|NAME[@WxR][+TAG]=@FILE]... [--seed N] [--max-concurrency N] [--threads N] [--out DIR] \
 [--ladder llm-d|RATExSECS,... [--ladder-warmup RATExSECS,...|none] [--seeds 1,2,3,4] [--reference NAME]] \
 [--decision-cost-ms X] [--relay-delay-ms X] [--relay-loss P] [--relay-interval-ms X] [--epp-hop-p50-ms X] [--epp-hop-p95-ms X] [--epp-capacity RPS]\n         \
 TAGS: +sync, +proxy, +relay[:DELAY_MS[:LOSS[:INTERVAL_MS]]], +epp[:CAPACITY[:P50_MS[:P95_MS]]]; bound = the upper bound row"
@@ -119,7 +119,7 @@ fn bench(args: &[String]) -> Result<(), String> {
     let mut horizon = None;
     let mut warmup = None;
     let mut policy_names: Option<String> = None;
-    let mut extra: Vec<PolicySpec> = Vec::new();
+    let mut pickers: Vec<(String, Config)> = Vec::new();
     let mut seed = None;
     let mut ladder_spec: Option<String> = None;
     let mut ladder_warmup: Option<String> = None;
@@ -193,26 +193,24 @@ fn bench(args: &[String]) -> Result<(), String> {
                     None => json.as_bytes().to_vec(),
                 };
                 let config = Config::from_json(&bytes).map_err(|e| e.to_string())?;
-                // `NAME@WxR=...` runs the config split over W workers × R replicas.
-                let (name, sync) = match name.strip_suffix("+sync") {
-                    Some(n) => (n, true),
-                    None => (name, false),
-                };
-                let spec = match name.split_once('@') {
-                    Some((base, split)) => {
-                        let (w, r) = split.split_once('x').ok_or("--picker NAME@WxR: bad split")?;
-                        let (w, r) = (w.parse().map_err(|_| "bad W")?, r.parse().map_err(|_| "bad R")?);
-                        PolicySpec::new(base, PolicyKind::Picker(Box::new(config))).split(w, r)
-                    }
-                    None => PolicySpec::new(name, PolicyKind::Picker(Box::new(config))),
-                };
-                let spec = if sync { spec.synced() } else { spec };
-                extra.push(spec);
+                // `NAME[@WxR][+TAG…]=...`: the config under NAME, with a split and deployment tags
+                // exactly as for named policies (`+sync`, `+proxy`, `+relay…`, `+epp…`).
+                // Built after every flag is read, so that `--relay-delay-ms` etc. apply wherever they
+                // stand.
+                pickers.push((name.to_string(), config));
             }
             other => return Err(format!("unknown argument {other}")),
         }
     }
     let workload = workload.ok_or("--workload is required")?;
+    let extra = pickers
+        .iter()
+        .map(|(name, config)| {
+            let base = name.split(['@', '+']).next().unwrap_or(name);
+            PolicySpec::parse_with_custom(name, &deploy, Some((base, config)))
+                .ok_or(format!("--picker {name}: bad NAME[@WxR][+TAG…]"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     if !(deploy.epp.hop_p50_s > 0.0 && deploy.epp.hop_p95_s >= deploy.epp.hop_p50_s) {
         return Err("--epp-hop-p50-ms must be > 0 and ≤ --epp-hop-p95-ms".into());
     }
