@@ -520,6 +520,7 @@ pub mod kv;
 pub mod ladder;
 pub mod model_server;
 pub mod policy;
+pub mod progress;
 pub mod report;
 pub mod serve;
 pub mod sim;

@@ -24,6 +24,7 @@ use podsim::deploy::DeployParams;
 use podsim::engine::EngineProfile;
 use podsim::ladder::{self, Drain, Ladder};
 use podsim::policy::{PolicyKind, PolicySpec};
+use podsim::progress::Runs;
 use podsim::report;
 use podsim::validate;
 use podsim::workload::SharedPrefix;
@@ -278,22 +279,22 @@ fn bench(args: &[String]) -> Result<(), String> {
     );
     #[allow(clippy::disallowed_methods)] // wall time for the progress report only
     let started = std::time::Instant::now();
-    let progress = |done: usize, total: usize, s: &report::Summary| {
-        let width = 30;
-        let filled = done * width / total.max(1);
-        eprintln!(
-            "[{}{}] {done}/{total} {:>7.1}s  {} @ {} {}: TTFT p90 {:.3} s, {:.0} out tok/s",
-            "#".repeat(filled),
-            ".".repeat(width - filled),
-            started.elapsed().as_secs_f64(),
-            s.policy,
-            s.qps,
-            workload.rate_unit(),
-            s.ttft_p90,
-            s.output_tok_s
+    let bar = Runs::new(plan.qps.len() * plan.policies.len());
+    let progress = |done: usize, _total: usize, s: &report::Summary| {
+        bar.finished(
+            done,
+            &format!(
+                "{} @ {} {}: TTFT p90 {:.3} s, {:.0} out tok/s",
+                s.policy,
+                s.qps,
+                workload.rate_unit(),
+                s.ttft_p90,
+                s.output_tok_s
+            ),
         );
     };
     let rows = run_plan(&plan, threads, &progress);
+    bar.finish();
     let title = format!(
         "podsim {} ({}{} s per rate, {} s warm-up, {} servers {}, {}, seed {})",
         workload.name(),
@@ -354,17 +355,13 @@ fn bench_ladder(
     );
     #[allow(clippy::disallowed_methods)] // wall time for the progress report only
     let started = std::time::Instant::now();
-    let progress = |done: usize, total: usize, r: &podsim::bench::LadderRun| {
+    let bar = Runs::new(plan.seeds.len() * plan.policies.len());
+    let progress = |done: usize, _total: usize, r: &podsim::bench::LadderRun| {
         let peak = r.stages.iter().map(|s| s.output_tok_s).fold(0.0, f64::max);
-        eprintln!(
-            "{done}/{total} {:>7.1}s  seed {} {}: peak {:.0} out tok/s",
-            started.elapsed().as_secs_f64(),
-            r.seed,
-            r.policy,
-            peak
-        );
+        bar.finished(done, &format!("seed {} {}: peak {peak:.0} out tok/s", r.seed, r.policy));
     };
     let runs = run_ladder_plan(plan, threads, &progress);
+    bar.finish();
     let title = format!(
         "podsim as deployed: shared-prefix ({} groups × {}, {} + {} tokens in, {} out), ladder {spec} drained as inference-perf, {} servers of {}, seeds {:?}; \
 decision cost in the proxy {} ms; relay delay {} ms, loss {}, interval {} ms; EPP hop p50 {} ms, p95 {} ms, capacity {} req/s",
@@ -475,7 +472,13 @@ fn ladder_cmd(validate_mode: bool, args: &[String]) -> Result<bool, String> {
     );
     #[allow(clippy::disallowed_methods)] // wall time for the progress report only
     let started = std::time::Instant::now();
+    let spinner = Runs::spinner(&format!(
+        "{} policies on {} requests",
+        policies.len(),
+        trace.arrivals.len()
+    ));
     let results = ladder::run_policies(&cfg, &trace, &policies);
+    spinner.finish();
     #[allow(clippy::disallowed_methods)]
     let elapsed = started.elapsed().as_secs_f64();
     println!(
