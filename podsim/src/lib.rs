@@ -514,6 +514,7 @@
 pub mod bench;
 pub mod bound;
 pub mod calib;
+pub mod chart;
 pub mod deploy;
 pub mod engine;
 pub mod kv;

@@ -20,6 +20,7 @@ use std::process::ExitCode;
 
 use picker_core::Config;
 use podsim::bench::{run_ladder_plan, run_plan, LadderPlan, Plan, WorkloadKind};
+use podsim::chart;
 use podsim::deploy::DeployParams;
 use podsim::engine::EngineProfile;
 use podsim::ladder::{self, Drain, Ladder};
@@ -320,7 +321,11 @@ fn bench(args: &[String]) -> Result<(), String> {
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("{out_dir}: {e}"))?;
     let stem = format!("{out_dir}/{}{}", workload.name(), if quick { "-quick" } else { "" });
     std::fs::write(format!("{stem}.csv"), report::csv(workload.name(), &rows)).map_err(|e| e.to_string())?;
-    std::fs::write(format!("{stem}.svg"), report::svg(&title, &rows)).map_err(|e| e.to_string())?;
+    std::fs::write(
+        format!("{stem}.svg"),
+        chart::sweep(&title, &rows, workload.rate_unit())?,
+    )
+    .map_err(|e| e.to_string())?;
     eprintln!(
         "wrote {stem}.csv and {stem}.svg in {:.1} s",
         started.elapsed().as_secs_f64()
