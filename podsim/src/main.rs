@@ -1,7 +1,7 @@
 //! `podsim` CLI. See the crate documentation (`src/lib.rs`) for what is simulated.
 //!
 //! ```text
-//! podsim validate [--engine FILE] [workload and ladder flags]
+//! podsim validate [--engine FILE] [--out DIR] [workload and ladder flags]
 //! podsim ladder   [--engine FILE] [--policies a,b] [workload and ladder flags]
 //!   workload: --servers N --groups N --prompts-per-group N --system-tokens N --question-tokens N
 //!             --output-tokens N; ladder: --ladder llm-d|RATExSECS,… [--ladder-warmup RATExSECS,…|none]
@@ -31,7 +31,7 @@ use podsim::validate;
 use podsim::workload::SharedPrefix;
 
 fn usage() -> &'static str {
-    "usage: podsim validate [--engine FILE] [WORKLOAD/LADDER FLAGS]\n       podsim ladder [--engine FILE] [--policies a,b] [WORKLOAD/LADDER FLAGS]\n         \
+    "usage: podsim validate [--engine FILE] [--out DIR] [WORKLOAD/LADDER FLAGS]\n       podsim ladder [--engine FILE] [--policies a,b] [WORKLOAD/LADDER FLAGS]\n         \
 WORKLOAD/LADDER FLAGS: [--servers N] [--groups N] [--prompts-per-group N] [--system-tokens N] [--question-tokens N] \
 [--output-tokens N] [--ladder llm-d|RATExSECS,...] [--ladder-warmup RATExSECS,...|none] [--drain harness|none] [--seed N] \
 [--shared-kv-read-once]\n       \
@@ -406,6 +406,7 @@ fn ladder_cmd(validate_mode: bool, args: &[String]) -> Result<bool, String> {
     let mut seed = 20_260_817u64;
     let mut policies: Option<Vec<PolicySpec>> = None;
     let mut shared_once = false;
+    let mut out_dir = String::from("target/podsim-bench");
     let mut it = args.iter();
     let int = |a: &str, v: String| -> Result<u32, String> { v.parse::<u32>().map_err(|e| format!("{a}: {e}")) };
     while let Some(a) = it.next() {
@@ -423,6 +424,7 @@ fn ladder_cmd(validate_mode: bool, args: &[String]) -> Result<bool, String> {
             "--ladder-warmup" => warmup = Some(val()?),
             "--drain" => drain = Drain::parse(&val()?).ok_or("--drain wants harness or none")?,
             "--seed" => seed = val()?.parse().map_err(|e| format!("--seed: {e}"))?,
+            "--out" if validate_mode => out_dir = val()?,
             "--policies" if !validate_mode => {
                 policies = Some(
                     val()?
@@ -505,6 +507,7 @@ fn ladder_cmd(validate_mode: bool, args: &[String]) -> Result<bool, String> {
         seed
     );
     let mut ok = true;
+    let mut arms = Vec::new();
     for (policy, r) in policies.iter().zip(&results) {
         let reports = ladder::stage_reports(&trace, r);
         if validate_mode {
@@ -512,6 +515,7 @@ fn ladder_cmd(validate_mode: bool, args: &[String]) -> Result<bool, String> {
             let arm = validate::compare(&policy.name, &published, &reports)?;
             ok &= arm.checks.iter().all(|c| c.pass);
             print!("{}", validate::markdown(&arm));
+            arms.push(arm);
         } else {
             print!("{}", ladder::markdown(&policy.name, &reports));
         }
@@ -527,6 +531,13 @@ fn ladder_cmd(validate_mode: bool, args: &[String]) -> Result<bool, String> {
     eprintln!("ran in {elapsed:.1} s of real time");
     if validate_mode {
         println!("validate: {}", if ok { "PASS" } else { "FAIL" });
+        let title = format!(
+            "podsim validate vs llm-d published: {ladder_spec} ladder, {servers} servers of {}, seed {seed}",
+            engine.name
+        );
+        let written = chart::write_validate(std::path::Path::new(&out_dir), &title, &arms)?;
+        let names: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+        eprintln!("wrote {}", names.join(" and "));
     }
     Ok(ok)
 }
