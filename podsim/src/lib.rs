@@ -136,6 +136,12 @@
 //!
 //! Tolerance and its encoding: see [`validate`].
 //!
+//! `validate` also writes two charts ([`chart`], `--out DIR`, default `target/podsim-bench`):
+//! `validate-ttft-p90.svg` (TTFT p90 per stage against the request rate, log scale) and
+//! `validate-throughput.svg` (output tok/s per stage against the request rate), each with both
+//! arms as simulated (solid) and as published (dashed, same colour; published p90s of 0.0, empty
+//! histograms, are left out). Progress is a spinner on stderr when it is a terminal.
+//!
 //! ### Result (default engine, default seed)
 //!
 //! | arm | peak out tok/s sim / published | median \|error\| from rate 15 | worst stage | TTFT p90 regime | NTPOT p50 at 60 sim / published |
@@ -266,8 +272,10 @@
 //! `reasoning`, `b2b-saas`) also input and output tok/s per rate and each policy's throughput
 //! at its knee (the lowest rate reaching 95 % of its best) as a multiple of round-robin's at
 //! round-robin's knee, next to llm-d's published ratio ([`report::knee_table`]). Writes `target/podsim-bench/<workload>.csv` and
-//! `.svg` (TTFT p90 on a log scale and output tok/s against QPS, one line per policy; `--out DIR`
-//! to change), and shows progress on stderr. Other flags: `--qps 3,10,60`, `--horizon S`,
+//! `.svg` (TTFT p90 on a log scale and output tok/s against QPS, one line per policy, drawn with
+//! `plotters` by [`chart::sweep`]; `--out DIR` to change), and shows progress on stderr
+//! ([`progress`]: a bar over the runs on a terminal, one plain line per finished run otherwise,
+//! e.g. in CI logs; stdout has the tables only). Other flags: `--qps 3,10,60`, `--horizon S`,
 //! `--warmup S`, `--policies a,b@4x2`, `--seed N`, `--threads N`.
 //!
 //! Measurement: every rate is an independent run that starts cold: `horizon` seconds of arrivals
@@ -514,12 +522,14 @@
 pub mod bench;
 pub mod bound;
 pub mod calib;
+pub mod chart;
 pub mod deploy;
 pub mod engine;
 pub mod kv;
 pub mod ladder;
 pub mod model_server;
 pub mod policy;
+pub mod progress;
 pub mod report;
 pub mod serve;
 pub mod sim;

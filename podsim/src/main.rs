@@ -1,7 +1,7 @@
 //! `podsim` CLI. See the crate documentation (`src/lib.rs`) for what is simulated.
 //!
 //! ```text
-//! podsim validate [--engine FILE] [workload and ladder flags]
+//! podsim validate [--engine FILE] [--out DIR] [workload and ladder flags]
 //! podsim ladder   [--engine FILE] [--policies a,b] [workload and ladder flags]
 //!   workload: --servers N --groups N --prompts-per-group N --system-tokens N --question-tokens N
 //!             --output-tokens N; ladder: --ladder llm-d|RATExSECS,… [--ladder-warmup RATExSECS,…|none]
@@ -20,16 +20,18 @@ use std::process::ExitCode;
 
 use picker_core::Config;
 use podsim::bench::{run_ladder_plan, run_plan, LadderPlan, Plan, WorkloadKind};
+use podsim::chart;
 use podsim::deploy::DeployParams;
 use podsim::engine::EngineProfile;
 use podsim::ladder::{self, Drain, Ladder};
 use podsim::policy::{PolicyKind, PolicySpec};
+use podsim::progress::Runs;
 use podsim::report;
 use podsim::validate;
 use podsim::workload::SharedPrefix;
 
 fn usage() -> &'static str {
-    "usage: podsim validate [--engine FILE] [WORKLOAD/LADDER FLAGS]\n       podsim ladder [--engine FILE] [--policies a,b] [WORKLOAD/LADDER FLAGS]\n         \
+    "usage: podsim validate [--engine FILE] [--out DIR] [WORKLOAD/LADDER FLAGS]\n       podsim ladder [--engine FILE] [--policies a,b] [WORKLOAD/LADDER FLAGS]\n         \
 WORKLOAD/LADDER FLAGS: [--servers N] [--groups N] [--prompts-per-group N] [--system-tokens N] [--question-tokens N] \
 [--output-tokens N] [--ladder llm-d|RATExSECS,...] [--ladder-warmup RATExSECS,...|none] [--drain harness|none] [--seed N] \
 [--shared-kv-read-once]\n       \
@@ -276,22 +278,22 @@ fn bench(args: &[String]) -> Result<(), String> {
     );
     #[allow(clippy::disallowed_methods)] // wall time for the progress report only
     let started = std::time::Instant::now();
-    let progress = |done: usize, total: usize, s: &report::Summary| {
-        let width = 30;
-        let filled = done * width / total.max(1);
-        eprintln!(
-            "[{}{}] {done}/{total} {:>7.1}s  {} @ {} {}: TTFT p90 {:.3} s, {:.0} out tok/s",
-            "#".repeat(filled),
-            ".".repeat(width - filled),
-            started.elapsed().as_secs_f64(),
-            s.policy,
-            s.qps,
-            workload.rate_unit(),
-            s.ttft_p90,
-            s.output_tok_s
+    let bar = Runs::new(plan.qps.len() * plan.policies.len());
+    let progress = |done: usize, _total: usize, s: &report::Summary| {
+        bar.finished(
+            done,
+            &format!(
+                "{} @ {} {}: TTFT p90 {:.3} s, {:.0} out tok/s",
+                s.policy,
+                s.qps,
+                workload.rate_unit(),
+                s.ttft_p90,
+                s.output_tok_s
+            ),
         );
     };
     let rows = run_plan(&plan, threads, &progress);
+    bar.finish();
     let title = format!(
         "podsim {} ({}{} s per rate, {} s warm-up, {} servers {}, {}, seed {})",
         workload.name(),
@@ -317,7 +319,11 @@ fn bench(args: &[String]) -> Result<(), String> {
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("{out_dir}: {e}"))?;
     let stem = format!("{out_dir}/{}{}", workload.name(), if quick { "-quick" } else { "" });
     std::fs::write(format!("{stem}.csv"), report::csv(workload.name(), &rows)).map_err(|e| e.to_string())?;
-    std::fs::write(format!("{stem}.svg"), report::svg(&title, &rows)).map_err(|e| e.to_string())?;
+    std::fs::write(
+        format!("{stem}.svg"),
+        chart::sweep(&title, &rows, workload.rate_unit())?,
+    )
+    .map_err(|e| e.to_string())?;
     eprintln!(
         "wrote {stem}.csv and {stem}.svg in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -352,17 +358,13 @@ fn bench_ladder(
     );
     #[allow(clippy::disallowed_methods)] // wall time for the progress report only
     let started = std::time::Instant::now();
-    let progress = |done: usize, total: usize, r: &podsim::bench::LadderRun| {
+    let bar = Runs::new(plan.seeds.len() * plan.policies.len());
+    let progress = |done: usize, _total: usize, r: &podsim::bench::LadderRun| {
         let peak = r.stages.iter().map(|s| s.output_tok_s).fold(0.0, f64::max);
-        eprintln!(
-            "{done}/{total} {:>7.1}s  seed {} {}: peak {:.0} out tok/s",
-            started.elapsed().as_secs_f64(),
-            r.seed,
-            r.policy,
-            peak
-        );
+        bar.finished(done, &format!("seed {} {}: peak {peak:.0} out tok/s", r.seed, r.policy));
     };
     let runs = run_ladder_plan(plan, threads, &progress);
+    bar.finish();
     let title = format!(
         "podsim as deployed: shared-prefix ({} groups × {}, {} + {} tokens in, {} out), ladder {spec} drained as inference-perf, {} servers of {}, seeds {:?}; \
 decision cost in the proxy {} ms; relay delay {} ms, loss {}, interval {} ms; EPP hop p50 {} ms, p95 {} ms, capacity {} req/s",
@@ -402,6 +404,7 @@ fn ladder_cmd(validate_mode: bool, args: &[String]) -> Result<bool, String> {
     let mut seed = 20_260_817u64;
     let mut policies: Option<Vec<PolicySpec>> = None;
     let mut shared_once = false;
+    let mut out_dir = String::from("target/podsim-bench");
     let mut it = args.iter();
     let int = |a: &str, v: String| -> Result<u32, String> { v.parse::<u32>().map_err(|e| format!("{a}: {e}")) };
     while let Some(a) = it.next() {
@@ -419,6 +422,7 @@ fn ladder_cmd(validate_mode: bool, args: &[String]) -> Result<bool, String> {
             "--ladder-warmup" => warmup = Some(val()?),
             "--drain" => drain = Drain::parse(&val()?).ok_or("--drain wants harness or none")?,
             "--seed" => seed = val()?.parse().map_err(|e| format!("--seed: {e}"))?,
+            "--out" if validate_mode => out_dir = val()?,
             "--policies" if !validate_mode => {
                 policies = Some(
                     val()?
@@ -473,7 +477,13 @@ fn ladder_cmd(validate_mode: bool, args: &[String]) -> Result<bool, String> {
     );
     #[allow(clippy::disallowed_methods)] // wall time for the progress report only
     let started = std::time::Instant::now();
+    let spinner = Runs::spinner(&format!(
+        "{} policies on {} requests",
+        policies.len(),
+        trace.arrivals.len()
+    ));
     let results = ladder::run_policies(&cfg, &trace, &policies);
+    spinner.finish();
     #[allow(clippy::disallowed_methods)]
     let elapsed = started.elapsed().as_secs_f64();
     println!(
@@ -495,6 +505,7 @@ fn ladder_cmd(validate_mode: bool, args: &[String]) -> Result<bool, String> {
         seed
     );
     let mut ok = true;
+    let mut arms = Vec::new();
     for (policy, r) in policies.iter().zip(&results) {
         let reports = ladder::stage_reports(&trace, r);
         if validate_mode {
@@ -502,6 +513,7 @@ fn ladder_cmd(validate_mode: bool, args: &[String]) -> Result<bool, String> {
             let arm = validate::compare(&policy.name, &published, &reports)?;
             ok &= arm.checks.iter().all(|c| c.pass);
             print!("{}", validate::markdown(&arm));
+            arms.push(arm);
         } else {
             print!("{}", ladder::markdown(&policy.name, &reports));
         }
@@ -517,6 +529,13 @@ fn ladder_cmd(validate_mode: bool, args: &[String]) -> Result<bool, String> {
     eprintln!("ran in {elapsed:.1} s of real time");
     if validate_mode {
         println!("validate: {}", if ok { "PASS" } else { "FAIL" });
+        let title = format!(
+            "podsim validate vs llm-d published: {ladder_spec} ladder, {servers} servers of {}, seed {seed}",
+            engine.name
+        );
+        let written = chart::write_validate(std::path::Path::new(&out_dir), &title, &arms)?;
+        let names: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+        eprintln!("wrote {}", names.join(" and "));
     }
     Ok(ok)
 }
