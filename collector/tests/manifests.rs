@@ -54,8 +54,7 @@ fn every_collector_container_in_the_manifests_parses() {
     let mut checked = 0;
     for f in &files {
         let text = std::fs::read_to_string(f).expect("read manifest");
-        let docs: Vec<Value> =
-            serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         for doc in &docs {
             for args in collector_args(doc) {
                 // The token file is a mounted Secret in the cluster; point it at a local file.

@@ -65,8 +65,8 @@ fn every_plugin_config_in_the_manifests_is_valid() {
             }
         } else {
             // A manifest that does not parse is a defect of its own, not something to skip.
-            let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
-                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let docs: Vec<Value> =
+                serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             docs.iter().for_each(|v| configs(v, &mut found));
         }
         for c in found {
