@@ -126,7 +126,7 @@ fn bench(args: &[String]) -> Result<(), String> {
     let mut ladder_spec: Option<String> = None;
     let mut ladder_warmup: Option<String> = None;
     let mut seeds: Option<Vec<u64>> = None;
-    let mut reference = String::from("wasm-epp-default+proxy");
+    let mut reference = String::from("wasm-epp-shared+proxy");
     let mut deploy = DeployParams::default();
     let mut max_concurrency = None;
     let mut threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -385,6 +385,7 @@ decision cost in the proxy {} ms; relay delay {} ms, loss {}, interval {} ms; EP
         deploy.epp.capacity
     );
     print!("{}", report::ladder_markdown(&title, &runs, reference, "bound"));
+    print!("{}", report::baselines_markdown(&runs));
     std::fs::create_dir_all(out_dir).map_err(|e| format!("{out_dir}: {e}"))?;
     let path = format!("{out_dir}/as-deployed.csv");
     std::fs::write(&path, report::ladder_csv(&runs)).map_err(|e| e.to_string())?;

@@ -234,6 +234,7 @@ impl PolicySpec {
             "gie-default" => PolicySpec::profile(Profile::GieDefault),
             "llm-d-optimized-baseline" => PolicySpec::profile(Profile::LlmdOptimizedBaseline),
             "wasm-epp-default" => PolicySpec::profile(Profile::WasmEppDefault),
+            "wasm-epp-shared" => PolicySpec::profile(Profile::WasmEppShared),
             "wasm-epp-tuned-split" => PolicySpec::new(
                 base,
                 PolicyKind::Picker(Box::new(

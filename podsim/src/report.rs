@@ -186,7 +186,8 @@ pub fn within(p90: f64, tok: f64, ref_p90: f64, ref_tok: f64, tol: f64) -> bool 
 /// The as-deployed tables of `bench --ladder`: per stage (rate), one row per policy with TTFT
 /// p50/p90 and out tok/s as means over the seeds (p90 and tok/s with their range), out tok/s as a
 /// share of the bound's ceiling, and TTFT p90 and tok/s as ratios to `reference` (one global
-/// view). Then, for every `+relay` policy, the 5 % goal against `reference` per rate.
+/// view). Then, for every `+relay` policy, the 5 % goal per rate against the same profile as one
+/// view (`NAME+proxy`) when it ran, else against `reference`.
 pub fn ladder_markdown(title: &str, runs: &[LadderRun], reference: &str, bound: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "## {title}\n");
@@ -287,8 +288,15 @@ pub fn ladder_markdown(title: &str, runs: &[LadderRun], reference: &str, bound: 
             "`{bound}`: TTFT columns are floors, out tok/s a ceiling (crate::bound); means over seeds {seeds:?}.\n"
         );
     }
-    if has_ref {
-        for p in policies.iter().filter(|p| p.contains("+relay")) {
+    for p in policies.iter().filter(|p| p.contains("+relay")) {
+        // The same profile as one view when it ran (`NAME+proxy`), else `reference`.
+        let own = format!("{}+proxy", p.split(['@', '+']).next().unwrap_or(p));
+        let reference = if policies.contains(&own.as_str()) {
+            own.as_str()
+        } else {
+            reference
+        };
+        if policies.contains(&reference) {
             let _ = writeln!(out, "### 5 % goal: {p} vs {reference}\n");
             let _ = writeln!(
                 out,
@@ -335,6 +343,82 @@ pub fn ladder_markdown(title: &str, runs: &[LadderRun], reference: &str, bound: 
         }
     }
     out
+}
+
+/// The faithful baselines as deployed, `gie-default+epp` and `llm-d-optimized-baseline+epp`.
+pub const DEPLOYED_BASELINES: [&str; 2] = ["gie-default+epp", "llm-d-optimized-baseline+epp"];
+
+/// Ours against the faithful baselines as deployed: for every `wasm-epp-*` row and rate, TTFT
+/// p90 and out tok/s (means over seeds) as ratios to the better baseline at that rate (the lower
+/// p90, the higher tok/s), and whether ours is at least as good in both. Empty unless both
+/// baselines ran.
+pub fn baselines_markdown(runs: &[LadderRun]) -> String {
+    let mut out = String::new();
+    let mut policies: Vec<&str> = Vec::new();
+    for r in runs {
+        if !policies.contains(&r.policy.as_str()) {
+            policies.push(&r.policy);
+        }
+    }
+    if !DEPLOYED_BASELINES.iter().all(|b| policies.contains(b)) {
+        return out;
+    }
+    let Some(stages) = runs.first().map(|r| r.stages.len()) else {
+        return out;
+    };
+    // Mean (TTFT p90, out tok/s) of a policy at stage k over the seeds.
+    let means = |p: &str, k: usize| -> (f64, f64) {
+        let v: Vec<(f64, f64)> = runs
+            .iter()
+            .filter(|r| r.policy == p)
+            .filter_map(|r| {
+                r.stages
+                    .get(k)
+                    .map(|s| (s.ttft_p90.unwrap_or(f64::NAN), s.output_tok_s))
+            })
+            .collect();
+        (mean(&col2(&v, 0)), mean(&col2(&v, 1)))
+    };
+    for p in policies.iter().filter(|p| p.starts_with("wasm-epp")) {
+        let _ = writeln!(out, "### {p} vs the faithful baselines as deployed\n");
+        let _ = writeln!(
+            out,
+            "| rate | p90 ÷ best baseline | tok/s ÷ best baseline | at least as good in both |"
+        );
+        let _ = writeln!(out, "|---:|---:|---:|---|");
+        let mut losing: Vec<f64> = Vec::new();
+        for k in 0..stages {
+            let (m90, mtok) = means(p, k);
+            let (g, l) = (means(DEPLOYED_BASELINES[0], k), means(DEPLOYED_BASELINES[1], k));
+            let (b90, btok) = (g.0.min(l.0), g.1.max(l.1));
+            let ok = m90 <= b90 && mtok >= btok;
+            if !ok {
+                losing.push(runs[0].stages[k].rate);
+            }
+            let _ = writeln!(
+                out,
+                "| {} | {:.3} | {:.3} | {} |",
+                runs[0].stages[k].rate,
+                m90 / b90,
+                mtok / btok,
+                if ok { "yes" } else { "**no**" }
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\n{p}: {}\n",
+            if losing.is_empty() {
+                "at least as good as both baselines at every rate (means over seeds)".to_string()
+            } else {
+                format!("behind the better baseline at rates {losing:?} (means over seeds)")
+            }
+        );
+    }
+    out
+}
+
+fn col2(v: &[(f64, f64)], i: usize) -> Vec<f64> {
+    v.iter().map(|x| if i == 0 { x.0 } else { x.1 }).collect()
 }
 
 /// Every (seed, policy, stage) of a ladder plan as CSV.
