@@ -92,7 +92,8 @@
 //! `collector_scrape_errors_total{pod,reason}`, `collector_pods_ready`, `collector_pods`,
 //! `collector_rounds_total`, `collector_round_duration_seconds` (histogram),
 //! `collector_push_duration_seconds` (histogram), `collector_scrape_to_push_seconds`
-//! (histogram), `collector_pushes_total{url,status}`.
+//! (histogram), `collector_pushes_total{url,status}`. Written by the `prometheus-client`
+//! crate's Prometheus text encoder (format 0.0.4); [`metrics`] lists names, types and labels.
 //!
 //! ## Contracts
 //!
