@@ -201,9 +201,7 @@ impl Collector {
             pod.engine = t.engine;
             pod.discovered_ready = t.ready;
         }
-        self.metrics
-            .pods_total
-            .store(self.order.len() as u64, Ordering::Relaxed);
+        self.metrics.pods_total.set(self.order.len() as u64);
     }
 
     pub fn pod_count(&self) -> usize {
@@ -303,7 +301,7 @@ impl Collector {
             }
         }
         report.duration = start.elapsed();
-        self.metrics.rounds.fetch_add(1, Ordering::Relaxed);
+        self.metrics.rounds.inc();
         self.metrics.round_duration.observe(report.duration);
         report
     }
@@ -332,7 +330,7 @@ impl Collector {
             ready += ep.ready as u64;
             endpoints.push(ep);
         }
-        self.metrics.pods_ready.store(ready, Ordering::Relaxed);
+        self.metrics.pods_ready.set(ready);
         Snapshot {
             sequence,
             generated_at: PInstant::from_millis(now_ms),

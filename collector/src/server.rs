@@ -59,7 +59,7 @@ pub fn handle(state: &ServerState, req: &Request<Incoming>) -> Response<Full<Byt
                 reply(StatusCode::OK, "application/octet-stream", p.encoded.clone())
             }
         }
-        "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", state.metrics.render()),
+        "/metrics" => reply(StatusCode::OK, crate::metrics::CONTENT_TYPE, state.metrics.render()),
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
         "/readyz" => match latest {
             Some(p) if p.ready > 0 => reply(StatusCode::OK, "text/plain", "ready\n"),

@@ -794,7 +794,7 @@ def exposed_metric_names() -> dict[str, str]:
     namespace; Envoy's Prometheus output strips a registered custom namespace, adds no `envoy_`
     prefix and turns the remaining dots into underscores (Envoy source/server/admin/
     prometheus_stats.cc PrometheusStatsFormatter::metricName, sanitizeName). Histograms get
-    _bucket/_sum/_count. The collector's own names come from collector/src/metrics.rs; the
+    _bucket/_sum/_count. The collector's own names come from the family table in collector/src/metrics.rs's test; the
     engine metrics from the collector's engine table (collector/src/engine.rs) plus vLLM's prefix
     cache counters (vllm/v1/metrics/loggers.py: Counter vllm:prefix_cache_queries / _hits;
     prometheus_client adds _total).
@@ -809,11 +809,14 @@ def exposed_metric_names() -> dict[str, str]:
         for suffix in ("_bucket", "_sum", "_count"):
             names[name + suffix] = "module"
     csrc = (REPO / "collector/src/metrics.rs").read_text()
-    for name in re.findall(r"# TYPE (collector_[a-z_]+) (?:counter|gauge)", csrc):
-        names[name] = "collector"
-    for name in re.findall(r"# TYPE (collector_[a-z_]+) histogram", csrc):
-        for suffix in ("_bucket", "_sum", "_count"):
-            names[name + suffix] = "collector"
+    # The collector renders with prometheus-client; its unit test lists every exposed family with
+    # its type (asserted equal to the rendered /metrics), so that table is the source here.
+    for name, kind in re.findall(r'\("(collector_[a-z_]+)", "(counter|gauge|histogram)"\)', csrc):
+        if kind == "histogram":
+            for suffix in ("_bucket", "_sum", "_count"):
+                names[name + suffix] = "collector"
+        else:
+            names[name] = "collector"
     esrc = (REPO / "collector/src/engine.rs").read_text()
     for name in re.findall(r'const VLLM_[A-Z_]+: &str = "(vllm:[a-z_]+)";', esrc):
         names[name] = "vllm (collector/src/engine.rs)"

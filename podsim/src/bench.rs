@@ -272,15 +272,20 @@ pub struct LadderPlan {
 
 impl LadderPlan {
     /// The deployment shapes side by side: round-robin (a Kubernetes Service), GIE's and llm-d's
-    /// profiles as central EPPs, ours in the proxy as one global view (the reference), split over
-    /// 4 workers × 2 and × 4 replicas with the relay, and the same splits without it, ours as a
-    /// central EPP, and the bound.
+    /// profiles as central EPPs, ours (`wasm-epp-shared`, then `wasm-epp-default`) as a central
+    /// EPP, in the proxy as one global view (each profile's reference), split over 4 workers × 2
+    /// and × 4 replicas with the relay, and the same splits without it (the relay down), and the
+    /// bound.
     pub fn as_deployed(ladder: Ladder, seeds: Vec<u64>, deploy: &crate::deploy::DeployParams) -> LadderPlan {
         let policies = [
             "round-robin",
             "gie-default+epp",
             "llm-d-optimized-baseline+epp",
-            "wasm-epp-default+epp",
+            "wasm-epp-shared+epp",
+            "wasm-epp-shared+proxy",
+            "wasm-epp-shared@4x2+relay",
+            "wasm-epp-shared@4x4+relay",
+            "wasm-epp-shared@4x4+sync+proxy",
             "wasm-epp-default+proxy",
             "wasm-epp-default@4x2+relay",
             "wasm-epp-default@4x4+relay",

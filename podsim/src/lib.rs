@@ -136,6 +136,12 @@
 //!
 //! Tolerance and its encoding: see [`validate`].
 //!
+//! `validate` also writes two charts ([`chart`], `--out DIR`, default `target/podsim-bench`):
+//! `validate-ttft-p90.svg` (TTFT p90 per stage against the request rate, log scale) and
+//! `validate-throughput.svg` (output tok/s per stage against the request rate), each with both
+//! arms as simulated (solid) and as published (dashed, same colour; published p90s of 0.0, empty
+//! histograms, are left out). Progress is a spinner on stderr when it is a terminal.
+//!
 //! ### Result (default engine, default seed)
 //!
 //! | arm | peak out tok/s sim / published | median \|error\| from rate 15 | worst stage | TTFT p90 regime | NTPOT p50 at 60 sim / published |
@@ -191,9 +197,9 @@
 //! `gie-default`, `llm-d-optimized-baseline`, `wasm-epp-default` (picker-core profiles), `wasm-epp-tuned`
 //! and `wasm-epp-tuned-split` (the tuning results, [`policy::WASM_EPP_TUNED`] and
 //! [`policy::WASM_EPP_TUNED_SPLIT`]), any picker-core JSON config (`--picker NAME=JSON` or
-//! `NAME=@file`, `NAME@WxR` to split it), and `oracle`: perfect information (true
-//! cache contents, instant queue and KV, exact in-flight) scored `6·hit + 1·kv + 2·in-flight`
-//! (the tuned weights with the truth in place of the approximate index). It is perfect
+//! `NAME=@file`, `NAME@WxR` to split it, then the tags of named policies:
+//! `NAME@4x4+relay=@file`), and `oracle`: perfect information (true cache contents, instant
+//! queue and KV, exact in-flight) scored `6·hit + 1·kv + 2·in-flight` (the tuned weights with the truth in place of the approximate index). It is perfect
 //! *information*, not a perfect *policy*: below saturation it is the best row; deep in overload
 //! it loses to sticky consistent hashing, because it follows blocks that are about to be evicted
 //! and spreads a group over pods that then thrash (see the 50–60 QPS rows). It is no longer in
@@ -266,8 +272,10 @@
 //! `reasoning`, `b2b-saas`) also input and output tok/s per rate and each policy's throughput
 //! at its knee (the lowest rate reaching 95 % of its best) as a multiple of round-robin's at
 //! round-robin's knee, next to llm-d's published ratio ([`report::knee_table`]). Writes `target/podsim-bench/<workload>.csv` and
-//! `.svg` (TTFT p90 on a log scale and output tok/s against QPS, one line per policy; `--out DIR`
-//! to change), and shows progress on stderr. Other flags: `--qps 3,10,60`, `--horizon S`,
+//! `.svg` (TTFT p90 on a log scale and output tok/s against QPS, one line per policy, drawn with
+//! `plotters` by [`chart::sweep`]; `--out DIR` to change), and shows progress on stderr
+//! ([`progress`]: a bar over the runs on a terminal, one plain line per finished run otherwise,
+//! e.g. in CI logs; stdout has the tables only). Other flags: `--qps 3,10,60`, `--horizon S`,
 //! `--warmup S`, `--policies a,b@4x2`, `--seed N`, `--threads N`.
 //!
 //! Measurement: every rate is an independent run that starts cold: `horizon` seconds of arrivals
@@ -284,11 +292,13 @@
 //! ([`bench::LadderPlan::as_deployed`]): llm-d's optimized-baseline ladder exactly as
 //! `validate` replays it (warm-up 15 QPS × 50 s, then 3 → 60 QPS, each stage drained before the
 //! next, per-stage figures as inference-perf computes them), for each seed of `--seeds`, with
-//! round-robin, `gie-default+epp`, `llm-d-optimized-baseline+epp`, `wasm-epp-default+epp`,
-//! `wasm-epp-default+proxy` (one global view in the proxy: the reference), `@4x2` and `@4x4`
-//! with `+relay` and with `+sync+proxy` only, and `bound`. It prints one table per rate (means
-//! over seeds with their range, share of the bound's tok/s, ratios to the reference) and, for
-//! every `+relay` row, the 5 % goal per rate; `target/podsim-bench/as-deployed.csv` has every
+//! round-robin, `gie-default+epp`, `llm-d-optimized-baseline+epp`, `wasm-epp-shared+epp`,
+//! `wasm-epp-shared+proxy` (one global view in the proxy: the reference), its `@4x2` and `@4x4`
+//! splits with `+relay` and `@4x4+sync+proxy` (relay down), the same for `wasm-epp-default`
+//! (`@4x2+sync+proxy` too), and `bound`. It prints one table per rate (means over seeds with
+//! their range, share of the bound's tok/s, ratios to the reference), for every `+relay` row the
+//! 5 % goal per rate against its own profile as one view, and for every row of ours the ratios to
+//! the better faithful baseline per rate; `target/podsim-bench/as-deployed.csv` has every
 //! (seed, policy, stage). The ladder rather than the open-loop sweep: it is the method llm-d
 //! published and `validate` checks, each stage starts from a drained, warm cluster, so a stage's
 //! figures do not depend on how long an overloaded queue was allowed to grow (the open-loop
@@ -333,8 +343,10 @@
 //!   (4×2 and 4×4) and 50 + 50 ms (docs/replicas.md's two intervals), and 10 % loss at 100 ms,
 //!   all meet the goal at every stage (means); 250 ms and 500 ms miss it at rate 35 (p90 1.08×,
 //!   1.18×), 1,000 ms at rates 3, 25, 30 and 40 (up to 1.31×).
-//! * **Where ours loses**: `gie-default` as a central EPP has the highest throughput at every
-//!   stage: ours 4×4 with the relay is 0.5–1.8 % under it below 22 QPS and 3–7 % under from 22
+//! * **Where `wasm-epp-default` loses** (these findings predate `wasm-epp-shared`, which
+//!   `bench --ladder` now lists first; its table and where it loses are in the README,
+//!   "Routing quality"): `gie-default` as a central EPP has the highest throughput at every
+//!   stage: `wasm-epp-default` 4×4 with the relay is 0.5–1.8 % under it below 22 QPS and 3–7 % under from 22
 //!   QPS (60 QPS: 11,179 vs 11,826 tok/s, −5.5 %; one view −13 %; worst 35 QPS, −7.1 %), with
 //!   TTFT p90 within ±3 % of GIE's except at 35 QPS (0.115 vs 0.103 s) and lower at 10–20 QPS
 //!   (0.101–0.163 vs 0.110–0.175 s). Ours beats `llm-d-optimized-baseline+epp` in both at every
@@ -514,12 +526,14 @@
 pub mod bench;
 pub mod bound;
 pub mod calib;
+pub mod chart;
 pub mod deploy;
 pub mod engine;
 pub mod kv;
 pub mod ladder;
 pub mod model_server;
 pub mod policy;
+pub mod progress;
 pub mod report;
 pub mod serve;
 pub mod sim;

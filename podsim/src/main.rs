@@ -1,14 +1,14 @@
 //! `podsim` CLI. See the crate documentation (`src/lib.rs`) for what is simulated.
 //!
 //! ```text
-//! podsim validate [--engine FILE] [workload and ladder flags]
+//! podsim validate [--engine FILE] [--out DIR] [workload and ladder flags]
 //! podsim ladder   [--engine FILE] [--policies a,b] [workload and ladder flags]
 //!   workload: --servers N --groups N --prompts-per-group N --system-tokens N --question-tokens N
 //!             --output-tokens N; ladder: --ladder llm-d|RATExSECS,… [--ladder-warmup RATExSECS,…|none]
 //!             [--drain harness|none] [--seed N] [--shared-kv-read-once]
 //! podsim bench [--engine FILE] --workload shared-prefix|sharegpt|bursts|multi-lora|code-gen|reasoning|b2b-saas [--quick]
 //!              [--qps 3,10,60 | --concurrency 10,60] [--horizon S]
-//!              [--warmup S] [--policies a,b@4x2] [--picker NAME=JSON|@file] [--seed N] [--max-concurrency N]
+//!              [--warmup S] [--policies a,b@4x2] [--picker NAME[@WxR][+TAG]=JSON|@file] [--seed N] [--max-concurrency N]
 //!              [--threads N] [--out DIR]
 //!              [--ladder llm-d|RATExSECS,… [--ladder-warmup …|none] [--seeds 1,2,3,4] [--reference NAME]]
 //!              [--decision-cost-ms X] [--relay-delay-ms X] [--relay-loss P] [--relay-interval-ms X]
@@ -20,22 +20,24 @@ use std::process::ExitCode;
 
 use picker_core::Config;
 use podsim::bench::{run_ladder_plan, run_plan, LadderPlan, Plan, WorkloadKind};
+use podsim::chart;
 use podsim::deploy::DeployParams;
 use podsim::engine::EngineProfile;
 use podsim::ladder::{self, Drain, Ladder};
 use podsim::policy::{PolicyKind, PolicySpec};
+use podsim::progress::Runs;
 use podsim::report;
 use podsim::validate;
 use podsim::workload::SharedPrefix;
 
 fn usage() -> &'static str {
-    "usage: podsim validate [--engine FILE] [WORKLOAD/LADDER FLAGS]\n       podsim ladder [--engine FILE] [--policies a,b] [WORKLOAD/LADDER FLAGS]\n         \
+    "usage: podsim validate [--engine FILE] [--out DIR] [WORKLOAD/LADDER FLAGS]\n       podsim ladder [--engine FILE] [--policies a,b] [WORKLOAD/LADDER FLAGS]\n         \
 WORKLOAD/LADDER FLAGS: [--servers N] [--groups N] [--prompts-per-group N] [--system-tokens N] [--question-tokens N] \
 [--output-tokens N] [--ladder llm-d|RATExSECS,...] [--ladder-warmup RATExSECS,...|none] [--drain harness|none] [--seed N] \
 [--shared-kv-read-once]\n       \
 podsim serve [--engine FILE] [--pods N] [--base-port P] [--speed X] [--model M]\n       podsim bench [--engine FILE] --workload shared-prefix|sharegpt|bursts|multi-lora|code-gen|reasoning|b2b-saas [--quick] \
 [--qps 3,10,60 | --concurrency 10,60] [--horizon SECS] \
-[--warmup SECS] [--policies NAME[@WxR][+TAG],...] [--picker NAME=JSON|NAME=@FILE]... [--seed N] [--max-concurrency N] [--threads N] [--out DIR] \
+[--warmup SECS] [--policies NAME[@WxR][+TAG],...] [--picker NAME[@WxR][+TAG]=JSON|NAME[@WxR][+TAG]=@FILE]... [--seed N] [--max-concurrency N] [--threads N] [--out DIR] \
 [--ladder llm-d|RATExSECS,... [--ladder-warmup RATExSECS,...|none] [--seeds 1,2,3,4] [--reference NAME]] \
 [--decision-cost-ms X] [--relay-delay-ms X] [--relay-loss P] [--relay-interval-ms X] [--epp-hop-p50-ms X] [--epp-hop-p95-ms X] [--epp-capacity RPS]\n         \
 TAGS: +sync, +proxy, +relay[:DELAY_MS[:LOSS[:INTERVAL_MS]]], +epp[:CAPACITY[:P50_MS[:P95_MS]]]; bound = the upper bound row"
@@ -119,12 +121,12 @@ fn bench(args: &[String]) -> Result<(), String> {
     let mut horizon = None;
     let mut warmup = None;
     let mut policy_names: Option<String> = None;
-    let mut extra: Vec<PolicySpec> = Vec::new();
+    let mut pickers: Vec<(String, Config)> = Vec::new();
     let mut seed = None;
     let mut ladder_spec: Option<String> = None;
     let mut ladder_warmup: Option<String> = None;
     let mut seeds: Option<Vec<u64>> = None;
-    let mut reference = String::from("wasm-epp-default+proxy");
+    let mut reference = String::from("wasm-epp-shared+proxy");
     let mut deploy = DeployParams::default();
     let mut max_concurrency = None;
     let mut threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -193,26 +195,24 @@ fn bench(args: &[String]) -> Result<(), String> {
                     None => json.as_bytes().to_vec(),
                 };
                 let config = Config::from_json(&bytes).map_err(|e| e.to_string())?;
-                // `NAME@WxR=...` runs the config split over W workers × R replicas.
-                let (name, sync) = match name.strip_suffix("+sync") {
-                    Some(n) => (n, true),
-                    None => (name, false),
-                };
-                let spec = match name.split_once('@') {
-                    Some((base, split)) => {
-                        let (w, r) = split.split_once('x').ok_or("--picker NAME@WxR: bad split")?;
-                        let (w, r) = (w.parse().map_err(|_| "bad W")?, r.parse().map_err(|_| "bad R")?);
-                        PolicySpec::new(base, PolicyKind::Picker(Box::new(config))).split(w, r)
-                    }
-                    None => PolicySpec::new(name, PolicyKind::Picker(Box::new(config))),
-                };
-                let spec = if sync { spec.synced() } else { spec };
-                extra.push(spec);
+                // `NAME[@WxR][+TAG…]=...`: the config under NAME, with a split and deployment tags
+                // exactly as for named policies (`+sync`, `+proxy`, `+relay…`, `+epp…`).
+                // Built after every flag is read, so that `--relay-delay-ms` etc. apply wherever they
+                // stand.
+                pickers.push((name.to_string(), config));
             }
             other => return Err(format!("unknown argument {other}")),
         }
     }
     let workload = workload.ok_or("--workload is required")?;
+    let extra = pickers
+        .iter()
+        .map(|(name, config)| {
+            let base = name.split(['@', '+']).next().unwrap_or(name);
+            PolicySpec::parse_with_custom(name, &deploy, Some((base, config)))
+                .ok_or(format!("--picker {name}: bad NAME[@WxR][+TAG…]"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     if !(deploy.epp.hop_p50_s > 0.0 && deploy.epp.hop_p95_s >= deploy.epp.hop_p50_s) {
         return Err("--epp-hop-p50-ms must be > 0 and ≤ --epp-hop-p95-ms".into());
     }
@@ -278,22 +278,22 @@ fn bench(args: &[String]) -> Result<(), String> {
     );
     #[allow(clippy::disallowed_methods)] // wall time for the progress report only
     let started = std::time::Instant::now();
-    let progress = |done: usize, total: usize, s: &report::Summary| {
-        let width = 30;
-        let filled = done * width / total.max(1);
-        eprintln!(
-            "[{}{}] {done}/{total} {:>7.1}s  {} @ {} {}: TTFT p90 {:.3} s, {:.0} out tok/s",
-            "#".repeat(filled),
-            ".".repeat(width - filled),
-            started.elapsed().as_secs_f64(),
-            s.policy,
-            s.qps,
-            workload.rate_unit(),
-            s.ttft_p90,
-            s.output_tok_s
+    let bar = Runs::new(plan.qps.len() * plan.policies.len());
+    let progress = |done: usize, _total: usize, s: &report::Summary| {
+        bar.finished(
+            done,
+            &format!(
+                "{} @ {} {}: TTFT p90 {:.3} s, {:.0} out tok/s",
+                s.policy,
+                s.qps,
+                workload.rate_unit(),
+                s.ttft_p90,
+                s.output_tok_s
+            ),
         );
     };
     let rows = run_plan(&plan, threads, &progress);
+    bar.finish();
     let title = format!(
         "podsim {} ({}{} s per rate, {} s warm-up, {} servers {}, {}, seed {})",
         workload.name(),
@@ -319,7 +319,11 @@ fn bench(args: &[String]) -> Result<(), String> {
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("{out_dir}: {e}"))?;
     let stem = format!("{out_dir}/{}{}", workload.name(), if quick { "-quick" } else { "" });
     std::fs::write(format!("{stem}.csv"), report::csv(workload.name(), &rows)).map_err(|e| e.to_string())?;
-    std::fs::write(format!("{stem}.svg"), report::svg(&title, &rows)).map_err(|e| e.to_string())?;
+    std::fs::write(
+        format!("{stem}.svg"),
+        chart::sweep(&title, &rows, workload.rate_unit())?,
+    )
+    .map_err(|e| e.to_string())?;
     eprintln!(
         "wrote {stem}.csv and {stem}.svg in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -354,17 +358,13 @@ fn bench_ladder(
     );
     #[allow(clippy::disallowed_methods)] // wall time for the progress report only
     let started = std::time::Instant::now();
-    let progress = |done: usize, total: usize, r: &podsim::bench::LadderRun| {
+    let bar = Runs::new(plan.seeds.len() * plan.policies.len());
+    let progress = |done: usize, _total: usize, r: &podsim::bench::LadderRun| {
         let peak = r.stages.iter().map(|s| s.output_tok_s).fold(0.0, f64::max);
-        eprintln!(
-            "{done}/{total} {:>7.1}s  seed {} {}: peak {:.0} out tok/s",
-            started.elapsed().as_secs_f64(),
-            r.seed,
-            r.policy,
-            peak
-        );
+        bar.finished(done, &format!("seed {} {}: peak {peak:.0} out tok/s", r.seed, r.policy));
     };
     let runs = run_ladder_plan(plan, threads, &progress);
+    bar.finish();
     let title = format!(
         "podsim as deployed: shared-prefix ({} groups × {}, {} + {} tokens in, {} out), ladder {spec} drained as inference-perf, {} servers of {}, seeds {:?}; \
 decision cost in the proxy {} ms; relay delay {} ms, loss {}, interval {} ms; EPP hop p50 {} ms, p95 {} ms, capacity {} req/s",
@@ -385,6 +385,7 @@ decision cost in the proxy {} ms; relay delay {} ms, loss {}, interval {} ms; EP
         deploy.epp.capacity
     );
     print!("{}", report::ladder_markdown(&title, &runs, reference, "bound"));
+    print!("{}", report::baselines_markdown(&runs));
     std::fs::create_dir_all(out_dir).map_err(|e| format!("{out_dir}: {e}"))?;
     let path = format!("{out_dir}/as-deployed.csv");
     std::fs::write(&path, report::ladder_csv(&runs)).map_err(|e| e.to_string())?;
@@ -404,6 +405,7 @@ fn ladder_cmd(validate_mode: bool, args: &[String]) -> Result<bool, String> {
     let mut seed = 20_260_817u64;
     let mut policies: Option<Vec<PolicySpec>> = None;
     let mut shared_once = false;
+    let mut out_dir = String::from("target/podsim-bench");
     let mut it = args.iter();
     let int = |a: &str, v: String| -> Result<u32, String> { v.parse::<u32>().map_err(|e| format!("{a}: {e}")) };
     while let Some(a) = it.next() {
@@ -421,6 +423,7 @@ fn ladder_cmd(validate_mode: bool, args: &[String]) -> Result<bool, String> {
             "--ladder-warmup" => warmup = Some(val()?),
             "--drain" => drain = Drain::parse(&val()?).ok_or("--drain wants harness or none")?,
             "--seed" => seed = val()?.parse().map_err(|e| format!("--seed: {e}"))?,
+            "--out" if validate_mode => out_dir = val()?,
             "--policies" if !validate_mode => {
                 policies = Some(
                     val()?
@@ -475,7 +478,13 @@ fn ladder_cmd(validate_mode: bool, args: &[String]) -> Result<bool, String> {
     );
     #[allow(clippy::disallowed_methods)] // wall time for the progress report only
     let started = std::time::Instant::now();
+    let spinner = Runs::spinner(&format!(
+        "{} policies on {} requests",
+        policies.len(),
+        trace.arrivals.len()
+    ));
     let results = ladder::run_policies(&cfg, &trace, &policies);
+    spinner.finish();
     #[allow(clippy::disallowed_methods)]
     let elapsed = started.elapsed().as_secs_f64();
     println!(
@@ -497,6 +506,7 @@ fn ladder_cmd(validate_mode: bool, args: &[String]) -> Result<bool, String> {
         seed
     );
     let mut ok = true;
+    let mut arms = Vec::new();
     for (policy, r) in policies.iter().zip(&results) {
         let reports = ladder::stage_reports(&trace, r);
         if validate_mode {
@@ -504,6 +514,7 @@ fn ladder_cmd(validate_mode: bool, args: &[String]) -> Result<bool, String> {
             let arm = validate::compare(&policy.name, &published, &reports)?;
             ok &= arm.checks.iter().all(|c| c.pass);
             print!("{}", validate::markdown(&arm));
+            arms.push(arm);
         } else {
             print!("{}", ladder::markdown(&policy.name, &reports));
         }
@@ -519,6 +530,13 @@ fn ladder_cmd(validate_mode: bool, args: &[String]) -> Result<bool, String> {
     eprintln!("ran in {elapsed:.1} s of real time");
     if validate_mode {
         println!("validate: {}", if ok { "PASS" } else { "FAIL" });
+        let title = format!(
+            "podsim validate vs llm-d published: {ladder_spec} ladder, {servers} servers of {}, seed {seed}",
+            engine.name
+        );
+        let written = chart::write_validate(std::path::Path::new(&out_dir), &title, &arms)?;
+        let names: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+        eprintln!("wrote {}", names.join(" and "));
     }
     Ok(ok)
 }

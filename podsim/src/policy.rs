@@ -129,8 +129,14 @@ impl PolicySpec {
     /// `deploy.relay`); `+epp[:CAPACITY[:P50_MS[:P95_MS]]]` is a central EPP (no split; unspecified
     /// fields from `deploy.epp`). See [`crate::deploy`].
     pub fn parse_with(s: &str, deploy: &DeployParams) -> Option<PolicySpec> {
+        Self::parse_with_custom(s, deploy, None)
+    }
+
+    /// [`PolicySpec::parse_with`], where the base name `custom.0` also names the picker
+    /// configuration `custom.1` (`bench --picker NAME[@WxR][+TAG…]=JSON`).
+    pub fn parse_with_custom(s: &str, deploy: &DeployParams, custom: Option<(&str, &Config)>) -> Option<PolicySpec> {
         let mut parts = s.split('+');
-        let mut spec = Self::parse_split(parts.next()?)?;
+        let mut spec = Self::parse_split(parts.next()?, custom)?;
         for tag in parts {
             let (head, args) = match tag.split_once(':') {
                 Some((h, a)) => (h, Some(a)),
@@ -207,7 +213,7 @@ impl PolicySpec {
         Some(spec)
     }
 
-    fn parse_split(s: &str) -> Option<PolicySpec> {
+    fn parse_split(s: &str, custom: Option<(&str, &Config)>) -> Option<PolicySpec> {
         let (base, split) = match s.split_once('@') {
             Some((b, t)) => {
                 let (w, r) = t.split_once('x')?;
@@ -216,6 +222,10 @@ impl PolicySpec {
             None => (s, None),
         };
         let spec = match base {
+            _ if custom.is_some_and(|(name, _)| name == base) => {
+                let (name, config) = custom?;
+                PolicySpec::new(name, PolicyKind::Picker(Box::new(config.clone())))
+            }
             "random" => PolicySpec::new(base, PolicyKind::Random),
             "round-robin" => PolicySpec::new(base, PolicyKind::RoundRobin),
             "least-request" => PolicySpec::new(base, PolicyKind::LeastRequest),
@@ -224,6 +234,7 @@ impl PolicySpec {
             "gie-default" => PolicySpec::profile(Profile::GieDefault),
             "llm-d-optimized-baseline" => PolicySpec::profile(Profile::LlmdOptimizedBaseline),
             "wasm-epp-default" => PolicySpec::profile(Profile::WasmEppDefault),
+            "wasm-epp-shared" => PolicySpec::profile(Profile::WasmEppShared),
             "wasm-epp-tuned-split" => PolicySpec::new(
                 base,
                 PolicyKind::Picker(Box::new(

@@ -1,4 +1,4 @@
-//! Summaries of runs: percentiles, the markdown table, CSV and an SVG chart (written by hand).
+//! Summaries of runs: percentiles, the markdown tables and CSV (charts: [`crate::chart`]).
 
 use std::fmt::Write as _;
 
@@ -186,7 +186,8 @@ pub fn within(p90: f64, tok: f64, ref_p90: f64, ref_tok: f64, tol: f64) -> bool 
 /// The as-deployed tables of `bench --ladder`: per stage (rate), one row per policy with TTFT
 /// p50/p90 and out tok/s as means over the seeds (p90 and tok/s with their range), out tok/s as a
 /// share of the bound's ceiling, and TTFT p90 and tok/s as ratios to `reference` (one global
-/// view). Then, for every `+relay` policy, the 5 % goal against `reference` per rate.
+/// view). Then, for every `+relay` policy, the 5 % goal per rate against the same profile as one
+/// view (`NAME+proxy`) when it ran, else against `reference`.
 pub fn ladder_markdown(title: &str, runs: &[LadderRun], reference: &str, bound: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "## {title}\n");
@@ -287,8 +288,15 @@ pub fn ladder_markdown(title: &str, runs: &[LadderRun], reference: &str, bound: 
             "`{bound}`: TTFT columns are floors, out tok/s a ceiling (crate::bound); means over seeds {seeds:?}.\n"
         );
     }
-    if has_ref {
-        for p in policies.iter().filter(|p| p.contains("+relay")) {
+    for p in policies.iter().filter(|p| p.contains("+relay")) {
+        // The same profile as one view when it ran (`NAME+proxy`), else `reference`.
+        let own = format!("{}+proxy", p.split(['@', '+']).next().unwrap_or(p));
+        let reference = if policies.contains(&own.as_str()) {
+            own.as_str()
+        } else {
+            reference
+        };
+        if policies.contains(&reference) {
             let _ = writeln!(out, "### 5 % goal: {p} vs {reference}\n");
             let _ = writeln!(
                 out,
@@ -335,6 +343,82 @@ pub fn ladder_markdown(title: &str, runs: &[LadderRun], reference: &str, bound: 
         }
     }
     out
+}
+
+/// The faithful baselines as deployed, `gie-default+epp` and `llm-d-optimized-baseline+epp`.
+pub const DEPLOYED_BASELINES: [&str; 2] = ["gie-default+epp", "llm-d-optimized-baseline+epp"];
+
+/// Ours against the faithful baselines as deployed: for every `wasm-epp-*` row and rate, TTFT
+/// p90 and out tok/s (means over seeds) as ratios to the better baseline at that rate (the lower
+/// p90, the higher tok/s), and whether ours is at least as good in both. Empty unless both
+/// baselines ran.
+pub fn baselines_markdown(runs: &[LadderRun]) -> String {
+    let mut out = String::new();
+    let mut policies: Vec<&str> = Vec::new();
+    for r in runs {
+        if !policies.contains(&r.policy.as_str()) {
+            policies.push(&r.policy);
+        }
+    }
+    if !DEPLOYED_BASELINES.iter().all(|b| policies.contains(b)) {
+        return out;
+    }
+    let Some(stages) = runs.first().map(|r| r.stages.len()) else {
+        return out;
+    };
+    // Mean (TTFT p90, out tok/s) of a policy at stage k over the seeds.
+    let means = |p: &str, k: usize| -> (f64, f64) {
+        let v: Vec<(f64, f64)> = runs
+            .iter()
+            .filter(|r| r.policy == p)
+            .filter_map(|r| {
+                r.stages
+                    .get(k)
+                    .map(|s| (s.ttft_p90.unwrap_or(f64::NAN), s.output_tok_s))
+            })
+            .collect();
+        (mean(&col2(&v, 0)), mean(&col2(&v, 1)))
+    };
+    for p in policies.iter().filter(|p| p.starts_with("wasm-epp")) {
+        let _ = writeln!(out, "### {p} vs the faithful baselines as deployed\n");
+        let _ = writeln!(
+            out,
+            "| rate | p90 ÷ best baseline | tok/s ÷ best baseline | at least as good in both |"
+        );
+        let _ = writeln!(out, "|---:|---:|---:|---|");
+        let mut losing: Vec<f64> = Vec::new();
+        for k in 0..stages {
+            let (m90, mtok) = means(p, k);
+            let (g, l) = (means(DEPLOYED_BASELINES[0], k), means(DEPLOYED_BASELINES[1], k));
+            let (b90, btok) = (g.0.min(l.0), g.1.max(l.1));
+            let ok = m90 <= b90 && mtok >= btok;
+            if !ok {
+                losing.push(runs[0].stages[k].rate);
+            }
+            let _ = writeln!(
+                out,
+                "| {} | {:.3} | {:.3} | {} |",
+                runs[0].stages[k].rate,
+                m90 / b90,
+                mtok / btok,
+                if ok { "yes" } else { "**no**" }
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\n{p}: {}\n",
+            if losing.is_empty() {
+                "at least as good as both baselines at every rate (means over seeds)".to_string()
+            } else {
+                format!("behind the better baseline at rates {losing:?} (means over seeds)")
+            }
+        );
+    }
+    out
+}
+
+fn col2(v: &[(f64, f64)], i: usize) -> Vec<f64> {
+    v.iter().map(|x| if i == 0 { x.0 } else { x.1 }).collect()
 }
 
 /// Every (seed, policy, stage) of a ladder plan as CSV.
@@ -464,177 +548,6 @@ pub fn knee_table(rows: &[Summary], unit: &str, baseline: &str, published: Optio
     out
 }
 
-const COLORS: [&str; 10] = [
-    "#7f7f7f", "#bcbd22", "#17becf", "#1f77b4", "#ff7f0e", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2",
-];
-
-/// Two panels: TTFT p90 (log scale) and output tokens/s, against offered QPS, one line per policy.
-pub fn svg(title: &str, rows: &[Summary]) -> String {
-    let mut policies: Vec<&str> = Vec::new();
-    for r in rows {
-        if !policies.contains(&r.policy.as_str()) {
-            policies.push(&r.policy);
-        }
-    }
-    let (pw, ph, ml, mt, gap) = (420.0, 300.0, 70.0, 50.0, 90.0);
-    let width = ml + pw + gap + pw + 200.0;
-    let height = mt + ph + 60.0;
-    let qmax = rows.iter().map(|r| r.qps).fold(1.0_f64, f64::max);
-    let ok = |v: f64| v.is_finite() && v > 0.0;
-    let tmin = rows
-        .iter()
-        .map(|r| r.ttft_p90)
-        .filter(|v| ok(*v))
-        .fold(f64::INFINITY, f64::min);
-    let tmax = rows
-        .iter()
-        .map(|r| r.ttft_p90)
-        .filter(|v| ok(*v))
-        .fold(0.0_f64, f64::max);
-    let (lo, hi) = if tmin.is_finite() {
-        (
-            tmin.log10().floor(),
-            tmax.log10().ceil().max(tmin.log10().floor() + 1.0),
-        )
-    } else {
-        (-2.0, 2.0)
-    };
-    let omax = rows.iter().map(|r| r.output_tok_s).fold(1.0_f64, f64::max) * 1.1;
-
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="22" font-size="15" font-weight="bold">{}</text>"#,
-        ml,
-        xml(title)
-    );
-    for (panel, x0) in [(0, ml), (1, ml + pw + gap)] {
-        let label = if panel == 0 {
-            "TTFT p90 (s, log scale)"
-        } else {
-            "output tokens/s"
-        };
-        let _ = writeln!(
-            s,
-            r#"<rect x="{x0}" y="{mt}" width="{pw}" height="{ph}" fill="none" stroke="black"/>"#
-        );
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="{}" text-anchor="middle">{label}</text>"#,
-            x0 + pw / 2.0,
-            mt - 8.0
-        );
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="{}" text-anchor="middle">offered QPS</text>"#,
-            x0 + pw / 2.0,
-            mt + ph + 40.0
-        );
-        // x ticks
-        for k in 0..=5 {
-            let q = qmax * k as f64 / 5.0;
-            let x = x0 + pw * q / qmax;
-            let _ = writeln!(
-                s,
-                r##"<line x1="{x:.1}" y1="{}" x2="{x:.1}" y2="{}" stroke="#ddd"/>"##,
-                mt,
-                mt + ph
-            );
-            let _ = writeln!(
-                s,
-                r#"<text x="{x:.1}" y="{}" text-anchor="middle">{q:.0}</text>"#,
-                mt + ph + 18.0
-            );
-        }
-        // y ticks
-        if panel == 0 {
-            let mut e = lo;
-            while e <= hi + 1e-9 {
-                let y = mt + ph - ph * (e - lo) / (hi - lo);
-                let _ = writeln!(
-                    s,
-                    r##"<line x1="{x0}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#ddd"/>"##,
-                    x0 + pw
-                );
-                let _ = writeln!(
-                    s,
-                    r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
-                    x0 - 6.0,
-                    y + 4.0,
-                    10f64.powf(e)
-                );
-                e += 1.0;
-            }
-        } else {
-            for k in 0..=5 {
-                let v = omax * k as f64 / 5.0;
-                let y = mt + ph - ph * k as f64 / 5.0;
-                let _ = writeln!(
-                    s,
-                    r##"<line x1="{x0}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#ddd"/>"##,
-                    x0 + pw
-                );
-                let _ = writeln!(
-                    s,
-                    r#"<text x="{}" y="{:.1}" text-anchor="end">{v:.0}</text>"#,
-                    x0 - 6.0,
-                    y + 4.0
-                );
-            }
-        }
-        for (pi, p) in policies.iter().enumerate() {
-            let color = COLORS[pi % COLORS.len()];
-            let pts: Vec<(f64, f64)> = rows
-                .iter()
-                .filter(|r| r.policy == *p)
-                .filter_map(|r| {
-                    let x = x0 + pw * r.qps / qmax;
-                    let y = if panel == 0 {
-                        if !ok(r.ttft_p90) {
-                            return None;
-                        }
-                        mt + ph - ph * (r.ttft_p90.log10() - lo) / (hi - lo)
-                    } else {
-                        mt + ph - ph * r.output_tok_s / omax
-                    };
-                    Some((x, y))
-                })
-                .collect();
-            let path: Vec<String> = pts.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
-            let _ = writeln!(
-                s,
-                r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
-                path.join(" ")
-            );
-            for (x, y) in &pts {
-                let _ = writeln!(s, r#"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="{color}"/>"#);
-            }
-        }
-    }
-    let lx = ml + pw + gap + pw + 20.0;
-    for (pi, p) in policies.iter().enumerate() {
-        let y = mt + 10.0 + 20.0 * pi as f64;
-        let color = COLORS[pi % COLORS.len()];
-        let _ = writeln!(
-            s,
-            r#"<line x1="{lx}" y1="{y}" x2="{}" y2="{y}" stroke="{color}" stroke-width="3"/>"#,
-            lx + 20.0
-        );
-        let _ = writeln!(s, r#"<text x="{}" y="{}">{}</text>"#, lx + 26.0, y + 4.0, xml(p));
-    }
-    s.push_str("</svg>\n");
-    s
-}
-
-fn xml(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -670,7 +583,7 @@ mod tests {
     }
 
     #[test]
-    fn outputs_have_one_line_per_row_and_a_line_per_policy() {
+    fn outputs_have_one_line_per_row() {
         let rows = vec![
             row("a", 1.0, 0.1),
             row("b", 1.0, 10.0),
@@ -681,9 +594,6 @@ mod tests {
         assert_eq!(md.matches("| a |").count(), 2);
         assert!(md.contains("| b | 10 | 10 | 0 | 0 | 5.000 | 10.0 | 20.0 |"), "{md}");
         assert_eq!(csv("w", &rows).lines().count(), 5);
-        let svg = svg("t", &rows);
-        assert_eq!(svg.matches("<polyline").count(), 4, "2 policies × 2 panels");
-        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     }
 
     #[test]

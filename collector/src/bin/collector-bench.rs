@@ -5,6 +5,14 @@
 //! and prints this process's CPU use (utime + stime from /proc/self/stat, in USER_HZ = 100
 //! ticks/s, over the measured window), scrape-round duration and last-scrape → push-done
 //! latency percentiles.
+//!
+//! `collector-bench --parsers [--iterations N]` instead times one scrape's parse of each captured
+//! exposition in `collector/tests/fixtures/` (real vLLM, SGLang and Triton output, see SOURCES.md),
+//! in this process, no network: our parser ([`collector::prom::parse`], every sample), the
+//! scrape path ([`collector::engine::extract`]: families the mapping reads, then the mapping) and,
+//! built with `--features compare-parsers`, the `prometheus-parse` crate (on the page as is, and
+//! with `:` made `_` so that it reads vLLM's and SGLang's names), side by side, p50 and p99 per
+//! scrape. The parsers run interleaved, so machine noise hits them alike.
 
 #![forbid(unsafe_code)]
 
@@ -73,6 +81,21 @@ fn main() -> ExitCode {
     let mut base_port = 21000u16;
     let mut gw_port = 20999u16;
     let mut stub: Option<u16> = None;
+    let mut iterations = 20_000usize;
+    if args.first().is_some_and(|a| a == "--parsers") {
+        let mut it = args[1..].iter();
+        while let Some(a) = it.next() {
+            match (a.as_str(), it.next().map(|v| v.parse())) {
+                ("--iterations", Some(Ok(n))) => iterations = n,
+                _ => {
+                    eprintln!("usage: collector-bench --parsers [--iterations N]");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        bench_parsers(iterations);
+        return ExitCode::SUCCESS;
+    }
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let v = it.next().cloned().unwrap_or_default();
@@ -86,7 +109,7 @@ fn main() -> ExitCode {
             _ => Err(format!("unknown argument {a}")),
         };
         if let Err(e) = r {
-            eprintln!("collector-bench: {a}: {e}\nusage: collector-bench [--pods N] [--interval 50ms] [--seconds S] [--base-port P] [--gateway-port P]");
+            eprintln!("collector-bench: {a}: {e}\nusage: collector-bench [--pods N] [--interval 50ms] [--seconds S] [--base-port P] [--gateway-port P]\n       collector-bench --parsers [--iterations N]");
             return ExitCode::from(2);
         }
     }
@@ -223,4 +246,122 @@ async fn bench(pods: usize, interval: Duration, seconds: u64, base_port: u16, gw
         pct(&mut push_lat, 0.99)
     );
     Ok(())
+}
+
+/// Captured expositions (tests/fixtures/SOURCES.md) and the engine whose mapping reads each.
+const FIXTURES: [(&str, collector::engine::Engine, &str); 3] = [
+    (
+        "vllm-v0-aibrix-runtime-doc.txt",
+        collector::engine::Engine::Vllm,
+        include_str!("../../tests/fixtures/vllm-v0-aibrix-runtime-doc.txt"),
+    ),
+    (
+        "sglang-production-metrics-doc.txt",
+        collector::engine::Engine::Sglang,
+        include_str!("../../tests/fixtures/sglang-production-metrics-doc.txt"),
+    ),
+    (
+        "triton-tensorrt-llm-readme.txt",
+        collector::engine::Engine::TritonTensorrtLlm,
+        include_str!("../../tests/fixtures/triton-tensorrt-llm-readme.txt"),
+    ),
+];
+
+/// One page as each parser gets it.
+struct Input {
+    text: &'static str,
+    /// `text` with every `:` made `_`: prometheus-parse's name pattern is `\w+`, so it skips
+    /// (silently) every `vllm:…` / `sglang:…` line; this copy makes it read them.
+    #[cfg_attr(not(feature = "compare-parsers"), allow(dead_code))]
+    no_colons: String,
+    engine: collector::engine::Engine,
+}
+
+/// One parser under test: returns what it read (kept, so nothing is optimised away, and
+/// printed, so the parsers can be seen to read the same page).
+type Parser = (&'static str, fn(&Input) -> usize);
+
+fn ours_full(i: &Input) -> usize {
+    let (mut n, mut sum) = (0usize, 0f64);
+    let r = collector::prom::parse(i.text.as_bytes(), |s| {
+        n += 1;
+        sum += s.value;
+    });
+    std::hint::black_box(sum);
+    r.map_or(usize::MAX, |()| n)
+}
+
+fn ours_scrape(i: &Input) -> usize {
+    collector::engine::extract(i.engine, i.text.as_bytes()).map_or(usize::MAX, |m| m.running as usize)
+}
+
+#[cfg(feature = "compare-parsers")]
+fn prometheus_parse(text: &str) -> usize {
+    // The crate's documented input: an iterator of owned lines.
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).map_or(usize::MAX, |s| s.samples.len())
+}
+
+#[cfg(feature = "compare-parsers")]
+fn prometheus_parse_as_is(i: &Input) -> usize {
+    prometheus_parse(i.text)
+}
+
+#[cfg(feature = "compare-parsers")]
+fn prometheus_parse_no_colons(i: &Input) -> usize {
+    prometheus_parse(&i.no_colons)
+}
+
+fn bench_parsers(iterations: usize) {
+    #[cfg_attr(not(feature = "compare-parsers"), allow(unused_mut))]
+    let mut parsers: Vec<Parser> = vec![
+        ("prom::parse (ours, all samples)", ours_full),
+        ("engine::extract (ours, scrape path)", ours_scrape),
+    ];
+    #[cfg(feature = "compare-parsers")]
+    parsers.extend([
+        (
+            "prometheus-parse 0.2.5, page as is",
+            prometheus_parse_as_is as fn(&Input) -> usize,
+        ),
+        ("prometheus-parse 0.2.5, `:` -> `_`", prometheus_parse_no_colons),
+    ]);
+    #[cfg(not(feature = "compare-parsers"))]
+    eprintln!("(built without --features compare-parsers: the prometheus-parse crate is left out)");
+    println!("collector-bench --parsers: {iterations} iterations per parser and fixture, interleaved; time per scrape");
+    println!("| fixture | bytes | parser | read | p50 | p99 |");
+    println!("|---|---|---|---|---|---|");
+    for (name, engine, text) in FIXTURES {
+        let input = Input {
+            text,
+            no_colons: text.replace(':', "_"),
+            engine,
+        };
+        let mut times: Vec<Vec<Duration>> = vec![Vec::with_capacity(iterations); parsers.len()];
+        let mut results = vec![0usize; parsers.len()];
+        for i in 0..iterations + iterations / 10 {
+            for (j, (_, f)) in parsers.iter().enumerate() {
+                let t = Instant::now();
+                let r = std::hint::black_box(f(std::hint::black_box(&input)));
+                let d = t.elapsed();
+                results[j] = r;
+                // The first tenth warms caches and is not counted.
+                if i >= iterations / 10 {
+                    times[j].push(d);
+                }
+            }
+        }
+        for (j, (pname, _)) in parsers.iter().enumerate() {
+            let result = match results[j] {
+                usize::MAX => "error".to_string(),
+                n if pname.starts_with("engine::extract") => format!("running={n}"),
+                n => format!("{n} samples"),
+            };
+            println!(
+                "| {name} | {} | {pname} | {result} | {:?} | {:?} |",
+                text.len(),
+                pct(&mut times[j], 0.5),
+                pct(&mut times[j], 0.99)
+            );
+        }
+    }
 }

@@ -2,10 +2,12 @@
 //!
 //! Starts simulated vLLM pods (podsim, calibrated as Qwen3-32B TP2 on H100, run `--speed` × real
 //! time), the collector as a sidecar, and the compiled module inside host-sim's gateway; drives a
-//! shared-prefix workload (llm-d's shape, scaled down) through the gateway twice, once with the
-//! picker and once with the cluster's plain round-robin, each on fresh pods; prints TTFT p50/p90,
-//! throughput and prefix-cache hit rate side by side. Everything runs in this process, so
-//! Ctrl-C or a failure stops all of it. Progress is an indicatif bar on a terminal and a plain
+//! shared-prefix workload (llm-d's shape, scaled down) through the gateway four times, each on
+//! fresh pods: with the picker's `wasm-epp-shared` profile (one gateway whose workers share one
+//! view), with the faithful baselines' profiles (`gie-default`, `llm-d-optimized-baseline`) in
+//! the same module, and with the cluster's plain round-robin; prints TTFT p50/p90, throughput and
+//! prefix-cache hit rate side by side. Everything runs in this process, so Ctrl-C or a failure
+//! stops all of it. Progress is an indicatif bar on a terminal and a plain
 //! line every 10 s otherwise (`e2e::progress`).
 //!
 //! ```text
@@ -74,17 +76,18 @@ fn parse(args: &[String]) -> Result<Args, String> {
     Ok(a)
 }
 
-/// One arm of the comparison: a name and the module's configuration for it.
+/// One arm of the comparison: a name and the module's picker profile (`None`: the module picks
+/// on no path and the route cluster's round-robin routes).
 struct Arm {
     name: &'static str,
-    picker: bool,
+    profile: Option<&'static str>,
 }
 
 async fn run_arm(arm: &Arm, a: &Args) -> Result<(Summary, usize), String> {
     let pods = stack::pods(a.pods, MODEL, a.speed).await?;
     let addrs: Vec<_> = pods.iter().map(|p| p.addr).collect();
-    let spec = if arm.picker {
-        GatewaySpec::picker(json!({"profile": "wasm-epp-default", "maxEndpoints": 2}), &addrs)
+    let spec = if let Some(profile) = arm.profile {
+        GatewaySpec::picker(json!({"profile": profile, "maxEndpoints": 2}), &addrs)
     } else {
         // Same gateway and module, picking on no path: the route cluster's round-robin routes.
         GatewaySpec::picker(json!({}), &addrs).with("inferencePaths", json!([]))
@@ -97,7 +100,7 @@ async fn run_arm(arm: &Arm, a: &Args) -> Result<(Summary, usize), String> {
     let trace = a.shape.trace(a.qps, (a.seconds * 1e6) as u64, 16, a.seed);
     let n = trace.arrivals.len();
     eprintln!(
-        "  {:<16} gateway http://{}  {} pods  {} requests",
+        "  {:<24} gateway http://{}  {} pods  {} requests",
         arm.name,
         gw.addr(),
         a.pods,
@@ -142,14 +145,26 @@ async fn demo(a: Args) -> Result<(), String> {
         a.seconds
     );
     stack::plugin()?;
+    // The baselines run as the same module with their profiles (their scoring inside the proxy,
+    // not as central EPPs with a hop; podsim's `bench --ladder` compares the deployments).
     let arms = [
+        // One gateway whose workers share their prefix index (`prefixSync`, on by default): one
+        // shared view, the deployment `wasm-epp-shared` is for.
         Arm {
-            name: "wasm-epp",
-            picker: true,
+            name: "wasm-epp-shared",
+            profile: Some("wasm-epp-shared"),
+        },
+        Arm {
+            name: "gie-default",
+            profile: Some("gie-default"),
+        },
+        Arm {
+            name: "llm-d-optimized-baseline",
+            profile: Some("llm-d-optimized-baseline"),
         },
         Arm {
             name: "round-robin",
-            picker: false,
+            profile: None,
         },
     ];
     let mut rows = Vec::new();

@@ -45,6 +45,11 @@ pub use dto::{
 pub const MAX_SCORERS: usize = 8;
 /// Most endpoints the picker may return as an ordered fallback list.
 pub const MAX_FALLBACK: u32 = 16;
+/// `wasm-epp-shared`'s token-load threshold: in-flight plus uncached tokens at which the score
+/// reaches 0. Between 32,768 and 131,072 (weight 1–3) podsim's ladder barely moves; at 16,384
+/// with weight 2 or 3 routing herds and collapses (README, "Routing quality").
+pub const WASM_EPP_SHARED_TOKEN_THRESHOLD: u64 = 65_536;
+
 /// `wasm-epp-default`'s prefix-index budget per worker VM: 49,152 entries of at most
 /// [`crate::PrefixIndex::ENTRY_BYTES`] bytes, ≈ 2 MiB (32,768 entries fitted before the index
 /// was made compact).
@@ -83,14 +88,24 @@ pub enum Profile {
     /// consistent hash 4 (ε 0.5, key = the first half of the prompt, at most 256 blocks, min bound 8).
     #[serde(rename = "wasm-epp-default")]
     WasmEppDefault,
+    /// Ours for pickers that share one view: the workers of a gateway with `prefixSync`, and its
+    /// replicas through the relay (docs/replicas.md). GIE's blend (queue 2, KV 2, prefix 3) plus
+    /// llm-d's token-load scorer weighted 2 on the proxy's exact in-flight tokens (uncached
+    /// prompt tokens until the first response chunk) with a threshold of 65,536 tokens. Tuned
+    /// with podsim's `bench --ladder llm-d`, shared-prefix seeds 1–4 (README, "Routing
+    /// quality"). Without a shared view (replicas that do not relay) it spreads each prefix
+    /// over the replicas' choices and loses to `wasm-epp-default`.
+    #[serde(rename = "wasm-epp-shared")]
+    WasmEppShared,
 }
 
 impl Profile {
     /// Every profile, in the order tables list them.
-    pub const ALL: [Profile; 3] = [
+    pub const ALL: [Profile; 4] = [
         Profile::GieDefault,
         Profile::LlmdOptimizedBaseline,
         Profile::WasmEppDefault,
+        Profile::WasmEppShared,
     ];
 
     /// The profile's configuration name (`"gie-default"`, `"llm-d-optimized-baseline"`,
@@ -100,6 +115,7 @@ impl Profile {
             Profile::GieDefault => "gie-default",
             Profile::LlmdOptimizedBaseline => "llm-d-optimized-baseline",
             Profile::WasmEppDefault => "wasm-epp-default",
+            Profile::WasmEppShared => "wasm-epp-shared",
         }
     }
 
@@ -111,7 +127,7 @@ impl Profile {
                 "profile \"llm-d-default\" was renamed \"llm-d-optimized-baseline\" (the llm-d optimized-baseline guide's configuration); llm-d-router's built-in default is the \"gie-default\" blend",
             )),
             None => Err(format!(
-                "unknown profile {name:?} (gie-default, llm-d-optimized-baseline, wasm-epp-default)"
+                "unknown profile {name:?} (gie-default, llm-d-optimized-baseline, wasm-epp-default, wasm-epp-shared)"
             )),
         }
     }
@@ -321,6 +337,16 @@ impl Config {
                 &[],
                 InsertOrder::HeadMostRecent,
             ),
+            Profile::WasmEppShared => (
+                &[
+                    (ScorerKind::Queue, 2.0),
+                    (ScorerKind::KvCache, 2.0),
+                    (ScorerKind::Prefix, 3.0),
+                    (ScorerKind::TokenLoad, 2.0),
+                ],
+                &[],
+                InsertOrder::HeadMostRecent,
+            ),
         };
         Config {
             profile: p,
@@ -345,7 +371,7 @@ impl Config {
                 // The baselines keep GIE's and llm-d's unbounded index (one LRU per pod); ours
                 // runs inside the proxy with a memory budget (`PrefixIndex::ENTRY_BYTES` each).
                 max_index_entries: match p {
-                    Profile::WasmEppDefault => Some(WASM_EPP_MAX_INDEX_ENTRIES),
+                    Profile::WasmEppDefault | Profile::WasmEppShared => Some(WASM_EPP_MAX_INDEX_ENTRIES),
                     _ => None,
                 },
                 insert_order,
@@ -367,8 +393,12 @@ impl Config {
                 peak_prefill_throughput: 15_928.0,
                 exploration: 0.0,
             },
-            // llm-d `tokenQueueThresholdDefault` (token_load.go @ebab687).
-            token_load_threshold: 4_194_304,
+            // llm-d `tokenQueueThresholdDefault` (token_load.go @ebab687); ours counts exact
+            // pending-prefill tokens and scores them on the scale of a few prompts.
+            token_load_threshold: match p {
+                Profile::WasmEppShared => WASM_EPP_SHARED_TOKEN_THRESHOLD,
+                _ => 4_194_304,
+            },
             chash: ConsistentHash {
                 epsilon: 0.5,
                 // The whole matched window (`maxPrefixBlocksToMatch`), not the first few blocks:
@@ -731,6 +761,31 @@ mod tests {
         assert_eq!(c.block_bytes(Some(32)), 128, "autoTune takes the pod's block size");
         assert_eq!(c.prefix().max_blocks, 256);
         assert_eq!(c.prefix().lru_capacity, 31_250);
+    }
+
+    #[test]
+    fn wasm_epp_shared_is_gies_blend_with_token_load_on_exact_tokens() {
+        let c = Config::from_json(br#"{"profile":"wasm-epp-shared"}"#).unwrap();
+        assert_eq!(c, Config::profile(Profile::WasmEppShared));
+        let w: Vec<(ScorerKind, f64)> = c.scorers().iter().map(|s| (s.kind, s.weight)).collect();
+        assert_eq!(
+            w,
+            [
+                (ScorerKind::Queue, 2.0),
+                (ScorerKind::KvCache, 2.0),
+                (ScorerKind::Prefix, 3.0),
+                (ScorerKind::TokenLoad, 2.0),
+            ]
+        );
+        assert_eq!(c.token_load_threshold(), 65_536);
+        assert!(c.reads_inflight_tokens(), "the filter must count its in-flight tokens");
+        assert_eq!(c.prefix().max_index_entries, Some(WASM_EPP_MAX_INDEX_ENTRIES));
+        assert_eq!(Profile::from_name("wasm-epp-shared"), Ok(Profile::WasmEppShared));
+        // The other profiles keep llm-d's threshold.
+        assert_eq!(
+            Config::profile(Profile::WasmEppDefault).token_load_threshold(),
+            4_194_304
+        );
     }
 
     #[test]
