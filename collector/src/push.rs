@@ -215,7 +215,16 @@ pub async fn push_loop(url: PushUrl, mut rx: watch::Receiver<Option<Arc<Publishe
     }
 }
 
-async fn push_once(url: &PushUrl, conn: &mut Option<Conn>, snap: &Published, ctx: &PushContext) -> Result<u16, String> {
+/// One POST of `body` to `url` with the bearer `token`, over the kept connection (opened if
+/// needed, dropped on any transport error or timeout so the next call reconnects). Shared by
+/// snapshot pushes and relay bundles.
+pub(crate) async fn post_once(
+    url: &PushUrl,
+    conn: &mut Option<Conn>,
+    body: Bytes,
+    token: &str,
+    ctx: &PushContext,
+) -> Result<crate::http::Response, String> {
     if conn.is_none() {
         let addr = resolve(url)
             .await
@@ -230,22 +239,26 @@ async fn push_once(url: &PushUrl, conn: &mut Option<Conn>, snap: &Published, ctx
     };
     let req = Request::post(url.path.as_str())
         .header(hyper::header::HOST, host)
-        .header(hyper::header::AUTHORIZATION, format!("Bearer {}", ctx.token))
+        .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
         .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
-        .body(Full::new(snap.encoded.clone()))
+        .body(Full::new(body))
         .map_err(|e| e.to_string())?;
-    let t0 = Instant::now();
-    let resp = match tokio::time::timeout(PUSH_TIMEOUT, c.send(req, MAX_ANSWER)).await {
-        Ok(Ok(r)) => r,
+    match tokio::time::timeout(PUSH_TIMEOUT, c.send(req, MAX_ANSWER)).await {
+        Ok(Ok(r)) => Ok(r),
         Ok(Err(e)) => {
             *conn = None;
-            return Err(e.to_string());
+            Err(e.to_string())
         }
         Err(_) => {
             *conn = None;
-            return Err("timed out".into());
+            Err("timed out".into())
         }
-    };
+    }
+}
+
+async fn push_once(url: &PushUrl, conn: &mut Option<Conn>, snap: &Published, ctx: &PushContext) -> Result<u16, String> {
+    let t0 = Instant::now();
+    let resp = post_once(url, conn, snap.encoded.clone(), &ctx.token, ctx).await?;
     let code = resp.status.as_u16();
     if resp.status.is_success() {
         let latency = t0.elapsed();

@@ -34,13 +34,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use filter::intake::{bearer_matches, SourceNet};
-use http_body_util::Full;
-use hyper::{Request, StatusCode};
+use hyper::StatusCode;
 use picker_core::sync::MAX_RECORD_HASHES;
 use tokio::sync::watch;
 
 use crate::http::Conn;
-use crate::push::{resolve, PushContext, PushUrl};
+use crate::push::{post_once, PushContext, PushUrl};
 
 /// Most batches kept.
 pub const MAX_BATCHES: usize = 4096;
@@ -48,8 +47,6 @@ pub const MAX_BATCHES: usize = 4096;
 pub const MAX_BUFFER_BYTES: usize = 32 << 20;
 /// Batches older than this are not pushed any more.
 pub const MAX_AGE: Duration = Duration::from_secs(2);
-const PUSH_TIMEOUT: Duration = Duration::from_secs(1);
-const MAX_ANSWER: usize = 64 << 10;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
@@ -215,7 +212,9 @@ pub async fn relay_loop(url: PushUrl, hub: Arc<RelayHub>, ctx: PushContext) {
         let (bodies, next) = hub.bundles_since(cursor);
         let mut failed = false;
         for body in bodies {
-            let outcome = post(&url, &mut conn, body, &hub.token, &ctx).await;
+            let outcome = post_once(&url, &mut conn, body, &hub.token, &ctx)
+                .await
+                .map(|r| r.status.as_u16());
             let status = match &outcome {
                 Ok(code) => code.to_string(),
                 Err(_) => "error".to_string(),
@@ -259,44 +258,6 @@ pub async fn relay_loop(url: PushUrl, hub: Arc<RelayHub>, ctx: PushContext) {
         }
         if rx.changed().await.is_err() {
             return;
-        }
-    }
-}
-
-async fn post(
-    url: &PushUrl,
-    conn: &mut Option<Conn>,
-    body: Bytes,
-    token: &str,
-    ctx: &PushContext,
-) -> Result<u16, String> {
-    if conn.is_none() {
-        let addr = resolve(url)
-            .await
-            .ok_or_else(|| format!("cannot resolve {}", url.host))?;
-        *conn = Some(ctx.conn(url, addr)?);
-    }
-    let c = conn.as_mut().ok_or("no connection")?;
-    let host = if url.host.contains(':') {
-        format!("[{}]:{}", url.host, url.port)
-    } else {
-        format!("{}:{}", url.host, url.port)
-    };
-    let req = Request::post(url.path.as_str())
-        .header(hyper::header::HOST, host)
-        .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
-        .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
-        .body(Full::new(body))
-        .map_err(|e| e.to_string())?;
-    match tokio::time::timeout(PUSH_TIMEOUT, c.send(req, MAX_ANSWER)).await {
-        Ok(Ok(r)) => Ok(r.status.as_u16()),
-        Ok(Err(e)) => {
-            *conn = None;
-            Err(e.to_string())
-        }
-        Err(_) => {
-            *conn = None;
-            Err("timed out".into())
         }
     }
 }
