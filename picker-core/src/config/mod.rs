@@ -45,10 +45,13 @@ pub use dto::{
 pub const MAX_SCORERS: usize = 8;
 /// Most endpoints the picker may return as an ordered fallback list.
 pub const MAX_FALLBACK: u32 = 16;
-/// `wasm-epp-shared`'s token-load threshold: in-flight plus uncached tokens at which the score
-/// reaches 0. Between 32,768 and 131,072 (weight 1–3) podsim's ladder barely moves; at 16,384
-/// with weight 2 or 3 routing herds and collapses (README, "Routing quality").
-pub const WASM_EPP_SHARED_TOKEN_THRESHOLD: u64 = 65_536;
+/// The token-load threshold of every profile: in-flight plus uncached tokens at which the score
+/// reaches 0. llm-d `tokenQueueThresholdDefault` (token_load.go @ebab687). `wasm-epp-shared`
+/// keeps it too: below the pods' in-flight range the scorer is linear, and what matters is its
+/// slope (weight / threshold). A steeper slope (65,536 at weight 2, the first tuning) outvotes
+/// the prefix scorer once clients keep ~100 requests per pod in flight, and routing collapses
+/// (README, "Routing quality").
+pub const TOKEN_LOAD_THRESHOLD: u64 = 4_194_304;
 
 /// `wasm-epp-default`'s prefix-index budget per worker VM: 49,152 entries of at most
 /// [`crate::PrefixIndex::ENTRY_BYTES`] bytes, ≈ 2 MiB (32,768 entries fitted before the index
@@ -91,9 +94,9 @@ pub enum Profile {
     /// Ours for pickers that share one view: the workers of a gateway with `prefixSync`, and its
     /// replicas through the relay (docs/replicas.md). GIE's blend (queue 2, KV 2, prefix 3) plus
     /// llm-d's token-load scorer weighted 2 on the proxy's exact in-flight tokens (uncached
-    /// prompt tokens until the first response chunk) with a threshold of 65,536 tokens. Tuned
-    /// with podsim's `bench --ladder llm-d`, shared-prefix seeds 1–4 (README, "Routing
-    /// quality"). Without a shared view (replicas that do not relay) it spreads each prefix
+    /// prompt tokens until the first response chunk) with llm-d's threshold of 4,194,304 tokens.
+    /// Tuned with podsim on shared-prefix seeds 1–4, `bench --ladder llm-d` and the 800-client
+    /// open loop (README, "Routing quality"). Without a shared view (replicas that do not relay) it spreads each prefix
     /// over the replicas' choices and loses to `wasm-epp-default`.
     #[serde(rename = "wasm-epp-shared")]
     WasmEppShared,
@@ -393,12 +396,7 @@ impl Config {
                 peak_prefill_throughput: 15_928.0,
                 exploration: 0.0,
             },
-            // llm-d `tokenQueueThresholdDefault` (token_load.go @ebab687); ours counts exact
-            // pending-prefill tokens and scores them on the scale of a few prompts.
-            token_load_threshold: match p {
-                Profile::WasmEppShared => WASM_EPP_SHARED_TOKEN_THRESHOLD,
-                _ => 4_194_304,
-            },
+            token_load_threshold: TOKEN_LOAD_THRESHOLD,
             chash: ConsistentHash {
                 epsilon: 0.5,
                 // The whole matched window (`maxPrefixBlocksToMatch`), not the first few blocks:
@@ -777,11 +775,11 @@ mod tests {
                 (ScorerKind::TokenLoad, 2.0),
             ]
         );
-        assert_eq!(c.token_load_threshold(), 65_536);
+        assert_eq!(c.token_load_threshold(), 4_194_304, "llm-d's threshold");
         assert!(c.reads_inflight_tokens(), "the filter must count its in-flight tokens");
         assert_eq!(c.prefix().max_index_entries, Some(WASM_EPP_MAX_INDEX_ENTRIES));
         assert_eq!(Profile::from_name("wasm-epp-shared"), Ok(Profile::WasmEppShared));
-        // The other profiles keep llm-d's threshold.
+        // So does every other profile.
         assert_eq!(
             Config::profile(Profile::WasmEppDefault).token_load_threshold(),
             4_194_304
