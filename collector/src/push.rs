@@ -170,12 +170,7 @@ pub async fn push_loop(url: PushUrl, mut rx: watch::Receiver<Option<Arc<Publishe
                 break;
             };
             let outcome = push_once(&url, &mut conn, &snap, &ctx).await;
-            let status = match &outcome {
-                Ok(code) => code.to_string(),
-                Err(_) => "error".to_string(),
-            };
-            ctx.metrics.push_result(&label, &status);
-            let changed = last_status.as_deref() != Some(status.as_str());
+            let (status, changed) = count_outcome(&ctx, &label, &outcome, &last_status);
             match outcome {
                 Ok(204) | Ok(200) => {
                     if changed && last_status.is_some() {
@@ -213,6 +208,23 @@ pub async fn push_loop(url: PushUrl, mut rx: watch::Receiver<Option<Arc<Publishe
             }
         }
     }
+}
+
+/// Counts one POST's outcome in `collector_pushes_total` (the HTTP code, or `error`) and tells
+/// whether it differs from the previous one (`last`), so that callers log changes only.
+pub(crate) fn count_outcome(
+    ctx: &PushContext,
+    label: &str,
+    outcome: &Result<u16, String>,
+    last: &Option<String>,
+) -> (String, bool) {
+    let status = match outcome {
+        Ok(code) => code.to_string(),
+        Err(_) => "error".to_string(),
+    };
+    ctx.metrics.push_result(label, &status);
+    let changed = last.as_deref() != Some(status.as_str());
+    (status, changed)
 }
 
 /// One POST of `body` to `url` with the bearer `token`, over the kept connection (opened if

@@ -39,7 +39,7 @@ use picker_core::sync::MAX_RECORD_HASHES;
 use tokio::sync::watch;
 
 use crate::http::Conn;
-use crate::push::{post_once, PushContext, PushUrl};
+use crate::push::{count_outcome, post_once, PushContext, PushUrl};
 
 /// Most batches kept.
 pub const MAX_BATCHES: usize = 4096;
@@ -215,12 +215,7 @@ pub async fn relay_loop(url: PushUrl, hub: Arc<RelayHub>, ctx: PushContext) {
             let outcome = post_once(&url, &mut conn, body, &hub.token, &ctx)
                 .await
                 .map(|r| r.status.as_u16());
-            let status = match &outcome {
-                Ok(code) => code.to_string(),
-                Err(_) => "error".to_string(),
-            };
-            ctx.metrics.push_result(&label, &status);
-            let changed = last_status.as_deref() != Some(status.as_str());
+            let (status, changed) = count_outcome(&ctx, &label, &outcome, &last_status);
             match outcome {
                 // Delivered, or final: the gateway will never take these batches.
                 Ok(200..=299 | 400 | 409 | 413) => {

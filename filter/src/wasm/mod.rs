@@ -283,30 +283,11 @@ impl Worker {
 
     /// Writes this VM's section of the shared in-flight table (dropping expired sections of
     /// dead VMs), with CAS retries.
-    fn publish_inflight(&self, mut read: Option<(Vec<u8>, u32)>) {
+    fn publish_inflight(&self, read: Option<(Vec<u8>, u32)>) {
         let ttl = self.config.inflight_ttl_ms;
-        for _ in 0..CAS_RETRIES {
-            let (bytes, cas) = match read.take() {
-                Some(r) => r,
-                None => match abi::shared_data(KEY_INFLIGHT) {
-                    Ok(r) => r.unwrap_or_default(),
-                    Err(e) => {
-                        warn!("wasm-epp: reading in-flight counts failed: {e:?}");
-                        return;
-                    }
-                },
-            };
-            let out = inflight::publish(&bytes, self.owner, &self.local, now_ms(), ttl);
-            match abi::set_shared_data(KEY_INFLIGHT, &out, cas) {
-                Ok(()) => return,
-                Err(HostError::CasMismatch) => continue,
-                Err(e) => {
-                    warn!("wasm-epp: in-flight update failed: {e:?}");
-                    return;
-                }
-            }
-        }
-        warn!("wasm-epp: in-flight update gave up after {CAS_RETRIES} CAS retries");
+        cas_update(KEY_INFLIGHT, read, "in-flight", |table| {
+            Some(inflight::publish(table, self.owner, &self.local, now_ms(), ttl))
+        });
     }
 
     /// The heartbeat: refreshes this VM's section, and drops sections of dead VMs, when due.
@@ -337,6 +318,42 @@ fn static_pool(config: &FilterConfig) -> Pool {
         generated_at: Instant::ZERO,
         endpoints,
     })
+}
+
+/// Read-modify-write of one shared-data key with CAS retries: `update` maps the stored bytes
+/// (empty when absent) to the bytes to write, or to `None` when nothing changes. `read` is a read
+/// of the key already made (bytes, cas): the first attempt uses it. `what` names the data in
+/// warnings.
+fn cas_update(
+    key: &str,
+    mut read: Option<(Vec<u8>, u32)>,
+    what: &str,
+    mut update: impl FnMut(&[u8]) -> Option<Vec<u8>>,
+) {
+    for _ in 0..CAS_RETRIES {
+        let (bytes, cas) = match read.take() {
+            Some(r) => r,
+            None => match abi::shared_data(key) {
+                Ok(r) => r.unwrap_or_default(),
+                Err(e) => {
+                    warn!("wasm-epp: reading {what} counts failed: {e:?}");
+                    return;
+                }
+            },
+        };
+        let Some(out) = update(&bytes) else {
+            return;
+        };
+        match abi::set_shared_data(key, &out, cas) {
+            Ok(()) => return,
+            Err(HostError::CasMismatch) => continue,
+            Err(e) => {
+                warn!("wasm-epp: {what} update failed: {e:?}");
+                return;
+            }
+        }
+    }
+    warn!("wasm-epp: {what} update gave up after {CAS_RETRIES} CAS retries");
 }
 
 /// Validates `body` against the stored snapshot and stores it with CAS (push and pull share it).

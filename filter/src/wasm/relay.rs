@@ -22,7 +22,7 @@ use picker_core::sync::{Served, MAX_RECORD_HASHES};
 
 use super::abi::{self, HostError};
 use super::ring::HostRing;
-use super::{now_ms, Worker, CAS_RETRIES};
+use super::{cas_update, now_ms, Worker, CAS_RETRIES};
 use crate::config::Relay;
 use crate::inflight::{self, Entry, KEY_INFLIGHT};
 use crate::intake::IntakeError;
@@ -314,36 +314,18 @@ fn claim<'a>(candidates: &[&'a relay::Batch], now: u64, horizon_ms: u64) -> Vec<
 
 /// Upserts each batch's in-flight section as a relayed section, with CAS retries (`read` is a
 /// read of the table already made).
-fn upsert_sections(batches: &[&relay::Batch], mut read: Option<(Vec<u8>, u32)>, now: u64, ttl: u64) {
+fn upsert_sections(batches: &[&relay::Batch], read: Option<(Vec<u8>, u32)>, now: u64, ttl: u64) {
     if batches.is_empty() {
         return;
     }
-    for _ in 0..CAS_RETRIES {
-        let (mut bytes, cas) = match read.take() {
-            Some(r) => r,
-            None => match abi::shared_data(KEY_INFLIGHT) {
-                Ok(r) => r.unwrap_or_default(),
-                Err(_) => return,
-            },
-        };
-        let mut changed = false;
+    cas_update(KEY_INFLIGHT, read, "relayed in-flight", |table| {
+        let mut out: Option<Vec<u8>> = None;
         for b in batches {
-            if let Some(next) = inflight::upsert_relayed(&bytes, b.header.sender, &b.inflight, now, ttl) {
-                bytes = next;
-                changed = true;
+            let current = out.as_deref().unwrap_or(table);
+            if let Some(next) = inflight::upsert_relayed(current, b.header.sender, &b.inflight, now, ttl) {
+                out = Some(next);
             }
         }
-        if !changed {
-            return;
-        }
-        match abi::set_shared_data(KEY_INFLIGHT, &bytes, cas) {
-            Ok(()) => return,
-            Err(HostError::CasMismatch) => continue,
-            Err(e) => {
-                warn!("wasm-epp: relayed in-flight update failed: {e:?}");
-                return;
-            }
-        }
-    }
-    warn!("wasm-epp: relayed in-flight update gave up after {CAS_RETRIES} CAS retries");
+        out
+    });
 }
